@@ -1,0 +1,127 @@
+"""LabGPU Hub configuration. Every deployment knob is an environment variable.
+
+    LABGPU_MODE             demo (default): local accounts from LABGPU_DEMO_USERS, password
+                            LABGPU_DEMO_PASSWORD; production: needs LABGPU_AUTHENTICATOR and a
+                            cookie secret, or the hub refuses to start
+    LABGPU_BIND_URL         public URL the proxy listens on (http://127.0.0.1:8000)
+    LABGPU_HUB_PORT         port of the hub's own API (8081), on the workspace network's gateway
+    LABGPU_PROXY_API_PORT   port of the proxy's REST API on 127.0.0.1 (8001)
+    LABGPU_STATE_DIR        where the hub keeps its database and secrets (./.state)
+    LABGPU_HUB_ID           name of this hub in container labels, container and volume names (labgpu)
+    LABGPU_IMAGE            workspace image (labgpu/workspace:local)
+    LABGPU_NETWORK          Docker network for workspaces, created if missing (labgpu)
+    LABGPU_SHM_SIZE         /dev/shm size in workspaces (2G)
+    LABGPU_MEM_LIMIT        memory limit per workspace (unset: none)
+    LABGPU_CPU_LIMIT        CPUs per workspace (unset: none)
+    LABGPU_ADMIN_USERS      comma-separated admin user names
+    LABGPU_DEMO_USERS       demo mode: comma-separated user names (demo)
+    LABGPU_DEMO_PASSWORD    demo mode: the shared password (demo)
+    LABGPU_AUTHENTICATOR    production: a JupyterHub authenticator name (github, generic-oauth, ...)
+    LABGPU_ALLOWED_USERS    production: comma-separated user names allowed in (or allow_all below)
+    LABGPU_ALLOW_ALL        production: "true" lets every authenticated user in
+    JUPYTERHUB_COOKIE_SECRET  production: hex cookie secret (or a file LABGPU_STATE_DIR/cookie_secret)
+"""
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from labgpu.docker_network import DockerUnavailable, ensure_workspace_network
+
+c = get_config()  # noqa: F821 (provided by JupyterHub)
+
+
+def env(name, default=""):
+    return os.environ.get(name, default).strip()
+
+
+def env_list(name, default=""):
+    return [v.strip() for v in env(name, default).split(",") if v.strip()]
+
+
+def refuse(message):
+    print(f"LabGPU Hub will not start: {message}", file=sys.stderr)
+    sys.exit(1)
+
+
+mode = env("LABGPU_MODE", "demo")
+if mode not in ("demo", "production"):
+    refuse(f"LABGPU_MODE must be 'demo' or 'production' (got {mode!r})")
+hub_id = env("LABGPU_HUB_ID", "labgpu")
+state_dir = Path(env("LABGPU_STATE_DIR", ".state")).resolve()
+state_dir.mkdir(parents=True, exist_ok=True)
+
+# --- the hub, its database and the proxy -------------------------------------------------
+c.JupyterHub.bind_url = env("LABGPU_BIND_URL", "http://127.0.0.1:8000")
+c.JupyterHub.db_url = env("LABGPU_DB_URL", f"sqlite:///{state_dir / 'jupyterhub.sqlite'}")
+c.JupyterHub.cookie_secret_file = str(state_dir / "cookie_secret")
+c.JupyterHub.pid_file = str(state_dir / "jupyterhub.pid")
+# Workspaces keep running when the hub restarts (upgrades, crashes); the hub finds them again.
+c.JupyterHub.cleanup_servers = False
+c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{int(env('LABGPU_PROXY_API_PORT', '8001'))}"
+c.ConfigurableHTTPProxy.pid_file = str(state_dir / "proxy.pid")
+c.ConfigurableHTTPProxy.command = env_list("LABGPU_PROXY_COMMAND", "configurable-http-proxy")
+if Path("/usr/share/nodejs/commander").exists():
+    # Debian's configurable-http-proxy finds its modules only through NODE_PATH.
+    os.environ.setdefault("NODE_PATH", "/usr/share/nodejs")
+if not shutil.which(c.ConfigurableHTTPProxy.command[0]):
+    refuse(
+        f"the proxy command {c.ConfigurableHTTPProxy.command[0]!r} is not installed "
+        "(apt-get install node-configurable-http-proxy, or set LABGPU_PROXY_COMMAND)"
+    )
+
+# Workspaces reach the hub's API at the gateway of their network: the hub listens there.
+network = env("LABGPU_NETWORK", "labgpu")
+try:
+    gateway = ensure_workspace_network(network)
+except DockerUnavailable as e:
+    refuse(str(e))
+c.JupyterHub.hub_bind_url = f"http://{gateway}:{int(env('LABGPU_HUB_PORT', '8081'))}"
+c.JupyterHub.hub_connect_ip = gateway
+
+# --- authentication ------------------------------------------------------------------------
+admins = set(env_list("LABGPU_ADMIN_USERS"))
+if mode == "demo":
+    demo_users = env_list("LABGPU_DEMO_USERS", "demo")
+    c.JupyterHub.authenticator_class = "dummy"
+    c.DummyAuthenticator.password = env("LABGPU_DEMO_PASSWORD", "demo")
+    c.Authenticator.allowed_users = set(demo_users)
+    c.Authenticator.admin_users = admins or {demo_users[0]}
+    if not c.JupyterHub.bind_url.startswith(("http://127.", "http://localhost", "http://[::1]")):
+        refuse("demo mode has a shared password and listens on localhost only; set LABGPU_MODE=production")
+else:
+    authenticator = env("LABGPU_AUTHENTICATOR")
+    if not authenticator or authenticator in ("dummy", "null"):
+        refuse(
+            "production mode needs a real authenticator: set LABGPU_AUTHENTICATOR "
+            "(e.g. github, generic-oauth, ldap) and its settings"
+        )
+    if not env("JUPYTERHUB_COOKIE_SECRET") and not (state_dir / "cookie_secret").is_file():
+        refuse(
+            f"production mode needs a cookie secret: set JUPYTERHUB_COOKIE_SECRET or write "
+            f"{state_dir / 'cookie_secret'} (openssl rand -hex 32 > {state_dir / 'cookie_secret'}; chmod 600)"
+        )
+    c.JupyterHub.authenticator_class = authenticator
+    c.Authenticator.admin_users = admins
+    allowed = set(env_list("LABGPU_ALLOWED_USERS"))
+    if allowed:
+        c.Authenticator.allowed_users = allowed
+    c.Authenticator.allow_all = env("LABGPU_ALLOW_ALL").lower() == "true"
+
+# --- workspaces ----------------------------------------------------------------------------
+c.JupyterHub.spawner_class = "labgpu"
+c.GPUDockerSpawner.hub_id = hub_id
+c.GPUDockerSpawner.prefix = hub_id
+c.GPUDockerSpawner.home_volume = hub_id + "-home-{username}"
+c.GPUDockerSpawner.image = env("LABGPU_IMAGE", "labgpu/workspace:local")
+c.GPUDockerSpawner.pull_policy = "never" if mode == "demo" else "ifnotpresent"
+c.GPUDockerSpawner.network_name = network
+c.GPUDockerSpawner.shm_size = env("LABGPU_SHM_SIZE", "2G")
+if env("LABGPU_MEM_LIMIT"):
+    c.GPUDockerSpawner.mem_limit = env("LABGPU_MEM_LIMIT")
+if env("LABGPU_CPU_LIMIT"):
+    c.GPUDockerSpawner.cpu_limit = float(env("LABGPU_CPU_LIMIT"))
+c.GPUDockerSpawner.default_url = "/lab"
+c.GPUDockerSpawner.http_timeout = 120
+c.GPUDockerSpawner.start_timeout = 300

@@ -1,0 +1,1 @@
+"""Subcommands of `labgpu`, one module per concern (see labgpu/cli.py)."""

@@ -1,0 +1,189 @@
+"""Pure builders for workspace containers: limits, volumes and labels in, Docker API kwargs out.
+
+Like kubespawner's ``objects.py``: no I/O here. The spawner gathers its inputs, calls
+:func:`container_config`, and hands the result to the Docker API. Hardening is applied last,
+so neither an admin's ``extra_host_config`` nor a user's request can undo it.
+"""
+
+from __future__ import annotations
+
+import copy
+import posixpath
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+# Label keys our containers carry, so that the ledger can be reconciled with Docker after a
+# crash (owner, server and, later, GPU UUIDs).
+LABEL_PREFIX = "org.labgpu."
+LABEL_MANAGED = LABEL_PREFIX + "managed"
+LABEL_HUB = LABEL_PREFIX + "hub"
+LABEL_USER = LABEL_PREFIX + "user"
+LABEL_SERVER = LABEL_PREFIX + "server"
+LABEL_GPUS = LABEL_PREFIX + "gpus"
+
+# Paths that give a container control over the host; never mounted into a workspace.
+FORBIDDEN_HOST_PATHS = (
+    "/var/run/docker.sock",
+    "/run/docker.sock",
+    "/var/run/containerd",
+    "/run/containerd",
+    "/var/lib/docker",
+    "/",
+)
+
+# Host-config keys that would undo the isolation of a workspace; an admin's
+# extra_host_config may not set them (they are refused, not silently dropped).
+FORBIDDEN_HOST_CONFIG = {
+    "privileged": "privileged containers can take over the host",
+    "cap_add": "added capabilities weaken the isolation of a workspace",
+    "pid_mode": "sharing the host's PID namespace exposes every process",
+    "ipc_mode": "sharing IPC namespaces leaks memory between workspaces",
+    "userns_mode": "leaving the user namespace undoes the non-root user",
+    "devices": "raw host devices bypass the GPU allocator (GPUs go through DeviceRequests)",
+    "device_requests": "GPUs are assigned by the allocator, not by configuration",
+}
+
+
+class ContainerConfigError(ValueError):
+    """The requested container would be unsafe or malformed; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class WorkspaceSpec:
+    """Everything that decides what a workspace container looks like."""
+
+    name: str
+    image: str
+    user: str  # JupyterHub user name, for labels
+    server: str  # "" for the default server
+    hub_id: str
+    environment: Mapping[str, str]
+    command: list[str] | None = None
+    port: int = 8888
+    # Docker volume name (or host path) -> mount point, with an optional mode.
+    volumes: Mapping[str, str | Mapping[str, str]] = field(default_factory=dict)
+    run_as_uid: str = "1000"
+    run_as_gid: str = "100"
+    shm_size: int = 2 * 1024**3
+    mem_limit: int | None = None
+    cpu_limit: float | None = None
+    pids_limit: int = 4096
+    network: str = "bridge"
+    publish_on: str | None = "127.0.0.1"  # host IP the port is published on; None = not published
+    auto_remove: bool = True
+    extra_create_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    extra_host_config: Mapping[str, Any] = field(default_factory=dict)
+
+
+def _deep_merge(base: dict, extra: Mapping) -> dict:
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
+            _deep_merge(base[key], value)
+        else:
+            base[key] = copy.deepcopy(value)
+    return base
+
+
+def _host_path_forbidden(source: str) -> bool:
+    if not source.startswith("/"):
+        return False  # a named Docker volume
+    path = posixpath.normpath(source)
+    for forbidden in FORBIDDEN_HOST_PATHS:
+        if path == forbidden or (forbidden != "/" and path.startswith(forbidden + "/")):
+            return True
+    return False
+
+
+def volume_binds(volumes: Mapping[str, str | Mapping[str, str]]) -> dict[str, dict[str, str]]:
+    """``{source: target}`` or ``{source: {bind, mode}}`` -> docker-py binds, refusing host control paths."""
+    binds: dict[str, dict[str, str]] = {}
+    for source, target in volumes.items():
+        if isinstance(target, Mapping):
+            bind, mode = target["bind"], target.get("mode", "rw")
+        else:
+            bind, mode = target, "rw"
+        if _host_path_forbidden(source):
+            raise ContainerConfigError(
+                f"volume {source!r} -> {bind!r} would give the workspace control of the host; "
+                "mount a data directory or a named volume instead"
+            )
+        if mode not in ("rw", "ro"):
+            raise ContainerConfigError(f"volume {source!r}: mode must be 'rw' or 'ro' (got {mode!r})")
+        binds[source] = {"bind": bind, "mode": mode}
+    return binds
+
+
+def workspace_labels(spec: WorkspaceSpec) -> dict[str, str]:
+    return {
+        LABEL_MANAGED: "true",
+        LABEL_HUB: spec.hub_id,
+        LABEL_USER: spec.user,
+        LABEL_SERVER: spec.server,
+    }
+
+
+def container_config(spec: WorkspaceSpec) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Return ``(create_kwargs, host_config_kwargs)`` for docker-py's ``create_container`` and
+    ``create_host_config``.
+
+    Admin extras are merged first; the hardening (non-root user, no-new-privileges, all
+    capabilities dropped, no privileged mode, no host control paths) is applied after them.
+    """
+    for key, why in FORBIDDEN_HOST_CONFIG.items():
+        value = spec.extra_host_config.get(key)
+        if value:
+            raise ContainerConfigError(f"extra_host_config.{key} is not allowed: {why}")
+    user = str(spec.extra_create_kwargs.get("user", spec.run_as_uid))
+    if user.split(":")[0] in ("0", "root", ""):
+        raise ContainerConfigError(
+            "workspaces run as a non-root user; remove 'user' from extra_create_kwargs "
+            "or set it to a non-zero uid"
+        )
+
+    create_kwargs: dict[str, Any] = {
+        "image": spec.image,
+        "name": spec.name,
+        "environment": dict(spec.environment),
+        "labels": {},
+        "ports": {f"{spec.port}/tcp": None},
+    }
+    if spec.command:
+        create_kwargs["command"] = list(spec.command)
+    _deep_merge(create_kwargs, spec.extra_create_kwargs)
+    create_kwargs["labels"].update(workspace_labels(spec))
+    if ":" not in user:
+        user = f"{user}:{spec.run_as_gid}"
+    create_kwargs["user"] = user
+
+    binds = volume_binds(spec.volumes)
+    create_kwargs["volumes"] = sorted(b["bind"] for b in binds.values())
+
+    host_config: dict[str, Any] = {
+        "auto_remove": spec.auto_remove,
+        "binds": binds,
+        "shm_size": spec.shm_size,
+        "pids_limit": spec.pids_limit,
+        "init": True,
+        "network_mode": spec.network,
+    }
+    if spec.mem_limit is not None:
+        host_config["mem_limit"] = spec.mem_limit
+    if spec.cpu_limit is not None:
+        host_config["nano_cpus"] = int(spec.cpu_limit * 1e9)
+    if spec.publish_on is not None:
+        host_config["port_bindings"] = {spec.port: (spec.publish_on,)}
+    extra_binds = spec.extra_host_config.get("binds")
+    if extra_binds:
+        # Admin-configured binds pass the same check as ours.
+        if isinstance(extra_binds, Mapping):
+            volume_binds(extra_binds)
+        else:
+            volume_binds({b.split(":")[0]: b.split(":")[1] for b in extra_binds if ":" in b})
+    _deep_merge(host_config, spec.extra_host_config)
+
+    # Hardening, last so nothing above can undo it.
+    security_opt = [o for o in host_config.get("security_opt") or [] if not o.startswith("no-new-privileges")]
+    host_config["security_opt"] = security_opt + ["no-new-privileges:true"]
+    host_config["cap_drop"] = ["ALL"]
+    host_config["privileged"] = False
+    return create_kwargs, host_config
