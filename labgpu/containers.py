@@ -71,6 +71,12 @@ class WorkspaceSpec:
     network: str = "bridge"
     publish_on: str | None = "127.0.0.1"  # host IP the port is published on; None = not published
     auto_remove: bool = True
+    # GPUs this server was granted (UUIDs, or MIG device UUIDs), in the allocator's order.
+    gpu_uuids: tuple[str, ...] = ()
+    # "nvidia": DeviceRequest with explicit DeviceIDs (NVIDIA Container Toolkit);
+    # "cdi": CDI device names (Docker 25+ with CDI on), for GPUs and MIG devices alike.
+    gpu_driver: str = "nvidia"
+    cdi_vendor_class: str = "nvidia.com/gpu"
     extra_create_kwargs: Mapping[str, Any] = field(default_factory=dict)
     extra_host_config: Mapping[str, Any] = field(default_factory=dict)
 
@@ -113,13 +119,52 @@ def volume_binds(volumes: Mapping[str, str | Mapping[str, str]]) -> dict[str, di
     return binds
 
 
+def _parse_binds(binds: Mapping | list) -> Mapping:
+    """Accept docker-py's dict form or the CLI's ["src:dst[:mode]", ...] form."""
+    if isinstance(binds, Mapping):
+        return binds
+    parsed: dict[str, dict[str, str]] = {}
+    for entry in binds:
+        parts = str(entry).split(":")
+        if len(parts) not in (2, 3):
+            raise ContainerConfigError(f"bind {entry!r} must be 'source:target' or 'source:target:mode'")
+        parsed[parts[0]] = {"bind": parts[1], "mode": parts[2] if len(parts) == 3 else "rw"}
+    return parsed
+
+
 def workspace_labels(spec: WorkspaceSpec) -> dict[str, str]:
     return {
         LABEL_MANAGED: "true",
         LABEL_HUB: spec.hub_id,
         LABEL_USER: spec.user,
         LABEL_SERVER: spec.server,
+        LABEL_GPUS: ",".join(spec.gpu_uuids),
     }
+
+
+def gpu_device_requests(gpu_uuids: tuple[str, ...], driver: str, cdi_vendor_class: str) -> list[dict[str, Any]]:
+    """Docker DeviceRequests for exactly these GPUs: never a count, so never "all GPUs"."""
+    if not gpu_uuids:
+        return []
+    if any(not u or "," in u for u in gpu_uuids):
+        raise ContainerConfigError(f"malformed GPU identifiers {list(gpu_uuids)!r}")
+    if driver == "nvidia":
+        return [{"driver": "nvidia", "device_ids": list(gpu_uuids), "capabilities": [["gpu"]]}]
+    if driver == "cdi":
+        return [{"driver": "cdi", "device_ids": [f"{cdi_vendor_class}={u}" for u in gpu_uuids]}]
+    raise ContainerConfigError(f"gpu_driver must be 'nvidia' or 'cdi' (got {driver!r})")
+
+
+def gpu_environment(gpu_uuids: tuple[str, ...]) -> dict[str, str]:
+    """What the workspace is told about its GPUs (the doctor checks the devices against it)."""
+    env = {"LABGPU_GPUS": ",".join(gpu_uuids)}
+    if gpu_uuids:
+        # CUDA's default order differs from NVML's; PCI order matches `nvidia-smi`.
+        env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
+    else:
+        # No GPUs granted: make sure no runtime hook exposes any.
+        env["NVIDIA_VISIBLE_DEVICES"] = "void"
+    return env
 
 
 def container_config(spec: WorkspaceSpec) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -150,13 +195,21 @@ def container_config(spec: WorkspaceSpec) -> tuple[dict[str, Any], dict[str, Any
     if spec.command:
         create_kwargs["command"] = list(spec.command)
     _deep_merge(create_kwargs, spec.extra_create_kwargs)
+    # What the workspace is told about its GPUs and its labels always match the grant.
+    create_kwargs["environment"].update(gpu_environment(spec.gpu_uuids))
     create_kwargs["labels"].update(workspace_labels(spec))
     if ":" not in user:
         user = f"{user}:{spec.run_as_gid}"
     create_kwargs["user"] = user
 
+    extra_host = dict(spec.extra_host_config)
     binds = volume_binds(spec.volumes)
+    # Admin-configured binds pass the same check as ours and add to them.
+    binds.update(volume_binds(_parse_binds(extra_host.pop("binds", None) or {})))
     create_kwargs["volumes"] = sorted(b["bind"] for b in binds.values())
+    for opt in extra_host.get("security_opt") or []:
+        if "unconfined" in opt:
+            raise ContainerConfigError(f"extra_host_config.security_opt {opt!r} is not allowed: it turns off a kernel sandbox")
 
     host_config: dict[str, Any] = {
         "auto_remove": spec.auto_remove,
@@ -170,16 +223,12 @@ def container_config(spec: WorkspaceSpec) -> tuple[dict[str, Any], dict[str, Any
         host_config["mem_limit"] = spec.mem_limit
     if spec.cpu_limit is not None:
         host_config["nano_cpus"] = int(spec.cpu_limit * 1e9)
+    device_requests = gpu_device_requests(spec.gpu_uuids, spec.gpu_driver, spec.cdi_vendor_class)
+    if device_requests:
+        host_config["device_requests"] = device_requests
     if spec.publish_on is not None:
         host_config["port_bindings"] = {spec.port: (spec.publish_on,)}
-    extra_binds = spec.extra_host_config.get("binds")
-    if extra_binds:
-        # Admin-configured binds pass the same check as ours.
-        if isinstance(extra_binds, Mapping):
-            volume_binds(extra_binds)
-        else:
-            volume_binds({b.split(":")[0]: b.split(":")[1] for b in extra_binds if ":" in b})
-    _deep_merge(host_config, spec.extra_host_config)
+    _deep_merge(host_config, extra_host)
 
     # Hardening, last so nothing above can undo it.
     security_opt = [o for o in host_config.get("security_opt") or [] if not o.startswith("no-new-privileges")]
