@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Set up and run all the tests: unit, end-to-end (real Docker, JupyterHub, proxy) and browser
+# (Playwright + Chromium). With CI=true a missing real part fails the run instead of skipping.
+#   scripts/test.sh [pytest args...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+mkdir -p test-output
+set +e
+.venv/bin/python -m pytest -ra --junitxml=test-output/junit.xml "$@"
+rc=$?
+set -e
+if [ $rc -eq 5 ]; then
+  echo "no tests were collected: that is a failure" >&2
+  exit 1
+fi
+exit $rc
