@@ -8,6 +8,7 @@ field by field: the user's own entry > the most generous of the user's groups > 
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
@@ -317,6 +318,7 @@ _DUPLICATE = object()  # pending-key marker: the value of a duplicate key is dro
 _MAX_NODES = 1_000_000  # aliases may not blow a small file up (billion laughs)
 
 
+@functools.lru_cache(maxsize=4096)
 def _plain_scalar(text: str) -> Any:
     """YAML 1.2 core schema for unquoted scalars, the same whichever parser read the file."""
     if text in _NULLS:
@@ -378,16 +380,129 @@ def _events_ruamel(text: str) -> list[Any]:
         raise _YamlProblem(1, 1, f"invalid YAML: {e}") from None
 
 
-def _read_yaml(text: str, filename: str) -> _Document:
+class _NeedsDetail(Exception):
+    """The fast reader met something to report: read again with positions."""
+
+
+_SCALAR, _START, _END, _ALIAS, _DOC, _OTHER = range(6)
+_EVENT_KINDS: dict[type, int] = {}
+
+
+def _event_kind(cls: type) -> int:
+    name = cls.__name__
+    kind = {
+        "ScalarEvent": _SCALAR,
+        "MappingStartEvent": _START,
+        "SequenceStartEvent": _START,
+        "MappingEndEvent": _END,
+        "SequenceEndEvent": _END,
+        "AliasEvent": _ALIAS,
+        "DocumentStartEvent": _DOC,
+    }.get(name, _OTHER)
+    _EVENT_KINDS[cls] = kind
+    return kind
+
+
+def _read_fast(events: Iterable[Any]) -> Any:
+    """Plain data from a well-formed quota file, without positions (the common case, kept
+    lean for big files); raises _NeedsDetail on anything :func:`_read_yaml` would report."""
+    stack: list[list] = []  # [container, is_map, pending_key, anchor, size, merges]
+    anchors: dict[str, tuple[Any, int]] = {}
+    root: Any = None
+    documents = 0
+    total = 0
+    kinds = _EVENT_KINDS
+    for event in events:
+        kind = kinds.get(event.__class__)
+        if kind is None:
+            kind = _event_kind(event.__class__)
+        if kind == _SCALAR:
+            if event.tag is not None and event.tag not in ("!", "tag:yaml.org,2002:str"):
+                raise _NeedsDetail
+            if event.style or event.tag is not None or (stack and stack[-1][1] and stack[-1][2] is None):
+                value: Any = event.value  # quoted, or a key: keys stay text
+            else:
+                value = _plain_scalar(event.value)
+            if event.anchor:
+                anchors[event.anchor] = (value, 1)
+            size = 1
+        elif kind == _START:
+            if event.tag is not None and event.tag not in ("tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"):
+                raise _NeedsDetail
+            if stack and stack[-1][1] and stack[-1][2] is None:
+                raise _NeedsDetail
+            is_map = event.__class__.__name__ == "MappingStartEvent"
+            stack.append([{} if is_map else [], is_map, None, event.anchor, 1, None])
+            continue
+        elif kind == _END:
+            frame = stack.pop()
+            value, size = frame[0], frame[4]
+            if frame[5]:
+                for merged in frame[5]:
+                    for part in merged if isinstance(merged, list) else [merged]:
+                        if not isinstance(part, dict):
+                            raise _NeedsDetail
+                        for k, v in part.items():
+                            if k not in value:
+                                value[k] = v
+            if frame[3]:
+                anchors[frame[3]] = (value, size)
+        elif kind == _ALIAS:
+            if event.anchor not in anchors:
+                raise _NeedsDetail
+            value, size = anchors[event.anchor]
+        else:
+            if kind == _DOC:
+                documents += 1
+                if documents > 1:
+                    raise _NeedsDetail
+            continue
+        total += size
+        if total > _MAX_NODES:
+            raise _NeedsDetail
+        if not stack:
+            root = value
+            continue
+        frame = stack[-1]
+        frame[4] += size
+        if frame[1]:
+            key = frame[2]
+            if key is None:
+                if kind != _SCALAR:
+                    raise _NeedsDetail
+                key = event.value
+                if key in frame[0]:
+                    raise _NeedsDetail
+                frame[2] = key
+            else:
+                frame[2] = None
+                if key == "<<" and kind != _SCALAR:
+                    if frame[5] is None:
+                        frame[5] = []
+                    frame[5].append(value)
+                else:
+                    frame[0][key] = value
+        else:
+            frame[0].append(value)
+    return root
+
+
+def _parse_events(text: str) -> list[Any]:
+    """The YAML event stream: libyaml when it accepts the text, else ruamel.yaml (which also
+    accepts what libyaml is stricter about, e.g. ``image: a/b:tag`` inside ``{...}``)."""
+    events = _events_libyaml(text)
+    return events if events is not None else _events_ruamel(text)
+
+
+def _read_yaml(text: str, filename: str, events: list[Any] | None = None) -> _Document:
     """Parse one YAML document into plain dicts/lists/scalars, recording positions.
 
     Works on the parser's event stream (no node graph): fast, and the same code for libyaml
     and ruamel.yaml. Keys are always strings; duplicate keys, tags, more than one document and
     runaway aliases are refused with their position.
     """
-    events = _events_libyaml(text)
     if events is None:
-        events = _events_ruamel(text)
+        events = _parse_events(text)
     keys: dict[tuple, Loc] = {}
     values: dict[tuple, Loc] = {}
     anchors: dict[str, tuple[Any, int]] = {}
@@ -666,7 +781,8 @@ class Policy:
     files: tuple[str, ...] = ()
     member_groups: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # user -> groups listing them
     entries: Mapping[str, dict[str, Any]] = field(default_factory=dict)  # "users.x"/"groups.y"/"defaults" -> set fields
-    positions: Mapping[tuple, Loc] = field(default_factory=dict)
+    # Group combination -> (values, sources) before the user's own entry; filled by resolve().
+    _group_cache: dict[tuple[str, ...], tuple[dict, dict]] = field(default_factory=dict, compare=False, repr=False)
 
     def gpu_model_of(self, device_name: str) -> str | None:
         """The policy's model name for an NVML device name (``NVIDIA A100-SXM4-80GB`` -> ``A100``)."""
@@ -675,11 +791,6 @@ class Policy:
             if any(pattern.lower() in lowered for pattern in spec.match):
                 return name
         return None
-
-    def where(self, path: Sequence[str]) -> str:
-        """``file:line`` of an entry, for messages and ``labgpu quotas show``."""
-        loc = self.positions.get(tuple(path))
-        return f"{loc[0]}:{loc[1]}" if loc else ""
 
 
 def _entry_fields(entry: LimitsEntry) -> dict[str, Any]:
@@ -713,7 +824,22 @@ def resolve(policy: Policy, user: str, groups: Iterable[str] = ()) -> Limits:
     are added): field by field, user entry > most generous group > defaults > built-in."""
     spec = policy.spec
     entries = policy.entries
-    in_groups = sorted({g for g in groups if g in spec.groups} | set(policy.member_groups.get(user, ())))
+    in_groups = tuple(sorted({g for g in groups if g in spec.groups} | set(policy.member_groups.get(user, ()))))
+    cached = policy._group_cache.get(in_groups)
+    if cached is None:
+        cached = policy._group_cache[in_groups] = _group_values(policy, in_groups)
+    values, sources = dict(cached[0]), dict(cached[1])
+    own = entries.get(f"users.{user}")
+    if own:
+        values.update(own)
+        for name in own:
+            sources[name] = f"users.{user}"
+    return _limits(spec, user, in_groups, values, sources)
+
+
+def _group_values(policy: Policy, in_groups: tuple[str, ...]) -> tuple[dict, dict]:
+    """Values and their sources from built-ins, defaults and the most generous of the groups."""
+    entries = policy.entries
     values = dict(BUILTIN_DEFAULTS)
     sources = dict.fromkeys(values, BUILTIN)
     defaults = entries.get("defaults", {})
@@ -737,12 +863,10 @@ def resolve(policy: Policy, user: str, groups: Iterable[str] = ()) -> Limits:
             group_values[name] = best
     values.update(group_values)
     sources.update(group_sources)
-    own = entries.get(f"users.{user}")
-    if own:
-        values.update(own)
-        for name in own:
-            sources[name] = f"users.{user}"
+    return values, sources
 
+
+def _limits(spec: PolicyFile, user: str, in_groups: tuple[str, ...], values: dict, sources: dict) -> Limits:
     gpus = values["gpus"]
     total = values["gpus_total"]
     if total is None or total < gpus:
@@ -978,13 +1102,11 @@ def _build_policy(spec: PolicyFile, files: Sequence[str], doc: _Document) -> Pol
         entries[f"groups.{name}"] = _entry_fields(group)
     for name, user in spec.users.items():
         entries[f"users.{name}"] = _entry_fields(user)
-    positions = {p: loc for p, loc in doc.keys.items() if len(p) <= 2}
     return Policy(
         spec=spec,
         files=tuple(files),
         member_groups={u: tuple(g) for u, g in member_groups.items()},
         entries=entries,
-        positions=positions,
     )
 
 
@@ -992,14 +1114,48 @@ def _format(loc: Loc, message: str) -> str:
     return f"{loc[0]}:{loc[1]}:{loc[2]}: {message}"
 
 
+def _load_fast(texts: Sequence[tuple[str, str]], parsed: dict[str, list[Any]]) -> Policy | None:
+    """The policy when every file is valid, read without positions; None when anything is
+    wrong (then :func:`load_policy_texts` reads again with positions to explain it)."""
+    documents: list[_Document] = []
+    for filename, text in texts:
+        try:
+            events = parsed[filename] = _parse_events(text)
+            data = _read_fast(events)
+        except (_YamlProblem, _NeedsDetail):
+            return None
+        if data is None:
+            continue
+        if not isinstance(data, dict):
+            return None
+        documents.append(_Document(data, {}, {}))
+    conflicts: list[tuple[Loc, str]] = []
+    merged = _merge_documents(documents, conflicts)
+    if conflicts:
+        return None
+    try:
+        spec = PolicyFile.model_validate(merged.data)
+    except ValidationError:
+        return None
+    cross: list[tuple[tuple, bool, str]] = []
+    _cross_checks(spec, cross)
+    if cross:
+        return None
+    return _build_policy(spec, [name for name, _ in texts], merged)
+
+
 def load_policy_texts(texts: Sequence[tuple[str, str]]) -> Policy:
     """Validate ``[(filename, yaml_text), ...]`` merged into one policy; raise PolicyError
     with every problem, sorted by file and line."""
+    parsed: dict[str, list[Any]] = {}
+    policy = _load_fast(texts, parsed)
+    if policy is not None:
+        return policy
     located: list[tuple[Loc, str]] = []
     documents: list[_Document] = []
     for filename, text in texts:
         try:
-            doc = _read_yaml(text, filename)
+            doc = _read_yaml(text, filename, parsed.get(filename))
         except _YamlProblem as e:
             located.append(((filename, e.line, e.col), e.message))
             continue
