@@ -1,0 +1,1 @@
+"""Alembic migrations of the ledger database; ``labgpu.ledger.Ledger`` runs them to head on open."""
