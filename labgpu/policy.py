@@ -760,6 +760,7 @@ class Limits:
     share: float  # fair-share weight
     pools: Mapping[str, int] = field(default_factory=dict)  # group -> GPUs the whole group may hold
     shared_volumes: Mapping[str, str] = field(default_factory=dict)  # group -> Docker volume name
+    known_models: Mapping[str, str] = field(default_factory=dict)  # the policy's GPU models: name -> display
     sources: Mapping[str, str] = field(default_factory=dict)
 
     def image(self, name: str) -> ImageChoice | None:
@@ -918,6 +919,7 @@ def _limits(spec: PolicyFile, user: str, in_groups: tuple[str, ...], values: dic
         share=float(values["share"]),
         pools=pools,
         shared_volumes=volumes,
+        known_models={name: m.display or name for name, m in spec.gpus.models.items()},
         sources=sources,
     )
 
