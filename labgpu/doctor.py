@@ -848,11 +848,13 @@ def _nvml_device(machine: Machine, uuid: str) -> dict[str, Any] | None:
 
 def check_nccl(torch: Any, machine: Machine, quick: bool, timeout_s: float) -> CheckResult:
     """All-reduce and one DDP step across every visible GPU through torchrun, with bus bandwidth."""
+    import torch.distributed as dist
+
     count = torch.cuda.device_count()
     if count < 2:
         return CheckResult("nccl", "SKIP", f"NCCL all-reduce needs 2 or more GPUs; this workspace "
                            f"sees {count}")
-    if not torch.distributed.is_available() or not torch.distributed.is_nccl_available():
+    if not dist.is_available() or not dist.is_nccl_available():
         return CheckResult("nccl", "FAIL", "this PyTorch has no NCCL backend",
                            "install a CUDA build of PyTorch from PyPI (it ships NCCL)")
     uuids = visible_uuids_from_torch(torch)
