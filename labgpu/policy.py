@@ -1212,6 +1212,15 @@ def split_paths(value: str) -> list[str]:
     return [part.strip() for part in re.split(r"[,:]", value) if part.strip()]
 
 
+def _display_path(path: Path) -> str:
+    """The path as admins know it: relative to the working directory when inside it."""
+    try:
+        relative = os.path.relpath(path)
+    except ValueError:
+        return str(path)
+    return str(path) if relative.startswith("..") else relative
+
+
 def load_policy(paths: Iterable[str | os.PathLike[str]]) -> Policy:
     """Read and validate quota files (or directories of them); raise PolicyError on any problem."""
     raw_paths = list(paths)
@@ -1222,12 +1231,13 @@ def load_policy(paths: Iterable[str | os.PathLike[str]]) -> Policy:
         shown = ", ".join(str(p) for p in raw_paths) or "(none given)"
         raise PolicyError([f"{shown}: no quota files found (expected *.yaml files)"])
     for path in files:
+        shown = _display_path(path)
         try:
-            texts.append((str(path), path.read_text(encoding="utf-8")))
+            texts.append((shown, path.read_text(encoding="utf-8")))
         except UnicodeDecodeError as e:
-            errors.append(f"{path}:1:1: not UTF-8 text ({e.reason} at byte {e.start})")
+            errors.append(f"{shown}:1:1: not UTF-8 text ({e.reason} at byte {e.start})")
         except OSError as e:
-            errors.append(f"{path}: cannot be read: {e.strerror or e}")
+            errors.append(f"{shown}: cannot be read: {e.strerror or e}")
     try:
         policy = load_policy_texts(texts)
     except PolicyError as e:
