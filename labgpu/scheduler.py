@@ -189,6 +189,25 @@ def fairshare_factor(usage: float, share: float, total_usage: float, total_share
     return 2.0 ** (-normalized_usage / normalized_share)
 
 
+def normalized_shares(shares: Shares, users: Iterable[str]) -> dict[str, float]:
+    """Each user's fraction of the whole machine: (group share / sum of group shares) x
+    (user share / sum of user shares in the group), over the groups of ``users``."""
+    members: dict[str, list[str]] = {}
+    for user in set(users):
+        members.setdefault(shares.group(user), []).append(user)
+    total_group_shares = sum(shares.group_share(g) for g in members)
+    fractions: dict[str, float] = {}
+    for group, group_users in members.items():
+        sibling_shares = sum(shares.user_share(u) for u in group_users)
+        for user in group_users:
+            if total_group_shares <= 0 or sibling_shares <= 0:
+                fractions[user] = 0.0
+            else:
+                fractions[user] = (shares.group_share(group) / total_group_shares
+                                   * shares.user_share(user) / sibling_shares)
+    return fractions
+
+
 def fairshare_factors(usage: Mapping[str, float], shares: Shares,
                       users: Iterable[str] = ()) -> dict[str, float]:
     """Two-level fair-share factor for every user with usage, a share, or listed in ``users``.
