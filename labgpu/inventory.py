@@ -152,7 +152,7 @@ def _gpu_from_mapping(entry: Any, position: int, source: str, path: str) -> tupl
     try:
         memory_total = parse_memory(entry.get(memory_key, 0))
     except ValueError as exc:
-        raise field_error(memory_key, str(exc)) from None
+        raise field_error(memory_key, str(exc).removeprefix("memory ")) from None
     healthy = entry.get("healthy", True)
     if not isinstance(healthy, bool):
         raise field_error("healthy", f"must be true or false (got {healthy!r})")
