@@ -802,6 +802,8 @@ def _entry_fields(entry: LimitsEntry) -> dict[str, Any]:
             continue
         value = getattr(entry, name)
         if value is None:
+            if name == "models":
+                values["models"] = None  # written as "any"
             continue
         if name == "memory":
             values["memory_limit"] = value.limit
@@ -967,7 +969,10 @@ def _pydantic_message(error: Mapping[str, Any], path: tuple) -> str:
     }
     if kind in bounds:
         op, key = bounds[kind]
-        return f"{field_name} must be {op} {ctx.get(key)} (got {_describe(got)})"
+        bound = ctx.get(key)
+        if isinstance(bound, float) and bound.is_integer():
+            bound = int(bound)
+        return f"{field_name} must be {op} {bound} (got {_describe(got)})"
     if kind == "string_pattern_mismatch":
         hints = {
             "exclude": "GPU UUIDs as `nvidia-smi -L` prints them, e.g. GPU-5e8d0c0a-...",
