@@ -118,7 +118,7 @@ def judge_driver(driver: str | None, cuda_runtime: str | None, driver_cuda: str 
                                "the container was started without the NVIDIA runtime: ask your "
                                "admin to check the NVIDIA Container Toolkit on the GPU server")
         return CheckResult(name, "SKIP", "no NVIDIA driver on this machine (no GPU): nothing to check")
-    native = f", natively up to CUDA {driver_cuda}" if driver_cuda else ""
+    native = f" (natively CUDA {driver_cuda})" if driver_cuda else ""
     if cuda_runtime is None:
         return CheckResult(name, "SKIP", f"driver {driver}{native}; no CUDA runtime to compare "
                            "with (PyTorch is missing or a CPU-only build)", figures={"driver": driver})
