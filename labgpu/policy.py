@@ -377,7 +377,18 @@ def _events_ruamel(text: str) -> list[Any]:
         what = " ".join(x for x in (e.context, e.problem) if x) or "invalid YAML"
         raise _YamlProblem(mark.line + 1 if mark else 1, mark.column + 1 if mark else 1, f"invalid YAML: {what}") from None
     except YAMLError as e:
-        raise _YamlProblem(1, 1, f"invalid YAML: {e}") from None
+        position = getattr(e, "position", None)  # ReaderError: a character YAML forbids
+        line, col = 1, 1
+        if isinstance(position, int):
+            before = text[:position]
+            line, col = before.count("\n") + 1, position - (before.rfind("\n") + 1) + 1
+        reason = getattr(e, "reason", None)
+        character = getattr(e, "character", None)
+        if reason and character is not None:
+            what = f"{reason}: character {character!r} is not allowed in YAML"
+        else:
+            what = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise _YamlProblem(line, col, f"invalid YAML: {what}") from None
 
 
 class _NeedsDetail(Exception):
@@ -1118,7 +1129,7 @@ def _build_policy(spec: PolicyFile, files: Sequence[str], doc: _Document) -> Pol
 
 
 def _format(loc: Loc, message: str) -> str:
-    return f"{loc[0]}:{loc[1]}:{loc[2]}: {message}"
+    return f"{loc[0]}:{loc[1]}:{loc[2]}: {' '.join(message.split())}"
 
 
 def _load_fast(texts: Sequence[tuple[str, str]], parsed: dict[str, list[Any]]) -> Policy | None:
