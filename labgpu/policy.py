@@ -385,7 +385,8 @@ def _events_ruamel(text: str) -> list[Any]:
         reason = getattr(e, "reason", None)
         character = getattr(e, "character", None)
         if reason and character is not None:
-            what = f"{reason}: character {character!r} is not allowed in YAML"
+            shown = chr(character) if isinstance(character, int) else character
+            what = f"character {shown!r} is not allowed in YAML ({reason})"
         else:
             what = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise _YamlProblem(line, col, f"invalid YAML: {what}") from None
