@@ -26,6 +26,7 @@ MIN_INTERVAL_S = 1.0
 DEFAULT_INTERVAL_S = 5.0
 MINUTE = 60
 HOUR = 3600
+DAY_S = 24 * HOUR
 
 # Container labels written by the spawner (labgpu.containers.LABEL_USER / LABEL_SERVER).
 LABEL_USER = "org.labgpu.user"
@@ -243,6 +244,9 @@ class ReplayTelemetrySource:
         self.ticks: list[list[GpuReading]] = [
             [GpuReading.from_json(g) for g in tick["gpus"]] for tick in trace["ticks"]
         ]
+        # Seconds since the recording started, per tick: replaying at these offsets
+        # reproduces the recorded timing.
+        self.offsets_s: list[float] = [float(tick.get("t", i * self.interval_s)) for i, tick in enumerate(trace["ticks"])]
         if not self.ticks:
             raise ValueError(f"{self.path}: the trace has no ticks; record one with benchmarks/gpu_poller_check.py")
         self.loop = loop
