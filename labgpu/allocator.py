@@ -421,7 +421,9 @@ def reconcile(
         stops.append(ContainerStop(drop.container_id, drop.user, drop.server, reason))
 
     def is_pending(allocation: Allocation) -> bool:
-        return (allocation.user, allocation.server) not in by_key and now - allocation.since < pending_grace
+        if pending_grace <= timedelta(0) or (allocation.user, allocation.server) in by_key:
+            return False
+        return now - allocation.since < pending_grace
 
     ledger_holder = {uuid: (a.user, a.server) for a in allocations for uuid in a.gpu_uuids}
     claimants: dict[str, list[ContainerClaim]] = {}

@@ -1,0 +1,158 @@
+"""The ledger on a real SQLite file: grants, releases, audit, inventory changes, reconcile."""
+
+import sqlite3
+from dataclasses import replace
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from labgpu.allocator import NotEnoughGpus, reconcile
+from labgpu.inventory import ReplayInventory
+from labgpu.ledger import Ledger
+
+DATA = Path(__file__).parent.parent / "data"
+
+
+class Clock:
+    def __init__(self):
+        self.now = datetime(2026, 11, 24, 9, 14, tzinfo=timezone.utc)
+
+    def __call__(self):
+        self.now += timedelta(seconds=1)
+        return self.now
+
+
+@pytest.fixture
+def box8():
+    return ReplayInventory(DATA / "a100x8-two-nvlink-islands.json").gpus()
+
+
+@pytest.fixture
+def ledger(tmp_path, box8):
+    with Ledger(tmp_path / "ledger.sqlite", clock=Clock()) as ledger:
+        ledger.sync_inventory(box8)
+        yield ledger
+
+
+def test_database_is_wal_with_the_schema_at_alembic_head(tmp_path):
+    path = tmp_path / "sub" / "ledger.sqlite"
+    Ledger(path).close()
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert db.execute("SELECT version_num FROM alembic_version").fetchall() == [("0001",)]
+    tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert {"gpus", "allocations", "allocation_gpus", "allocation_events"} <= tables
+
+
+def test_grant_and_release_are_recorded_and_audited(ledger, box8):
+    granted = ledger.allocate("alice", "", 2, image="sha256:abc")
+    assert granted.gpu_uuids == (box8[0].uuid, box8[1].uuid)
+    assert ledger.allocation_for("alice") == granted
+    holders = {h.gpu.index: h.allocation.user if h.allocation else None for h in ledger.holdings()}
+    assert holders == {0: "alice", 1: "alice", 2: None, 3: None, 4: None, 5: None, 6: None, 7: None}
+    released = ledger.release("alice", "", "stopped")
+    assert released.gpu_uuids == granted.gpu_uuids
+    assert ledger.allocation_for("alice") is None and ledger.release("alice", "", "again") is None
+    events = ledger.audit()
+    assert [(e.action, e.user, e.gpu_uuids, e.image) for e in events] == [
+        ("grant", "alice", granted.gpu_uuids, "sha256:abc"),
+        ("release", "alice", granted.gpu_uuids, "sha256:abc"),
+    ]
+    assert events[1].reason == "stopped"
+
+
+def test_no_gpu_is_granted_twice_and_refusal_names_the_holders(ledger):
+    ledger.allocate("alice", "", 4)
+    ledger.allocate("bob", "big", 3)
+    with pytest.raises(NotEnoughGpus) as refused:
+        ledger.allocate("carol", "", 2)
+    message = str(refused.value)
+    assert message.startswith("Not enough free GPUs: you asked for 2, 1 is free (")
+    assert "held by alice since" in message and "held by bob/big since" in message
+    held = [u for a in ledger.allocations() for u in a.gpu_uuids]
+    assert len(held) == len(set(held)) == 7
+    assert ledger.allocation_for("carol") is None
+    assert [e.action for e in ledger.audit()] == ["grant", "grant"]  # the refusal changed nothing
+
+
+def test_second_request_for_a_server_is_idempotent_or_replaces(ledger):
+    first = ledger.allocate("alice", "", 2)
+    assert ledger.allocate("alice", "", 2) == first  # a retried spawn keeps its GPUs
+    bigger = ledger.allocate("alice", "", 4)
+    assert len(bigger.gpu_uuids) == 4
+    assert [e.action for e in ledger.audit()] == ["grant", "release", "grant"]
+    assert len(ledger.allocations()) == 1
+
+
+def test_named_servers_of_one_user_hold_separate_gpus(ledger):
+    a = ledger.allocate("alice", "", 1)
+    b = ledger.allocate("alice", "second", 1)
+    assert set(a.gpu_uuids).isdisjoint(b.gpu_uuids)
+    ledger.release("alice", "", "stopped")
+    assert ledger.allocation_for("alice", "second") == b
+
+
+def test_unhealthy_excluded_and_vanished_gpus_are_not_granted(ledger, box8):
+    sick = [replace(g, healthy=False, health_reason="NVML: GPU is lost") if g.index == 0 else g for g in box8]
+    change = ledger.sync_inventory(sick[:7])  # GPU 7 is no longer listed
+    assert change.became_unhealthy == (box8[0].uuid,) and change.gone == (box8[7].uuid,)
+    granted = ledger.allocate("alice", "", 5, exclude={box8[1].uuid})
+    assert {box8[0].uuid, box8[1].uuid, box8[7].uuid}.isdisjoint(granted.gpu_uuids)
+    with pytest.raises(NotEnoughGpus, match="you asked for 1, 0 are free .*1 unhealthy"):
+        ledger.allocate("bob", "", 1, exclude={box8[1].uuid})
+    assert [h.gpu.index for h in ledger.holdings()] == list(range(7))
+    assert [h.present for h in ledger.holdings(include_gone=True)][-1] is False
+
+
+def test_gpu_held_when_it_vanishes_stays_held_until_released(ledger, box8):
+    granted = ledger.allocate("alice", "", 8)
+    ledger.sync_inventory(box8[:4])
+    assert ledger.allocation_for("alice").gpu_uuids == granted.gpu_uuids
+    ledger.release("alice", "", "stopped")
+    assert ledger.allocate("bob", "", 4).gpu_uuids == tuple(g.uuid for g in box8[:4])
+
+
+def test_models_filter_in_the_ledger(ledger):
+    with pytest.raises(NotEnoughGpus, match="Not enough free H100 GPUs: you asked for 1, 0 are free"):
+        ledger.allocate("alice", "", 1, models=["H100"])
+    assert len(ledger.allocate("alice", "", 1, models=["A100"]).gpu_uuids) == 1
+
+
+def test_ledger_survives_reopening(tmp_path, box8):
+    path = tmp_path / "ledger.sqlite"
+    with Ledger(path) as first:
+        first.sync_inventory(box8)
+        granted = first.allocate("alice", "", 3)
+    with Ledger(path) as second:  # the hub restarted
+        assert second.allocation_for("alice") == granted
+        assert len(second.allocate("bob", "", 5).gpu_uuids) == 5
+
+
+def test_reconcile_plan_applied_to_the_ledger(ledger, box8):
+    ledger.allocate("alice", "", 2)  # her container is gone after the crash
+    ledger.allocate("bob", "", 1)  # his is still running
+    containers = [
+        {"id": "c-bob", "state": "running", "org.labgpu.user": "bob", "org.labgpu.server": "",
+         "org.labgpu.gpus": ledger.allocation_for("bob").gpu_uuids[0], "org.labgpu.hub": "labgpu"},
+        {"id": "c-dan", "state": "running", "org.labgpu.user": "dan", "org.labgpu.server": "x",
+         "org.labgpu.gpus": f"{box8[6].uuid},{box8[7].uuid}", "org.labgpu.hub": "labgpu"},
+    ]
+    plan = reconcile(ledger.allocations(), containers, hub_id="labgpu", known_gpus={g.uuid for g in box8})
+    result = ledger.apply_reconcile(plan)
+    assert [a.user for a in result.released] == ["alice"] and [a.user for a in result.adopted] == ["dan"]
+    assert not result.skipped
+    assert {a.user for a in ledger.allocations()} == {"bob", "dan"}
+    assert ledger.allocation_for("dan", "x").gpu_uuids == (box8[6].uuid, box8[7].uuid)
+    assert [e.action for e in ledger.audit()][-2:] == ["release", "adopt"]
+    # applying the same plan again changes nothing and says why
+    again = ledger.apply_reconcile(plan)
+    assert not again.released and not again.adopted and "already holds" in again.skipped[0]
+
+
+def test_stale_adoption_never_takes_a_gpu_someone_holds(ledger, box8):
+    plan = reconcile([], [{"id": "c1", "state": "running", "org.labgpu.user": "eve", "org.labgpu.gpus": box8[0].uuid}])
+    ledger.allocate("alice", "", 1)  # granted box8[0] after the plan was made
+    result = ledger.apply_reconcile(plan)
+    assert not result.adopted and "held" in result.skipped[0]
+    assert ledger.allocation_for("eve") is None
