@@ -12,6 +12,7 @@ the simulator (median of repeated runs). Writes benchmarks/results/fairshare.{js
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -100,6 +101,8 @@ def main() -> int:
         "benchmark": "fairshare", "trace": str(TRACE.relative_to(REPO)), "machine": machine(),
         "results": summaries, "criteria": {k: {"better": how, "fairshare_wins": verdict[k]} for k, how, _ in CRITERIA},
         "criteria_won": won, "simulator_time": timings,
+        "gpu_choice": ("labgpu.allocator.choose_gpus" if importlib.util.find_spec("labgpu.allocator")
+                       else "first free ids (labgpu.allocator absent)"),
         "robustness": {"seeds": seeds, "all_three_won": all_three, "raw_held_jain_won": raw_jain_wins,
                        "runs": robustness},
     }
