@@ -62,6 +62,8 @@ __all__ = [
 ]
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+# Our own Alembic version table, so the ledger can share a database with JupyterHub's.
+VERSION_TABLE = "labgpu_alembic_version"
 
 
 class LedgerError(RuntimeError):
@@ -235,7 +237,7 @@ def _head_revision() -> str | None:
 def _current_revision(connection: Connection) -> str | None:
     from alembic.runtime.migration import MigrationContext
 
-    return MigrationContext.configure(connection).get_current_revision()
+    return MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE}).get_current_revision()
 
 
 def upgrade_to_head(engine: Engine) -> bool:

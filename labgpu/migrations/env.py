@@ -3,21 +3,22 @@ when given one, as :func:`labgpu.ledger.upgrade_to_head` does, else opens the co
 
 from alembic import context
 
-from labgpu.ledger import Base, ledger_engine
+from labgpu.ledger import VERSION_TABLE, Base, ledger_engine
 
 config = context.config
 
 
 def run_migrations(connection) -> None:
     # render_as_batch: SQLite cannot ALTER most things; batch mode copies the table instead.
-    context.configure(connection=connection, target_metadata=Base.metadata, render_as_batch=True)
+    context.configure(connection=connection, target_metadata=Base.metadata, render_as_batch=True,
+                      version_table=VERSION_TABLE)
     with context.begin_transaction():
         context.run_migrations()
 
 
 if context.is_offline_mode():
     context.configure(url=config.get_main_option("sqlalchemy.url"), target_metadata=Base.metadata,
-                      literal_binds=True, render_as_batch=True)
+                      literal_binds=True, render_as_batch=True, version_table=VERSION_TABLE)
     with context.begin_transaction():
         context.run_migrations()
 else:
