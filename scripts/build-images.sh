@@ -11,12 +11,14 @@
 # LABGPU_BUILD_CA: a CA bundle that pip inside `docker build` should trust (a lab behind a
 # TLS-intercepting proxy); defaults to the host's bundle when it exists.
 set -euo pipefail
+shopt -s inherit_errexit  # a failed build inside $(...) stops the script
 cd "$(dirname "$0")/.."
 
 SUITE=bookworm
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 ROOTFS_PACKAGES=python3,python3-venv,ca-certificates,procps,less,git
-TORCH_VERSION=${TORCH_VERSION:-2.15.0}
+TORCH_VERSION=${TORCH_VERSION:-2.14.1}          # a pinned pair, as in the official images
+TORCHVISION_VERSION=${TORCHVISION_VERSION:-0.29.2}
 BUILD_CA=${LABGPU_BUILD_CA-/etc/ssl/certs/ca-certificates.crt}
 
 log() { printf '[build-images] %s\n' "$*" >&2; }
@@ -58,26 +60,50 @@ build_rootfs() {
 
 build_torch_base() {
   local rootfs=$1 key tag ctx
-  key=$( { echo "$rootfs $TORCH_VERSION"; cat images/local-base/Dockerfile; } | hash_of)
+  key=$( { echo "$rootfs $TORCH_VERSION $TORCHVISION_VERSION"; cat images/local-base/Dockerfile; } | hash_of)
   tag=labgpu/torch-base:$key
   if ! have_image "$tag"; then
     ctx=$(make_context images/local-base/Dockerfile)
     log "building $tag (torch $TORCH_VERSION from PyPI; about 10 minutes the first time)"
-    docker build -q --build-arg ROOTFS_IMAGE="$rootfs" --build-arg TORCH_VERSION="$TORCH_VERSION" -t "$tag" "$ctx" >/dev/null
+    docker_build --build-arg ROOTFS_IMAGE="$rootfs" --build-arg TORCH_VERSION="$TORCH_VERSION" --build-arg TORCHVISION_VERSION="$TORCHVISION_VERSION" -t "$tag" "$ctx"
     rm -rf "$ctx"
     prune_old_tags labgpu/torch-base "$tag"
   fi
   echo "$tag"
 }
 
+# Run `docker build`, keeping its output in a log that is shown when the build fails.
+docker_build() {
+  local log; log=$(mktemp)
+  if ! docker build "$@" >"$log" 2>&1; then
+    grep -v -e 'legacy builder is deprecated' -e 'buildx' "$log" | tail -40 >&2
+    log "docker build $* failed (full log: $log)"
+    exit 1
+  fi
+  rm -f "$log"
+}
+
 build_workspace() {
-  local base=$1 key tag ctx
-  key=$( { echo "$base"; find images/workspace -type f | sort | xargs cat; } | hash_of)
+  local base=$1 key tag ctx labels
+  # The image carries only what labgpu-doctor needs of labgpu, so only that is an input.
+  local doctor_files=(labgpu/__init__.py labgpu/doctor*.py)
+  key=$( { echo "$base"; find images/workspace -type f | sort | xargs cat; cat "${doctor_files[@]}" 2>/dev/null; } | hash_of)
   tag=labgpu/workspace:$key
   if ! have_image "$tag"; then
     ctx=$(make_context images/workspace/.)
+    mkdir -p "$ctx/labgpu-src/labgpu"
+    cp "${doctor_files[@]}" "$ctx/labgpu-src/labgpu/" 2>/dev/null || cp labgpu/__init__.py "$ctx/labgpu-src/labgpu/"
     log "building $tag on $base (a few minutes the first time)"
-    docker build -q --build-arg BASE_IMAGE="$base" -t "$tag" "$ctx" >/dev/null
+    docker_build --build-arg BASE_IMAGE="$base" -t "$tag-unlabelled" "$ctx"
+    # Label the image with the versions inside it (read from the image itself), in one step.
+    labels=(--label "org.labgpu.base-image=$base"
+            --label "org.labgpu.version.labgpu=$(sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)")
+    while IFS='=' read -r name value; do
+      [ -n "$name" ] && labels+=(--label "org.labgpu.version.$name=$value")
+    done < <(docker run --rm --network none --entrypoint cat "$tag-unlabelled" /etc/labgpu/versions.env)
+    echo "FROM $tag-unlabelled" > "$ctx/Dockerfile.labels"
+    docker_build -f "$ctx/Dockerfile.labels" "${labels[@]}" -t "$tag" "$ctx"
+    docker image rm "$tag-unlabelled" >/dev/null
     rm -rf "$ctx"
   fi
   docker tag "$tag" labgpu/workspace:local
