@@ -14,7 +14,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Iterable, Mapping, Sequence
+from typing import Annotated, Any, Callable, Iterable, Mapping, Sequence
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from pydantic_core import PydanticCustomError
@@ -96,6 +96,18 @@ def format_duration(seconds: float | None) -> str:
     return "".join(parts) or "0s"
 
 
+def _cached_for_scalars(check: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """Memoise a validator for hashable scalars (a big file repeats ``64G`` and ``2h`` a lot)."""
+    cached = functools.lru_cache(maxsize=1024)(lambda value, _type: check(value))
+
+    def validate(value: Any) -> Any:
+        if isinstance(value, (str, int, float)):
+            return cached(value, type(value))  # the type keeps True, 1 and 1.0 apart
+        return check(value)
+
+    return validate
+
+
 def _size(low: int, high: int) -> BeforeValidator:
     def check(value: Any) -> int:
         try:
@@ -108,7 +120,7 @@ def _size(low: int, high: int) -> BeforeValidator:
             )
         return size
 
-    return BeforeValidator(check)
+    return BeforeValidator(_cached_for_scalars(check))
 
 
 def _duration(low: float, high: float, *, unlimited: bool = True) -> BeforeValidator:
@@ -128,7 +140,7 @@ def _duration(low: float, high: float, *, unlimited: bool = True) -> BeforeValid
             raise PydanticCustomError("duration_range", f"must be {allowed} (got {value})")
         return seconds
 
-    return BeforeValidator(check)
+    return BeforeValidator(_cached_for_scalars(check))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -794,8 +806,11 @@ class Policy:
     files: tuple[str, ...] = ()
     member_groups: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # user -> groups listing them
     entries: Mapping[str, dict[str, Any]] = field(default_factory=dict)  # "users.x"/"groups.y"/"defaults" -> set fields
-    # Group combination -> (values, sources) before the user's own entry; filled by resolve().
-    _group_cache: dict[tuple[str, ...], tuple[dict, dict]] = field(default_factory=dict, compare=False, repr=False)
+    known_models: Mapping[str, str] = field(default_factory=dict)  # GPU model name -> display name
+    # Group combination -> (values, sources, extras) before the user's own entry, and image
+    # lists -> choices; filled by resolve().
+    _group_cache: dict[tuple[str, ...], tuple[dict, dict, dict]] = field(default_factory=dict, compare=False, repr=False)
+    _image_cache: dict[Any, tuple] = field(default_factory=dict, compare=False, repr=False)
 
     def gpu_model_of(self, device_name: str) -> str | None:
         """The policy's model name for an NVML device name (``NVIDIA A100-SXM4-80GB`` -> ``A100``)."""
@@ -842,14 +857,33 @@ def resolve(policy: Policy, user: str, groups: Iterable[str] = ()) -> Limits:
     in_groups = tuple(sorted({g for g in groups if g in spec.groups} | set(policy.member_groups.get(user, ()))))
     cached = policy._group_cache.get(in_groups)
     if cached is None:
-        cached = policy._group_cache[in_groups] = _group_values(policy, in_groups)
-    values, sources = dict(cached[0]), dict(cached[1])
+        values, sources = _group_values(policy, in_groups)
+        cached = policy._group_cache[in_groups] = (values, sources, _group_extras(spec, in_groups))
+    values, sources, extras = cached
+    sources = dict(sources)
     own = entries.get(f"users.{user}")
     if own:
-        values.update(own)
+        values = {**values, **own}
+        source = f"users.{user}"
         for name in own:
-            sources[name] = f"users.{user}"
-    return _limits(spec, user, in_groups, values, sources)
+            sources["memory" if name == "memory_limit" else name] = source
+    return _limits(policy, user, values, sources, extras)
+
+
+def _group_extras(spec: PolicyFile, in_groups: tuple[str, ...]) -> dict[str, Any]:
+    """What a group combination gives every member alike: pools, shared volumes."""
+    volumes = {}
+    for g in in_groups:
+        shared = spec.groups[g].shared_volume
+        if shared is True:
+            volumes[g] = f"labgpu-group-{g}"
+        elif isinstance(shared, str):
+            volumes[g] = shared
+    return {
+        "groups": in_groups,
+        "pools": {g: spec.groups[g].pool for g in in_groups if spec.groups[g].pool is not None},
+        "shared_volumes": volumes,
+    }
 
 
 def _group_values(policy: Policy, in_groups: tuple[str, ...]) -> tuple[dict, dict]:
@@ -878,10 +912,25 @@ def _group_values(policy: Policy, in_groups: tuple[str, ...]) -> tuple[dict, dic
             group_values[name] = best
     values.update(group_values)
     sources.update(group_sources)
+    sources["memory"] = sources.pop("memory_limit")
     return values, sources
 
 
-def _limits(spec: PolicyFile, user: str, in_groups: tuple[str, ...], values: dict, sources: dict) -> Limits:
+def _image_choices(policy: Policy, image_names: list[str] | None) -> tuple[tuple[ImageChoice, ...], str | None]:
+    key = None if image_names is None else tuple(image_names)
+    cached = policy._image_cache.get(key)
+    if cached is not None:
+        return cached
+    catalogue = policy.spec.images
+    names = list(catalogue) if image_names is None else image_names
+    allowed = set(names)
+    choices = tuple(ImageChoice(n, img.image, img.display or n) for n, img in catalogue.items() if n in allowed)
+    default_image = next((n for n in names if n in catalogue), None)
+    policy._image_cache[key] = (choices, default_image)
+    return choices, default_image
+
+
+def _limits(policy: Policy, user: str, values: dict, sources: dict, extras: dict) -> Limits:
     gpus = values["gpus"]
     total = values["gpus_total"]
     if total is None or total < gpus:
@@ -893,30 +942,13 @@ def _limits(spec: PolicyFile, user: str, in_groups: tuple[str, ...], values: dic
     guarantee = values["memory_guarantee"]
     if guarantee is not None and guarantee > memory:
         guarantee = memory
-    catalogue = spec.images
-    image_names = values["images"]
-    if image_names is None:
-        image_names = list(catalogue)
-    allowed = set(image_names)
-    choices = tuple(
-        ImageChoice(name, img.image, img.display or name) for name, img in catalogue.items() if name in allowed
-    )
-    default_image = next((n for n in image_names if n in catalogue), None)
+    choices, default_image = _image_choices(policy, values["images"])
     models = values["models"]
     if models is not None:
         models = tuple(models)
-    pools = {g: spec.groups[g].pool for g in in_groups if spec.groups[g].pool is not None}
-    volumes = {}
-    for g in in_groups:
-        shared = spec.groups[g].shared_volume
-        if shared is True:
-            volumes[g] = f"labgpu-group-{g}"
-        elif isinstance(shared, str):
-            volumes[g] = shared
-    sources["memory"] = sources.pop("memory_limit")
     return Limits(
         user=user,
-        groups=tuple(in_groups),
+        groups=extras["groups"],
         gpus=gpus,
         gpus_total=total,
         models=models,
@@ -931,9 +963,9 @@ def _limits(spec: PolicyFile, user: str, in_groups: tuple[str, ...], values: dic
         idle_timeout=None if math.isinf(values["idle_timeout"]) else int(values["idle_timeout"]),
         max_runtime=None if math.isinf(values["max_runtime"]) else int(values["max_runtime"]),
         share=float(values["share"]),
-        pools=pools,
-        shared_volumes=volumes,
-        known_models={name: m.display or name for name, m in spec.gpus.models.items()},
+        pools=extras["pools"],
+        shared_volumes=extras["shared_volumes"],
+        known_models=policy.known_models,
         sources=sources,
     )
 
@@ -1126,6 +1158,7 @@ def _build_policy(spec: PolicyFile, files: Sequence[str], doc: _Document) -> Pol
         files=tuple(files),
         member_groups={u: tuple(g) for u, g in member_groups.items()},
         entries=entries,
+        known_models={name: m.display or name for name, m in spec.gpus.models.items()},
     )
 
 
