@@ -1,0 +1,154 @@
+"""Time to load a quota policy of 1,000 users and 100 groups and resolve every user's limits.
+
+    python benchmarks/quotas.py [--quick] [--runs N]
+
+Each sample, from the file's text: parse the YAML, validate it, merge it, and resolve the
+limits of all 1,000 users with their groups (a fresh policy each time, so no cache carries
+over). Also measured: how long the same file takes to report 10 errors (the slow path that
+explains them with file:line:col). Metric: the median of the load+resolve samples.
+Target: < 50 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from labgpu.policy import PolicyError, load_policy_text, resolve  # noqa: E402
+
+TARGET_MS = 50.0
+USERS = 1000
+GROUPS = 100
+
+
+def machine() -> dict:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        import yaml
+
+        libyaml = bool(getattr(yaml, "__with_libyaml__", False))
+    except ImportError:
+        libyaml = False
+    return {
+        "platform": platform.platform(),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "libyaml": libyaml,
+        "load_average": os.getloadavg(),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def policy_text(users: int = USERS, groups: int = GROUPS, errors: int = 0) -> str:
+    """A realistic lab file: a few images, 100 groups of 10 members, a block entry per user."""
+    lines = [
+        "images:",
+        "  pytorch: {image: \"labgpu/workspace:local\", display: \"PyTorch 2.x (CUDA 12)\"}",
+        "  tf: {image: \"lab/tensorflow:2.17\", display: \"TensorFlow 2.17\"}",
+        "  jax: {image: \"lab/jax:0.4\", display: \"JAX\"}",
+        "defaults: {gpus: 0, memory: 16G, cpus: 4, shm: 2G, images: [pytorch], idle_timeout: 2h, max_runtime: 7d}",
+        "groups:",
+    ]
+    per_group = users // groups
+    for g in range(groups):
+        members = ", ".join(f"user{g * per_group + i:04d}" for i in range(per_group))
+        lines.append(f"  lab{g:03d}:")
+        lines.append(f"    members: [{members}]")
+        lines.append(f"    gpus: {1 + g % 4}")
+        lines.append(f"    pool: {4 + g % 8}")
+        lines.append(f"    memory: {{limit: {32 + 16 * (g % 4)}G, guarantee: 8G}}")
+        lines.append(f"    images: [pytorch, {'tf' if g % 2 else 'jax'}]")
+        lines.append(f"    share: {1 + g % 3}")
+        lines.append(f"    shared_volume: {'true' if g % 2 else 'false'}")
+    lines.append("users:")
+    for u in range(users):
+        lines.append(f"  user{u:04d}:")
+        lines.append(f"    gpus: {u % 5}")
+        lines.append(f"    memory: {64 + (u % 4) * 32}G")
+        lines.append(f"    idle_timeout: {1 + u % 8}h")
+        if u < errors:
+            lines.append("    gpus_total: -1")
+    lines.append("fairshare: {half_life: 7d, reclaim_idle_after: 30m, reclaim_only_when_waiting: true}")
+    return "\n".join(lines) + "\n"
+
+
+def load_and_resolve(text: str) -> float:
+    t0 = time.perf_counter()
+    policy = load_policy_text(text, "quotas.yaml")
+    for u in range(USERS):
+        resolve(policy, f"user{u:04d}", ())
+    return (time.perf_counter() - t0) * 1000
+
+
+def report_errors(text: str) -> tuple[float, int]:
+    t0 = time.perf_counter()
+    try:
+        load_policy_text(text, "quotas.yaml")
+        count = 0
+    except PolicyError as e:
+        count = len(e.errors)
+    return (time.perf_counter() - t0) * 1000, count
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="30 samples (a few seconds)")
+    parser.add_argument("--runs", type=int, default=None, help="samples (default 200)")
+    args = parser.parse_args()
+    runs = args.runs or (30 if args.quick else 200)
+
+    text = policy_text()
+    bad = policy_text(errors=10)
+    for _ in range(3):  # warm-up: imports, regex and pydantic caches
+        load_and_resolve(text)
+    samples = sorted(load_and_resolve(text) for _ in range(runs))
+    error_samples = [report_errors(bad) for _ in range(max(5, runs // 10))]
+    error_ms = sorted(ms for ms, _ in error_samples)
+    median = statistics.median(samples)
+    passed = median < TARGET_MS
+    results = {
+        "benchmark": "quotas",
+        "what": f"load + validate + resolve all users of a policy of {USERS} users and {GROUPS} groups",
+        "file_bytes": len(text.encode()),
+        "file_lines": text.count("\n"),
+        "runs": runs,
+        "load_and_resolve_ms": {
+            "median": round(median, 2),
+            "p10": round(samples[len(samples) // 10], 2),
+            "p90": round(samples[min(len(samples) - 1, len(samples) * 9 // 10)], 2),
+            "min": round(samples[0], 2),
+            "max": round(samples[-1], 2),
+        },
+        "report_10_errors_ms": {"median": round(statistics.median(error_ms), 2), "errors_reported": error_samples[0][1]},
+        "target_ms": TARGET_MS,
+        "pass": passed,
+        "machine": machine(),
+    }
+    out = REPO / "benchmarks" / "results" / "quotas.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(results["load_and_resolve_ms"]), f"errors path: {results['report_10_errors_ms']}")
+    print(f"quotas: load_resolve_1000_users_median_ms={median:.1f} target=<{TARGET_MS:.0f} {'PASS' if passed else 'FAIL'}")
+    return 0 if passed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
