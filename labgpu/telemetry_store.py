@@ -167,19 +167,26 @@ OWNER_ROLLUP = TelemetryOwnerRollup.__table__
 STATE = TelemetryState.__table__
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, immediate: bool = True) -> Engine:
     """An engine for the ledger URL; SQLite gets WAL (the hub reads while the poller writes),
-    synchronous=NORMAL (no fsync per tick) and a busy timeout instead of 'database is locked'."""
-    engine = create_engine(url)
+    synchronous=NORMAL (no fsync per tick), a busy timeout instead of 'database is locked', and
+    BEGIN IMMEDIATE so a read-then-write rollup never fails on a snapshot the hub moved on from.
+    (The same settings as labgpu.ledger.ledger_engine, which replaces this once merged.)"""
+    engine = create_engine(url, connect_args={"timeout": 30} if url.startswith("sqlite") else {})
     if engine.dialect.name == "sqlite":
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_connection, _record):  # type: ignore[no-untyped-def]
+            dbapi_connection.isolation_level = None  # SQLAlchemy's "begin" event starts transactions
             cursor = dbapi_connection.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.execute("PRAGMA busy_timeout=5000")
+            cursor.execute("PRAGMA busy_timeout=30000")
             cursor.close()
+
+        @event.listens_for(engine, "begin")
+        def _begin_immediate(conn):  # type: ignore[no-untyped-def]
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
     return engine
 
@@ -225,6 +232,8 @@ class TelemetryDB:
 
     def __init__(self, url_or_engine: str | Engine, create: bool = True) -> None:
         self.engine = make_engine(url_or_engine) if isinstance(url_or_engine, str) else url_or_engine
+        # Queries read a snapshot without taking the write lock the poller and the hub share.
+        self.reader = make_engine(url_or_engine, immediate=False) if isinstance(url_or_engine, str) else url_or_engine
         if create:
             TelemetryBase.metadata.create_all(self.engine)
         self._gpu_ids: dict[str, int] = {}
@@ -440,7 +449,7 @@ class TelemetryDB:
 
     def unhealthy_gpus(self) -> dict[str, str]:
         """GPU UUID -> what is wrong, for every GPU the allocator must not hand out."""
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             rows = conn.execute(select(GPU.c.uuid, GPU.c.problem).where(GPU.c.healthy.is_(False)))
             return {row.uuid: row.problem or "unhealthy" for row in rows}
 
@@ -449,7 +458,7 @@ class TelemetryDB:
         0..1, or None when nothing was recorded then (poller down, GPUs never seen)."""
         until = time.time() if until is None else until
         seconds, busy = 0.0, 0.0
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             ids = self._ids_for(conn, gpu_uuids)
             if not ids:
                 return None
@@ -483,7 +492,7 @@ class TelemetryDB:
         each user's workspaces)."""
         in_use: dict[str, float] = {}
         busy: dict[str, float] = {}
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             users = {row.id: row.user for row in conn.execute(select(OWNER.c.id, OWNER.c.user).where(OWNER.c.user != ""))}
             if users:
                 for source, start, end in self._spans(conn, since, until):
@@ -549,7 +558,7 @@ class TelemetryDB:
 
     def size_bytes(self) -> int:
         """Bytes the SQLite database file takes (pages in use), for the growth benchmark."""
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             page_size = conn.exec_driver_sql("PRAGMA page_size").scalar() or 0
             pages = conn.exec_driver_sql("PRAGMA page_count").scalar() or 0
             free = conn.exec_driver_sql("PRAGMA freelist_count").scalar() or 0
