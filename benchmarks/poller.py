@@ -122,9 +122,20 @@ def growth(work: Path, gpus: int, days: int) -> dict:
     with db.engine.connect() as conn:
         rows = {table: conn.exec_driver_sql(f"SELECT COUNT(*) FROM {table}").scalar()
                 for table in ("telemetry_gpu_sample", "telemetry_process_sample", "telemetry_gpu_rollup", "telemetry_owner_rollup")}
-    return {"gpus": gpus, "days": days, "tick_s": 5, "processes_per_gpu": 1, "bytes_after_each_day": sizes,
-            "mb_per_gpu_each_day": daily, "worst_day_mb_per_gpu": max(daily), "rows": rows,
-            "simulated_in_s": time.perf_counter() - started}
+    result = {"gpus": gpus, "days": days, "tick_s": 5, "processes_per_gpu": 1, "bytes_after_each_day": sizes,
+              "mb_per_gpu_each_day": daily, "worst_day_mb_per_gpu": max(daily), "rows": rows,
+              "simulated_in_s": time.perf_counter() - started}
+    if days >= 3:
+        # From day 3 raw samples are pruned as fast as they come (48 h), so a day adds only its
+        # minute and hour rollups; after 30 days minute rollups are pruned too.
+        rollup_day = daily[-1]
+        raw_day = daily[0] - rollup_day
+        result["steady_state"] = {
+            "raw_mb_per_gpu_per_day": raw_day,
+            "rollup_mb_per_gpu_per_day": rollup_day,
+            "size_mb_per_gpu_after_30_days_estimate": 2 * raw_day + 30 * rollup_day,
+        }
+    return result
 
 
 def main() -> int:
@@ -153,6 +164,10 @@ def main() -> int:
               f"median {c['median_of_medians_ms']:.3f} ms (median over {c['repeats']} runs of {c['ticks']} ticks)")
     print(f"growth per GPU per day at 5 s ({grow['days']} simulated days, {grow['gpus']} GPUs): "
           + ", ".join(f"{d:.2f} MB" for d in grow["mb_per_gpu_each_day"]))
+    if "steady_state" in grow:
+        st = grow["steady_state"]
+        print(f"steady state per GPU: raw {st['raw_mb_per_gpu_per_day']:.2f} MB/day kept 2 days, rollups "
+              f"{st['rollup_mb_per_gpu_per_day']:.2f} MB/day; about {st['size_mb_per_gpu_after_30_days_estimate']:.1f} MB after 30 days")
     print(f"poller: cpu_ms_per_gpu_per_tick={worst_cpu:.3f} target<={CPU_TARGET_MS} "
           f"db_mb_per_gpu_per_day={worst_day:.2f} target<={GROWTH_TARGET_MB} {'PASS' if ok else 'FAIL'}")
     return 0 if ok else 1

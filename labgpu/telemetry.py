@@ -586,7 +586,10 @@ class Poller:
         attributor: ProcessAttributor,
         interval_s: float = DEFAULT_INTERVAL_S,
         retention: Retention = Retention(),
+        on_health_change: Callable[[str, str | None], Any] | None = None,
     ) -> None:
+        """``on_health_change(uuid, problem_or_None)`` is called when a GPU turns unhealthy or
+        recovers (the hub wires it to the ledger's GPU table, so the allocator skips it)."""
         if interval_s < MIN_INTERVAL_S:
             raise ValueError(f"--interval must be >= {MIN_INTERVAL_S:g} s (got {interval_s:g}): NVML takes a driver lock")
         self.source = source
@@ -594,6 +597,7 @@ class Poller:
         self.attributor = attributor
         self.interval_s = interval_s
         self.retention = retention
+        self.on_health_change = on_health_change
         self._last_ts: dict[str, float] = {}
         self._last_minute: int | None = None
         self._problems: dict[str, str] = {}
@@ -638,6 +642,18 @@ class Poller:
         elif not problem and previous:
             log.warning("GPU %s is healthy again", uuid)
             del self._problems[uuid]
+        else:
+            return
+        if self.on_health_change is not None:
+            try:
+                self.on_health_change(uuid, problem)
+            except Exception:  # the ledger being busy must not stop the telemetry
+                log.exception("Could not record the health of GPU %s in the ledger; will retry", uuid)
+                # Forget the change, so the next tick sees it again and retries.
+                if previous is None:
+                    self._problems.pop(uuid, None)
+                else:
+                    self._problems[uuid] = previous
 
     def run(self, stop: threading.Event | None = None, clock: Callable[[], float] = time.time) -> None:
         """Tick every ``interval_s`` until ``stop`` is set; a slow tick delays, never stacks."""

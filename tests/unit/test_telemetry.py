@@ -246,6 +246,21 @@ class ScriptedSource:
         pass
 
 
+def test_two_gpu_trace_attributes_the_load_to_the_gpu_it_ran_on_only(tmp_path):
+    source = ReplayTelemetrySource(DATA / "nvml-2xh200-load.json", loop=False)
+    load_pid, load_gpu = source.recorded_on["load_pid"], source.recorded_on["load_gpu"]
+    write_cgroup(tmp_path, load_pid, f"0::/docker/{CID}\n")
+    store = ListStore()
+    poller = Poller(source, store, ProcessAttributor({CID: {"org.labgpu.user": "alice"}}.get, tmp_path), interval_s=1)
+    for offset in source.offsets_s:
+        poller.tick(offset)
+    records = [p for _, _, procs in store.ticks for p in procs]
+    assert records and {p.gpu_uuid for p in records if p.pid == load_pid} == {load_gpu}
+    assert all(p.owner.user == "alice" for p in records if p.pid == load_pid)
+    other_utils = [g[0].utilization_gpu for _, gpus, _ in store.ticks for g in gpus if g[0].uuid != load_gpu]
+    assert len({g[0].uuid for _, gpus, _ in store.ticks for g in gpus}) == 2 and max(other_utils) <= 5
+
+
 def test_poller_attributes_the_recorded_load_pid_and_rolls_up_once_a_minute(tmp_path):
     source = ReplayTelemetrySource(H100_TRACE, loop=False)
     load_pid = source.recorded_on["load_pid"]
@@ -273,6 +288,28 @@ def test_an_nvml_error_on_one_gpu_marks_it_unhealthy_and_the_others_go_on(caplog
     errors = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert len(errors) == 1 and "GPU is lost" in errors[0].getMessage()  # logged once, not every tick
     assert any("healthy again" in r.getMessage() for r in caplog.records)
+
+
+def test_health_changes_reach_the_ledger_hook_once_each_and_are_retried_when_it_fails():
+    lost = GpuReading(uuid="GPU-lost", index=1, error="GPU is lost")
+    back = GpuReading(uuid="GPU-lost", index=1, utilization_gpu=0)
+    calls, ledger_up = [], {"ok": False}
+
+    def record(uuid, problem):
+        calls.append((uuid, problem))
+        if not ledger_up["ok"]:
+            raise RuntimeError("database is locked")
+
+    poller = Poller(ScriptedSource([[lost], [lost], [lost], [back]]), ListStore(), ProcessAttributor(None),
+                    interval_s=1, on_health_change=record)
+    poller.tick(0.0)  # the ledger is busy: not recorded yet
+    ledger_up["ok"] = True
+    poller.tick(1.0)  # retried, recorded
+    poller.tick(2.0)  # unchanged: no call
+    poller.tick(3.0)  # recovered
+    assert [(uuid, problem is None) for uuid, problem in calls] == [
+        ("GPU-lost", False), ("GPU-lost", False), ("GPU-lost", True)
+    ]
 
 
 def test_a_gap_in_polling_is_not_counted_as_observed_time():
