@@ -160,13 +160,13 @@ _LEVELS: tuple[str, ...] = ("nvlink", "switch", "numa")
 def _nvlink_components(gpus: Sequence[Gpu]) -> dict[str, str]:
     """uuid -> NVLink island id among these GPUs (connected components of the peer graph)."""
     present = {g.uuid for g in gpus}
+    peers_of = {g.uuid: g.nvlink_peers for g in gpus}
     component: dict[str, str] = {}
     for gpu in sorted(gpus, key=lambda g: (g.index, g.uuid)):
         if gpu.uuid in component:
             continue
         stack, members = [gpu.uuid], []
         component[gpu.uuid] = gpu.uuid
-        peers_of = {g.uuid: g.nvlink_peers for g in gpus}
         while stack:
             uuid = stack.pop()
             members.append(uuid)

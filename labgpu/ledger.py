@@ -10,7 +10,6 @@ run to ``head`` when a :class:`Ledger` opens the database.
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -28,6 +27,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    bindparam,
     create_engine,
     delete,
     event,
@@ -336,6 +336,39 @@ def _gpu_from_row(row: Any) -> Gpu:
     )
 
 
+# Statements on the allocation path, built once (building them per call costs more than SQLite).
+_SERVER_ALLOCATION = select(_allocations).where(
+    _allocations.c.user == bindparam("user"), _allocations.c.server == bindparam("server")
+)
+_ALLOCATION_GPUS = (
+    select(_allocated.c.gpu_uuid)
+    .join(_gpus, _gpus.c.uuid == _allocated.c.gpu_uuid)
+    .where(_allocated.c.allocation_id == bindparam("allocation_id"))
+    .order_by(_gpus.c.index, _gpus.c.uuid)
+)
+_PRESENT_GPUS_WITH_HOLDERS = (
+    select(
+        *(column for column in _gpus.c if column.name not in ("first_seen", "last_seen")),
+        _allocations.c.user.label("holder"),
+        _allocations.c.server.label("holder_server"),
+        _allocations.c.since.label("held_since"),
+        _allocations.c.id.label("allocation_id"),
+    )
+    .select_from(
+        _gpus.outerjoin(_allocated, _allocated.c.gpu_uuid == _gpus.c.uuid).outerjoin(
+            _allocations, _allocations.c.id == _allocated.c.allocation_id
+        )
+    )
+    .where(_gpus.c.present.is_(True))
+)
+_INSERT_EVENT = insert(_events)
+_INSERT_ALLOCATION = insert(_allocations)
+_INSERT_ALLOCATED = insert(_allocated)
+_DELETE_ALLOCATED = delete(_allocated).where(_allocated.c.allocation_id == bindparam("allocation_id"))
+_DELETE_ALLOCATION = delete(_allocations).where(_allocations.c.id == bindparam("allocation_id"))
+_GPU_COLUMNS = len(_gpus.c) - 2  # the columns of _PRESENT_GPUS_WITH_HOLDERS before the holder's
+
+
 def _server_label(user: str, server: str) -> str:
     return f"{user}/{server}" if server else user
 
@@ -352,9 +385,19 @@ class Ledger:
         self._write = ledger_engine(self.url, immediate=True)
         self._read = ledger_engine(self.url, immediate=False)
         self._clock = clock or (lambda: datetime.now(timezone.utc))
-        self._lock = threading.Lock()
+        self._parsed_gpus: dict[tuple, Gpu] = {}
         if migrate:
             upgrade_to_head(self._write)
+
+    def _gpu(self, row: Any) -> Gpu:
+        """A row's GPU, parsed once per distinct row (the allocation path reads every GPU)."""
+        key = tuple(row[:_GPU_COLUMNS])
+        gpu = self._parsed_gpus.get(key)
+        if gpu is None:
+            if len(self._parsed_gpus) > 4096:
+                self._parsed_gpus.clear()
+            gpu = self._parsed_gpus[key] = _gpu_from_row(row)
+        return gpu
 
     def close(self) -> None:
         self._write.dispose()
@@ -410,20 +453,13 @@ class Ledger:
     # -- reading -----------------------------------------------------------------------------
 
     def _allocation(self, conn: Connection, row: Any) -> Allocation:
-        uuids = conn.execute(
-            select(_allocated.c.gpu_uuid)
-            .join(_gpus, _gpus.c.uuid == _allocated.c.gpu_uuid)
-            .where(_allocated.c.allocation_id == row.id)
-            .order_by(_gpus.c.index, _gpus.c.uuid)
-        ).scalars()
+        uuids = conn.execute(_ALLOCATION_GPUS, {"allocation_id": row.id}).scalars()
         return Allocation(row.user, row.server, tuple(uuids), row.since, row.image)
 
     def allocation_for(self, user: str, server: str = "") -> Allocation | None:
         """The GPUs this server holds, or None."""
         with self._read.connect() as conn:
-            row = conn.execute(
-                select(_allocations).where(_allocations.c.user == user, _allocations.c.server == server)
-            ).first()
+            row = conn.execute(_SERVER_ALLOCATION, {"user": user, "server": server}).first()
             return self._allocation(conn, row) if row else None
 
     def allocations(self) -> list[Allocation]:
@@ -464,25 +500,25 @@ class Ledger:
     def _audit(self, conn: Connection, action: str, allocation_id: int, user: str, server: str,
                uuids: Sequence[str], image: str | None, reason: str, at: datetime) -> None:  # fmt: skip
         conn.execute(
-            insert(_events).values(
-                at=at, action=action, user=user, server=server, gpu_uuids=",".join(uuids),
-                allocation_id=allocation_id, image=image, reason=reason,
-            )  # fmt: skip
-        )
+            _INSERT_EVENT,
+            {"at": at, "action": action, "user": user, "server": server, "gpu_uuids": ",".join(uuids),
+             "allocation_id": allocation_id, "image": image, "reason": reason},
+        )  # fmt: skip
 
     def _delete_allocation(self, conn: Connection, row: Any, reason: str, now: datetime) -> Allocation:
         allocation = self._allocation(conn, row)
-        conn.execute(delete(_allocated).where(_allocated.c.allocation_id == row.id))
-        conn.execute(delete(_allocations).where(_allocations.c.id == row.id))
+        conn.execute(_DELETE_ALLOCATED, {"allocation_id": row.id})
+        conn.execute(_DELETE_ALLOCATION, {"allocation_id": row.id})
         self._audit(conn, "release", row.id, row.user, row.server, allocation.gpu_uuids, row.image, reason, now)
         return allocation
 
     def _insert_allocation(self, conn: Connection, action: str, user: str, server: str, uuids: Sequence[str],
                            image: str | None, reason: str, now: datetime, container_id: str | None = None) -> int:  # fmt: skip
         allocation_id = conn.execute(
-            insert(_allocations).values(user=user, server=server, since=now, image=image, container_id=container_id)
+            _INSERT_ALLOCATION,
+            {"user": user, "server": server, "since": now, "image": image, "container_id": container_id},
         ).inserted_primary_key[0]
-        conn.execute(insert(_allocated), [{"gpu_uuid": u, "allocation_id": allocation_id} for u in uuids])
+        conn.execute(_INSERT_ALLOCATED, [{"gpu_uuid": u, "allocation_id": allocation_id} for u in uuids])
         self._audit(conn, action, allocation_id, user, server, uuids, image, reason, now)
         return allocation_id
 
@@ -507,16 +543,8 @@ class Ledger:
         now = self._clock()
         excluded = set(exclude)
         with self._write.begin() as conn:
-            existing = conn.execute(
-                select(_allocations).where(_allocations.c.user == user, _allocations.c.server == server)
-            ).first()
-            rows = conn.execute(
-                select(_gpus, _allocations.c.user.label("holder"), _allocations.c.server.label("holder_server"),
-                       _allocations.c.since.label("held_since"), _allocations.c.id.label("allocation_id"))
-                .select_from(_gpus.outerjoin(_allocated, _allocated.c.gpu_uuid == _gpus.c.uuid)
-                             .outerjoin(_allocations, _allocations.c.id == _allocated.c.allocation_id))
-                .where(_gpus.c.present.is_(True))
-            ).all()  # fmt: skip
+            existing = conn.execute(_SERVER_ALLOCATION, {"user": user, "server": server}).first()
+            rows = conn.execute(_PRESENT_GPUS_WITH_HOLDERS).all()
             if existing is not None:
                 mine = [r for r in rows if r.allocation_id == existing.id]
                 if (
@@ -540,7 +568,7 @@ class Ledger:
                 if r.holder is not None and r.uuid not in freed:
                     held.append(HeldGpu(r.uuid, r.holder, r.holder_server, r.held_since))
                 else:
-                    free.append(_gpu_from_row(r))
+                    free.append(self._gpu(r))
             chosen = choose_gpus(free, n, models=models, placement=placement, held=held, total=total, now=now)
             uuids = tuple(g.uuid for g in chosen)
             try:
@@ -553,9 +581,7 @@ class Ledger:
         """Free every GPU this server holds (on stop, failed start, dead container); None if none."""
         now = self._clock()
         with self._write.begin() as conn:
-            row = conn.execute(
-                select(_allocations).where(_allocations.c.user == user, _allocations.c.server == server)
-            ).first()
+            row = conn.execute(_SERVER_ALLOCATION, {"user": user, "server": server}).first()
             if row is None:
                 return None
             return self._delete_allocation(conn, row, reason, now)
