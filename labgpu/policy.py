@@ -1373,6 +1373,12 @@ class PolicyStore:
         return resolve(self.policy, user, groups)
 
 
+def jupyterhub_groups(policy: Policy) -> dict[str, dict[str, list[str]]]:
+    """The policy's groups with their listed members, in the form of JupyterHub's
+    ``c.JupyterHub.load_groups`` (``{group: {"users": [...]}}``), to sync them into the hub."""
+    return {name: {"users": list(group.members)} for name, group in policy.spec.groups.items()}
+
+
 DEFAULT_QUOTAS_PATH = Path(__file__).resolve().parent.parent / "quotas" / "quotas.yaml"
 
 

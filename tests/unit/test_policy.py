@@ -14,6 +14,7 @@ from labgpu.policy import (
     PolicyStore,
     format_duration,
     format_size,
+    jupyterhub_groups,
     load_policy,
     load_policy_text,
     load_policy_texts,
@@ -224,6 +225,11 @@ def test_shared_volume_true_names_a_group_volume_and_a_string_names_an_existing_
         """
     )
     assert resolve(p, "u", ["a", "b", "c"]).shared_volumes == {"a": "labgpu-group-a", "b": "datasets"}
+
+
+def test_members_lists_become_jupyterhub_groups():
+    p = policy("groups:\n  lab: {members: [bob, carol]}\n  oauth-only: {gpus: 1}\n")
+    assert jupyterhub_groups(p) == {"lab": {"users": ["bob", "carol"]}, "oauth-only": {"users": []}}
 
 
 def test_empty_file_means_built_in_defaults():
