@@ -466,8 +466,8 @@ class NvmlInventory:
         nvml = self._nvml
         try:
             current, _pending = nvml.nvmlDeviceGetMigMode(handle)
-        except (nvml.NVMLError_NotSupported, AttributeError):
-            return False, ()
+        except (nvml.NVMLError, AttributeError):
+            return False, ()  # not MIG-capable (NotSupported) or not allowed to ask: a whole GPU
         if current != getattr(nvml, "NVML_DEVICE_MIG_ENABLE", 1):
             return False, ()
         devices = []
