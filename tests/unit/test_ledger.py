@@ -157,3 +157,15 @@ def test_stale_adoption_never_takes_a_gpu_someone_holds(ledger, box8):
     result = ledger.apply_reconcile(plan)
     assert not result.adopted and "held" in result.skipped[0]
     assert ledger.allocation_for("eve") is None
+
+
+def test_ledger_can_share_a_database_with_jupyterhubs_own_migrations(tmp_path):
+    path = tmp_path / "jupyterhub.sqlite"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL PRIMARY KEY)")
+    db.execute("INSERT INTO alembic_version VALUES ('4621fec11365')")  # a JupyterHub revision
+    db.commit()
+    with Ledger(path) as ledger:
+        ledger.sync_inventory(ReplayInventory(DATA / "h100x1.json").gpus())
+        assert len(ledger.allocate("alice").gpu_uuids) == 1
+    assert db.execute("SELECT version_num FROM alembic_version").fetchall() == [("4621fec11365",)]

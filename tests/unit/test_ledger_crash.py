@@ -1,0 +1,79 @@
+"""A hub process killed (SIGKILL) inside and after an allocation: the ledger stays consistent."""
+
+import multiprocessing
+import os
+import signal
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import event
+
+from labgpu.allocator import reconcile
+from labgpu.inventory import ReplayInventory
+from labgpu.ledger import Ledger
+
+DATA = Path(__file__).parent.parent / "data"
+
+
+def hub_that_dies_mid_grant(path: str, inside) -> None:
+    ledger = Ledger(path)
+
+    @event.listens_for(ledger._write, "after_cursor_execute")
+    def stall(conn, cursor, statement, *args):
+        if statement.startswith("INSERT INTO allocation_gpus"):
+            inside.set()  # the grant is written but not committed, and the write lock is held
+            time.sleep(60)
+
+    ledger.allocate("alice", "", 2)
+
+
+def hub_that_dies_after_grant(path: str, granted) -> None:
+    ledger = Ledger(path)
+    ledger.allocate("bob", "", 3)
+    granted.set()
+    time.sleep(60)
+
+
+@pytest.fixture
+def ledger_path(tmp_path):
+    path = tmp_path / "ledger.sqlite"
+    with Ledger(path) as ledger:
+        ledger.sync_inventory(ReplayInventory(DATA / "a100x8-two-nvlink-islands.json").gpus())
+    return path
+
+
+def kill_when(target, path, timeout=30):
+    context = multiprocessing.get_context("fork")
+    flag = context.Event()
+    process = context.Process(target=target, args=(str(path), flag))
+    process.start()
+    assert flag.wait(timeout), "the hub process never reached the point to kill it at"
+    os.kill(process.pid, signal.SIGKILL)
+    process.join(10)
+    assert process.exitcode == -signal.SIGKILL
+
+
+def test_hub_killed_inside_a_grant_leaves_no_trace_and_no_lock(ledger_path):
+    kill_when(hub_that_dies_mid_grant, ledger_path)
+    start = time.monotonic()
+    with Ledger(ledger_path) as ledger:  # the restarted hub
+        assert ledger.allocation_for("alice") is None
+        assert ledger.audit() == []
+        assert len(ledger.allocate("carol", "", 8).gpu_uuids) == 8  # every GPU is free again
+    assert time.monotonic() - start < 5  # the dead process's lock went with it
+    db = sqlite3.connect(ledger_path)
+    assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+
+def test_hub_killed_after_a_grant_keeps_it_until_reconcile_finds_no_container(ledger_path):
+    kill_when(hub_that_dies_after_grant, ledger_path)
+    with Ledger(ledger_path) as ledger:
+        held = ledger.allocation_for("bob")
+        assert held is not None and len(held.gpu_uuids) == 3  # committed grants survive the crash
+        # the container never started: reconcile on start gives the GPUs back
+        result = ledger.apply_reconcile(reconcile(ledger.allocations(), [], hub_id="labgpu"))
+        assert [a.user for a in result.released] == ["bob"]
+        assert ledger.allocations() == []
+        assert [e.reason for e in ledger.audit()][-1] == "reconcile: no running container"
