@@ -361,6 +361,11 @@ _PRESENT_GPUS_WITH_HOLDERS = (
     )
     .where(_gpus.c.present.is_(True))
 )
+_ALL_ALLOCATED_GPUS = (
+    select(_allocated.c.allocation_id, _allocated.c.gpu_uuid)
+    .join(_gpus, _gpus.c.uuid == _allocated.c.gpu_uuid)
+    .order_by(_allocated.c.allocation_id, _gpus.c.index, _gpus.c.uuid)
+)
 _INSERT_EVENT = insert(_events)
 _INSERT_ALLOCATION = insert(_allocations)
 _INSERT_ALLOCATED = insert(_allocated)
@@ -462,18 +467,25 @@ class Ledger:
             row = conn.execute(_SERVER_ALLOCATION, {"user": user, "server": server}).first()
             return self._allocation(conn, row) if row else None
 
+    def _all_allocations(self, conn: Connection) -> dict[int, Allocation]:
+        """Every allocation by id, in two queries (the GPU board reads this often)."""
+        gpus_of: dict[int, list[str]] = {}
+        for allocation_id, uuid in conn.execute(_ALL_ALLOCATED_GPUS):
+            gpus_of.setdefault(allocation_id, []).append(uuid)
+        return {
+            row.id: Allocation(row.user, row.server, tuple(gpus_of.get(row.id, ())), row.since, row.image)
+            for row in conn.execute(select(_allocations).order_by(_allocations.c.since, _allocations.c.id))
+        }
+
     def allocations(self) -> list[Allocation]:
         """Every current allocation, oldest first."""
         with self._read.connect() as conn:
-            rows = conn.execute(select(_allocations).order_by(_allocations.c.since, _allocations.c.id)).all()
-            return [self._allocation(conn, row) for row in rows]
+            return list(self._all_allocations(conn).values())
 
     def holdings(self, *, include_gone: bool = False) -> list[GpuHolding]:
         """Every GPU (in index order) with the allocation holding it, if any."""
         with self._read.connect() as conn:
-            allocations = {
-                row.id: self._allocation(conn, row) for row in conn.execute(select(_allocations)).all()
-            }
+            allocations = self._all_allocations(conn)
             held_by = dict(conn.execute(select(_allocated.c.gpu_uuid, _allocated.c.allocation_id)).all())
             query = select(_gpus).order_by(_gpus.c.present.desc(), _gpus.c.index, _gpus.c.uuid)
             if not include_gone:
