@@ -192,13 +192,17 @@ def _level_keys(gpus: Sequence[Gpu]) -> dict[str, tuple[str, ...]]:
     }
 
 
-def _groups(gpus: Sequence[Gpu], keys: Mapping[str, tuple[str, ...]], level: int) -> list[list[Gpu]]:
-    """Partition at one level; GPUs without a group there are groups of one."""
+def _group_key(keys: Mapping[str, tuple[str, ...]], gpu: Gpu, level: int) -> str:
+    """The GPU's group at this level; a GPU without one is a group of its own."""
+    return keys[gpu.uuid][level] or "\0" + gpu.uuid
+
+
+def _groups(gpus: Sequence[Gpu], keys: Mapping[str, tuple[str, ...]], level: int) -> dict[str, list[Gpu]]:
+    """Partition at one level, by group key."""
     grouped: dict[str, list[Gpu]] = {}
     for gpu in gpus:
-        key = keys[gpu.uuid][level] or "\0" + gpu.uuid
-        grouped.setdefault(key, []).append(gpu)
-    return list(grouped.values())
+        grouped.setdefault(_group_key(keys, gpu, level), []).append(gpu)
+    return grouped
 
 
 def _pick_group(
@@ -210,7 +214,7 @@ def _pick_group(
 
     def rank(group: list[Gpu]) -> tuple:
         first = min(group, key=lambda g: g.index)
-        outer = tuple(sign * sizes[lv].get(keys[first.uuid][lv] or "\0" + first.uuid, 1) for lv in range(level + 1, len(_LEVELS)))
+        outer = tuple(sign * sizes[lv][_group_key(keys, first, lv)] for lv in range(level + 1, len(_LEVELS)))
         return (sign * len(group), *outer, first.index)
 
     return min(groups, key=rank)
@@ -222,22 +226,21 @@ def _fill(gpus: Sequence[Gpu], n: int, keys: Mapping[str, tuple[str, ...]], size
     def rank(gpu: Gpu) -> tuple:
         parts: list[Any] = []
         for level in reversed(range(len(_LEVELS))):
-            key = keys[gpu.uuid][level] or "\0" + gpu.uuid
-            parts += [-sizes[level].get(key, 1), key]
+            key = _group_key(keys, gpu, level)
+            parts += [-sizes[level][key], key]
         return (*parts, gpu.index)
 
     return sorted(gpus, key=rank)[:n]
 
 
 def _select(gpus: list[Gpu], n: int, keys: Mapping[str, tuple[str, ...]], placement: Placement, top_level: int) -> list[Gpu]:
+    """Place n GPUs among ``gpus`` at the tightest level from ``top_level`` down that fits them."""
     if len(gpus) == n:
         return gpus
-    sizes = [
-        {key: len(group) for group in _groups(gpus, keys, level) for key in [keys[group[0].uuid][level] or "\0" + group[0].uuid]}
-        for level in range(len(_LEVELS))
-    ]
+    partitions = [_groups(gpus, keys, level) for level in range(len(_LEVELS))]
+    sizes = [{key: len(group) for key, group in partition.items()} for partition in partitions]
     for level in range(top_level, len(_LEVELS)):
-        groups = _groups(gpus, keys, level)
+        groups = list(partitions[level].values())
         if n > 1 and all(len(group) == 1 for group in groups):
             continue  # nothing at this level ties GPUs together
         feasible = [group for group in groups if len(group) >= n]
@@ -263,7 +266,7 @@ def choose_gpus(
     """N of the free, healthy GPUs (of an allowed model), best interconnect first, in index order.
 
     Raises :class:`NotEnoughGpus` (whose message names who holds the rest) when fewer than N
-    qualify. MIG-enabled GPUs are not handed out whole: their MIG devices are the units.
+    qualify. MIG-enabled GPUs are not handed out whole (MIG slices are not allocated yet).
     """
     if n < 0:
         raise ValueError(f"a request must be for 0 or more GPUs (got {n})")
