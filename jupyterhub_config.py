@@ -13,6 +13,13 @@
     LABGPU_SHM_SIZE         /dev/shm size in workspaces (2G)
     LABGPU_MEM_LIMIT        memory limit per workspace (unset: none)
     LABGPU_CPU_LIMIT        CPUs per workspace (unset: none)
+    LABGPU_QUOTAS           quota policy files or directories, comma-separated (quotas/quotas.yaml);
+                            "none" turns the policy off
+    LABGPU_LEDGER           SQLite file of who holds which GPU (LABGPU_STATE_DIR/ledger.sqlite)
+    LABGPU_GPU_SOURCE       auto (NVML if a driver answers, else no GPUs), nvml, static:FILE,
+                            replay:FILE or none
+    LABGPU_GPU_DRIVER       nvidia (DeviceRequests by UUID) or cdi (CDI device names)
+    LABGPU_GPU_PLACEMENT    pack or spread, for multi-GPU servers
     LABGPU_ADMIN_USERS      comma-separated admin user names
     LABGPU_DEMO_USERS       demo mode: comma-separated user names (demo)
     LABGPU_DEMO_PASSWORD    demo mode: the shared password (demo)
@@ -27,7 +34,13 @@ import shutil
 import sys
 from pathlib import Path
 
+import docker
+
+from labgpu import hub_resources
 from labgpu.docker_network import DockerUnavailable, ensure_workspace_network
+from labgpu.inventory import InventoryError
+from labgpu.ledger import LedgerError
+from labgpu.policy import PolicyError, default_paths, jupyterhub_groups, split_paths
 
 c = get_config()  # noqa: F821 (provided by JupyterHub)
 
@@ -123,5 +136,37 @@ if env("LABGPU_MEM_LIMIT"):
 if env("LABGPU_CPU_LIMIT"):
     c.GPUDockerSpawner.cpu_limit = float(env("LABGPU_CPU_LIMIT"))
 c.GPUDockerSpawner.default_url = "/lab"
+c.JupyterHub.allow_named_servers = True  # how many: the quota policy's named_servers
+
+# --- quotas, GPUs and the ledger -------------------------------------------------------------
+quotas = env("LABGPU_QUOTAS")
+quota_files = [] if quotas == "none" else (split_paths(quotas) if quotas else default_paths({}))
+ledger_url = env("LABGPU_LEDGER", str(state_dir / "ledger.sqlite"))
+try:
+    report = hub_resources.prepare_hub(
+        quota_files=quota_files,
+        ledger_url=ledger_url,
+        gpu_source=env("LABGPU_GPU_SOURCE", "auto"),
+        hub_id=hub_id,
+        docker_client=docker.from_env(),
+    )
+except PolicyError as e:
+    refuse("the quota files are invalid (fix them; `labgpu quotas check` shows the same):\n  " + "\n  ".join(e.errors))
+except (InventoryError, LedgerError) as e:
+    refuse(str(e))
+print(
+    f"LabGPU Hub: {report.gpus} GPU(s); ledger {ledger_url}; "
+    f"reconciled with Docker: {len(report.plan.adoptions)} adopted, {len(report.plan.releases)} released, "
+    f"{len(report.stopped)} conflicting container(s) stopped",
+    file=sys.stderr,
+)
+c.GPUDockerSpawner.quota_files = quota_files
+c.GPUDockerSpawner.ledger_url = ledger_url
+c.GPUDockerSpawner.gpu_driver = env("LABGPU_GPU_DRIVER", "nvidia")
+c.GPUDockerSpawner.gpu_placement = env("LABGPU_GPU_PLACEMENT", "pack")
+if quota_files:
+    # Groups listed in the quota file become JupyterHub groups (others may come from the
+    # authenticator, e.g. OAuth groups with manage_groups).
+    c.JupyterHub.load_groups = jupyterhub_groups(hub_resources.policy_store(quota_files).policy)
 c.GPUDockerSpawner.http_timeout = 120
 c.GPUDockerSpawner.start_timeout = 300

@@ -66,8 +66,10 @@ class WorkspaceSpec:
     run_as_gid: str = "100"
     shm_size: int = 2 * 1024**3
     mem_limit: int | None = None
+    mem_reservation: int | None = None  # soft guarantee, reclaimed from above it under pressure
     cpu_limit: float | None = None
     pids_limit: int = 4096
+    host_cpus: int | None = None  # CPUs of the Docker host; a larger limit means "all of them"
     network: str = "bridge"
     publish_on: str | None = "127.0.0.1"  # host IP the port is published on; None = not published
     auto_remove: bool = True
@@ -221,8 +223,11 @@ def container_config(spec: WorkspaceSpec) -> tuple[dict[str, Any], dict[str, Any
     }
     if spec.mem_limit is not None:
         host_config["mem_limit"] = spec.mem_limit
+    if spec.mem_reservation is not None:
+        host_config["mem_reservation"] = spec.mem_reservation
     if spec.cpu_limit is not None:
-        host_config["nano_cpus"] = int(spec.cpu_limit * 1e9)
+        cpus = spec.cpu_limit if not spec.host_cpus else min(spec.cpu_limit, spec.host_cpus)
+        host_config["nano_cpus"] = int(cpus * 1e9)
     device_requests = gpu_device_requests(spec.gpu_uuids, spec.gpu_driver, spec.cdi_vendor_class)
     if device_requests:
         host_config["device_requests"] = device_requests

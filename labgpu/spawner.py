@@ -6,13 +6,19 @@ Docker; what the container looks like is decided by :func:`labgpu.containers.con
 
 from __future__ import annotations
 
+import asyncio
+
 from docker.errors import APIError, NotFound
 from dockerspawner import DockerSpawner
 from jupyterhub.spawner import SpawnException
 from jupyterhub.traitlets import ByteSpecification
-from traitlets import Integer, Unicode, default, validate
+from traitlets import CaselessStrEnum, Integer, List, Unicode, default, validate
 
+from . import hub_resources
+from .allocator import NotEnoughGpus
 from .containers import ContainerConfigError, WorkspaceSpec, container_config
+from .policy import Limits, resolve
+from .spawn_options import SpawnOptionsError, SpawnRequest, options_form, parse_form, validate_user_options
 
 
 class GPUDockerSpawner(DockerSpawner):
@@ -65,6 +71,39 @@ class GPUDockerSpawner(DockerSpawner):
         """,
     ).tag(config=True)
 
+    quota_files = List(
+        Unicode(),
+        help="""Quota policy files (YAML; a directory means its *.yaml files), e.g.
+        ``["/etc/labgpu/quotas.yaml"]``. Every spawn is held to them; they are re-read when they
+        change, and a bad edit keeps the last good policy in force. Empty: no policy (only the
+        configured image, no GPUs, no options form).
+        """,
+    ).tag(config=True)
+
+    ledger_url = Unicode(
+        "",
+        help="""SQLite database of who holds which GPU (path or sqlite:/// URL), shared with
+        `labgpu gpus` and the poller. Empty: this hub hands out no GPUs.""",
+    ).tag(config=True)
+
+    gpu_driver = CaselessStrEnum(
+        ["nvidia", "cdi"],
+        default_value="nvidia",
+        help="""How GPUs reach a container: "nvidia" = DeviceRequests with the GPUs' UUIDs (NVIDIA
+        Container Toolkit); "cdi" = CDI device names nvidia.com/gpu=<UUID> (Docker 25+ with CDI).""",
+    ).tag(config=True)
+
+    gpu_placement = CaselessStrEnum(
+        ["pack", "spread"],
+        default_value="pack",
+        help="""Multi-GPU placement: "pack" keeps large NVLink/PCIe islands whole for large
+        requests (best fit); "spread" spreads servers across islands.""",
+    ).tag(config=True)
+
+    spawn_request: SpawnRequest | None = None
+    limits: Limits | None = None
+    gpu_uuids: tuple[str, ...] = ()
+
     @validate("run_as_uid")
     def _validate_uid(self, proposal):
         uid = proposal.value
@@ -81,6 +120,167 @@ class GPUDockerSpawner(DockerSpawner):
     @default("image")
     def _default_image(self):
         return "labgpu/workspace:local"
+
+    # --- the quota policy -------------------------------------------------------------------
+
+    @property
+    def policy_store(self):
+        return hub_resources.policy_store(self.quota_files) if self.quota_files else None
+
+    @property
+    def ledger(self):
+        return hub_resources.ledger(self.ledger_url) if self.ledger_url else None
+
+    def resolve_limits(self) -> Limits | None:
+        """This user's limits under the policy in force (re-read first if a file changed)."""
+        store = self.policy_store
+        if store is None:
+            return None
+        result = store.refresh()
+        if result.errors:
+            self.log.error(
+                "Quota files changed but are invalid; the last good policy stays in force:\n  %s",
+                "\n  ".join(result.errors),
+            )
+        elif result.applied:
+            self.log.info("Quota policy reloaded from %s", ", ".join(self.quota_files))
+        return resolve(store.policy, self.user.name, [g.name for g in self.user.groups])
+
+    def gpus_held_elsewhere(self) -> int:
+        """GPUs held by this user's *other* servers (the ledger is the truth when there is one)."""
+        if self.ledger is not None:
+            return sum(
+                len(a.gpu_uuids) for a in self.ledger.allocations() if a.user == self.user.name and a.server != (self.name or "")
+            )
+        return sum(
+            s.spawn_request.gpus
+            for s in self.user.spawners.values()
+            if s is not self and s.active and getattr(s, "spawn_request", None)
+        )
+
+    @default("options_form")
+    def _default_options_form(self):
+        return lambda spawner: spawner.render_options_form()
+
+    def render_options_form(self) -> str:
+        limits = self.resolve_limits()
+        if limits is None:
+            return ""
+        return options_form(limits, gpus_in_use_by_user=self.gpus_held_elsewhere(), previous=self.orm_spawner.user_options)
+
+    def options_from_form(self, formdata):
+        return parse_form(formdata)
+
+    @default("apply_user_options")
+    def _default_apply_user_options(self):
+        return lambda spawner, user_options: spawner.apply_policy(user_options)
+
+    def apply_policy(self, user_options: dict) -> None:
+        """Hold ``user_options`` (form, REST API, or a choice saved from an earlier spawn) to the
+        user's limits and apply them; refuse with HTTP 400 naming the limit, never clamp."""
+        limits = self.resolve_limits()
+        if limits is None:
+            if user_options:
+                raise SpawnException(
+                    "This hub takes no spawn options (no quota policy is configured).", reason="options", status_code=400
+                )
+            return
+        if self.name:
+            others = [s for s in self.user.spawners.values() if s is not self and s.name and s.active]
+            if len(others) >= limits.named_servers:
+                raise SpawnException(
+                    f"You may run {limits.named_servers} named server(s) besides your default one, and "
+                    f"{len(others)} are running. Stop one first.",
+                    reason="quota",
+                    status_code=400,
+                )
+        try:
+            request = validate_user_options(limits, user_options, gpus_in_use_by_user=self.gpus_held_elsewhere())
+        except SpawnOptionsError as e:
+            raise SpawnException(str(e), reason="quota", status_code=400) from None
+        if request.gpus and self.ledger is None:
+            raise SpawnException(
+                "This hub has no GPUs to hand out; start a server with 0 GPUs.", reason="capacity", status_code=400
+            )
+        self.limits, self.spawn_request = limits, request
+        if request.image:
+            self.image = request.image
+        self.mem_limit = request.memory
+        if request.memory_guarantee:
+            self.mem_guarantee = request.memory_guarantee
+        self.cpu_limit = request.cpus
+        self.shm_size = request.shm
+        self.pids_limit = request.pids
+
+    async def check_allowed(self, image):
+        # The policy already chose and checked the image (DockerSpawner would look the policy's
+        # image *name* up in allowed_images).
+        if self.spawn_request is not None:
+            return self.image
+        return await super().check_allowed(image)
+
+    # --- GPUs -------------------------------------------------------------------------------
+
+    def gpu_patterns(self) -> tuple[str, ...] | None:
+        """NVML name substrings of the GPU models this request may get (None = any model)."""
+        request, limits = self.spawn_request, self.limits
+        store = self.policy_store
+        if request is None or limits is None or store is None:
+            return None
+        names = (request.gpu_model,) if request.gpu_model else limits.models
+        if not names:
+            return None
+        models = store.policy.spec.gpus.models
+        return tuple(p for name in names if name in models for p in models[name].match) or tuple(names)
+
+    async def start(self):
+        self.gpu_uuids = ()
+        wanted = self.spawn_request.gpus if self.spawn_request else 0
+        the_ledger = self.ledger
+        server = self.name or ""
+        if the_ledger is not None:
+            exclude = tuple(self.policy_store.policy.spec.gpus.exclude) if self.policy_store else ()
+            try:
+                allocation = await asyncio.to_thread(
+                    the_ledger.allocate,
+                    self.user.name,
+                    server,
+                    wanted,
+                    models=self.gpu_patterns(),
+                    placement=self.gpu_placement,
+                    image=self.image,
+                    exclude=exclude,
+                )
+            except NotEnoughGpus as e:
+                raise SpawnException(str(e), reason="capacity", status_code=503) from None
+            self.gpu_uuids = allocation.gpu_uuids
+        try:
+            ip_port = await super().start()
+        except BaseException:
+            await self.release_gpus("failed start")
+            raise
+        if the_ledger is not None and self.gpu_uuids:
+            await asyncio.to_thread(the_ledger.attach_container, self.user.name, server, self.container_id)
+        return ip_port
+
+    async def stop(self, now=False):
+        try:
+            await super().stop(now=now)
+        finally:
+            await self.release_gpus("stopped")
+
+    async def poll(self):
+        status = await super().poll()
+        if status is not None and self.ledger is not None and not self._spawn_pending:
+            await self.release_gpus(f"container gone ({status})")
+        return status
+
+    async def release_gpus(self, reason: str) -> None:
+        if self.ledger is not None:
+            released = await asyncio.to_thread(self.ledger.release, self.user.name, self.name or "", reason)
+            if released is not None and released.gpu_uuids:
+                self.log.info("Released %s of %s: %s", ", ".join(released.gpu_uuids), self._log_name, reason)
+        self.gpu_uuids = ()
 
     def workspace_spec(self, environment: dict, command: list[str] | None) -> WorkspaceSpec:
         """Gather this spawn's inputs into the plain description the builder takes."""
@@ -100,14 +300,30 @@ class GPUDockerSpawner(DockerSpawner):
             run_as_gid=self.run_as_gid,
             shm_size=int(self.shm_size),
             mem_limit=int(self.mem_limit) if self.mem_limit else None,
+            mem_reservation=int(self.mem_guarantee) if self.mem_guarantee else None,
             cpu_limit=float(self.cpu_limit) if self.cpu_limit else None,
             pids_limit=self.pids_limit,
+            host_cpus=self.docker_host_cpus(),
             network=self.network_name,
             publish_on=None if self.use_internal_ip else self.host_ip,
             auto_remove=self.remove,
             extra_create_kwargs=self._render_templates(self._eval_if_callable(self.extra_create_kwargs)),
             extra_host_config=self._render_templates(self._eval_if_callable(self.extra_host_config)),
+            gpu_uuids=tuple(self.gpu_uuids),
+            gpu_driver=self.gpu_driver,
         )
+
+    _host_cpus: int | None = None
+
+    def docker_host_cpus(self) -> int | None:
+        """CPUs of the Docker host (Docker refuses a CPU limit above it), asked once."""
+        cls = type(self)
+        if cls._host_cpus is None:
+            try:
+                cls._host_cpus = int(self.client.info().get("NCPU") or 0) or None
+            except (APIError, ValueError):
+                return None
+        return cls._host_cpus
 
     async def create_object(self):
         """Create the container from :func:`container_config` (replaces DockerSpawner's)."""

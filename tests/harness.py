@@ -35,6 +35,15 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+# The quota policy tests run under unless they bring their own: everyone may start CPU-only
+# workspaces of the image under test.
+TEST_QUOTAS = f"""
+images:
+  pytorch: {{image: "{WORKSPACE_IMAGE}", display: "PyTorch workspace"}}
+defaults: {{gpus: 0, gpus_total: 0, memory: 4G, cpus: 1, shm: 2G, images: [pytorch]}}
+"""
+
+
 class HubFailed(RuntimeError):
     pass
 
@@ -49,9 +58,13 @@ class HubProcess:
     extra_env: dict[str, str] = field(default_factory=dict)
     hub_id: str = field(default_factory=lambda: "t" + uuid.uuid4().hex[:8])
     log_path: Path | None = None
+    quotas: str | None = TEST_QUOTAS  # YAML text of the quota policy (None: LABGPU_QUOTAS as set)
 
     def __post_init__(self):
         self.state_dir = Path(tempfile.mkdtemp(prefix=f"labgpu-{self.hub_id}-"))
+        self.quotas_file = self.state_dir / "quotas.yaml"
+        if self.quotas is not None:
+            self.quotas_file.write_text(self.quotas)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
@@ -73,6 +86,8 @@ class HubProcess:
             LABGPU_IMAGE=WORKSPACE_IMAGE,
             LABGPU_NETWORK=NETWORK,
         )
+        if self.quotas is not None:
+            env["LABGPU_QUOTAS"] = str(self.quotas_file)
         env.update(self.extra_env)
         return env
 

@@ -14,7 +14,12 @@ def test_login_start_server_lands_in_jupyterlab(hub, page, output_dir):
     page.fill("input[name=username]", "alice")
     page.fill("input[name=password]", hub.password)
     page.click("input[type=submit], button[type=submit]")
-    # Logging in starts the server (no options to choose yet) and the spawn page forwards to the lab.
+    # The spawn page offers what alice's quota allows (the test policy: no GPUs, one image).
+    page.wait_for_url(re.compile(r".*/hub/spawn.*"), timeout=30_000)
+    form = page.locator("#spawn_form")
+    assert form.count() == 1
+    page.screenshot(path=str(output_dir / "spawn-form.png"))
+    page.click("#spawn_form input[type=submit], #spawn_form button[type=submit]")
     page.wait_for_url(re.compile(r".*/user/alice/lab.*"), timeout=180_000)
     page.wait_for_selector(".jp-Launcher", timeout=120_000)
     assert "JupyterLab" in page.title()

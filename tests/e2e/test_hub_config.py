@@ -48,8 +48,10 @@ def test_demo_mode_refuses_a_public_address(real_parts, tmp_path):
     assert "demo mode has a shared password and listens on localhost only" in done.stderr
 
 
-def test_missing_image_is_a_clear_error_and_the_hub_stays_up(real_parts):
-    hub = HubProcess(users=["alice"], extra_env={"LABGPU_IMAGE": "labgpu/workspace:no-such-tag"})
+def test_missing_image_is_a_clear_error_and_the_hub_stays_up(real_parts, tmp_path):
+    quotas = tmp_path / "quotas.yaml"
+    quotas.write_text("images:\n  pytorch: {image: 'labgpu/workspace:no-such-tag'}\ndefaults: {images: [pytorch]}\n")
+    hub = HubProcess(users=["alice"], extra_env={"LABGPU_QUOTAS": str(quotas)})
     try:
         hub.start()
         alice = hub.client("alice")

@@ -146,3 +146,15 @@ def test_cdi_device_names_including_mig():
 def test_user_env_cannot_claim_other_gpus():
     create, _ = container_config(spec(gpu_uuids=("GPU-aaaa",), extra_create_kwargs={"environment": {"LABGPU_GPUS": "GPU-zzzz"}}))
     assert create["environment"]["LABGPU_GPUS"] == "GPU-aaaa"
+
+
+def test_memory_guarantee_is_a_reservation():
+    _, host = container_config(spec(mem_limit=8 * 1024**3, mem_reservation=2 * 1024**3))
+    assert host["mem_reservation"] == 2 * 1024**3
+
+
+def test_cpu_limit_above_the_host_means_all_cpus():
+    _, host = container_config(spec(cpu_limit=16, host_cpus=2))
+    assert host["nano_cpus"] == 2_000_000_000
+    _, host = container_config(spec(cpu_limit=1.5, host_cpus=2))
+    assert host["nano_cpus"] == 1_500_000_000
