@@ -2,7 +2,9 @@
 GPU health, and the queries the scheduler asks (busy fraction, GPU-hours per user and group).
 
 Kept apart from labgpu/ledger.py for now with its own declarative ``Base`` (table names all
-start with ``telemetry_``); merging means switching ``TelemetryBase`` to the ledger's ``Base``.
+start with ``telemetry_``) and created with ``create_all`` in the ledger's own SQLite file,
+through the ledger's engine settings; merging means switching ``TelemetryBase`` to the
+ledger's ``Base`` and adding an Alembic migration for these tables.
 Rows are small on purpose (integer ids for GPUs and owners, integer milliseconds, tables
 without rowids keyed by what they are queried by) so the database stays bounded: see
 benchmarks/poller.py for the measured size per GPU per day.
@@ -21,9 +23,7 @@ from sqlalchemy import (
     String,
     UniqueConstraint,
     and_,
-    create_engine,
     delete,
-    event,
     func,
     insert,
     select,
@@ -32,6 +32,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from labgpu.ledger import ledger_engine
 from labgpu.telemetry import (
     HOUR,
     MINUTE,
@@ -167,30 +168,6 @@ OWNER_ROLLUP = TelemetryOwnerRollup.__table__
 STATE = TelemetryState.__table__
 
 
-def make_engine(url: str, immediate: bool = True) -> Engine:
-    """An engine for the ledger URL; SQLite gets WAL (the hub reads while the poller writes),
-    synchronous=NORMAL (no fsync per tick), a busy timeout instead of 'database is locked', and
-    BEGIN IMMEDIATE so a read-then-write rollup never fails on a snapshot the hub moved on from.
-    (The same settings as labgpu.ledger.ledger_engine, which replaces this once merged.)"""
-    engine = create_engine(url, connect_args={"timeout": 30} if url.startswith("sqlite") else {})
-    if engine.dialect.name == "sqlite":
-
-        @event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_connection, _record):  # type: ignore[no-untyped-def]
-            dbapi_connection.isolation_level = None  # SQLAlchemy's "begin" event starts transactions
-            cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.execute("PRAGMA busy_timeout=30000")
-            cursor.close()
-
-        @event.listens_for(engine, "begin")
-        def _begin_immediate(conn):  # type: ignore[no-untyped-def]
-            conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
-
-    return engine
-
-
 @dataclass(frozen=True)
 class Usage:
     """GPU-hours over a period: held (allocated), in use (a process present), busy (kernels)."""
@@ -231,9 +208,10 @@ class TelemetryDB:
     """The poller's and the scheduler's door to the telemetry tables."""
 
     def __init__(self, url_or_engine: str | Engine, create: bool = True) -> None:
-        self.engine = make_engine(url_or_engine) if isinstance(url_or_engine, str) else url_or_engine
-        # Queries read a snapshot without taking the write lock the poller and the hub share.
-        self.reader = make_engine(url_or_engine, immediate=False) if isinstance(url_or_engine, str) else url_or_engine
+        # Writes start with BEGIN IMMEDIATE (a read-then-write rollup never fails on a snapshot
+        # the hub moved on from); queries read a snapshot without taking the write lock.
+        self.engine = ledger_engine(url_or_engine) if isinstance(url_or_engine, str) else url_or_engine
+        self.reader = ledger_engine(url_or_engine, immediate=False) if isinstance(url_or_engine, str) else url_or_engine
         if create:
             TelemetryBase.metadata.create_all(self.engine)
         self._gpu_ids: dict[str, int] = {}

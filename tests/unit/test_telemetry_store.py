@@ -161,3 +161,18 @@ def test_labgpu_poller_refuses_a_too_short_interval_and_a_bad_trace(tmp_path, ca
     assert "--interval must be >= 1 s" in capsys.readouterr().err
     rc = labgpu_main(["poller", "--db", f"sqlite:///{tmp_path / 'x.sqlite'}", "--source", f"replay:{tmp_path / 'none.json'}", "--once", "--labels", "none"])
     assert rc == 2
+
+
+def test_telemetry_tables_live_beside_the_ledger_in_one_sqlite_file(tmp_path):
+    from labgpu.ledger import Ledger
+
+    path = tmp_path / "ledger.sqlite"
+    with Ledger(path) as ledger:
+        db = TelemetryDB(f"sqlite:///{path}")
+        poller = Poller(ScriptedSource([[GpuReading(uuid="GPU-l", index=0, utilization_gpu=40)]]), db, ProcessAttributor(None), interval_s=5)
+        for i in range(30):
+            poller.tick(START + i * 5)
+        assert ledger.allocations() == []  # the ledger still opens and reads its own tables
+    with Ledger(path) as reopened:  # and migrations still find the schema they expect
+        assert reopened.allocations() == []
+    assert TelemetryDB(f"sqlite:///{path}").busy_fraction(["GPU-l"], START, START + 150) == pytest.approx(0.4)
