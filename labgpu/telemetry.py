@@ -347,6 +347,7 @@ class ProcessAttributor:
         self.proc_root = Path(proc_root)
         self.cache_size = cache_size
         self._owners_by_container: OrderedDict[str, Owner] = OrderedDict()
+        self._failing: set[str] = set()  # containers whose labels could not be read (logged once)
 
     def owner_of(self, pid: int) -> Owner:
         try:
@@ -364,8 +365,12 @@ class ProcessAttributor:
         try:
             labels = self.label_lookup(container_id)
         except Exception as error:  # Docker down: record the container id, ask again next tick
-            log.warning("Cannot read the labels of container %s (%s); will retry", container_id[:12], error)
+            if container_id not in self._failing:
+                log.warning("Cannot read the labels of container %s (%s); recording its id and retrying each tick",
+                            container_id[:12], error)
+                self._failing.add(container_id)
             return Owner(CONTAINER, container_id)
+        self._failing.discard(container_id)
         labels = labels or {}
         if LABEL_USER in labels:
             owner = Owner(WORKSPACE, container_id, labels[LABEL_USER], labels.get(LABEL_SERVER, ""))

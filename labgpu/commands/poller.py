@@ -53,15 +53,19 @@ def parse_interval(text: str) -> float:
 
 
 def docker_label_lookup():  # type: ignore[no-untyped-def]
-    """Container id -> labels through the Docker API (DOCKER_HOST or the local socket)."""
+    """Container id -> labels through the Docker API (DOCKER_HOST or the local socket). The
+    client connects on first use, so a Docker daemon that is down at boot only delays the
+    attribution (the attributor records container ids meanwhile and asks again)."""
     import docker  # only when the poller runs for real
     from docker.errors import NotFound
 
-    client = docker.from_env()
+    clients: list = []
 
     def labels_of(container_id: str) -> Mapping[str, str] | None:
+        if not clients:
+            clients.append(docker.from_env())
         try:
-            return client.containers.get(container_id).labels
+            return clients[0].containers.get(container_id).labels
         except NotFound:
             return None
 
@@ -83,11 +87,12 @@ def run_poller(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    if args.source.startswith("replay:"):
+    if args.source.startswith("replay:") or args.once:
+        # A replay file or a one-off check: no point retrying, say what is wrong and stop.
         try:
             source: TelemetrySource | None = open_source(args.source)
-        except ValueError as error:
-            log.error("%s", error)
+        except Exception as error:
+            log.error("Cannot read GPU telemetry from %s: %s", args.source, error)
             return 2
     else:
         source = open_with_backoff(lambda: open_source(args.source), stop)

@@ -176,3 +176,34 @@ def test_telemetry_tables_live_beside_the_ledger_in_one_sqlite_file(tmp_path):
     with Ledger(path) as reopened:  # and migrations still find the schema they expect
         assert reopened.allocations() == []
     assert TelemetryDB(f"sqlite:///{path}").busy_fraction(["GPU-l"], START, START + 150) == pytest.approx(0.4)
+
+
+def test_the_poller_process_runs_until_sigterm_and_leaves_its_samples(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    db_url = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "labgpu.cli", "poller", "--db", db_url, "--source", f"replay:{H100_TRACE}",
+         "--interval", "1", "--labels", "none", "--proc-root", str(tmp_path)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"),
+    )
+    try:
+        deadline = time.monotonic() + 20
+        rows = 0
+        while time.monotonic() < deadline and rows < 3:
+            time.sleep(0.5)
+            if (tmp_path / "ledger.sqlite").exists():
+                with TelemetryDB(db_url).reader.connect() as conn:
+                    rows = len(conn.execute(GPU_SAMPLE.select()).all())
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=20)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert rows >= 3, output
+    assert process.returncode == 0, output
+    assert "GPU telemetry: replay:" in output and "Traceback" not in output
