@@ -22,6 +22,7 @@ __all__ = [
     "NotEnoughGpus",
     "choose_gpus",
     "model_allowed",
+    "grantable",
     "not_enough_message",
     "ContainerClaim",
     "Adoption",
@@ -148,6 +149,23 @@ def model_allowed(model: str, models: Collection[str] | None) -> bool:
     return any(allowed.lower() in name for allowed in models)
 
 
+def grantable(gpu: Gpu, n: int, models: Collection[str] | None) -> bool:
+    """May this unit go to a request for n GPUs of these models (health aside)?
+
+    A GPU in MIG mode is never granted whole. A MIG slice goes only to a one-GPU request whose
+    allowed models name MIG explicitly (``MIG 1g.10gb``), so nobody asking for "a GPU" gets a
+    slice, and never as one of several (CUDA uses one MIG device per process).
+    """
+    if gpu.mig_enabled:
+        return False
+    if gpu.mig_parent:
+        if n != 1 or not models:
+            return False
+        name = gpu.model.lower()
+        return any("mig" in allowed.lower() and allowed.lower() in name for allowed in models)
+    return model_allowed(gpu.model, models)
+
+
 # --- choosing GPUs --------------------------------------------------------------------------
 #
 # Interconnect levels, tightest first. A request is placed in the tightest level that has one
@@ -184,7 +202,8 @@ def _level_keys(gpus: Sequence[Gpu]) -> dict[str, tuple[str, ...]]:
     nvlink = _nvlink_components(gpus)
     return {
         g.uuid: (
-            nvlink[g.uuid],
+            # slices of one GPU group like an NVLink island, so "pack" fills a partly used GPU
+            "mig:" + g.mig_parent if g.mig_parent else nvlink[g.uuid],
             g.switch_group,
             "" if g.numa_node is None else str(g.numa_node),
         )
@@ -274,8 +293,8 @@ def choose_gpus(
         raise ValueError(f"placement must be one of {', '.join(PLACEMENTS)} (got {placement!r})")
     if n == 0:
         return []
-    eligible = [g for g in free if g.healthy and not g.mig_enabled and model_allowed(g.model, models)]
-    sick = unhealthy + sum(1 for g in free if not g.healthy and model_allowed(g.model, models))
+    eligible = [g for g in free if g.healthy and grantable(g, n, models)]
+    sick = unhealthy + sum(1 for g in free if not g.healthy and grantable(g, n, models))
     if len(eligible) < n:
         raise NotEnoughGpus(n, len(eligible), held, unhealthy=sick, total=total, models=models, now=now)
     eligible.sort(key=lambda g: (g.index, g.uuid))

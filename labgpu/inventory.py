@@ -27,6 +27,7 @@ __all__ = [
     "StaticInventory",
     "ReplayInventory",
     "inventory_source",
+    "mig_units",
     "parse_memory",
     "gpu_to_dict",
 ]
@@ -43,6 +44,7 @@ class MigDevice:
     uuid: str
     index: int
     memory_total: int  # bytes
+    name: str = ""  # NVML's name for it, e.g. "NVIDIA A100-SXM4-40GB MIG 1g.5gb"
 
 
 @dataclass(frozen=True)
@@ -63,11 +65,44 @@ class Gpu:
     switch_group: str = ""
     # UUIDs of GPUs this one reaches over NVLink (directly or through NVSwitch).
     nvlink_peers: frozenset[str] = field(default_factory=frozenset)
+    # Set on a MIG slice made allocatable by mig_units(): the parent GPU's UUID and slice index.
+    mig_parent: str = ""
+    mig_index: int | None = None
+
+    @property
+    def label(self) -> str:
+        """``3`` for a GPU, ``3:1`` for MIG slice 1 of GPU 3 (CDI's index naming)."""
+        return str(self.index) if self.mig_index is None else f"{self.index}:{self.mig_index}"
 
     @property
     def short_uuid(self) -> str:
         """``GPU-3f2a…``: enough to tell GPUs apart in messages and tables."""
         return self.uuid[:8] + "…" if len(self.uuid) > 9 else self.uuid
+
+
+def mig_units(gpu: Gpu) -> list[Gpu]:
+    """The MIG slices of a GPU in MIG mode as allocatable units (none for a whole GPU).
+
+    A slice has the parent's index, health, PCIe switch and NUMA node, and no NVLink peers.
+    """
+    if not gpu.mig_enabled:
+        return []
+    return [
+        Gpu(
+            uuid=mig.uuid,
+            index=gpu.index,
+            model=mig.name or f"{gpu.model} MIG",
+            memory_total=mig.memory_total,
+            healthy=gpu.healthy,
+            health_reason=gpu.health_reason,
+            pci_bus_id=gpu.pci_bus_id,
+            numa_node=gpu.numa_node,
+            switch_group=gpu.switch_group,
+            mig_parent=gpu.uuid,
+            mig_index=mig.index,
+        )
+        for mig in gpu.mig_devices
+    ]
 
 
 class GpuInventorySource(Protocol):
@@ -106,7 +141,8 @@ def gpu_to_dict(gpu: Gpu) -> dict[str, Any]:
 
 _GPU_FIELDS = {
     "uuid", "index", "model", "memory_total", "memory", "healthy", "health_reason", "mig_enabled",
-    "mig_devices", "pci_bus_id", "numa_node", "switch_group", "nvlink_peers", "nvlink_group",
+    "mig_devices", "pci_bus_id", "numa_node", "switch_group", "nvlink_peers", "nvlink_group", "mig_parent",
+    "mig_index",
 }  # fmt: skip
 
 
@@ -170,7 +206,10 @@ def _gpu_from_mapping(entry: Any, position: int, source: str, path: str) -> tupl
             mig_memory = parse_memory(mig.get("memory_total", mig.get("memory", 0)))
         except ValueError as exc:
             raise field_error("mig_devices", f"[{mig_position}]: {exc}") from None
-        migs.append(MigDevice(uuid=mig["uuid"], index=int(mig.get("index", mig_position)), memory_total=mig_memory))
+        migs.append(
+            MigDevice(uuid=mig["uuid"], index=int(mig.get("index", mig_position)), memory_total=mig_memory,
+                      name=str(mig.get("name", "")))
+        )  # fmt: skip
     gpu = Gpu(
         uuid=uuid.strip(),
         index=index,
@@ -184,6 +223,8 @@ def _gpu_from_mapping(entry: Any, position: int, source: str, path: str) -> tupl
         numa_node=numa,
         switch_group=str(entry.get("switch_group", "") or ""),
         nvlink_peers=frozenset(peers),
+        mig_parent=str(entry.get("mig_parent", "") or ""),
+        mig_index=entry.get("mig_index"),
     )
     return gpu, str(entry.get("nvlink_group", "") or "")
 
@@ -481,6 +522,7 @@ class NvmlInventory:
                     uuid=_text(nvml.nvmlDeviceGetUUID(mig)),
                     index=mig_index,
                     memory_total=int(nvml.nvmlDeviceGetMemoryInfo(mig).total),
+                    name=_text(nvml.nvmlDeviceGetName(mig)),
                 )
             )
         return True, tuple(devices)

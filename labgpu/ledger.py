@@ -46,9 +46,9 @@ from labgpu.allocator import (
     Placement,
     ReconcilePlan,
     choose_gpus,
-    model_allowed,
+    grantable,
 )
-from labgpu.inventory import Gpu, MigDevice
+from labgpu.inventory import Gpu, MigDevice, mig_units
 
 __all__ = [
     "Base",
@@ -113,12 +113,15 @@ class GpuRow(Base):
     healthy: Mapped[bool] = mapped_column(Boolean, default=True)
     health_reason: Mapped[str] = mapped_column(Text, default="")
     mig_enabled: Mapped[bool] = mapped_column(Boolean, default=False)
-    mig_devices: Mapped[str] = mapped_column(Text, default="[]")  # JSON list of {uuid, index, memory_total}
+    mig_devices: Mapped[str] = mapped_column(Text, default="[]")  # JSON list of {uuid, index, memory_total, name}
     pci_bus_id: Mapped[str] = mapped_column(String(32), default="")
     numa_node: Mapped[int | None] = mapped_column(Integer, nullable=True)
     switch_group: Mapped[str] = mapped_column(String(64), default="")
     nvlink_peers: Mapped[str] = mapped_column(Text, default="[]")  # JSON list of UUIDs
     present: Mapped[bool] = mapped_column(Boolean, default=True)
+    # A MIG slice is a row of its own (its MIG UUID), pointing at its GPU; "" for a whole GPU.
+    mig_parent: Mapped[str] = mapped_column(String(96), default="", server_default="")
+    mig_index: Mapped[int | None] = mapped_column(Integer, nullable=True)
     first_seen: Mapped[datetime] = mapped_column(UtcDateTime)
     last_seen: Mapped[datetime] = mapped_column(UtcDateTime)
 
@@ -333,6 +336,8 @@ def _gpu_from_row(row: Any) -> Gpu:
         numa_node=row.numa_node,
         switch_group=row.switch_group or "",
         nvlink_peers=frozenset(json.loads(row.nvlink_peers or "[]")),
+        mig_parent=row.mig_parent or "",
+        mig_index=row.mig_index,
     )
 
 
@@ -344,9 +349,9 @@ _ALLOCATION_GPUS = (
     select(_allocated.c.gpu_uuid)
     .join(_gpus, _gpus.c.uuid == _allocated.c.gpu_uuid)
     .where(_allocated.c.allocation_id == bindparam("allocation_id"))
-    .order_by(_gpus.c.index, _gpus.c.uuid)
+    .order_by(_gpus.c.index, _gpus.c.mig_index, _gpus.c.uuid)
 )
-_PRESENT_GPUS_WITH_HOLDERS = (
+_GPUS_WITH_HOLDERS = (
     select(
         *(column for column in _gpus.c if column.name not in ("first_seen", "last_seen")),
         _allocations.c.user.label("holder"),
@@ -359,19 +364,19 @@ _PRESENT_GPUS_WITH_HOLDERS = (
             _allocations, _allocations.c.id == _allocated.c.allocation_id
         )
     )
-    .where(_gpus.c.present.is_(True))
+    .order_by(_gpus.c.index, _gpus.c.mig_index, _gpus.c.uuid)
 )
 _ALL_ALLOCATED_GPUS = (
     select(_allocated.c.allocation_id, _allocated.c.gpu_uuid)
     .join(_gpus, _gpus.c.uuid == _allocated.c.gpu_uuid)
-    .order_by(_allocated.c.allocation_id, _gpus.c.index, _gpus.c.uuid)
+    .order_by(_allocated.c.allocation_id, _gpus.c.index, _gpus.c.mig_index, _gpus.c.uuid)
 )
 _INSERT_EVENT = insert(_events)
 _INSERT_ALLOCATION = insert(_allocations)
 _INSERT_ALLOCATED = insert(_allocated)
 _DELETE_ALLOCATED = delete(_allocated).where(_allocated.c.allocation_id == bindparam("allocation_id"))
 _DELETE_ALLOCATION = delete(_allocations).where(_allocations.c.id == bindparam("allocation_id"))
-_GPU_COLUMNS = len(_gpus.c) - 2  # the columns of _PRESENT_GPUS_WITH_HOLDERS before the holder's
+_GPU_COLUMNS = len(_gpus.c) - 2  # the columns of _GPUS_WITH_HOLDERS before the holder's
 
 
 def _server_label(user: str, server: str) -> str:
@@ -396,7 +401,7 @@ class Ledger:
 
     def _gpu(self, row: Any) -> Gpu:
         """A row's GPU, parsed once per distinct row (the allocation path reads every GPU)."""
-        key = tuple(row[:_GPU_COLUMNS])
+        key = tuple(row[:_GPU_COLUMNS])  # every GPU column, so a changed row is parsed again
         gpu = self._parsed_gpus.get(key)
         if gpu is None:
             if len(self._parsed_gpus) > 4096:
@@ -417,8 +422,10 @@ class Ledger:
     # -- inventory -------------------------------------------------------------------------
 
     def sync_inventory(self, gpus: Sequence[Gpu]) -> InventorySync:
-        """Record the inventory's GPUs (by UUID); ones it no longer lists stop being allocatable."""
+        """Record the inventory's GPUs (by UUID) and their MIG slices; ones it no longer lists
+        stop being allocatable (their holders keep them until they release)."""
         now = self._clock()
+        gpus = [*gpus, *(unit for gpu in gpus for unit in mig_units(gpu))]
         listed = {g.uuid: g for g in gpus}
         with self._write.begin() as conn:
             known = {r.uuid: r for r in conn.execute(select(_gpus.c.uuid, _gpus.c.healthy, _gpus.c.present))}
@@ -436,6 +443,8 @@ class Ledger:
                     numa_node=gpu.numa_node,
                     switch_group=gpu.switch_group,
                     nvlink_peers=json.dumps(sorted(gpu.nvlink_peers)),
+                    mig_parent=gpu.mig_parent,
+                    mig_index=gpu.mig_index,
                     present=True,
                     last_seen=now,
                 )
@@ -487,7 +496,7 @@ class Ledger:
         with self._read.connect() as conn:
             allocations = self._all_allocations(conn)
             held_by = dict(conn.execute(select(_allocated.c.gpu_uuid, _allocated.c.allocation_id)).all())
-            query = select(_gpus).order_by(_gpus.c.present.desc(), _gpus.c.index, _gpus.c.uuid)
+            query = select(_gpus).order_by(_gpus.c.present.desc(), _gpus.c.index, _gpus.c.mig_index, _gpus.c.uuid)
             if not include_gone:
                 query = query.where(_gpus.c.present.is_(True))
             return [
@@ -556,12 +565,13 @@ class Ledger:
         excluded = set(exclude)
         with self._write.begin() as conn:
             existing = conn.execute(_SERVER_ALLOCATION, {"user": user, "server": server}).first()
-            rows = conn.execute(_PRESENT_GPUS_WITH_HOLDERS).all()
+            rows = conn.execute(_GPUS_WITH_HOLDERS).all()
             if existing is not None:
                 mine = [r for r in rows if r.allocation_id == existing.id]
                 if (
                     len(mine) == n
-                    and all(r.healthy and model_allowed(r.model, models) and r.uuid not in excluded for r in mine)
+                    and all(r.healthy and r.present and grantable(self._gpu(r), n, models) and r.uuid not in excluded
+                            for r in mine)
                     and (image is None or image == existing.image)
                 ):
                     return self._allocation(conn, existing)
@@ -573,14 +583,19 @@ class Ledger:
                 return Allocation(user, server, (), now, image)
             free, held = [], []
             total = 0
+            # A GPU and its MIG slices exclude each other: held whole, no slice is free; one slice held, not the GPU.
+            active = [r for r in rows if r.holder is not None and r.uuid not in freed]
+            sliced = {r.mig_parent for r in active if r.mig_parent}
+            whole = {r.uuid for r in active if not r.mig_parent}
             for r in rows:
-                if r.uuid in excluded or r.mig_enabled or not model_allowed(r.model, models):
+                gpu = self._gpu(r)
+                if not r.present or r.uuid in excluded or gpu.mig_parent in excluded or not grantable(gpu, n, models):
                     continue
                 total += 1
                 if r.holder is not None and r.uuid not in freed:
                     held.append(HeldGpu(r.uuid, r.holder, r.holder_server, r.held_since))
-                else:
-                    free.append(self._gpu(r))
+                elif r.uuid not in sliced and gpu.mig_parent not in whole:
+                    free.append(gpu)
             chosen = choose_gpus(free, n, models=models, placement=placement, held=held, total=total, now=now)
             uuids = tuple(g.uuid for g in chosen)
             try:

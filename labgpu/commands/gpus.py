@@ -13,7 +13,7 @@ from pathlib import Path
 from sqlalchemy.engine import make_url
 
 from ..allocator import Allocation
-from ..inventory import Gpu, InventoryError, gpu_to_dict, inventory_source
+from ..inventory import Gpu, InventoryError, gpu_to_dict, inventory_source, mig_units
 from ..ledger import Ledger
 
 
@@ -59,8 +59,8 @@ def _health(gpu: Gpu, present: bool) -> str:
     if not gpu.healthy:
         return f"UNHEALTHY: {gpu.health_reason}" if gpu.health_reason else "UNHEALTHY"
     if gpu.mig_enabled:
-        return f"ok, MIG ({len(gpu.mig_devices)} devices)"
-    return "ok"
+        return f"ok, MIG mode ({len(gpu.mig_devices)} slices)"
+    return "ok, MIG slice" if gpu.mig_parent else "ok"
 
 
 def _since(allocation: Allocation, now: datetime) -> str:
@@ -100,7 +100,8 @@ def run_gpus(args: argparse.Namespace) -> int:
         except InventoryError as error:
             print(f"labgpu gpus: {error}", file=sys.stderr)
             return 1
-        rows = [(g, True, holders.get(g.uuid)) for g in sorted(gpus, key=lambda g: g.index)]
+        units = [unit for gpu in sorted(gpus, key=lambda g: g.index) for unit in (gpu, *mig_units(gpu))]
+        rows = [(unit, True, holders.get(unit.uuid)) for unit in units]
 
     if args.json:
         print(json.dumps(
@@ -120,14 +121,17 @@ def run_gpus(args: argparse.Namespace) -> int:
     table = [["IDX", "UUID", "MODEL", "MEMORY", "HEALTH", "HELD BY", "SINCE"]]
     for gpu, present, allocation in rows:
         table.append([
-            str(gpu.index), gpu.short_uuid, gpu.model, _memory(gpu.memory_total), _health(gpu, present),
+            gpu.label, gpu.short_uuid, gpu.model, _memory(gpu.memory_total), _health(gpu, present),
             allocation.server_label if allocation else "-", _since(allocation, now) if allocation else "",
         ])  # fmt: skip
     widths = [max(len(row[col]) for row in table) for col in range(len(table[0]))]
     for row in table:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
-    free = sum(1 for gpu, present, a in rows if present and gpu.healthy and not a)
-    summary = f"{free} of {sum(1 for _, present, _ in rows if present)} GPUs free"
+    # What can be granted: whole GPUs and MIG slices (a GPU in MIG mode is its slices).
+    units = [(gpu, a) for gpu, present, a in rows if present and not gpu.mig_enabled]
+    free = sum(1 for gpu, a in units if gpu.healthy and not a)
+    slices = sum(1 for gpu, _ in units if gpu.mig_parent)
+    summary = f"{free} of {len(units)} GPUs free" + (f" (counting {slices} MIG slices)" if slices else "")
     islands = _islands([gpu for gpu, present, _ in rows if present])
     if islands:
         summary += "; NVLink islands: " + ", ".join("{" + ",".join(map(str, i)) + "}" for i in islands)
