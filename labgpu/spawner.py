@@ -369,6 +369,11 @@ class GPUDockerSpawner(DockerSpawner):
         detail = error.explanation or str(error)
         if isinstance(detail, bytes):
             detail = detail.decode(errors="replace")
+        if "could not select device driver" in detail:
+            detail += (
+                ". This Docker engine cannot give containers GPUs: the admin must install the NVIDIA "
+                "Container Toolkit (or enable CDI). Until then, start a server with 0 GPUs"
+            )
         return SpawnException(
             f"Docker could not {action} your workspace: {detail}",
             reason="docker",

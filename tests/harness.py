@@ -66,6 +66,9 @@ class HubProcess:
         if self.quotas is not None:
             self.quotas_file.write_text(self.quotas)
         self.port = free_port()
+        # Fixed for the hub's life: running workspaces keep the hub API URL they started with.
+        self.hub_port = free_port("0.0.0.0")
+        self.proxy_api_port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
         self.docker = docker.from_env()
@@ -77,8 +80,8 @@ class HubProcess:
         env.update(
             LABGPU_MODE="demo",
             LABGPU_BIND_URL=self.url,
-            LABGPU_HUB_PORT=str(free_port("0.0.0.0")),
-            LABGPU_PROXY_API_PORT=str(free_port()),
+            LABGPU_HUB_PORT=str(self.hub_port),
+            LABGPU_PROXY_API_PORT=str(self.proxy_api_port),
             LABGPU_STATE_DIR=str(self.state_dir),
             LABGPU_HUB_ID=self.hub_id,
             LABGPU_DEMO_USERS=",".join(self.users),
