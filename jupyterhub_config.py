@@ -141,7 +141,7 @@ c.JupyterHub.allow_named_servers = True  # how many: the quota policy's named_se
 # --- quotas, GPUs and the ledger -------------------------------------------------------------
 quotas = env("LABGPU_QUOTAS")
 quota_files = [] if quotas == "none" else (split_paths(quotas) if quotas else default_paths({}))
-ledger_url = env("LABGPU_LEDGER", str(state_dir / "ledger.sqlite"))
+ledger_url = hub_resources.default_ledger_path({**os.environ, "LABGPU_STATE_DIR": str(state_dir)})
 try:
     report = hub_resources.prepare_hub(
         quota_files=quota_files,

@@ -5,8 +5,10 @@ record the inventory, reconcile the ledger with Docker)."""
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
-from typing import Any, Sequence
+from pathlib import Path
+from typing import Any, Mapping, Sequence
 
 from .allocator import ReconcilePlan, reconcile
 from .containers import LABEL_HUB
@@ -18,6 +20,14 @@ log = logging.getLogger("labgpu")
 
 _policy_stores: dict[tuple[str, ...], PolicyStore] = {}
 _ledgers: dict[str, Ledger] = {}
+
+
+def default_ledger_path(environ: Mapping[str, str] = os.environ) -> str:
+    """Where the hub keeps its ledger: $LABGPU_LEDGER, else ledger.sqlite in $LABGPU_STATE_DIR
+    (./.state by default). The hub, `labgpu gpus`, the poller and `labgpu usage` agree on it."""
+    if environ.get("LABGPU_LEDGER", "").strip():
+        return environ["LABGPU_LEDGER"].strip()
+    return str(Path(environ.get("LABGPU_STATE_DIR", "").strip() or ".state").resolve() / "ledger.sqlite")
 
 
 def policy_store(paths: Sequence[str]) -> PolicyStore:

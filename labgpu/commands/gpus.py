@@ -13,6 +13,7 @@ from pathlib import Path
 from sqlalchemy.engine import make_url
 
 from ..allocator import Allocation
+from ..hub_resources import default_ledger_path
 from ..inventory import Gpu, InventoryError, gpu_to_dict, inventory_source, mig_units
 from ..ledger import Ledger
 
@@ -26,9 +27,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--db",
-        default=os.environ.get("LABGPU_DB_URL"),
+        default=None,
         metavar="URL",
-        help="the ledger: an SQLAlchemy URL or an SQLite file path (default: $LABGPU_DB_URL)",
+        help="the ledger: an SQLAlchemy URL or an SQLite file path (default: $LABGPU_LEDGER, "
+        "else ledger.sqlite in $LABGPU_STATE_DIR or ./.state, when it exists)",
     )
     parser.add_argument(
         "--source",
@@ -84,10 +86,12 @@ def _islands(gpus: list[Gpu]) -> list[list[int]]:
 def run_gpus(args: argparse.Namespace) -> int:
     rows: list[tuple[Gpu, bool, Allocation | None]] = []
     holders: dict[str, Allocation] = {}
+    if args.db is None and Path(default_ledger_path()).exists():
+        args.db = default_ledger_path()
     if args.db:
         path = _sqlite_file(args.db)
         if path is not None and not path.exists():
-            print(f"labgpu gpus: no ledger at {path}; pass the hub's --db URL (or $LABGPU_DB_URL)", file=sys.stderr)
+            print(f"labgpu gpus: no ledger at {path}; pass the hub's --db URL (or set $LABGPU_LEDGER / $LABGPU_STATE_DIR)", file=sys.stderr)
             return 1
         with Ledger(args.db) as ledger:
             holdings = ledger.holdings(include_gone=True)
