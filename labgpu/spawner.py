@@ -14,10 +14,11 @@ from jupyterhub.spawner import SpawnException
 from jupyterhub.traitlets import ByteSpecification
 from traitlets import CaselessStrEnum, Integer, List, Unicode, default, validate
 
-from . import hub_resources
+from . import gpu_queue, hub_resources
 from .allocator import NotEnoughGpus
+from .gpu_queue import QueuedSpawn, QueueRefused
 from .containers import ContainerConfigError, WorkspaceSpec, container_config
-from .policy import Limits, resolve
+from .policy import Limits, format_duration, resolve
 from .spawn_options import SpawnOptionsError, SpawnRequest, options_form, parse_form, validate_user_options
 
 
@@ -100,8 +101,21 @@ class GPUDockerSpawner(DockerSpawner):
         requests (best fit); "spread" spreads servers across islands.""",
     ).tag(config=True)
 
+    gpu_queue_timeout = Integer(
+        86400,
+        help="""Longest time (seconds) a spawn waits in the GPU queue when it asks for more GPUs
+        than are free and the quota policy allows waiting (``fairshare.allow_queue``); then it
+        fails with a message. 0: never queue, refuse at once as when waiting is not allowed.
+
+        A spawn that may queue gets this much on top of ``start_timeout`` (JupyterHub gives up on
+        a spawn after ``start_timeout``), so set ``start_timeout`` to the time a normal start
+        takes (image pull included) and this to the longest acceptable wait.
+        """,
+    ).tag(config=True)
+
     spawn_request: SpawnRequest | None = None
     limits: Limits | None = None
+    _configured_start_timeout: int | None = None
     gpu_uuids: tuple[str, ...] = ()
 
     @validate("run_as_uid")
@@ -211,6 +225,12 @@ class GPUDockerSpawner(DockerSpawner):
         self.cpu_limit = request.cpus
         self.shm_size = request.shm
         self.pids_limit = request.pids
+        # JupyterHub reads start_timeout before start() runs: a spawn that may wait in the GPU
+        # queue gets the queue's wait on top of the normal start time.
+        if self._configured_start_timeout is None:
+            self._configured_start_timeout = self.start_timeout
+        may_queue = request.gpus > 0 and self.queue_allowed()
+        self.start_timeout = self._configured_start_timeout + (self.gpu_queue_timeout if may_queue else 0)
 
     async def check_allowed(self, image):
         # The policy already chose and checked the image (DockerSpawner would look the policy's
@@ -233,6 +253,17 @@ class GPUDockerSpawner(DockerSpawner):
         models = store.policy.spec.gpus.models
         return tuple(p for name in names if name in models for p in models[name].match) or tuple(names)
 
+    def queue_allowed(self) -> bool:
+        """May a spawn wait in the GPU queue (policy ``fairshare.allow_queue``, and a queue timeout)?"""
+        store = self.policy_store
+        allowed = store.policy.spec.fairshare.allow_queue if store is not None else False
+        return allowed and self.gpu_queue_timeout > 0 and self.ledger is not None
+
+    def shared_gpu_queue(self) -> gpu_queue.GpuQueue:
+        """This process's GPU queue for the ledger (shared by every spawner of the hub)."""
+        store = self.policy_store
+        return gpu_queue.queue_for(self.ledger, lambda: store.policy if store is not None else None)
+
     async def start(self):
         self.gpu_uuids = ()
         wanted = self.spawn_request.gpus if self.spawn_request else 0
@@ -240,19 +271,32 @@ class GPUDockerSpawner(DockerSpawner):
         server = self.name or ""
         if the_ledger is not None:
             exclude = tuple(self.policy_store.policy.spec.gpus.exclude) if self.policy_store else ()
+            spawn = QueuedSpawn(
+                self.user.name,
+                server,
+                wanted,
+                groups=tuple(g.name for g in self.user.groups),
+                models=self.gpu_patterns(),
+                placement=self.gpu_placement,
+                image=self.image,
+                exclude=exclude,
+                max_runtime=self.limits.max_runtime if self.limits else None,
+            )
             try:
-                allocation = await asyncio.to_thread(
-                    the_ledger.allocate,
-                    self.user.name,
-                    server,
-                    wanted,
-                    models=self.gpu_patterns(),
-                    placement=self.gpu_placement,
-                    image=self.image,
-                    exclude=exclude,
+                # Free GPUs and nobody waiting: granted at once; else waits in the fair-share queue
+                # (progress() shows where), or NotEnoughGpus when waiting is not allowed.
+                allocation = await asyncio.wait_for(
+                    self.shared_gpu_queue().acquire(spawn, allow_queue=self.queue_allowed()), self.gpu_queue_timeout or None
                 )
-            except NotEnoughGpus as e:
+            except (NotEnoughGpus, QueueRefused) as e:
                 raise SpawnException(str(e), reason="capacity", status_code=503) from None
+            except asyncio.TimeoutError:
+                raise SpawnException(
+                    f"No GPUs came free for you within {format_duration(self.gpu_queue_timeout)} in the GPU queue. "
+                    "Try again later or ask for fewer GPUs.",
+                    reason="capacity",
+                    status_code=503,
+                ) from None
             self.gpu_uuids = allocation.gpu_uuids
         try:
             ip_port = await super().start()
@@ -263,7 +307,16 @@ class GPUDockerSpawner(DockerSpawner):
             await asyncio.to_thread(the_ledger.attach_container, self.user.name, server, self.container_id)
         return ip_port
 
+    async def progress(self):
+        """Spawn-page events: queue position, whose GPUs it waits for, the estimated wait."""
+        if self.ledger is None:
+            return
+        async for event in self.shared_gpu_queue().progress_events(self.user.name, self.name or "", lambda: self._spawn_pending):
+            yield event
+
     async def stop(self, now=False):
+        if self.ledger is not None:  # stopped while waiting for GPUs: leave the queue
+            await asyncio.to_thread(self.shared_gpu_queue().cancel, self.user.name, self.name or "", "server stopped while waiting")
         try:
             await super().stop(now=now)
         finally:
@@ -280,6 +333,7 @@ class GPUDockerSpawner(DockerSpawner):
             released = await asyncio.to_thread(self.ledger.release, self.user.name, self.name or "", reason)
             if released is not None and released.gpu_uuids:
                 self.log.info("Released %s of %s: %s", ", ".join(released.gpu_uuids), self._log_name, reason)
+                gpu_queue.notify_released(self.ledger)  # waiting spawns try at once
         self.gpu_uuids = ()
 
     def workspace_spec(self, environment: dict, command: list[str] | None) -> WorkspaceSpec:
