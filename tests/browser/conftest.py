@@ -10,8 +10,9 @@ from tests.e2e.conftest import hub, real_parts  # noqa: F401 (the same real hub)
 OUTPUT = Path(__file__).resolve().parents[2] / "test-output"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser(real_parts):
+    """Chromium for one test module (Playwright's sync API holds an event loop while open)."""
     path = chromium_path()
     require(path is not None, "chromium", "apt-get install chromium (scripts/setup.sh)")
     try:

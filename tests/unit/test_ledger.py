@@ -41,7 +41,9 @@ def test_database_is_wal_with_the_schema_at_alembic_head(tmp_path):
     db = sqlite3.connect(path)
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     # its own version table: the ledger may share a database with JupyterHub's alembic_version
-    assert db.execute("SELECT version_num FROM labgpu_alembic_version").fetchall() == [("0002",)]
+    from labgpu.ledger import _head_revision
+
+    assert db.execute("SELECT version_num FROM labgpu_alembic_version").fetchall() == [(_head_revision(),)]
     tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     assert {"gpus", "allocations", "allocation_gpus", "allocation_events"} <= tables
 
