@@ -124,6 +124,9 @@ class GpuRow(Base):
     mig_index: Mapped[int | None] = mapped_column(Integer, nullable=True)
     first_seen: Mapped[datetime] = mapped_column(UtcDateTime)
     last_seen: Mapped[datetime] = mapped_column(UtcDateTime)
+    # What the telemetry poller saw wrong (an NVML error); NULL when nothing. Kept apart from
+    # ``healthy`` so that sync_inventory does not wipe it: only set_gpu_health clears it.
+    health_override: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class AllocationRow(Base):
@@ -328,8 +331,8 @@ def _gpu_from_row(row: Any) -> Gpu:
         index=row.index,
         model=row.model,
         memory_total=row.memory_total,
-        healthy=bool(row.healthy),
-        health_reason=row.health_reason or "",
+        healthy=bool(row.healthy) and not row.health_override,
+        health_reason=row.health_override or row.health_reason or "",
         mig_enabled=bool(row.mig_enabled),
         mig_devices=tuple(MigDevice(**m) for m in json.loads(row.mig_devices or "[]")),
         pci_bus_id=row.pci_bus_id or "",
@@ -464,6 +467,28 @@ class Ledger:
                     gone.append(uuid)
         return InventorySync(tuple(added), tuple(gone), tuple(sick), tuple(recovered))
 
+    def set_gpu_health(self, uuid: str, problem: str | None) -> None:
+        """Take a GPU (and its MIG slices) out of service because the telemetry poller saw it
+        fail (``problem`` says what), or put it back (None). sync_inventory leaves this alone.
+
+        A GPU the ledger has not seen yet gets a placeholder row (not present, so not
+        allocatable), so the problem still holds once the hub's inventory lists it.
+        """
+        now = self._clock()
+        with self._write.begin() as conn:
+            changed = conn.execute(
+                update(_gpus).where((_gpus.c.uuid == uuid) | (_gpus.c.mig_parent == uuid)).values(health_override=problem)
+            ).rowcount
+            if not changed and problem is not None:
+                conn.execute(
+                    insert(_gpus).values(
+                        uuid=uuid, index=-1, model="", memory_total=0, healthy=True, health_reason="",
+                        mig_enabled=False, mig_devices="[]", pci_bus_id="", numa_node=None, switch_group="",
+                        nvlink_peers="[]", present=False, mig_parent="", mig_index=None, first_seen=now,
+                        last_seen=now, health_override=problem,
+                    )
+                )
+
     # -- reading -----------------------------------------------------------------------------
 
     def _allocation(self, conn: Connection, row: Any) -> Allocation:
@@ -570,7 +595,7 @@ class Ledger:
                 mine = [r for r in rows if r.allocation_id == existing.id]
                 if (
                     len(mine) == n
-                    and all(r.healthy and r.present and grantable(self._gpu(r), n, models) and r.uuid not in excluded
+                    and all(self._gpu(r).healthy and r.present and grantable(self._gpu(r), n, models) and r.uuid not in excluded
                             for r in mine)
                     and (image is None or image == existing.image)
                 ):

@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Hashable, Iterable, Iterator, Mapping, NamedTuple, Protocol, Sequence
 
+from labgpu.containers import LABEL_SERVER, LABEL_USER  # the labels the spawner writes (pure module)
+
 log = logging.getLogger("labgpu.telemetry")
 
 MIN_INTERVAL_S = 1.0
@@ -28,9 +30,6 @@ MINUTE = 60
 HOUR = 3600
 DAY_S = 24 * HOUR
 
-# Container labels written by the spawner (labgpu.containers.LABEL_USER / LABEL_SERVER).
-LABEL_USER = "org.labgpu.user"
-LABEL_SERVER = "org.labgpu.server"
 
 
 # --------------------------------------------------------------------------------------------
@@ -593,8 +592,9 @@ class Poller:
         retention: Retention = Retention(),
         on_health_change: Callable[[str, str | None], Any] | None = None,
     ) -> None:
-        """``on_health_change(uuid, problem_or_None)`` is called when a GPU turns unhealthy or
-        recovers (the hub wires it to the ledger's GPU table, so the allocator skips it)."""
+        """``on_health_change(uuid, problem_or_None)`` is called the first time this process
+        sees each GPU (clearing what an earlier run left) and whenever one turns unhealthy or
+        recovers; ``labgpu poller`` wires it to :meth:`labgpu.ledger.Ledger.set_gpu_health`."""
         if interval_s < MIN_INTERVAL_S:
             raise ValueError(f"--interval must be >= {MIN_INTERVAL_S:g} s (got {interval_s:g}): NVML takes a driver lock")
         self.source = source
@@ -606,6 +606,7 @@ class Poller:
         self._last_ts: dict[str, float] = {}
         self._last_minute: int | None = None
         self._problems: dict[str, str] = {}
+        self._health_reported: set[str] = set()  # GPUs whose current health the hook has taken
 
     def tick(self, now: float) -> TickReport:
         cpu_start = time.process_time()
@@ -644,21 +645,19 @@ class Poller:
         if problem and problem != previous:
             log.error("%s; the allocator will not hand this GPU out until it recovers", problem)
             self._problems[uuid] = problem
+            self._health_reported.discard(uuid)
         elif not problem and previous:
             log.warning("GPU %s is healthy again", uuid)
             del self._problems[uuid]
-        else:
+            self._health_reported.discard(uuid)
+        if self.on_health_change is None or uuid in self._health_reported:
             return
-        if self.on_health_change is not None:
-            try:
-                self.on_health_change(uuid, problem)
-            except Exception:  # the ledger being busy must not stop the telemetry
-                log.exception("Could not record the health of GPU %s in the ledger; will retry", uuid)
-                # Forget the change, so the next tick sees it again and retries.
-                if previous is None:
-                    self._problems.pop(uuid, None)
-                else:
-                    self._problems[uuid] = previous
+        try:
+            self.on_health_change(uuid, problem)
+        except Exception:  # the ledger being busy must not stop the telemetry
+            log.exception("Could not record the health of GPU %s in the ledger; will retry", uuid)
+        else:
+            self._health_reported.add(uuid)
 
     def run(self, stop: threading.Event | None = None, clock: Callable[[], float] = time.time) -> None:
         """Tick every ``interval_s`` until ``stop`` is set; a slow tick delays, never stacks."""
@@ -683,27 +682,49 @@ def open_with_backoff(
     first_delay_s: float = 1.0,
     max_delay_s: float = 60.0,
     sleep: Callable[[float], Any] | None = None,
+    remind_every_s: float = 3600.0,
 ) -> TelemetrySource | None:
     """Open the source, retrying with doubling delays (NVML not loaded yet at boot, driver being
-    upgraded) and a log line per try that says what to check; None if ``stop`` was set."""
+    upgraded, or a host without NVIDIA driver) until it opens; None if ``stop`` was set.
+
+    The process never exits for this (a managed service that exits is restarted at once: a
+    crash loop), and it stays quiet: one error line saying what to check, the same again only
+    when the error changes, and a reminder every ``remind_every_s`` while it keeps failing.
+    """
     stop = stop or threading.Event()
     wait = sleep or stop.wait
     delay = first_delay_s
     attempt = 1
+    last_error = ""
+    waited_s = since_reminder_s = 0.0
     while not stop.is_set():
         try:
-            return open_source()
+            source = open_source()
         except Exception as error:
-            log.error(
-                "Cannot start GPU telemetry (attempt %d): %s. Is the NVIDIA driver loaded and is "
-                "libnvidia-ml.so visible to the poller? Retrying in %.0f s; spawning goes on meanwhile.",
-                attempt,
-                error,
-                delay,
-            )
+            text = str(error) or type(error).__name__
+            if text != last_error:
+                log.error(
+                    "Cannot start GPU telemetry: %s. Is the NVIDIA driver loaded and is libnvidia-ml.so "
+                    "visible to the poller? Retrying with growing delays (up to %.0f s); spawning goes on "
+                    "meanwhile, without GPU health or usage data.",
+                    text,
+                    max_delay_s,
+                )
+                last_error, since_reminder_s = text, 0.0
+            elif since_reminder_s >= remind_every_s:
+                log.warning("Still cannot start GPU telemetry after %d attempts over %.0f s: %s", attempt, waited_s, text)
+                since_reminder_s = 0.0
+            else:
+                log.debug("GPU telemetry attempt %d failed: %s; next in %.0f s", attempt, text, delay)
             wait(delay)
+            waited_s += delay
+            since_reminder_s += delay
             delay = min(delay * 2, max_delay_s)
             attempt += 1
+            continue
+        if attempt > 1:
+            log.warning("GPU telemetry started after %d attempts", attempt)
+        return source
     return None
 
 

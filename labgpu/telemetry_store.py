@@ -1,13 +1,12 @@
 """Telemetry tables in the SQLite ledger: raw samples, per-minute and per-hour rollups,
 GPU health, and the queries the scheduler asks (busy fraction, GPU-hours per user and group).
 
-Kept apart from labgpu/ledger.py for now with its own declarative ``Base`` (table names all
-start with ``telemetry_``) and created with ``create_all`` in the ledger's own SQLite file,
-through the ledger's engine settings; merging means switching ``TelemetryBase`` to the
-ledger's ``Base`` and adding an Alembic migration for these tables.
+The tables are the ledger's (its declarative ``Base``, its engine settings, its file), created
+by Alembic revision 0004 (labgpu/migrations/versions/0004_telemetry.py) when a store or a
+:class:`labgpu.ledger.Ledger` opens the database; table names all start with ``telemetry_``.
 Rows are small on purpose (integer ids for GPUs and owners, integer milliseconds, tables
 without rowids keyed by what they are queried by) so the database stays bounded: see
-benchmarks/poller.py for the measured size per GPU per day.
+docs/telemetry.md and benchmarks/poller.py for the measured size per GPU per day.
 """
 
 from __future__ import annotations
@@ -30,9 +29,9 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import Mapped, mapped_column
 
-from labgpu.ledger import ledger_engine
+from labgpu.ledger import Base, ledger_engine, upgrade_to_head
 from labgpu.telemetry import (
     HOUR,
     MINUTE,
@@ -52,11 +51,12 @@ from labgpu.telemetry import (
 )
 
 
-class TelemetryBase(DeclarativeBase):
-    """Declarative base of the telemetry tables (to become the ledger's Base when merged)."""
+# ============================================================================================
+# Tables (migration: labgpu/migrations/versions/0004_telemetry.py; keep the two in step)
+# ============================================================================================
 
 
-class TelemetryGpu(TelemetryBase):
+class TelemetryGpu(Base):
     """A GPU the poller has seen, by UUID, with its health: the allocator skips unhealthy ones."""
 
     __tablename__ = "telemetry_gpu"
@@ -71,11 +71,11 @@ class TelemetryGpu(TelemetryBase):
     first_seen: Mapped[float] = mapped_column(Float)
 
 
-class TelemetryOwner(TelemetryBase):
+class TelemetryOwner(Base):
     """Who a GPU process belonged to: one of our workspaces, another container, or the host."""
 
     __tablename__ = "telemetry_owner"
-    __table_args__ = (UniqueConstraint("kind", "container_id", "user", "server"),)
+    __table_args__ = (UniqueConstraint("kind", "container_id", "user", "server", name="uq_telemetry_owner"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     kind: Mapped[str] = mapped_column(String(16))
     container_id: Mapped[str] = mapped_column(String(64), default="")
@@ -83,7 +83,7 @@ class TelemetryOwner(TelemetryBase):
     server: Mapped[str] = mapped_column(String(255), default="")
 
 
-class TelemetryGpuSample(TelemetryBase):
+class TelemetryGpuSample(Base):
     """One raw per-GPU sample (kept ``Retention.raw_s``). Power is in deciwatts."""
 
     __tablename__ = "telemetry_gpu_sample"
@@ -101,7 +101,7 @@ class TelemetryGpuSample(TelemetryBase):
     healthy: Mapped[bool] = mapped_column(Boolean)
 
 
-class TelemetryProcessSample(TelemetryBase):
+class TelemetryProcessSample(Base):
     """One raw per-process sample; ``busy_pm`` is the owner's share of the GPU in per mille."""
 
     __tablename__ = "telemetry_process_sample"
@@ -116,7 +116,7 @@ class TelemetryProcessSample(TelemetryBase):
     busy_pm: Mapped[int] = mapped_column(Integer)
 
 
-class TelemetryGpuRollup(TelemetryBase):
+class TelemetryGpuRollup(Base):
     """Per-GPU sums over a minute (resolution 60) or an hour (3600)."""
 
     __tablename__ = "telemetry_gpu_rollup"
@@ -135,7 +135,7 @@ class TelemetryGpuRollup(TelemetryBase):
     unhealthy_s: Mapped[float] = mapped_column(Float)
 
 
-class TelemetryOwnerRollup(TelemetryBase):
+class TelemetryOwnerRollup(Base):
     """Per-owner, per-GPU sums over a minute or an hour: GPU-seconds in use and busy."""
 
     __tablename__ = "telemetry_owner_rollup"
@@ -150,7 +150,7 @@ class TelemetryOwnerRollup(TelemetryBase):
     memory_used_max_mib: Mapped[int] = mapped_column(Integer)
 
 
-class TelemetryState(TelemetryBase):
+class TelemetryState(Base):
     """Bookkeeping: how far each resolution is rolled up, and from when each is still kept.
     Keys: rolled_60, rolled_3600 (rolled up until), kept_raw, kept_60, kept_3600 (kept from)."""
 
@@ -207,13 +207,13 @@ class UsageReport:
 class TelemetryDB:
     """The poller's and the scheduler's door to the telemetry tables."""
 
-    def __init__(self, url_or_engine: str | Engine, create: bool = True) -> None:
+    def __init__(self, url_or_engine: str | Engine, migrate: bool = True) -> None:
         # Writes start with BEGIN IMMEDIATE (a read-then-write rollup never fails on a snapshot
         # the hub moved on from); queries read a snapshot without taking the write lock.
         self.engine = ledger_engine(url_or_engine) if isinstance(url_or_engine, str) else url_or_engine
         self.reader = ledger_engine(url_or_engine, immediate=False) if isinstance(url_or_engine, str) else url_or_engine
-        if create:
-            TelemetryBase.metadata.create_all(self.engine)
+        if migrate:  # the ledger's Alembic migrations, up to the telemetry tables and beyond
+            upgrade_to_head(self.engine)
         self._gpu_ids: dict[str, int] = {}
         self._owner_ids: dict[Owner, int] = {}
         self._problems: dict[str, str | None] = {}  # last health written per GPU UUID

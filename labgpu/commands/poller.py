@@ -13,6 +13,8 @@ import threading
 import time
 from typing import Mapping
 
+from labgpu.containers import LABEL_HUB, LABEL_SERVER, LABEL_USER
+from labgpu.hub_resources import default_ledger_path
 from labgpu.telemetry import (
     DEFAULT_INTERVAL_S,
     MIN_INTERVAL_S,
@@ -27,7 +29,6 @@ from labgpu.telemetry import (
 
 log = logging.getLogger("labgpu.poller")
 
-DEFAULT_DB_URL = "sqlite:///labgpu.sqlite"
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
 _UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -52,10 +53,12 @@ def parse_interval(text: str) -> float:
     return value
 
 
-def docker_label_lookup():  # type: ignore[no-untyped-def]
-    """Container id -> labels through the Docker API (DOCKER_HOST or the local socket). The
-    client connects on first use, so a Docker daemon that is down at boot only delays the
-    attribution (the attributor records container ids meanwhile and asks again)."""
+def docker_label_lookup(hub_id: str):  # type: ignore[no-untyped-def]
+    """Container id -> labels through the Docker API (DOCKER_HOST or the local socket). Only
+    this hub's workspaces (``LABEL_HUB`` = ``hub_id``) keep their user and server labels; any
+    other container is recorded as a container. The client connects on first use, so a Docker
+    daemon that is down at boot only delays the attribution (the attributor records container
+    ids meanwhile and asks again)."""
     import docker  # only when the poller runs for real
     from docker.errors import NotFound
 
@@ -65,11 +68,19 @@ def docker_label_lookup():  # type: ignore[no-untyped-def]
         if not clients:
             clients.append(docker.from_env())
         try:
-            return clients[0].containers.get(container_id).labels
+            labels = clients[0].containers.get(container_id).labels or {}
         except NotFound:
             return None
+        return workspace_labels(labels, hub_id)
 
     return labels_of
+
+
+def workspace_labels(labels: Mapping[str, str], hub_id: str) -> Mapping[str, str]:
+    """A container's labels, without its user and server when another hub (or nobody) runs it."""
+    if labels.get(LABEL_HUB) == hub_id:
+        return labels
+    return {k: v for k, v in labels.items() if k not in (LABEL_USER, LABEL_SERVER)}
 
 
 def open_source(spec: str) -> TelemetrySource:
@@ -81,7 +92,8 @@ def open_source(spec: str) -> TelemetrySource:
 
 
 def run_poller(args: argparse.Namespace) -> int:
-    from labgpu.telemetry_store import TelemetryDB  # SQLAlchemy only when the command runs
+    from labgpu.ledger import Ledger  # SQLAlchemy only when the command runs
+    from labgpu.telemetry_store import TelemetryDB
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     stop = threading.Event()
@@ -98,15 +110,18 @@ def run_poller(args: argparse.Namespace) -> int:
         source = open_with_backoff(lambda: open_source(args.source), stop)
     if source is None:
         return 0
-    lookup = None if args.labels == "none" else docker_label_lookup()
+    lookup = None if args.labels == "none" else docker_label_lookup(args.hub_id)
+    db = args.db or default_ledger_path()
+    ledger = Ledger(db)  # migrates the file to the newest schema (telemetry tables included)
     poller = Poller(
         source,
-        TelemetryDB(args.db),
+        TelemetryDB(db),
         ProcessAttributor(lookup, args.proc_root),
         interval_s=args.interval,
         retention=Retention(args.keep_raw, args.keep_minutes, args.keep_hours),
+        on_health_change=ledger.set_gpu_health,  # a failing GPU is not allocated until it recovers
     )
-    log.info("GPU telemetry: %s every %g s into %s", args.source, args.interval, args.db)
+    log.info("GPU telemetry: %s every %g s into %s", args.source, args.interval, db)
     try:
         if args.once:
             report = poller.tick(time.time())
@@ -115,6 +130,7 @@ def run_poller(args: argparse.Namespace) -> int:
             poller.run(stop)
     finally:
         source.close()
+        ledger.close()
     return 0
 
 
@@ -125,8 +141,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         description="Sample every GPU and GPU process each tick, attribute processes to users "
         "through container labels, and keep raw samples plus minute and hour rollups.",
     )
-    parser.add_argument("--db", default=os.environ.get("LABGPU_DB_URL", DEFAULT_DB_URL),
-                        help="SQLAlchemy URL of the ledger (default: $LABGPU_DB_URL or %(default)s)")
+    parser.add_argument("--db", default=None,
+                        help="the ledger: a SQLite file or SQLAlchemy URL (default: $LABGPU_LEDGER, else "
+                        "ledger.sqlite in $LABGPU_STATE_DIR or ./.state: the hub's own ledger)")
+    parser.add_argument("--hub-id", default=os.environ.get("LABGPU_HUB_ID", "labgpu"),
+                        help="attribute processes to users only in this hub's containers "
+                        "(label org.labgpu.hub; default: $LABGPU_HUB_ID or %(default)s)")
     parser.add_argument("--interval", type=parse_interval, default=DEFAULT_INTERVAL_S,
                         help="seconds between ticks, >= 1 (default %(default)s)")
     parser.add_argument("--source", default="nvml",

@@ -1,0 +1,248 @@
+"""The telemetry merged into the ledger: one Alembic history with one head creates its tables,
+the poller's health verdicts reach the allocator through Ledger.set_gpu_health, and
+`labgpu poller` finds the hub's ledger and survives a host without NVIDIA driver."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from labgpu.allocator import NotEnoughGpus
+from labgpu.cli import main as labgpu_main
+from labgpu.commands.poller import workspace_labels
+from labgpu.containers import LABEL_HUB, LABEL_SERVER, LABEL_USER
+from labgpu.inventory import Gpu
+from labgpu.ledger import MIGRATIONS_DIR, Base, Ledger, _alembic_config
+from labgpu.telemetry import WORKSPACE, CONTAINER, GpuReading, Poller, ProcessAttributor, open_with_backoff
+from labgpu.telemetry_store import GPU_SAMPLE, TelemetryDB
+
+DATA = Path(__file__).resolve().parent.parent / "data"
+H100_TRACE = DATA / "nvml-1xh100-load.json"
+START = 1_800_000_000.0
+GIB = 1 << 30
+
+
+class ScriptedSource:
+    def __init__(self, ticks):
+        self.ticks = list(ticks)
+
+    def read(self):
+        return self.ticks.pop(0) if len(self.ticks) > 1 else self.ticks[0]
+
+    def close(self):
+        pass
+
+
+def two_gpus() -> list[Gpu]:
+    return [Gpu("GPU-ok", 0, "NVIDIA H100 80GB HBM3", 80 * GIB), Gpu("GPU-bad", 1, "NVIDIA H100 80GB HBM3", 80 * GIB)]
+
+
+OK = GpuReading(uuid="GPU-ok", index=0, utilization_gpu=0)
+LOST = GpuReading(uuid="GPU-bad", index=1, error="Unknown Error")
+BACK = GpuReading(uuid="GPU-bad", index=1, utilization_gpu=0)
+
+
+# ---- one schema, one history ------------------------------------------------------------------
+
+
+def test_migrations_have_one_head_and_a_fresh_ledger_file_is_at_it(tmp_path):
+    from alembic.script import ScriptDirectory
+
+    heads = ScriptDirectory.from_config(_alembic_config()).get_heads()
+    assert len(heads) == 1, f"{MIGRATIONS_DIR}/versions has several heads {heads}: chain the newest after the other"
+    TelemetryDB(f"sqlite:///{tmp_path / 'fresh.sqlite'}").engine.dispose()  # the poller opening first
+    with sqlite3.connect(tmp_path / "fresh.sqlite") as db:
+        assert db.execute("SELECT version_num FROM labgpu_alembic_version").fetchall() == [(heads[0],)]
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        # the ledger's own tables came with it: the poller and the hub share one file and one history
+        assert {"gpus", "allocations", "telemetry_gpu_sample", "telemetry_owner_rollup", "telemetry_state"} <= tables
+        create = dict(db.execute("SELECT name, sql FROM sqlite_master WHERE type='table'").fetchall())
+        assert "WITHOUT ROWID" in create["telemetry_gpu_sample"] and "WITHOUT ROWID" in create["telemetry_owner_rollup"]
+
+
+def test_the_migrated_schema_matches_the_telemetry_models(tmp_path):
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    Ledger(tmp_path / "ledger.sqlite").close()
+    engine = TelemetryDB(f"sqlite:///{tmp_path / 'ledger.sqlite'}").engine
+    with engine.connect() as conn:
+        diffs = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    ours = [d for d in diffs if "telemetry_" in repr(d) or "health_override" in repr(d)]
+    assert ours == []
+
+
+# ---- health: the poller's verdict reaches the allocator ---------------------------------------
+
+
+def test_a_gpu_the_poller_marks_unhealthy_is_refused_and_granted_again_after_recovery(tmp_path):
+    path = tmp_path / "ledger.sqlite"
+    with Ledger(path) as ledger:
+        ledger.sync_inventory(two_gpus())
+        poller = Poller(ScriptedSource([[OK, LOST], [OK, LOST], [OK, BACK]]), TelemetryDB(f"sqlite:///{path}"),
+                        ProcessAttributor(None), interval_s=1, on_health_change=ledger.set_gpu_health)
+        poller.tick(START)
+        with pytest.raises(NotEnoughGpus) as refused:
+            ledger.allocate("alice", n=2)
+        assert "unhealthy" in str(refused.value)
+        assert ledger.allocate("bob", n=1).gpu_uuids == ("GPU-ok",)
+        with pytest.raises(NotEnoughGpus):
+            ledger.allocate("carol", n=1)  # the only GPU left is the broken one
+        bad = next(h.gpu for h in ledger.holdings() if h.gpu.uuid == "GPU-bad")
+        assert not bad.healthy and "Unknown Error" in bad.health_reason and "GPU 1" in bad.health_reason
+        # The hub restarts and records its inventory (NVML said healthy then): still refused.
+        ledger.sync_inventory(two_gpus())
+        with pytest.raises(NotEnoughGpus):
+            ledger.allocate("carol", n=1)
+        poller.tick(START + 1)
+        poller.tick(START + 2)  # recovered
+        assert ledger.allocate("carol", n=1).gpu_uuids == ("GPU-bad",)
+        assert all(h.gpu.healthy for h in ledger.holdings())
+
+
+def test_a_server_holding_a_gpu_that_fails_gets_other_gpus_on_its_next_spawn(tmp_path):
+    with Ledger(tmp_path / "ledger.sqlite") as ledger:
+        ledger.sync_inventory(two_gpus())
+        assert ledger.allocate("alice", n=1).gpu_uuids == ("GPU-ok",)
+        ledger.set_gpu_health("GPU-ok", "GPU 0 (GPU-ok): GPU is lost")
+        # A retried spawn asking the same does not get the broken GPU back.
+        assert ledger.allocate("alice", n=1).gpu_uuids == ("GPU-bad",)
+
+
+def test_a_restarted_poller_clears_what_an_earlier_run_left_when_the_gpu_is_fine_now(tmp_path):
+    path = tmp_path / "ledger.sqlite"
+    with Ledger(path) as ledger:
+        ledger.sync_inventory(two_gpus())
+        ledger.set_gpu_health("GPU-bad", "GPU 1 (GPU-bad): Unknown Error")  # left by a poller that died
+        fresh = Poller(ScriptedSource([[OK, BACK]]), TelemetryDB(f"sqlite:///{path}"), ProcessAttributor(None),
+                       interval_s=1, on_health_change=ledger.set_gpu_health)
+        fresh.tick(START)
+        assert ledger.allocate("alice", n=2).gpu_uuids == ("GPU-ok", "GPU-bad")
+
+
+def test_a_problem_seen_before_the_hub_lists_the_gpu_holds_once_it_does(tmp_path):
+    with Ledger(tmp_path / "ledger.sqlite") as ledger:
+        ledger.set_gpu_health("GPU-bad", "GPU 1 (GPU-bad): Unknown Error")  # the poller started first
+        assert ledger.holdings() == []  # a placeholder, not a GPU anyone can be given
+        ledger.sync_inventory(two_gpus())
+        with pytest.raises(NotEnoughGpus):
+            ledger.allocate("alice", n=2)
+        ledger.set_gpu_health("GPU-bad", None)
+        assert len(ledger.allocate("alice", n=2).gpu_uuids) == 2
+
+
+# ---- the command ----------------------------------------------------------------------------
+
+
+def test_labgpu_poller_writes_into_the_hubs_ledger_by_default(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("LABGPU_LEDGER", raising=False)
+    monkeypatch.setenv("LABGPU_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("LABGPU_DB_URL", f"sqlite:///{tmp_path / 'jupyterhub.sqlite'}")  # JupyterHub's, not ours
+    rc = labgpu_main(["poller", "--source", f"replay:{H100_TRACE}", "--once", "--labels", "none", "--proc-root", str(tmp_path)])
+    assert rc == 0 and "1 GPUs" in capsys.readouterr().out
+    assert not (tmp_path / "jupyterhub.sqlite").exists()
+    with TelemetryDB(str(tmp_path / "state" / "ledger.sqlite")).reader.connect() as conn:
+        assert len(conn.execute(GPU_SAMPLE.select()).all()) == 1
+    monkeypatch.setenv("LABGPU_LEDGER", str(tmp_path / "elsewhere.sqlite"))
+    assert labgpu_main(["poller", "--source", f"replay:{H100_TRACE}", "--once", "--labels", "none", "--proc-root", str(tmp_path)]) == 0
+    assert (tmp_path / "elsewhere.sqlite").exists()
+
+
+def test_only_this_hubs_containers_are_attributed_to_users(tmp_path):
+    cids = {"ours": "a" * 64, "other_hub": "b" * 64, "plain": "c" * 64}
+    labels = {
+        cids["ours"]: {LABEL_HUB: "labgpu", LABEL_USER: "alice", LABEL_SERVER: "gpu"},
+        cids["other_hub"]: {LABEL_HUB: "staging", LABEL_USER: "mallory", LABEL_SERVER: ""},
+        cids["plain"]: {"com.example": "x"},
+    }
+    for pid, cid in enumerate(cids.values(), start=10):
+        (tmp_path / str(pid)).mkdir()
+        (tmp_path / str(pid) / "cgroup").write_text(f"0::/system.slice/docker-{cid}.scope\n")
+    attributor = ProcessAttributor(lambda cid: workspace_labels(labels[cid], "labgpu"), tmp_path)
+    owners = [attributor.owner_of(pid) for pid in (10, 11, 12)]
+    assert (owners[0].kind, owners[0].user, owners[0].server) == (WORKSPACE, "alice", "gpu")
+    assert [(o.kind, o.user) for o in owners[1:]] == [(CONTAINER, ""), (CONTAINER, "")]
+
+
+# ---- a host without NVIDIA driver -------------------------------------------------------------
+
+
+def test_nvml_failing_for_hours_logs_one_error_and_a_reminder_an_hour_not_a_line_a_minute(caplog):
+    attempts, waits = [], []
+
+    def open_source():
+        attempts.append(1)
+        if len(attempts) < 200:
+            raise RuntimeError("NVML Shared Library Not Found")
+        return ScriptedSource([])
+
+    with caplog.at_level(logging.DEBUG, logger="labgpu.telemetry"):
+        assert open_with_backoff(open_source, sleep=waits.append) is not None
+    assert waits[:7] == [1, 2, 4, 8, 16, 32, 60] and max(waits) == 60  # backoff, capped at a minute
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and "NVML Shared Library Not Found" in errors[0] and "NVIDIA driver" in errors[0]
+    hours = sum(waits) / 3600
+    reminders = [r for r in caplog.records if r.levelno == logging.WARNING and "Still cannot" in r.getMessage()]
+    assert hours > 3 and 1 <= len(reminders) <= hours + 1
+    assert "started after 200 attempts" in caplog.records[-1].getMessage()
+
+
+def test_a_changed_error_is_logged_again():
+    errors = iter([OSError("driver/library version mismatch")] * 3 + [OSError("NVML Shared Library Not Found")])
+    lines = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            if record.levelno >= logging.ERROR:
+                lines.append(record.getMessage())
+
+    handler = Collect()
+    logging.getLogger("labgpu.telemetry").addHandler(handler)
+    try:
+        def open_source():
+            error = next(errors, None)
+            if error:
+                raise error
+            return ScriptedSource([])
+
+        open_with_backoff(open_source, sleep=lambda s: None)
+    finally:
+        logging.getLogger("labgpu.telemetry").removeHandler(handler)
+    assert [line.split(":")[1].strip()[:20] for line in lines] == ["driver/library versi", "NVML Shared Library "]
+
+
+def test_the_poller_service_on_a_host_without_nvidia_driver_waits_quietly_and_stops_on_sigterm(tmp_path):
+    """The real command with the real NVML bindings on this (driverless) machine, as a managed
+    service would run it: it must neither exit (JupyterHub would restart it at once) nor flood
+    the log, and SIGTERM must end it cleanly."""
+    pynvml = pytest.importorskip("pynvml")
+    try:
+        pynvml.nvmlInit()
+        pynvml.nvmlShutdown()
+        pytest.skip("this machine has an NVIDIA driver")
+    except pynvml.NVMLError:
+        pass
+    process = subprocess.Popen(
+        [sys.executable, "-m", "labgpu.cli", "poller", "--db", str(tmp_path / "ledger.sqlite"), "--labels", "none"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"),
+    )
+    try:
+        time.sleep(4)  # attempts at 0, 1 and 3 s
+        assert process.poll() is None, "the poller exited: a managed service would be restarted in a loop"
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=20)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, output
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "ERROR" in lines[0] and "Cannot start GPU telemetry" in lines[0], output
+    assert "Is the NVIDIA driver loaded" in lines[0] and "Traceback" not in output
