@@ -1223,7 +1223,10 @@ def load_policy_texts(texts: Sequence[tuple[str, str]]) -> Policy:
         spec = PolicyFile.model_validate(merged.data)
     except ValidationError as e:
         for error in e.errors(include_url=False):
-            path = _strip_union_tags(tuple(error["loc"]))
+            raw = tuple(error["loc"])
+            path = _strip_union_tags(raw)
+            if error["type"] == "extra_forbidden" and raw and (not path or path[-1] != raw[-1]):
+                path = path + (raw[-1],)  # the unknown key itself may look like a union tag ("a[b")
             if path[-2:-1] == ("memory",) and path[-1] == "limit" and path not in merged.keys:
                 path = path[:-1]  # written as the shorthand memory: 16G
             key = error["type"] == "extra_forbidden"

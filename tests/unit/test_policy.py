@@ -422,3 +422,12 @@ def test_starting_with_a_bad_file_refuses_with_the_reasons(tmp_path):
     quotas.write_text("defaults: {gpus: many}\n")
     with pytest.raises(PolicyError, match="defaults.gpus must be a whole number"):
         PolicyStore([quotas]).load()
+
+
+def test_unknown_top_level_key_that_looks_like_a_pydantic_tag_is_reported_not_crashing():
+    # Found by hypothesis: a key such as "0[x" was taken for one of pydantic's union tags.
+    with pytest.raises(PolicyError) as err:
+        load_policy_text('"0[x": 1\n')
+    assert err.value.errors == (
+        "quotas.yaml:1:1: unknown key '0[x' in the top level (allowed: images, defaults, groups, users, gpus, fairshare)",
+    )
