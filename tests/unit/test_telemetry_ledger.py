@@ -21,7 +21,7 @@ from labgpu.commands.poller import workspace_labels
 from labgpu.containers import LABEL_HUB, LABEL_SERVER, LABEL_USER
 from labgpu.inventory import Gpu
 from labgpu.ledger import MIGRATIONS_DIR, Base, Ledger, _alembic_config
-from labgpu.telemetry import WORKSPACE, CONTAINER, GpuReading, Poller, ProcessAttributor, open_with_backoff
+from labgpu.telemetry import CONTAINER, WORKSPACE, GpuReading, Poller, ProcessAttributor, open_with_backoff
 from labgpu.telemetry_store import GPU_SAMPLE, TelemetryDB
 
 DATA = Path(__file__).resolve().parent.parent / "data"
