@@ -20,6 +20,13 @@
                             replay:FILE or none
     LABGPU_GPU_DRIVER       nvidia (DeviceRequests by UUID) or cdi (CDI device names)
     LABGPU_GPU_PLACEMENT    pack or spread, for multi-GPU servers
+    LABGPU_START_TIMEOUT    seconds a workspace may take to start (300)
+    LABGPU_QUEUE_TIMEOUT    seconds a GPU spawn may wait in the fair-share queue (86400; 0: never queue)
+    LABGPU_POLLER           auto (run the NVML poller when the hub has GPUs), on or off
+    LABGPU_POLLER_INTERVAL  seconds between telemetry samples (5)
+    LABGPU_RECLAIM          auto (run the idle-GPU reclaimer when the hub has GPUs), on or off
+    LABGPU_RECLAIM_INTERVAL, LABGPU_RECLAIM_WARN, LABGPU_RECLAIM_WINDOW
+                            reclaimer round, warning lead time, busy window (1m, 15m, 5m)
     LABGPU_ADMIN_USERS      comma-separated admin user names
     LABGPU_DEMO_USERS       demo mode: comma-separated user names (demo)
     LABGPU_DEMO_PASSWORD    demo mode: the shared password (demo)
@@ -40,6 +47,7 @@ from labgpu import hub_resources
 from labgpu.docker_network import DockerUnavailable, ensure_workspace_network
 from labgpu.inventory import InventoryError
 from labgpu.ledger import LedgerError
+from labgpu.reclaimer import hub_announcement
 from labgpu.policy import PolicyError, default_paths, jupyterhub_groups, split_paths
 
 c = get_config()  # noqa: F821 (provided by JupyterHub)
@@ -169,4 +177,49 @@ if quota_files:
     # authenticator, e.g. OAuth groups with manage_groups).
     c.JupyterHub.load_groups = jupyterhub_groups(hub_resources.policy_store(quota_files).policy)
 c.GPUDockerSpawner.http_timeout = 120
-c.GPUDockerSpawner.start_timeout = 300
+c.GPUDockerSpawner.start_timeout = int(env("LABGPU_START_TIMEOUT", "300"))
+c.GPUDockerSpawner.gpu_queue_timeout = int(env("LABGPU_QUEUE_TIMEOUT", "86400"))
+
+
+# --- services: GPU telemetry and idle-GPU reclamation -----------------------------------------
+# Managed services of the hub (started and restarted by it; spawning never waits for them).
+def wanted(name):
+    setting = env(name, "auto")
+    if setting not in ("auto", "on", "off"):
+        refuse(f"{name} must be auto, on or off (got {setting!r})")
+    return setting == "on" or (setting == "auto" and report.gpus > 0)
+
+
+# Managed services inherit little of the hub's environment: pass what they need.
+service_env = {"LABGPU_HUB_ID": hub_id, "LABGPU_LEDGER": ledger_url, "PYTHONUNBUFFERED": "1"}
+if env("DOCKER_HOST"):
+    service_env["DOCKER_HOST"] = env("DOCKER_HOST")
+c.JupyterHub.services = []
+c.JupyterHub.load_roles = []
+if wanted("LABGPU_POLLER"):
+    c.JupyterHub.services.append(
+        {
+            "name": "labgpu-poller",
+            # Needs the host's PID namespace (/proc) to attribute GPU processes to workspaces.
+            "command": [sys.executable, "-m", "labgpu.cli", "poller", "--db", ledger_url, "--hub-id", hub_id,
+                        "--interval", env("LABGPU_POLLER_INTERVAL", "5")],
+            "environment": service_env,
+            "cwd": str(state_dir),
+        }
+    )
+if wanted("LABGPU_RECLAIM"):
+    c.JupyterHub.services.append(
+        {
+            "name": "labgpu-reclaim",
+            "command": [sys.executable, "-m", "labgpu.cli", "reclaim", "--db", ledger_url,
+                        "--quotas", ",".join(quota_files),
+                        "--interval", env("LABGPU_RECLAIM_INTERVAL", "1m"),
+                        "--warn-before", env("LABGPU_RECLAIM_WARN", "15m"),
+                        "--busy-window", env("LABGPU_RECLAIM_WINDOW", "5m")],
+            "environment": service_env,
+        }
+    )
+    c.JupyterHub.load_roles.append({"name": "labgpu-reclaim", "scopes": ["servers", "read:users"], "services": ["labgpu-reclaim"]})
+# Reclaim warnings ("your server will be stopped at 14:05 unless its GPUs get busy") appear in
+# the announcement bar of every hub page.
+c.JupyterHub.template_vars = {"announcement": hub_announcement(ledger_url)}
