@@ -19,7 +19,7 @@ c.DockerSpawner.extra_create_kwargs = {"labels": {"org.labgpu.hub": hub_id}}
 # The same resource limits as the benchmark's quota policy gives GPUDockerSpawner (see
 # benchmarks/spawn.py): a CPU limit changes how fast JupyterLab starts, so both get it.
 c.DockerSpawner.mem_limit = "4G"
-c.DockerSpawner.cpu_limit = 1.0
+c.DockerSpawner.cpu_limit = 2.0
 c.DockerSpawner.extra_host_config = {"shm_size": "2G"}
 c.DockerSpawner.default_url = "/lab"
 c.DockerSpawner.http_timeout = 120

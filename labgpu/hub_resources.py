@@ -15,11 +15,14 @@ from .containers import LABEL_HUB
 from .inventory import Gpu, InventoryError, NvmlInventory, inventory_source
 from .ledger import Ledger, ReconcileResult
 from .policy import PolicyStore
+from .session_store import SessionStore
 
 log = logging.getLogger("labgpu")
 
 _policy_stores: dict[tuple[str, ...], PolicyStore] = {}
 _ledgers: dict[str, Ledger] = {}
+_session_stores: dict[str, SessionStore] = {}
+_driver_version: list[str | None] = []  # [] = not asked yet
 
 
 def default_ledger_path(environ: Mapping[str, str] = os.environ) -> str:
@@ -45,6 +48,27 @@ def ledger(url: str) -> Ledger:
     if url not in _ledgers:
         _ledgers[url] = Ledger(url)
     return _ledgers[url]
+
+
+def session_store(url: str) -> SessionStore:
+    """The one SessionStore of this process for this ledger."""
+    if url not in _session_stores:
+        _session_stores[url] = SessionStore(ledger(url))
+    return _session_stores[url]
+
+
+def host_driver_version() -> str | None:
+    """The NVIDIA driver version of this host (NVML), asked once; None without a driver."""
+    if not _driver_version:
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            version = pynvml.nvmlSystemGetDriverVersion()
+            _driver_version.append(version.decode() if isinstance(version, bytes) else str(version))
+        except Exception:  # no driver, no library: a CPU-only hub
+            _driver_version.append(None)
+    return _driver_version[0]
 
 
 def read_inventory(spec: str) -> list[Gpu]:

@@ -305,7 +305,40 @@ class GPUDockerSpawner(DockerSpawner):
             raise
         if the_ledger is not None and self.gpu_uuids:
             await asyncio.to_thread(the_ledger.attach_container, self.user.name, server, self.container_id)
+        # Recorded beside the spawn, not before it: the user's server is ready either way.
+        self._session_task = asyncio.ensure_future(self.record_session())
         return ip_port
+
+    async def record_session(self) -> None:
+        """Record what this workspace runs on (image digest, driver, CUDA, GPUs), so that its
+        results can be reproduced (`labgpu usage --sessions`). Never fails the spawn."""
+        if not self.ledger_url:
+            return
+        try:
+            image = await self.docker("inspect_image", self.image)
+            digests = image.get("RepoDigests") or []
+            labels = (image.get("Config") or {}).get("Labels") or {}
+            await asyncio.to_thread(
+                hub_resources.session_store(self.ledger_url).open,
+                self.user.name,
+                self.name or "",
+                container_id=self.container_id,
+                image=self.image,
+                image_digest=digests[0] if digests else image.get("Id", ""),
+                driver_version=hub_resources.host_driver_version(),
+                cuda_version=labels.get("org.labgpu.version.cuda"),
+                torch_version=labels.get("org.labgpu.version.torch"),
+                gpu_uuids=self.gpu_uuids,
+            )
+        except Exception as e:
+            self.log.warning("Could not record the session of %s: %s", self._log_name, e)
+
+    async def end_session(self, reason: str) -> None:
+        if self.ledger_url:
+            try:
+                await asyncio.to_thread(hub_resources.session_store(self.ledger_url).end, self.user.name, self.name or "", reason)
+            except Exception as e:
+                self.log.warning("Could not close the session of %s: %s", self._log_name, e)
 
     async def progress(self):
         """Spawn-page events: queue position, whose GPUs it waits for, the estimated wait."""
@@ -321,11 +354,13 @@ class GPUDockerSpawner(DockerSpawner):
             await super().stop(now=now)
         finally:
             await self.release_gpus("stopped")
+            await self.end_session("stopped")
 
     async def poll(self):
         status = await super().poll()
         if status is not None and self.ledger is not None and not self._spawn_pending:
             await self.release_gpus(f"container gone ({status})")
+            await self.end_session(f"container gone ({status})")
         return status
 
     async def release_gpus(self, reason: str) -> None:

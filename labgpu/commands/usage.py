@@ -9,7 +9,7 @@ import csv
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from ..hub_resources import default_ledger_path
@@ -114,6 +114,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--since", default="30d", metavar="DURATION", help="period ending now (default 30d)")
     parser.add_argument("--by", choices=("user", "group"), default="user", help="one row per user (default) or group")
     parser.add_argument("--csv", action="store_true", help="print CSV instead of a table")
+    parser.add_argument("--sessions", action="store_true",
+                        help="list workspace sessions instead: image and digest, driver, CUDA and torch versions, "
+                        "GPUs, start and end (what to cite to reproduce a result)")
     parser.add_argument("--db", default=None, metavar="URL",
                         help="the ledger (default: $LABGPU_LEDGER, else ledger.sqlite in $LABGPU_STATE_DIR)")
     parser.add_argument("--quotas", default=None, metavar="PATHS",
@@ -123,6 +126,41 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _fmt(value: float | None, pattern: str = "{:.1f}") -> str:
     return "-" if value is None else pattern.format(value)
+
+
+def _print_table(header: list[str], table: list[list[str]], as_csv: bool) -> None:
+    if as_csv:
+        writer = csv.writer(sys.stdout)
+        writer.writerow([h.lower().replace(" ", "_").replace("-", "_") for h in header])
+        writer.writerows(table)
+        return
+    widths = [max(len(line[i]) for line in [header, *table]) for i in range(len(header))]
+    for line in [header, *table]:
+        print("  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(line, widths))))
+
+
+def print_sessions(url: str, period: float, as_csv: bool) -> int:
+    """`labgpu usage --sessions`: one row per workspace run, newest last."""
+    from ..session_store import SessionStore
+
+    with Ledger(url) as ledger:
+        store = SessionStore(ledger)
+        since = datetime.now(timezone.utc) - timedelta(seconds=period)
+        sessions = store.sessions(since=since)
+        store.close()
+    header = ["SERVER", "STARTED", "ENDED", "IMAGE", "DIGEST", "DRIVER", "CUDA", "TORCH", "GPUS"]
+    stamp = "%Y-%m-%d %H:%M"
+    table = [
+        [s.server_label, s.started_at.strftime(stamp), s.ended_at.strftime(stamp) if s.ended_at else "running",
+         s.image, s.image_digest if as_csv else s.image_digest[:19], s.driver_version or "-", s.cuda_version or "-",
+         s.torch_version or "-", ",".join(s.gpu_uuids) or "-"]
+        for s in sessions
+    ]  # fmt: skip
+    if not table and not as_csv:
+        print("No workspace sessions in that period.")
+        return 0
+    _print_table(header, table, as_csv)
+    return 0
 
 
 def run_usage(args: argparse.Namespace) -> int:
@@ -135,6 +173,8 @@ def run_usage(args: argparse.Namespace) -> int:
     if "://" not in url and not Path(url).exists():
         print(f"labgpu usage: no ledger at {url}; pass --db (or set $LABGPU_LEDGER / $LABGPU_STATE_DIR)", file=sys.stderr)
         return 1
+    if args.sessions:
+        return print_sessions(url, period, args.csv)
     groups_of: Callable[[str], Sequence[str]] = lambda user: ()  # noqa: E731
     if args.by == "group":
         from ..policy import default_paths
@@ -160,15 +200,8 @@ def run_usage(args: argparse.Namespace) -> int:
          _fmt(r.reclaimed_gpu_hours)]
         for r in rows
     ]  # fmt: skip
-    if args.csv:
-        writer = csv.writer(sys.stdout)
-        writer.writerow([h.lower().replace(" ", "_").replace("-", "_") for h in header])
-        writer.writerows(table)
-        return 0
-    if not table:
+    if not table and not args.csv:
         print(f"No GPU use in the last {args.since}.")
         return 0
-    widths = [max(len(line[i]) for line in [header, *table]) for i in range(len(header))]
-    for line in [header, *table]:
-        print("  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(line, widths))))
+    _print_table(header, table, args.csv)
     return 0

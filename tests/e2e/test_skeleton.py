@@ -6,6 +6,8 @@ from __future__ import annotations
 import pytest
 
 from labgpu.containers import LABEL_SERVER, LABEL_USER
+from labgpu.ledger import Ledger
+from labgpu.session_store import SessionStore
 
 pytestmark = pytest.mark.e2e
 
@@ -60,6 +62,19 @@ def test_login_spawn_run_persist_and_stop(hub):
     got = alice.server_api("GET", "api/contents/notes.txt")
     assert got.status_code == 200 and got.json()["content"] == "kept"
     alice.stop_server()
+
+    # Both runs are recorded for reproducibility: the image's digest and its CUDA/torch versions.
+    ledger = Ledger(hub.state_dir / "ledger.sqlite")
+    store = SessionStore(ledger)
+    runs = store.sessions(user="alice")
+    store.close()
+    ledger.close()
+    labels = hub.docker.images.get(runs[0].image).attrs
+    assert [r.container_id for r in runs] == [first_id, again.id]
+    assert all(r.ended_at is not None and r.end_reason == "stopped" for r in runs)
+    assert runs[0].image_digest == labels["Id"]
+    assert runs[0].cuda_version == labels["Config"]["Labels"]["org.labgpu.version.cuda"]
+    assert runs[0].torch_version.startswith("2.")
 
 
 def test_two_users_two_containers_separate_homes(hub):
