@@ -14,14 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import resource
 import statistics
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -30,6 +28,7 @@ sys.path.insert(0, str(REPO))
 from labgpu.allocator import NotEnoughGpus  # noqa: E402
 from labgpu.inventory import Gpu  # noqa: E402
 from labgpu.ledger import Ledger  # noqa: E402
+from machine_info import machine_info  # noqa: E402 (benchmarks/machine_info.py)
 
 RESULTS = REPO / "benchmarks" / "results"
 TARGET_P99_MS = 5.0
@@ -37,16 +36,7 @@ USERS = 500
 
 
 def machine() -> dict:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"platform": platform.platform(), "cpu": cpu, "cores": os.cpu_count(),
-            "python": platform.python_version(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    return machine_info()
 
 
 def box(gpu_count: int) -> list[Gpu]:

@@ -14,12 +14,9 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import os
-import platform
 import statistics
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -29,6 +26,7 @@ sys.path.insert(0, str(REPO / "benchmarks" / "traces"))
 from make_traces import make_trace  # noqa: E402
 
 from labgpu.simulate import format_table, load_trace, parse_trace, simulate  # noqa: E402
+from machine_info import machine_info  # noqa: E402 (benchmarks/machine_info.py)
 
 TRACE = REPO / "benchmarks" / "traces" / "deadline-week.jsonl"
 RESULTS = REPO / "benchmarks" / "results"
@@ -40,16 +38,7 @@ CRITERIA = (
 
 
 def machine() -> dict:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"platform": platform.platform(), "cpu": cpu, "cores": os.cpu_count(),
-            "python": platform.python_version(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    return machine_info()
 
 
 def wins(fifo: dict, fair: dict) -> dict[str, bool]:

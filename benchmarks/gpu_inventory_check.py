@@ -15,15 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -32,21 +29,13 @@ sys.path.insert(0, str(REPO))
 from labgpu.allocator import NotEnoughGpus, choose_gpus  # noqa: E402
 from labgpu.inventory import InventoryError, NvmlInventory, gpu_to_dict  # noqa: E402
 from labgpu.ledger import Ledger  # noqa: E402
+from machine_info import machine_info  # noqa: E402 (benchmarks/machine_info.py)
 
 RESULTS = REPO / "benchmarks" / "results"
 
 
 def machine() -> dict:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"platform": platform.platform(), "cpu": cpu, "cores": os.cpu_count(), "host": platform.node(),
-            "python": platform.python_version(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    return machine_info()
 
 
 def nvidia_smi(*args: str) -> str | None:

@@ -13,18 +13,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from labgpu.policy import PolicyError, load_policy_text, resolve  # noqa: E402
+from machine_info import machine_info  # noqa: E402 (benchmarks/machine_info.py)
 
 TARGET_MS = 50.0
 USERS = 1000
@@ -32,29 +30,13 @@ GROUPS = 100
 
 
 def machine() -> dict:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     try:
         import yaml
 
         libyaml = bool(getattr(yaml, "__with_libyaml__", False))
     except ImportError:
         libyaml = False
-    return {
-        "platform": platform.platform(),
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "libyaml": libyaml,
-        "load_average": os.getloadavg(),
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
+    return machine_info(libyaml=libyaml)
 
 
 def policy_text(users: int = USERS, groups: int = GROUPS, errors: int = 0) -> str:

@@ -15,17 +15,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from tests.harness import WORKSPACE_IMAGE, HubProcess  # noqa: E402
+from machine_info import machine_info  # noqa: E402 (benchmarks/machine_info.py)
 
 # The same limits for both spawners (the plain one gets them in plain_dockerspawner_config.py).
 BENCH_QUOTAS = f"""
@@ -38,24 +37,9 @@ TARGET = 1.05
 
 
 def machine() -> dict:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     import docker
 
-    return {
-        "platform": platform.platform(),
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "docker_engine": docker.from_env().version().get("Version"),
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
+    return machine_info(docker_engine=docker.from_env().version().get("Version"))
 
 
 def spawn_once(hub: HubProcess, user: str) -> float:

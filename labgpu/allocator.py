@@ -8,9 +8,9 @@ ledger's allocations and Docker's containers, and the ledger applies the returne
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 from labgpu.inventory import Gpu
 

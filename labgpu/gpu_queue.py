@@ -23,7 +23,7 @@ from labgpu import scheduler
 from labgpu.allocator import Allocation, NotEnoughGpus
 from labgpu.ledger import Ledger
 from labgpu.policy import Limits, Policy, resolve
-from labgpu.queue_store import CANCELLED, GRANTED, QueueEntry, QueueStore
+from labgpu.queue_store import GRANTED, QueueEntry, QueueStore
 from labgpu.scheduler import GpuRequest, RunningAllocation, Shares
 
 log = logging.getLogger("labgpu.queue")

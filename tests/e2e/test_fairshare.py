@@ -12,7 +12,6 @@ import json
 import time
 
 import pytest
-import requests
 
 from labgpu.containers import LABEL_USER
 from labgpu.ledger import Ledger

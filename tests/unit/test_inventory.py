@@ -10,7 +10,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from labgpu.inventory import (
-    Gpu,
     InventoryError,
     NvmlInventory,
     ReplayInventory,
