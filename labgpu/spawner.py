@@ -1,6 +1,7 @@
-"""GPUDockerSpawner: DockerSpawner with per-user homes, a real /dev/shm, labels and hardening.
+"""GPUDockerSpawner: DockerSpawner with quotas, exclusive GPUs, a fair-share queue, per-user
+homes, group shared folders, a real /dev/shm, labels and hardening.
 
-The spawner only gathers inputs (traits, the user, the hub's environment) and talks to
+The spawner only gathers inputs (traits, the user, the policy, the ledger) and talks to
 Docker; what the container looks like is decided by :func:`labgpu.containers.container_config`.
 """
 
@@ -371,9 +372,51 @@ class GPUDockerSpawner(DockerSpawner):
                 gpu_queue.notify_released(self.ledger)  # waiting spawns try at once
         self.gpu_uuids = ()
 
+    def shared_folders(self) -> dict[str, dict[str, str]]:
+        """The user's groups' shared volumes, each at <home>/shared/<group>."""
+        shared = self.limits.shared_volumes if self.limits else {}
+        return {volume: {"bind": f"{self.home_mount}/shared/{group}", "mode": "rw"} for group, volume in shared.items()}
+
+    async def ensure_shared_volumes(self) -> None:
+        """Create a group's shared volume on first use, owned by the workspace user (a new Docker
+        volume mounted where the image has no directory is root's, and the user could not write).
+        A volume that exists already is the admin's: it is used as it is."""
+        for volume in self.shared_folders():
+            try:
+                await self.docker("inspect_volume", volume)
+                continue
+            except NotFound:
+                pass
+            await self.docker("create_volume", volume, labels={"org.labgpu.managed": "true", "org.labgpu.kind": "group-share"})
+            container = await self.docker(
+                "create_container",
+                self.image,
+                command=["sh", "-c", f"chown {self.run_as_uid}:{self.run_as_gid} /share && chmod 2775 /share"],
+                user="0",
+                network_disabled=True,
+                host_config=self.client.create_host_config(
+                    binds={volume: {"bind": "/share", "mode": "rw"}},
+                    cap_drop=["ALL"],
+                    cap_add=["CHOWN", "FOWNER"],
+                    network_mode="none",
+                ),
+            )
+            try:
+                await self.docker("start", container["Id"])
+                result = await self.docker("wait", container["Id"], timeout=60)
+                if result.get("StatusCode") != 0:
+                    raise SpawnException(
+                        f"Could not prepare the shared folder volume {volume!r}; ask the hub's admin.",
+                        reason="docker",
+                        status_code=500,
+                    )
+            finally:
+                await self.docker("remove_container", container["Id"], force=True)
+
     def workspace_spec(self, environment: dict, command: list[str] | None) -> WorkspaceSpec:
         """Gather this spawn's inputs into the plain description the builder takes."""
         volumes = {self.format_volume_name(self.home_volume, self): {"bind": self.home_mount, "mode": "rw"}}
+        volumes.update(self.shared_folders())
         volumes.update(self.volume_binds)
         return WorkspaceSpec(
             name=self.container_name,
@@ -416,6 +459,10 @@ class GPUDockerSpawner(DockerSpawner):
 
     async def create_object(self):
         """Create the container from :func:`container_config` (replaces DockerSpawner's)."""
+        try:
+            await self.ensure_shared_volumes()
+        except APIError as e:
+            raise self._docker_failure("prepare the shared folders of", e) from None
         spec = self.workspace_spec(self.get_env(), await self.get_command())
         try:
             create_kwargs, host_config = container_config(spec)

@@ -143,7 +143,7 @@ class HubProcess:
         return self.docker.containers.list(all=True, filters={"label": labels})
 
     def volumes(self):
-        return [v for v in self.docker.volumes.list() if v.name.startswith(f"{self.hub_id}-home-")]
+        return [v for v in self.docker.volumes.list() if v.name.startswith(f"{self.hub_id}-")]
 
     def cleanup(self) -> None:
         self.stop()
