@@ -12,6 +12,7 @@
 # TLS-intercepting proxy); defaults to the host's bundle when it exists.
 set -euo pipefail
 shopt -s inherit_errexit  # a failed build inside $(...) stops the script
+export LC_ALL=C           # the same file order (and so the same input hashes) in every locale
 cd "$(dirname "$0")/.."
 
 SUITE=bookworm
