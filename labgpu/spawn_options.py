@@ -251,12 +251,13 @@ def _limits_note(limits: Limits, gpus_in_use_by_user: int) -> str:
     else:
         parts.append("no GPUs")
     parts.append(f"{format_size(limits.memory)} memory")
-    parts.append(f"{limits.cpus:g} CPUs")
+    parts.append(f"{limits.cpus:g} CPU{'' if limits.cpus == 1 else 's'}")
     parts.append(f"{format_size(limits.shm)} /dev/shm")
-    if limits.idle_timeout is not None:
-        parts.append(f"stopped after {format_duration(limits.idle_timeout)} idle")
-    if limits.max_runtime is not None:
-        parts.append(f"at most {format_duration(limits.max_runtime)} running")
+    # The reclaimer takes back GPUs (it stops GPU servers); servers without GPUs are left alone.
+    if limits.gpus and limits.idle_timeout is not None:
+        parts.append(f"a GPU server whose GPUs sit idle for {format_duration(limits.idle_timeout)} is stopped")
+    if limits.gpus and limits.max_runtime is not None:
+        parts.append(f"GPU servers run at most {format_duration(limits.max_runtime)}")
     return "Your limits: " + "; ".join(parts) + "."
 
 

@@ -102,7 +102,8 @@ def test_demo_user_is_offered_no_gpus_and_told_the_limits():
     html = options_form(DEMO)
     assert values(html, "gpus") == ["0"]
     assert "gpu_model" not in _Selects(html).fields
-    assert "Your limits: no GPUs; 4G memory; 4 CPUs; 2G /dev/shm; stopped after 2h idle." in html
+    # No GPUs: nothing is reclaimed, so no idle or runtime limit is promised.
+    assert "Your limits: no GPUs; 4G memory; 4 CPUs; 2G /dev/shm." in html
 
 
 def test_form_preselects_previous_choices_only_while_still_allowed():
@@ -221,3 +222,8 @@ def test_any_form_post_parses_or_is_refused_with_a_message(formdata):
         validate_user_options(DEMO, options, gpus_in_use_by_user=0)
     except SpawnOptionsError as e:
         assert re.search(r"\w", str(e))
+
+
+def test_gpu_users_are_told_when_idle_gpus_are_taken_back():
+    html = options_form(ALICE)
+    assert "a GPU server whose GPUs sit idle for" in html
