@@ -134,3 +134,43 @@ def test_hub_killed_and_restarted_ledger_and_docker_agree(real_parts):
         alice.stop_server()
     finally:
         hub.cleanup()
+
+
+def test_hub_killed_during_a_spawn_waiting_for_gpus_holds_nothing_after_restart(real_parts):
+    from labgpu.queue_store import QueueStore
+
+    one = REPO / "tests" / "data" / "h100x1.json"
+    hub = HubProcess(
+        users=["alice", "bob"],
+        quotas=QUOTAS.replace("alice: {gpus: 4, gpus_total: 4}", "bob: {gpus: 1, gpus_total: 1}"),
+        extra_env={"LABGPU_GPU_SOURCE": f"replay:{one}", "LABGPU_QUEUE_TIMEOUT": "300"},
+    )
+    try:
+        hub.start()
+        ledger = Ledger(hub.state_dir / "ledger.sqlite")
+        store = QueueStore(ledger)
+        ledger.allocate("alice", "", 1)  # alice's server holds the only GPU
+        bob = hub.client("bob")
+        assert bob.start_server(options={"gpus": 1}).status_code == 202
+        (waiting,) = store.waiting()
+        hub.stop(sig=signal.SIGKILL)  # the hub dies while bob's spawn waits
+
+        hub.start()
+        # Alice's allocation had no container: released at start. Bob holds nothing, has no
+        # container, and his spawn is not running: the ledger and Docker agree.
+        assert ledger.allocation_for("alice") is None and ledger.allocation_for("bob") is None
+        assert hub.containers() == []
+        assert hub.client("bob").server_model() is None
+        # When bob asks again he keeps his place (his original submission time) and, the GPU
+        # being free now, is granted it (the container then cannot start on this machine).
+        bob = hub.client("bob")
+        bob.start_server(options={"gpus": 1})
+        grants = [e for e in ledger.audit() if e.user == "bob" and e.action == "grant"]
+        assert len(grants) == 1
+        entry = store.entry(waiting.id)
+        assert entry.status == "granted" and entry.submitted_at == waiting.submitted_at
+        assert [e.id for e in store.history()] == [waiting.id]  # the same entry, not a new one
+        store.close()
+        ledger.close()
+    finally:
+        hub.cleanup()
