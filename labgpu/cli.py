@@ -15,8 +15,28 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="labgpu", description="LabGPU Hub administration")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
-        importlib.import_module(f"labgpu.commands.{name}").register(subparsers)
+        try:
+            module = importlib.import_module(f"labgpu.commands.{name}")
+        except ImportError as e:
+            # One subcommand's missing dependency (say, on a GPU box with a bare Python) must not
+            # take the others down: that subcommand says what is missing instead.
+            _unavailable(subparsers, name, e)
+            continue
+        module.register(subparsers)
     return parser
+
+
+def _unavailable(subparsers: argparse._SubParsersAction, name: str, error: ImportError) -> None:
+    missing = error.name or str(error)
+
+    def explain(args: argparse.Namespace) -> int:
+        print(f"labgpu {name}: needs the Python package {missing!r}, which is not installed here "
+              f"(pip install 'labgpu' installs it)", file=sys.stderr)
+        return 1
+
+    parser = subparsers.add_parser(name, help=f"(unavailable: {missing} is not installed)", add_help=False)
+    parser.add_argument("rest", nargs=argparse.REMAINDER)
+    parser.set_defaults(func=explain)
 
 
 def main(argv: list[str] | None = None) -> int:
