@@ -141,6 +141,19 @@ class NotEnoughGpus(Exception):
         super().__init__(self.message)
 
 
+class UserTotalExceeded(Exception):
+    """The user's servers would hold more GPUs together than their quota's total allows;
+    ``str()`` is the message for the user."""
+
+    def __init__(self, requested: int, held_elsewhere: int, total: int):
+        self.requested, self.held_elsewhere, self.total = requested, held_elsewhere, total
+        super().__init__(
+            f"You asked for {requested} GPU{'s' if requested != 1 else ''}, but your other running servers "
+            f"already hold {held_elsewhere} of your total of {total}. Ask for at most {max(0, total - held_elsewhere)}, "
+            "or stop another server first."
+        )
+
+
 def model_allowed(model: str, models: Collection[str] | None) -> bool:
     """Does a GPU model name (``NVIDIA A100-SXM4-80GB``) match an allowed model (``A100``)?"""
     if not models:

@@ -50,6 +50,7 @@ class QueuedSpawn:
     image: str | None = None
     exclude: tuple[str, ...] = ()
     max_runtime: float | None = None
+    user_total: int | None = None  # the quota's GPUs across the user's servers (checked when granting)
 
 
 @dataclass(frozen=True)
@@ -310,7 +311,7 @@ class GpuQueue:
             allow_queue = self.view().allow_queue()
         allocate = lambda: self.ledger.allocate(  # noqa: E731
             spawn.user, spawn.server, spawn.gpus, models=spawn.models, placement=spawn.placement,  # type: ignore[arg-type]
-            image=spawn.image, exclude=spawn.exclude)  # fmt: skip
+            image=spawn.image, exclude=spawn.exclude, user_total=spawn.user_total)  # fmt: skip
         if spawn.gpus == 0 or not allow_queue:
             return await asyncio.to_thread(allocate)
         if not await asyncio.to_thread(self.store.someone_waiting):

@@ -45,6 +45,7 @@ from labgpu.allocator import (
     HeldGpu,
     Placement,
     ReconcilePlan,
+    UserTotalExceeded,
     choose_gpus,
     grantable,
 )
@@ -578,11 +579,15 @@ class Ledger:
         placement: Placement = "pack",
         image: str | None = None,
         exclude: Collection[str] = (),
+        user_total: int | None = None,
     ) -> Allocation:
         """Grant N free healthy GPUs to this server in one transaction, or raise NotEnoughGpus.
 
         Asking again for a server that already holds a matching allocation returns it
         unchanged (a retried spawn); a different request releases the old GPUs first.
+        ``user_total`` (the quota's GPUs across all of a user's servers) is checked in the same
+        transaction, so two servers of one user starting at once cannot both pass it
+        (raises UserTotalExceeded).
         """
         if n < 0:
             raise ValueError(f"a server can ask for 0 or more GPUs (got {n})")
@@ -610,6 +615,10 @@ class Ledger:
             total = 0
             # A GPU and its MIG slices exclude each other: held whole, no slice is free; one slice held, not the GPU.
             active = [r for r in rows if r.holder is not None and r.uuid not in freed]
+            if user_total is not None:
+                elsewhere = sum(1 for r in active if r.holder == user and r.holder_server != server)
+                if elsewhere + n > user_total:
+                    raise UserTotalExceeded(n, elsewhere, user_total)
             sliced = {r.mig_parent for r in active if r.mig_parent}
             whole = {r.uuid for r in active if not r.mig_parent}
             for r in rows:

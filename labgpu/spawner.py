@@ -16,7 +16,7 @@ from jupyterhub.traitlets import ByteSpecification
 from traitlets import CaselessStrEnum, Integer, List, Unicode, default, validate
 
 from . import gpu_queue, hub_resources
-from .allocator import NotEnoughGpus
+from .allocator import NotEnoughGpus, UserTotalExceeded
 from .gpu_queue import QueuedSpawn, QueueRefused
 from .containers import ContainerConfigError, WorkspaceSpec, container_config
 from .policy import Limits, format_duration, resolve
@@ -282,6 +282,7 @@ class GPUDockerSpawner(DockerSpawner):
                 image=self.image,
                 exclude=exclude,
                 max_runtime=self.limits.max_runtime if self.limits else None,
+                user_total=self.limits.gpus_total if self.limits else None,
             )
             try:
                 # Free GPUs and nobody waiting: granted at once; else waits in the fair-share queue
@@ -289,6 +290,8 @@ class GPUDockerSpawner(DockerSpawner):
                 allocation = await asyncio.wait_for(
                     self.shared_gpu_queue().acquire(spawn, allow_queue=self.queue_allowed()), self.gpu_queue_timeout or None
                 )
+            except UserTotalExceeded as e:  # another server of this user got GPUs meanwhile
+                raise SpawnException(str(e), reason="quota", status_code=400) from None
             except (NotEnoughGpus, QueueRefused) as e:
                 raise SpawnException(str(e), reason="capacity", status_code=503) from None
             except asyncio.TimeoutError:

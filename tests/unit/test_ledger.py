@@ -171,3 +171,37 @@ def test_ledger_can_share_a_database_with_jupyterhubs_own_migrations(tmp_path):
         ledger.sync_inventory(ReplayInventory(DATA / "h100x1.json").gpus())
         assert len(ledger.allocate("alice").gpu_uuids) == 1
     assert db.execute("SELECT version_num FROM alembic_version").fetchall() == [("4621fec11365",)]
+
+
+def test_user_total_is_checked_inside_the_allocation_transaction(tmp_path):
+    """Two servers of one user starting at once cannot both pass the quota's GPU total."""
+    import threading
+
+    from labgpu.allocator import UserTotalExceeded
+    from labgpu.inventory import ReplayInventory
+
+    path = tmp_path / "ledger.sqlite"
+    ledger = Ledger(path)
+    ledger.sync_inventory(ReplayInventory(Path(__file__).resolve().parent.parent / "data" / "a100x8-two-nvlink-islands.json").gpus())
+    ledger.allocate("alice", "a", 2, user_total=3)
+    with pytest.raises(UserTotalExceeded, match="already hold 2 of your total of 3. Ask for at most 1"):
+        ledger.allocate("alice", "b", 2, user_total=3)
+    # A retried spawn of the same server is not counted against itself.
+    assert len(ledger.allocate("alice", "a", 3, user_total=3).gpu_uuids) == 3
+
+    outcomes: list[str] = []
+
+    def start(server: str) -> None:
+        try:
+            Ledger(path).allocate("bob", server, 1, user_total=1)
+            outcomes.append("granted")
+        except UserTotalExceeded:
+            outcomes.append("refused")
+
+    threads = [threading.Thread(target=start, args=(f"s{i}",)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(outcomes) == ["granted"] + ["refused"] * 5
+    ledger.close()
