@@ -63,3 +63,29 @@ def test_missing_image_is_a_clear_error_and_the_hub_stays_up(real_parts, tmp_pat
         assert hub.containers() == []
     finally:
         hub.cleanup()
+
+
+def test_production_mode_with_real_auth_starts_and_offers_only_that_login(real_parts):
+    hub = HubProcess(
+        users=["alice"],
+        extra_env={
+            "LABGPU_MODE": "production",
+            "LABGPU_AUTHENTICATOR": "github",
+            "LABGPU_ALLOWED_USERS": "alice",
+            "JUPYTERHUB_COOKIE_SECRET": "ab" * 32,
+            "OAUTH_CLIENT_ID": "test-client",
+            "OAUTH_CLIENT_SECRET": "test-secret",
+            "OAUTH_CALLBACK_URL": "http://127.0.0.1/hub/oauth_callback",
+        },
+    )
+    try:
+        hub.start()
+        page = requests.get(f"{hub.url}/hub/login", timeout=10).text
+        assert "Sign in with GitHub" in page
+        assert 'name="password"' not in page  # no demo password form
+        # The login button goes to GitHub with our client id (not followed: no network here).
+        r = requests.get(f"{hub.url}/hub/oauth_login", allow_redirects=False, timeout=10)
+        assert r.status_code == 302 and r.headers["Location"].startswith("https://github.com/login/oauth/authorize")
+        assert "client_id=test-client" in r.headers["Location"]
+    finally:
+        hub.cleanup()
