@@ -43,12 +43,12 @@ from pathlib import Path
 
 import docker
 
-from labgpu import hub_resources
-from labgpu.docker_network import DockerUnavailable, ensure_workspace_network
-from labgpu.inventory import InventoryError
-from labgpu.ledger import LedgerError
-from labgpu.reclaimer import hub_announcement
-from labgpu.policy import PolicyError, default_paths, jupyterhub_groups, split_paths
+from labgpu.hub import resources as hub_resources
+from labgpu.hub.docker_network import DockerUnavailable, ensure_workspace_network
+from labgpu.gpus.inventory import InventoryError
+from labgpu.db.ledger import LedgerError
+from labgpu.services.reclaimer import hub_announcement
+from labgpu.quota.policy import PolicyError, default_paths, jupyterhub_groups, split_paths
 
 c = get_config()  # noqa: F821 (provided by JupyterHub)
 

@@ -2,7 +2,7 @@
 
 Boxes of 8 and 64 GPUs, 500 users asking for 1, 2 or 4 GPUs and stopping at random, so the
 ledger runs near full (many refusals) like a busy lab. Every operation is one real
-transaction through ``labgpu.ledger.Ledger``; latency is wall time around the call.
+transaction through ``labgpu.db.ledger.Ledger``; latency is wall time around the call.
 Writes benchmarks/results/allocator.json; the last line is the verdict: the worst (over 8/64
 GPUs, allocate/release) median-over-rounds of the per-round p99 must be under 5 ms.
 
@@ -25,9 +25,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from labgpu.allocator import NotEnoughGpus  # noqa: E402
-from labgpu.inventory import Gpu  # noqa: E402
-from labgpu.ledger import Ledger  # noqa: E402
+from labgpu.gpus.allocator import NotEnoughGpus  # noqa: E402
+from labgpu.gpus.inventory import Gpu  # noqa: E402
+from labgpu.db.ledger import Ledger  # noqa: E402
 from machine_info import machine_info  # noqa: E402 (benchmarks/machine_info.py)
 
 RESULTS = REPO / "benchmarks" / "results"

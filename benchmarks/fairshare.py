@@ -2,7 +2,7 @@
 
     python benchmarks/fairshare.py [--quick] [--seeds N]
 
-Runs both policies through the real scheduler on a virtual clock (labgpu/simulate.py).
+Runs both policies through the real scheduler on a virtual clock (labgpu/fairshare/simulator.py).
 Passes only if, on the committed deadline-week trace, fairshare beats fifo on Jain's index
 and on the light users' p95 wait without lowering the GPU busy fraction. Also replays the
 same scenario generated with other seeds (robustness, reported but not gating) and times
@@ -25,7 +25,7 @@ sys.path.insert(0, str(REPO / "benchmarks" / "traces"))
 
 from make_traces import make_trace  # noqa: E402
 
-from labgpu.simulate import format_table, load_trace, parse_trace, simulate  # noqa: E402
+from labgpu.fairshare.simulator import format_table, load_trace, parse_trace, simulate  # noqa: E402
 from machine_info import machine_info  # noqa: E402 (benchmarks/machine_info.py)
 
 TRACE = REPO / "benchmarks" / "traces" / "deadline-week.jsonl"
@@ -90,8 +90,8 @@ def main() -> int:
         "benchmark": "fairshare", "trace": str(TRACE.relative_to(REPO)), "machine": machine(),
         "results": summaries, "criteria": {k: {"better": how, "fairshare_wins": verdict[k]} for k, how, _ in CRITERIA},
         "criteria_won": won, "simulator_time": timings,
-        "gpu_choice": ("labgpu.allocator.choose_gpus" if importlib.util.find_spec("labgpu.allocator")
-                       else "first free ids (labgpu.allocator absent)"),
+        "gpu_choice": ("labgpu.gpus.allocator.choose_gpus" if importlib.util.find_spec("labgpu.gpus.allocator")
+                       else "first free ids (labgpu.gpus.allocator absent)"),
         "robustness": {"seeds": seeds, "all_three_won": all_three, "raw_held_jain_won": raw_jain_wins,
                        "runs": robustness},
     }

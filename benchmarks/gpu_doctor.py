@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from labgpu.doctor import CheckResult, render_text  # noqa: E402
+from labgpu.doctor.checks import CheckResult, render_text  # noqa: E402
 
 TARGET_FRACTION = 0.90
 

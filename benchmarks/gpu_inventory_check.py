@@ -26,9 +26,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from labgpu.allocator import NotEnoughGpus, choose_gpus  # noqa: E402
-from labgpu.inventory import InventoryError, NvmlInventory, gpu_to_dict  # noqa: E402
-from labgpu.ledger import Ledger  # noqa: E402
+from labgpu.gpus.allocator import NotEnoughGpus, choose_gpus  # noqa: E402
+from labgpu.gpus.inventory import InventoryError, NvmlInventory, gpu_to_dict  # noqa: E402
+from labgpu.db.ledger import Ledger  # noqa: E402
 from machine_info import machine_info  # noqa: E402 (benchmarks/machine_info.py)
 
 RESULTS = REPO / "benchmarks" / "results"

@@ -28,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from labgpu.telemetry import (  # noqa: E402
+from labgpu.services.telemetry import (  # noqa: E402
     WORKSPACE,
     NvmlTelemetrySource,
     Poller,
@@ -37,7 +37,7 @@ from labgpu.telemetry import (  # noqa: E402
     ReplayTelemetrySource,
     Retention,
 )
-from labgpu.telemetry_store import GPU, GPU_SAMPLE, OWNER, PROCESS_SAMPLE, TelemetryDB  # noqa: E402
+from labgpu.db.telemetry_store import GPU, GPU_SAMPLE, OWNER, PROCESS_SAMPLE, TelemetryDB  # noqa: E402
 
 FAKE_CONTAINER = "ab" * 32
 LOAD_CODE = r"""

@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from labgpu.telemetry import (  # noqa: E402
+from labgpu.services.telemetry import (  # noqa: E402
     DAY_S,
     GpuReading,
     Poller,
@@ -34,7 +34,7 @@ from labgpu.telemetry import (  # noqa: E402
     ReplayTelemetrySource,
     Retention,
 )
-from labgpu.telemetry_store import TelemetryDB  # noqa: E402
+from labgpu.db.telemetry_store import TelemetryDB  # noqa: E402
 
 TRACE = ROOT / "tests" / "data" / "nvml-1xh100-load.json"
 START = 1_800_000_000.0  # a whole hour

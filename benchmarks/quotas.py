@@ -21,7 +21,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from labgpu.policy import PolicyError, load_policy_text, resolve  # noqa: E402
+from labgpu.quota.policy import PolicyError, load_policy_text, resolve  # noqa: E402
 from machine_info import machine_info  # noqa: E402 (benchmarks/machine_info.py)
 
 TARGET_MS = 50.0

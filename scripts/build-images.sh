@@ -87,13 +87,14 @@ docker_build() {
 build_workspace() {
   local base=$1 key tag ctx labels
   # The image carries only what labgpu-doctor needs of labgpu, so only that is an input.
-  local doctor_files=(labgpu/__init__.py labgpu/doctor*.py)
+  local doctor_files=(labgpu/__init__.py labgpu/doctor/*.py)
   key=$( { echo "$base"; find images/workspace -type f | sort | xargs cat; cat "${doctor_files[@]}" 2>/dev/null; } | hash_of)
   tag=labgpu/workspace:$key
   if ! have_image "$tag"; then
     ctx=$(make_context images/workspace/.)
-    mkdir -p "$ctx/labgpu-src/labgpu"
-    cp "${doctor_files[@]}" "$ctx/labgpu-src/labgpu/" 2>/dev/null || cp labgpu/__init__.py "$ctx/labgpu-src/labgpu/"
+    mkdir -p "$ctx/labgpu-src/labgpu/doctor"
+    cp labgpu/__init__.py "$ctx/labgpu-src/labgpu/"
+    cp labgpu/doctor/*.py "$ctx/labgpu-src/labgpu/doctor/"
     log "building $tag on $base (a few minutes the first time)"
     docker_build --build-arg BASE_IMAGE="$base" -t "$tag-unlabelled" "$ctx"
     # Label the image with the versions inside it (read from the image itself), in one step.

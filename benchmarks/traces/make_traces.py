@@ -21,7 +21,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from labgpu.simulate import dump_trace  # noqa: E402
+from labgpu.fairshare.simulator import dump_trace  # noqa: E402
 
 GROUPS = {"vision": {"share": 1, "pool": 6}, "nlp": {"share": 1, "pool": 6}, "robotics": {"share": 1, "pool": 4}}
 HEAVY = {"ava": "vision", "eli": "nlp", "ivan": "robotics"}

@@ -8,8 +8,8 @@ import signal
 import docker
 import pytest
 
-from labgpu.containers import LABEL_GPUS, LABEL_USER, WorkspaceSpec, container_config
-from labgpu.ledger import Ledger
+from labgpu.hub.containers import LABEL_GPUS, LABEL_USER, WorkspaceSpec, container_config
+from labgpu.db.ledger import Ledger
 from tests.harness import REPO, WORKSPACE_IMAGE, HubProcess
 
 pytestmark = pytest.mark.e2e
@@ -36,7 +36,7 @@ def gpu_hub(**kwargs) -> HubProcess:
 def test_device_request_carries_exactly_the_granted_gpus(real_parts, tmp_path):
     """The ledger grants GPUs; the container built for them asks Docker for exactly those,
     by UUID, never a count (created and inspected on the real engine; here it cannot start)."""
-    from labgpu.inventory import ReplayInventory
+    from labgpu.gpus.inventory import ReplayInventory
 
     ledger = Ledger(tmp_path / "ledger.sqlite")
     ledger.sync_inventory(ReplayInventory(INVENTORY).gpus())
@@ -137,7 +137,7 @@ def test_hub_killed_and_restarted_ledger_and_docker_agree(real_parts):
 
 
 def test_hub_killed_during_a_spawn_waiting_for_gpus_holds_nothing_after_restart(real_parts):
-    from labgpu.queue_store import QueueStore
+    from labgpu.db.queue_store import QueueStore
 
     one = REPO / "tests" / "data" / "h100x1.json"
     hub = HubProcess(

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from labgpu.containers import LABEL_SERVER, LABEL_USER
-from labgpu.ledger import Ledger
-from labgpu.session_store import SessionStore
+from labgpu.hub.containers import LABEL_SERVER, LABEL_USER
+from labgpu.db.ledger import Ledger
+from labgpu.db.session_store import SessionStore
 
 pytestmark = pytest.mark.e2e
 

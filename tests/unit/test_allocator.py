@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from labgpu.allocator import HeldGpu, NotEnoughGpus, choose_gpus, model_allowed
-from labgpu.inventory import Gpu, ReplayInventory
+from labgpu.gpus.allocator import HeldGpu, NotEnoughGpus, choose_gpus, model_allowed
+from labgpu.gpus.inventory import Gpu, ReplayInventory
 
 DATA = Path(__file__).parent.parent / "data"
 

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from labgpu.allocator import NotEnoughGpus, choose_gpus
-from labgpu.inventory import ReplayInventory, mig_units
+from labgpu.gpus.allocator import NotEnoughGpus, choose_gpus
+from labgpu.gpus.inventory import ReplayInventory, mig_units
 
 DATA = Path(__file__).parent.parent / "data"
 SLICE = ["MIG 1g.10gb"]

@@ -5,7 +5,7 @@ from datetime import datetime, timedelta, timezone
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from labgpu.allocator import Allocation, reconcile
+from labgpu.gpus.allocator import Allocation, reconcile
 
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=timezone.utc)
 EARLIER = NOW - timedelta(hours=2)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from labgpu.containers import (
+from labgpu.hub.containers import (
     LABEL_GPUS,
     LABEL_HUB,
     LABEL_SERVER,

@@ -15,8 +15,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from labgpu import doctor
-from labgpu.doctor import (
+from labgpu.doctor import checks as doctor
+from labgpu.doctor.checks import (
     CheckResult,
     bus_bandwidth,
     cpus_from_cgroup,
@@ -316,7 +316,7 @@ def test_nccl_launch_command_runs_one_worker_per_gpu():
     command = nccl_launch_command("/usr/bin/python3", 4, "/tmp/x.json", [1, 16, 256], 20)
     assert command[:3] == ["/usr/bin/python3", "-m", "torch.distributed.run"]
     assert "--nproc_per_node=4" in command and "--standalone" in command
-    assert command[command.index("-m", 3) + 1] == "labgpu.doctor_nccl"
+    assert command[command.index("-m", 3) + 1] == "labgpu.doctor.nccl"
     assert command[-4:] == ["--sizes-mb", "1,16,256", "--iters", "20"]
 
 

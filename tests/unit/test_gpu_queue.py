@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from labgpu.allocator import NotEnoughGpus
-from labgpu.gpu_queue import GpuQueue, QueuedSpawn, QueueRefused
-from labgpu.inventory import ReplayInventory
-from labgpu.ledger import Ledger
-from labgpu.policy import load_policy_text
-from labgpu.queue_store import QueueStore
+from labgpu.gpus.allocator import NotEnoughGpus
+from labgpu.hub.gpu_queue import GpuQueue, QueuedSpawn, QueueRefused
+from labgpu.gpus.inventory import ReplayInventory
+from labgpu.db.ledger import Ledger
+from labgpu.quota.policy import load_policy_text
+from labgpu.db.queue_store import QueueStore
 
 DATA = Path(__file__).parent.parent / "data"
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from labgpu.inventory import (
+from labgpu.gpus.inventory import (
     InventoryError,
     NvmlInventory,
     ReplayInventory,

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from labgpu.allocator import NotEnoughGpus, reconcile
-from labgpu.inventory import ReplayInventory
-from labgpu.ledger import Ledger
+from labgpu.gpus.allocator import NotEnoughGpus, reconcile
+from labgpu.gpus.inventory import ReplayInventory
+from labgpu.db.ledger import Ledger
 
 DATA = Path(__file__).parent.parent / "data"
 
@@ -41,7 +41,7 @@ def test_database_is_wal_with_the_schema_at_alembic_head(tmp_path):
     db = sqlite3.connect(path)
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     # its own version table: the ledger may share a database with JupyterHub's alembic_version
-    from labgpu.ledger import _head_revision
+    from labgpu.db.ledger import _head_revision
 
     assert db.execute("SELECT version_num FROM labgpu_alembic_version").fetchall() == [(_head_revision(),)]
     tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
@@ -177,8 +177,8 @@ def test_user_total_is_checked_inside_the_allocation_transaction(tmp_path):
     """Two servers of one user starting at once cannot both pass the quota's GPU total."""
     import threading
 
-    from labgpu.allocator import UserTotalExceeded
-    from labgpu.inventory import ReplayInventory
+    from labgpu.gpus.allocator import UserTotalExceeded
+    from labgpu.gpus.inventory import ReplayInventory
 
     path = tmp_path / "ledger.sqlite"
     ledger = Ledger(path)

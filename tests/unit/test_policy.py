@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from labgpu.policy import (
+from labgpu.quota.policy import (
     PolicyError,
     PolicyStore,
     format_duration,

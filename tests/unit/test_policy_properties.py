@@ -11,7 +11,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from labgpu.policy import PolicyError, _events_libyaml, _events_ruamel, _parse_events, _read_fast, _read_yaml, load_policy_text, resolve
+from labgpu.quota.policy import PolicyError, _events_libyaml, _events_ruamel, _parse_events, _read_fast, _read_yaml, load_policy_text, resolve
 
 EXAMPLE = (Path(__file__).resolve().parents[2] / "quotas" / "quotas.yaml").read_text()
 ERROR_LINE = re.compile(r"^q\.yaml:\d+:\d+: \S.*$")

@@ -9,20 +9,20 @@ from pathlib import Path
 
 import pytest
 
-from labgpu.inventory import ReplayInventory
-from labgpu.ledger import Ledger
-from labgpu.policy import load_policy_text
-from labgpu.queue_store import QueueStore
-from labgpu.reclaimer import (
+from labgpu.gpus.inventory import ReplayInventory
+from labgpu.db.ledger import Ledger
+from labgpu.quota.policy import load_policy_text
+from labgpu.db.queue_store import QueueStore
+from labgpu.services.reclaimer import (
     ReclaimSettings,
     announcement_for,
     hub_server_stopper,
     reclaim_round,
     telemetry_busy_fraction,
 )
-from labgpu.scheduler import Reclaim, Warn
-from labgpu.telemetry import GpuReading
-from labgpu.telemetry_store import TelemetryDB
+from labgpu.fairshare.scheduler import Reclaim, Warn
+from labgpu.services.telemetry import GpuReading
+from labgpu.db.telemetry_store import TelemetryDB
 
 DATA = Path(__file__).parent.parent / "data"
 TOKEN = "secret-service-token"

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from labgpu.scheduler import (
+from labgpu.fairshare.scheduler import (
     GpuRequest,
     Reclaim,
     RunningAllocation,

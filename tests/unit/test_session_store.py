@@ -8,8 +8,8 @@ import subprocess
 import sys
 from datetime import datetime, timedelta, timezone
 
-from labgpu.ledger import Ledger
-from labgpu.session_store import SessionStore
+from labgpu.db.ledger import Ledger
+from labgpu.db.session_store import SessionStore
 
 
 class Clock:

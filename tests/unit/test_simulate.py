@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from labgpu.simulate import (
+from labgpu.fairshare.simulator import (
     Simulation,
     TraceError,
     dump_trace,

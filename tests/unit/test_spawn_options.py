@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from labgpu.policy import load_policy_text, resolve
-from labgpu.spawn_options import (
+from labgpu.quota.policy import load_policy_text, resolve
+from labgpu.quota.spawn_options import (
     SpawnOptionsError,
     options_form,
     parse_form,

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from labgpu.telemetry import (
+from labgpu.services.telemetry import (
     CONTAINER,
     GONE,
     HOST,
@@ -281,7 +281,7 @@ def test_an_nvml_error_on_one_gpu_marks_it_unhealthy_and_the_others_go_on(caplog
     back = GpuReading(uuid="GPU-lost", index=1, utilization_gpu=0)
     store = ListStore()
     poller = Poller(ScriptedSource([[good(10), lost], [good(20), lost], [good(30), back]]), store, ProcessAttributor(None), interval_s=1)
-    with caplog.at_level(logging.WARNING, logger="labgpu.telemetry"):
+    with caplog.at_level(logging.WARNING, logger="labgpu.services.telemetry"):
         reports = [poller.tick(100.0 + i) for i in range(3)]
     assert [r.unhealthy for r in reports] == [["GPU-lost"], ["GPU-lost"], []]
     assert [g[0].utilization_gpu for _, gpus, _ in store.ticks for g in gpus if g[0].uuid == "GPU-good"] == [10, 20, 30]
@@ -334,7 +334,7 @@ def test_nvml_init_failure_retries_with_growing_delays_and_a_clear_log_line(capl
             raise RuntimeError("NVML Shared Library Not Found")
         return ScriptedSource([])
 
-    with caplog.at_level(logging.ERROR, logger="labgpu.telemetry"):
+    with caplog.at_level(logging.ERROR, logger="labgpu.services.telemetry"):
         source = open_with_backoff(open_source, sleep=waits.append, first_delay_s=1, max_delay_s=3)
     assert isinstance(source, ScriptedSource)
     assert waits == [1, 2, 3]
@@ -346,7 +346,7 @@ def test_nvml_init_failure_retries_with_growing_delays_and_a_clear_log_line(capl
 def test_real_nvml_source_reads_every_gpu():
     pynvml = pytest.importorskip("pynvml")
     try:
-        from labgpu.telemetry import NvmlTelemetrySource
+        from labgpu.services.telemetry import NvmlTelemetrySource
 
         source = NvmlTelemetrySource()
     except pynvml.NVMLError as error:

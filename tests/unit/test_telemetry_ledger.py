@@ -15,14 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from labgpu.allocator import NotEnoughGpus
-from labgpu.cli import main as labgpu_main
-from labgpu.commands.poller import workspace_labels
-from labgpu.containers import LABEL_HUB, LABEL_SERVER, LABEL_USER
-from labgpu.inventory import Gpu
-from labgpu.ledger import MIGRATIONS_DIR, Base, Ledger, _alembic_config
-from labgpu.telemetry import CONTAINER, WORKSPACE, GpuReading, Poller, ProcessAttributor, open_with_backoff
-from labgpu.telemetry_store import GPU_SAMPLE, TelemetryDB
+from labgpu.gpus.allocator import NotEnoughGpus
+from labgpu.cli.main import main as labgpu_main
+from labgpu.cli.poller import workspace_labels
+from labgpu.hub.containers import LABEL_HUB, LABEL_SERVER, LABEL_USER
+from labgpu.gpus.inventory import Gpu
+from labgpu.db.ledger import MIGRATIONS_DIR, Base, Ledger, _alembic_config
+from labgpu.services.telemetry import CONTAINER, WORKSPACE, GpuReading, Poller, ProcessAttributor, open_with_backoff
+from labgpu.db.telemetry_store import GPU_SAMPLE, TelemetryDB
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 H100_TRACE = DATA / "nvml-1xh100-load.json"
@@ -184,7 +184,7 @@ def test_nvml_failing_for_hours_logs_one_error_and_a_reminder_an_hour_not_a_line
             raise RuntimeError("NVML Shared Library Not Found")
         return ScriptedSource([])
 
-    with caplog.at_level(logging.DEBUG, logger="labgpu.telemetry"):
+    with caplog.at_level(logging.DEBUG, logger="labgpu.services.telemetry"):
         assert open_with_backoff(open_source, sleep=waits.append) is not None
     assert waits[:7] == [1, 2, 4, 8, 16, 32, 60] and max(waits) == 60  # backoff, capped at a minute
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
@@ -205,7 +205,7 @@ def test_a_changed_error_is_logged_again():
                 lines.append(record.getMessage())
 
     handler = Collect()
-    logging.getLogger("labgpu.telemetry").addHandler(handler)
+    logging.getLogger("labgpu.services.telemetry").addHandler(handler)
     try:
         def open_source():
             error = next(errors, None)
@@ -215,7 +215,7 @@ def test_a_changed_error_is_logged_again():
 
         open_with_backoff(open_source, sleep=lambda s: None)
     finally:
-        logging.getLogger("labgpu.telemetry").removeHandler(handler)
+        logging.getLogger("labgpu.services.telemetry").removeHandler(handler)
     assert [line.split(":")[1].strip()[:20] for line in lines] == ["driver/library versi", "NVML Shared Library "]
 
 

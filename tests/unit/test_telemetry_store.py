@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from labgpu.cli import main as labgpu_main
-from labgpu.telemetry import (
+from labgpu.cli.main import main as labgpu_main
+from labgpu.services.telemetry import (
     HOUR,
     GpuReading,
     Poller,
@@ -17,7 +17,7 @@ from labgpu.telemetry import (
     ReplayTelemetrySource,
     Retention,
 )
-from labgpu.telemetry_store import GPU_ROLLUP, GPU_SAMPLE, HeldSpan, TelemetryDB
+from labgpu.db.telemetry_store import GPU_ROLLUP, GPU_SAMPLE, HeldSpan, TelemetryDB
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 H100_TRACE = DATA / "nvml-1xh100-load.json"
@@ -164,7 +164,7 @@ def test_labgpu_poller_refuses_a_too_short_interval_and_a_bad_trace(tmp_path, ca
 
 
 def test_telemetry_tables_live_beside_the_ledger_in_one_sqlite_file(tmp_path):
-    from labgpu.ledger import Ledger
+    from labgpu.db.ledger import Ledger
 
     path = tmp_path / "ledger.sqlite"
     with Ledger(path) as ledger:

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from labgpu.commands.usage import usage_rows
-from labgpu.inventory import ReplayInventory
-from labgpu.ledger import Ledger
-from labgpu.queue_store import QueueStore
+from labgpu.cli.usage import usage_rows
+from labgpu.gpus.inventory import ReplayInventory
+from labgpu.db.ledger import Ledger
+from labgpu.db.queue_store import QueueStore
 
 DATA = Path(__file__).parent.parent / "data"
 QUOTAS = """

@@ -1,0 +1,165 @@
+"""`labgpu poller`: the GPU telemetry service (a JupyterHub managed service or a compose
+service with host PID access). Thin: parse options, build the source, store and attributor,
+then hand them to :class:`labgpu.services.telemetry.Poller`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import signal
+import threading
+import time
+from typing import Mapping
+
+from labgpu.hub.containers import LABEL_HUB, LABEL_SERVER, LABEL_USER
+from labgpu.hub.resources import default_ledger_path
+from labgpu.services.telemetry import (
+    DEFAULT_INTERVAL_S,
+    MIN_INTERVAL_S,
+    NvmlTelemetrySource,
+    Poller,
+    ProcessAttributor,
+    ReplayTelemetrySource,
+    Retention,
+    TelemetrySource,
+    open_with_backoff,
+)
+
+log = logging.getLogger("labgpu.poller")
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
+_UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_retention(text: str) -> float | None:
+    """'48h', '30d', '90m', '3600' (seconds) or 'forever' -> seconds (None = forever)."""
+    if text.strip().lower() in ("forever", "never", "none"):
+        return None
+    match = _DURATION.match(text.lower())
+    if not match:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration: use e.g. 48h, 30d, 90m, 3600 or 'forever'")
+    return float(match.group(1)) * _UNIT_S[match.group(2)]
+
+
+def parse_interval(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--interval {text!r} is not a number of seconds") from None
+    if value < MIN_INTERVAL_S:
+        raise argparse.ArgumentTypeError(f"--interval must be >= {MIN_INTERVAL_S:g} s (got {text}): NVML takes a driver lock")
+    return value
+
+
+def docker_label_lookup(hub_id: str):  # type: ignore[no-untyped-def]
+    """Container id -> labels through the Docker API (DOCKER_HOST or the local socket). Only
+    this hub's workspaces (``LABEL_HUB`` = ``hub_id``) keep their user and server labels; any
+    other container is recorded as a container. The client connects on first use, so a Docker
+    daemon that is down at boot only delays the attribution (the attributor records container
+    ids meanwhile and asks again)."""
+    import docker  # only when the poller runs for real
+    from docker.errors import NotFound
+
+    clients: list = []
+
+    def labels_of(container_id: str) -> Mapping[str, str] | None:
+        if not clients:
+            clients.append(docker.from_env())
+        try:
+            labels = clients[0].containers.get(container_id).labels or {}
+        except NotFound:
+            return None
+        return workspace_labels(labels, hub_id)
+
+    return labels_of
+
+
+def workspace_labels(labels: Mapping[str, str], hub_id: str) -> Mapping[str, str]:
+    """A container's labels, without its user and server when another hub (or nobody) runs it."""
+    if labels.get(LABEL_HUB) == hub_id:
+        return labels
+    return {k: v for k, v in labels.items() if k not in (LABEL_USER, LABEL_SERVER)}
+
+
+def open_source(spec: str) -> TelemetrySource:
+    if spec == "nvml":
+        return NvmlTelemetrySource()
+    if spec.startswith("replay:"):
+        return ReplayTelemetrySource(spec.removeprefix("replay:"))
+    raise ValueError(f"--source {spec!r}: use 'nvml' or 'replay:PATH' (a trace from tests/data/)")
+
+
+def run_poller(args: argparse.Namespace) -> int:
+    from labgpu.db.ledger import Ledger  # SQLAlchemy only when the command runs
+    from labgpu.db.telemetry_store import TelemetryDB
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    if args.source.startswith("replay:") or args.once:
+        # A replay file or a one-off check: no point retrying, say what is wrong and stop.
+        try:
+            source: TelemetrySource | None = open_source(args.source)
+        except Exception as error:
+            log.error("Cannot read GPU telemetry from %s: %s", args.source, error)
+            return 2
+    else:
+        source = open_with_backoff(lambda: open_source(args.source), stop)
+    if source is None:
+        return 0
+    lookup = None if args.labels == "none" else docker_label_lookup(args.hub_id)
+    db = args.db or default_ledger_path()
+    ledger = Ledger(db)  # migrates the file to the newest schema (telemetry tables included)
+    poller = Poller(
+        source,
+        TelemetryDB(db),
+        ProcessAttributor(lookup, args.proc_root),
+        interval_s=args.interval,
+        retention=Retention(args.keep_raw, args.keep_minutes, args.keep_hours),
+        on_health_change=ledger.set_gpu_health,  # a failing GPU is not allocated until it recovers
+    )
+    log.info("GPU telemetry: %s every %g s into %s", args.source, args.interval, db)
+    try:
+        if args.once:
+            report = poller.tick(time.time())
+            print(f"{report.gpus} GPUs, {report.processes} processes, unhealthy: {', '.join(report.unhealthy) or 'none'}")
+        else:
+            poller.run(stop)
+    finally:
+        source.close()
+        ledger.close()
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    parser = subparsers.add_parser(
+        "poller",
+        help="record GPU telemetry (NVML) into the ledger",
+        description="Sample every GPU and GPU process each tick, attribute processes to users "
+        "through container labels, and keep raw samples plus minute and hour rollups.",
+    )
+    parser.add_argument("--db", default=None,
+                        help="the ledger: a SQLite file or SQLAlchemy URL (default: $LABGPU_LEDGER, else "
+                        "ledger.sqlite in $LABGPU_STATE_DIR or ./.state: the hub's own ledger)")
+    parser.add_argument("--hub-id", default=os.environ.get("LABGPU_HUB_ID", "labgpu"),
+                        help="attribute processes to users only in this hub's containers "
+                        "(label org.labgpu.hub; default: $LABGPU_HUB_ID or %(default)s)")
+    parser.add_argument("--interval", type=parse_interval, default=DEFAULT_INTERVAL_S,
+                        help="seconds between ticks, >= 1 (default %(default)s)")
+    parser.add_argument("--source", default="nvml",
+                        help="'nvml' (the GPUs of this host) or 'replay:PATH' (a recorded trace)")
+    parser.add_argument("--once", action="store_true", help="take one tick, print a summary and exit")
+    parser.add_argument("--labels", choices=("docker", "none"), default="docker",
+                        help="where container labels come from: the Docker API, or none (container ids only)")
+    parser.add_argument("--proc-root", default=os.environ.get("LABGPU_PROC_ROOT", "/proc"),
+                        help="the host's /proc (the poller needs the host's PID namespace)")
+    parser.add_argument("--keep-raw", type=parse_retention, default=48 * 3600, metavar="DURATION",
+                        help="keep raw samples this long (default 48h)")
+    parser.add_argument("--keep-minutes", type=parse_retention, default=30 * 86400, metavar="DURATION",
+                        help="keep minute rollups this long (default 30d)")
+    parser.add_argument("--keep-hours", type=parse_retention, default=None, metavar="DURATION",
+                        help="keep hour rollups this long (default forever)")
+    parser.set_defaults(func=run_poller)

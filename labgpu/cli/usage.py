@@ -1,0 +1,207 @@
+"""`labgpu usage [--since 30d] [--by user|group] [--csv]`: GPU-hours held and busy, efficiency,
+queue waits and reclaimed GPU-hours per user or group, from the ledger (allocation audit, GPU
+queue, reclaim notices) and the poller's telemetry in the same database."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+from labgpu.hub.resources import default_ledger_path
+from labgpu.db.ledger import Ledger
+from labgpu.quota.policy import PolicyError, load_policy, parse_duration, resolve, split_paths
+from labgpu.db.queue_store import GRANTED, QueueStore
+
+HOUR = 3600.0
+NO_GROUP = "(no group)"
+
+
+@dataclass
+class UsageRow:
+    """One user's or group's figures over the period."""
+
+    name: str
+    gpu_hours_held: float = 0.0
+    gpu_hours_busy: float | None = None  # None: no telemetry for the period
+    queued: int = 0  # spawns that waited in the GPU queue and got their GPUs
+    wait_hours_total: float = 0.0
+    wait_hours_max: float = 0.0
+    reclaims: int = 0
+    reclaimed_gpu_hours: float = 0.0  # GPU-hours the reclaimed servers had sat idle
+
+    @property
+    def efficiency(self) -> float | None:
+        if self.gpu_hours_busy is None or self.gpu_hours_held <= 0:
+            return None
+        return self.gpu_hours_busy / self.gpu_hours_held
+
+    @property
+    def mean_wait_hours(self) -> float | None:
+        return self.wait_hours_total / self.queued if self.queued else None
+
+
+def usage_rows(store: QueueStore, since: datetime, until: datetime, *, by: str = "user",
+               groups_of: Callable[[str], Sequence[str]] = lambda user: (),
+               busy_hours: dict[str, float] | None = None) -> list[UsageRow]:  # fmt: skip
+    """Figures per user (or per group: a user in several groups counts in each) over
+    [since, until); ``busy_hours`` per user comes from telemetry when there is any."""
+    rows: dict[str, UsageRow] = {}
+
+    def keys(user: str) -> Sequence[str]:
+        if by == "user":
+            return (user,)
+        return tuple(groups_of(user)) or (NO_GROUP,)
+
+    def row(key: str) -> UsageRow:
+        return rows.setdefault(key, UsageRow(key))
+
+    for held in store.held_intervals(since, until):
+        end = min(held.end or until, until)
+        hours = max(0.0, (end - max(held.start, since)).total_seconds()) * held.gpus / HOUR
+        for key in keys(held.user):
+            row(key).gpu_hours_held += hours
+    for entry in store.history(since):
+        if entry.status != GRANTED or entry.ended_at is None or entry.ended_at >= until:
+            continue
+        waited = (entry.ended_at - entry.submitted_at).total_seconds() / HOUR
+        for key in keys(entry.user):
+            r = row(key)
+            r.queued += 1
+            r.wait_hours_total += waited
+            r.wait_hours_max = max(r.wait_hours_max, waited)
+    for notice in store.notices():
+        if notice.reclaimed_at is None or not since <= notice.reclaimed_at < until:
+            continue
+        for key in keys(notice.user):
+            row(key).reclaims += 1
+            row(key).reclaimed_gpu_hours += notice.gpus * notice.idle_for / HOUR
+    if busy_hours is not None:
+        for r in rows.values():
+            r.gpu_hours_busy = 0.0
+        for user, hours in busy_hours.items():
+            for key in keys(user):
+                r = row(key)
+                r.gpu_hours_busy = (r.gpu_hours_busy or 0.0) + hours
+    return sorted(rows.values(), key=lambda r: (-r.gpu_hours_held, r.name))
+
+
+def _busy_hours(ledger_url: str, since: datetime, until: datetime) -> dict[str, float] | None:
+    """GPU-hours busy per user from the poller's telemetry, or None when it has recorded nothing."""
+    try:
+        from labgpu.db.telemetry_store import TelemetryDB
+
+        report = TelemetryDB(ledger_url, migrate=False).usage(since.timestamp(), until.timestamp())
+    except Exception:  # no telemetry tables (no poller yet): report held hours only
+        return None
+    if not report.by_user:
+        return None
+    return {user: usage.gpu_hours_busy for user, usage in report.by_user.items()}
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "usage",
+        help="GPU-hours held and busy, efficiency, queue waits, reclaims per user or group",
+        description="GPU accounting from the ledger: GPU-hours held (allocations), busy (the poller's "
+        "telemetry, if any), efficiency = busy / held, spawns that waited in the GPU queue (mean and "
+        "longest wait), and servers reclaimed for idleness with the idle GPU-hours they held.",
+    )
+    parser.add_argument("--since", default="30d", metavar="DURATION", help="period ending now (default 30d)")
+    parser.add_argument("--by", choices=("user", "group"), default="user", help="one row per user (default) or group")
+    parser.add_argument("--csv", action="store_true", help="print CSV instead of a table")
+    parser.add_argument("--sessions", action="store_true",
+                        help="list workspace sessions instead: image and digest, driver, CUDA and torch versions, "
+                        "GPUs, start and end (what to cite to reproduce a result)")
+    parser.add_argument("--db", default=None, metavar="URL",
+                        help="the ledger (default: $LABGPU_LEDGER, else ledger.sqlite in $LABGPU_STATE_DIR)")
+    parser.add_argument("--quotas", default=None, metavar="PATHS",
+                        help="quota files, comma-separated, for --by group (default: $LABGPU_QUOTAS)")
+    parser.set_defaults(func=run_usage)
+
+
+def _fmt(value: float | None, pattern: str = "{:.1f}") -> str:
+    return "-" if value is None else pattern.format(value)
+
+
+def _print_table(header: list[str], table: list[list[str]], as_csv: bool) -> None:
+    if as_csv:
+        writer = csv.writer(sys.stdout)
+        writer.writerow([h.lower().replace(" ", "_").replace("-", "_") for h in header])
+        writer.writerows(table)
+        return
+    widths = [max(len(line[i]) for line in [header, *table]) for i in range(len(header))]
+    for line in [header, *table]:
+        print("  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(line, widths))))
+
+
+def print_sessions(url: str, period: float, as_csv: bool) -> int:
+    """`labgpu usage --sessions`: one row per workspace run, newest last."""
+    from labgpu.db.session_store import SessionStore
+
+    with Ledger(url) as ledger:
+        store = SessionStore(ledger)
+        since = datetime.now(timezone.utc) - timedelta(seconds=period)
+        sessions = store.sessions(since=since)
+        store.close()
+    header = ["SERVER", "STARTED", "ENDED", "IMAGE", "DIGEST", "DRIVER", "CUDA", "TORCH", "GPUS"]
+    stamp = "%Y-%m-%d %H:%M"
+    table = [
+        [s.server_label, s.started_at.strftime(stamp), s.ended_at.strftime(stamp) if s.ended_at else "running",
+         s.image, s.image_digest if as_csv else s.image_digest[:19], s.driver_version or "-", s.cuda_version or "-",
+         s.torch_version or "-", ",".join(s.gpu_uuids) or "-"]
+        for s in sessions
+    ]  # fmt: skip
+    if not table and not as_csv:
+        print("No workspace sessions in that period.")
+        return 0
+    _print_table(header, table, as_csv)
+    return 0
+
+
+def run_usage(args: argparse.Namespace) -> int:
+    try:
+        period = parse_duration(args.since)
+    except ValueError as e:
+        print(f"labgpu usage: --since {e}", file=sys.stderr)
+        return 2
+    url = args.db or default_ledger_path()
+    if "://" not in url and not Path(url).exists():
+        print(f"labgpu usage: no ledger at {url}; pass --db (or set $LABGPU_LEDGER / $LABGPU_STATE_DIR)", file=sys.stderr)
+        return 1
+    if args.sessions:
+        return print_sessions(url, period, args.csv)
+    groups_of: Callable[[str], Sequence[str]] = lambda user: ()  # noqa: E731
+    if args.by == "group":
+        from labgpu.quota.policy import default_paths
+
+        try:
+            policy = load_policy(split_paths(args.quotas) if args.quotas else default_paths())
+        except PolicyError as e:
+            print(f"labgpu usage: --by group needs the quota policy: {e}", file=sys.stderr)
+            return 1
+        groups_of = lambda user: resolve(policy, user).groups  # noqa: E731
+    with Ledger(url) as ledger:
+        store = QueueStore(ledger)
+        until = store.now()
+        since = until - timedelta(seconds=period)
+        rows = usage_rows(store, since, until, by=args.by, groups_of=groups_of,
+                          busy_hours=_busy_hours(ledger.url, since, until))  # fmt: skip
+        store.close()
+    header = [args.by.upper(), "GPU-H HELD", "GPU-H BUSY", "EFFICIENCY", "QUEUED", "MEAN WAIT H", "MAX WAIT H",
+              "RECLAIMS", "RECLAIMED GPU-H"]  # fmt: skip
+    table = [
+        [r.name, _fmt(r.gpu_hours_held), _fmt(r.gpu_hours_busy), _fmt(r.efficiency, "{:.0%}"), str(r.queued),
+         _fmt(r.mean_wait_hours, "{:.2f}"), _fmt(r.wait_hours_max if r.queued else None, "{:.2f}"), str(r.reclaims),
+         _fmt(r.reclaimed_gpu_hours)]
+        for r in rows
+    ]  # fmt: skip
+    if not table and not args.csv:
+        print(f"No GPU use in the last {args.since}.")
+        return 0
+    _print_table(header, table, args.csv)
+    return 0

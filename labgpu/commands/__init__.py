@@ -1,1 +1,0 @@
-"""Subcommands of `labgpu`, one module per concern (see labgpu/cli.py)."""

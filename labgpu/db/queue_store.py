@@ -1,0 +1,371 @@
+"""The GPU queue and reclaim notices in the ledger's SQLite file: the only code that reads or
+writes the ``gpu_queue`` and ``reclaim_notices`` tables (Alembic revision 0003).
+
+Kept beside :mod:`labgpu.db.ledger` (same declarative ``Base``, same engine settings, same file)
+so the allocation code stays untouched; every write is one ``BEGIN IMMEDIATE`` transaction.
+A queue entry is ``waiting`` until it is ``granted``, ``cancelled`` or ``abandoned``; rows are
+kept afterwards, for ``labgpu usage`` (queue waits).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from sqlalchemy import Float, Index, Integer, String, Text, UniqueConstraint, insert, select, update
+from sqlalchemy.orm import Mapped, mapped_column
+
+from labgpu.db.ledger import AllocationEventRow, Base, Ledger, UtcDateTime, ledger_engine
+
+WAITING, GRANTED, CANCELLED, ABANDONED = "waiting", "granted", "cancelled", "abandoned"
+
+
+# ============================================================================================
+# Tables (migration: labgpu/db/migrations/versions/0003_gpu_queue.py)
+# ============================================================================================
+
+
+class QueueEntryRow(Base):
+    """A spawn waiting for GPUs: what it asked for and since when; kept after it ends."""
+
+    __tablename__ = "gpu_queue"
+    __table_args__ = (
+        Index("ix_gpu_queue_status", "status"),
+        Index("ix_gpu_queue_user_server", "user", "server"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    user: Mapped[str] = mapped_column(String(255))
+    server: Mapped[str] = mapped_column(String(255))
+    gpus: Mapped[int] = mapped_column(Integer)
+    groups: Mapped[str] = mapped_column(Text, default="[]")  # JSON: the user's hub groups
+    models: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON list, or NULL = any model
+    placement: Mapped[str] = mapped_column(String(16), default="pack")
+    image: Mapped[str | None] = mapped_column(Text, nullable=True)
+    exclude: Mapped[str] = mapped_column(Text, default="[]")  # JSON: GPU UUIDs never to grant
+    max_runtime: Mapped[float | None] = mapped_column(Float, nullable=True)
+    submitted_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    heartbeat_at: Mapped[datetime] = mapped_column(UtcDateTime)  # last time a spawn was seen waiting
+    status: Mapped[str] = mapped_column(String(16), default=WAITING)
+    ended_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    gpu_uuids: Mapped[str] = mapped_column(Text, default="")  # comma-separated, once granted
+
+
+class ReclaimNoticeRow(Base):
+    """What the reclaimer knows about one allocation: when its GPUs were last busy, when its
+    owner was warned, and whether (and why) it was reclaimed."""
+
+    __tablename__ = "reclaim_notices"
+    __table_args__ = (
+        UniqueConstraint("user", "server", "allocation_since", name="uq_reclaim_notices_allocation"),
+        Index("ix_reclaim_notices_user", "user"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    user: Mapped[str] = mapped_column(String(255))
+    server: Mapped[str] = mapped_column(String(255))
+    allocation_since: Mapped[datetime] = mapped_column(UtcDateTime)
+    gpus: Mapped[int] = mapped_column(Integer)
+    last_busy_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    warned_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    reason: Mapped[str] = mapped_column(String(16), default="")  # idle | max_runtime
+    reclaim_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    message: Mapped[str] = mapped_column(Text, default="")
+    reclaimed_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    idle_for: Mapped[float] = mapped_column(Float, default=0.0)
+    error: Mapped[str] = mapped_column(Text, default="")
+
+
+_queue = QueueEntryRow.__table__
+_notices = ReclaimNoticeRow.__table__
+_events = AllocationEventRow.__table__
+
+
+# ============================================================================================
+# Plain results
+# ============================================================================================
+
+
+@dataclass(frozen=True)
+class QueueEntry:
+    """One row of the GPU queue."""
+
+    id: int
+    user: str
+    server: str
+    gpus: int
+    groups: tuple[str, ...]
+    models: tuple[str, ...] | None
+    placement: str
+    image: str | None
+    exclude: tuple[str, ...]
+    max_runtime: float | None
+    submitted_at: datetime
+    heartbeat_at: datetime
+    status: str
+    ended_at: datetime | None
+    reason: str
+    gpu_uuids: tuple[str, ...]
+
+    @property
+    def server_label(self) -> str:
+        return f"{self.user}/{self.server}" if self.server else self.user
+
+
+@dataclass(frozen=True)
+class ReclaimNotice:
+    """The reclaimer's record of one allocation (see :class:`ReclaimNoticeRow`)."""
+
+    id: int
+    user: str
+    server: str
+    allocation_since: datetime
+    gpus: int
+    last_busy_at: datetime | None
+    warned_at: datetime | None
+    reason: str
+    reclaim_at: datetime | None
+    message: str
+    reclaimed_at: datetime | None
+    idle_for: float
+    error: str
+
+
+@dataclass(frozen=True)
+class HeldInterval:
+    """GPUs one allocation held: from ``start`` to ``end`` (None: still held)."""
+
+    user: str
+    server: str
+    gpus: int
+    start: datetime
+    end: datetime | None
+    reason: str = ""  # why it was released
+
+
+def _entry(row: Any) -> QueueEntry:
+    models = json.loads(row.models) if row.models is not None else None
+    return QueueEntry(
+        row.id, row.user, row.server, row.gpus, tuple(json.loads(row.groups or "[]")),
+        tuple(models) if models is not None else None, row.placement, row.image,
+        tuple(json.loads(row.exclude or "[]")), row.max_runtime, row.submitted_at, row.heartbeat_at,
+        row.status, row.ended_at, row.reason or "", tuple(u for u in (row.gpu_uuids or "").split(",") if u),
+    )  # fmt: skip
+
+
+def _notice(row: Any) -> ReclaimNotice:
+    return ReclaimNotice(
+        row.id, row.user, row.server, row.allocation_since, row.gpus, row.last_busy_at, row.warned_at,
+        row.reason or "", row.reclaim_at, row.message or "", row.reclaimed_at, row.idle_for or 0.0, row.error or "",
+    )  # fmt: skip
+
+
+# ============================================================================================
+# The store
+# ============================================================================================
+
+
+class QueueStore:
+    """Queue entries and reclaim notices in the ledger's database (migrated by the Ledger).
+
+    Safe to use from several threads and processes at once, like the ledger.
+    """
+
+    def __init__(self, ledger: Ledger, *, clock: Callable[[], datetime] | None = None):
+        self.ledger = ledger
+        self._write = ledger_engine(ledger.url, immediate=True)
+        self._read = ledger_engine(ledger.url, immediate=False)
+        self._clock = clock or getattr(ledger, "_clock", None) or (lambda: datetime.now(timezone.utc))
+
+    def now(self) -> datetime:
+        return self._clock()
+
+    def close(self) -> None:
+        self._write.dispose()
+        self._read.dispose()
+
+    # -- the queue ----------------------------------------------------------------------------
+
+    def enqueue(self, user: str, server: str, gpus: int, *, groups: Sequence[str] = (),
+                models: Sequence[str] | None = None, placement: str = "pack", image: str | None = None,
+                exclude: Sequence[str] = (), max_runtime: float | None = None) -> QueueEntry:
+        """Queue this server's request; a server already waiting keeps its place (its original
+        submission time: a spawn retried after a hub restart is not sent to the back)."""
+        now = self._clock()
+        values = dict(
+            gpus=gpus, groups=json.dumps(list(groups)), models=None if models is None else json.dumps(list(models)),
+            placement=placement, image=image, exclude=json.dumps(list(exclude)), max_runtime=max_runtime,
+            heartbeat_at=now,
+        )  # fmt: skip
+        with self._write.begin() as conn:
+            row = conn.execute(
+                select(_queue).where(_queue.c.user == user, _queue.c.server == server, _queue.c.status == WAITING)
+                .order_by(_queue.c.id)
+            ).first()  # fmt: skip
+            if row is not None:
+                conn.execute(update(_queue).where(_queue.c.id == row.id).values(**values))
+                entry_id = row.id
+            else:
+                entry_id = conn.execute(
+                    insert(_queue).values(user=user, server=server, submitted_at=now, status=WAITING, reason="",
+                                          gpu_uuids="", **values)
+                ).inserted_primary_key[0]  # fmt: skip
+            return _entry(conn.execute(select(_queue).where(_queue.c.id == entry_id)).one())
+
+    def entry(self, entry_id: int) -> QueueEntry | None:
+        with self._read.connect() as conn:
+            row = conn.execute(select(_queue).where(_queue.c.id == entry_id)).first()
+            return _entry(row) if row else None
+
+    def waiting(self) -> list[QueueEntry]:
+        """Every waiting entry, oldest first."""
+        with self._read.connect() as conn:
+            rows = conn.execute(select(_queue).where(_queue.c.status == WAITING).order_by(_queue.c.submitted_at, _queue.c.id))
+            return [_entry(r) for r in rows]
+
+    def waiting_for(self, user: str, server: str = "") -> QueueEntry | None:
+        """This server's waiting entry, if any."""
+        with self._read.connect() as conn:
+            row = conn.execute(
+                select(_queue).where(_queue.c.user == user, _queue.c.server == server, _queue.c.status == WAITING)
+            ).first()
+            return _entry(row) if row else None
+
+    def someone_waiting(self, fresh_within: float | None = None) -> bool:
+        """Is any spawn waiting (seen by its hub within ``fresh_within`` seconds, if given)?"""
+        query = select(_queue.c.id).where(_queue.c.status == WAITING)
+        if fresh_within is not None:
+            query = query.where(_queue.c.heartbeat_at >= self._clock() - timedelta(seconds=fresh_within))
+        with self._read.connect() as conn:
+            return conn.execute(query.limit(1)).first() is not None
+
+    def history(self, since: datetime | None = None) -> list[QueueEntry]:
+        """Every entry submitted at or after ``since`` (all when None), oldest first."""
+        query = select(_queue).order_by(_queue.c.submitted_at, _queue.c.id)
+        if since is not None:
+            query = query.where(_queue.c.submitted_at >= since)
+        with self._read.connect() as conn:
+            return [_entry(r) for r in conn.execute(query)]
+
+    def heartbeat(self, entry_ids: Sequence[int]) -> None:
+        """Mark these entries as still waited for by a spawn."""
+        if not entry_ids:
+            return
+        with self._write.begin() as conn:
+            conn.execute(update(_queue).where(_queue.c.id.in_(list(entry_ids)), _queue.c.status == WAITING)
+                         .values(heartbeat_at=self._clock()))  # fmt: skip
+
+    def grant(self, entry_id: int, gpu_uuids: Sequence[str]) -> bool:
+        """Record that this entry got its GPUs; False if it was no longer waiting."""
+        return self._end(entry_id, GRANTED, "granted", gpu_uuids)
+
+    def cancel(self, entry_id: int, reason: str = "cancelled") -> bool:
+        """Take this entry out of the queue; False if it was no longer waiting."""
+        return self._end(entry_id, CANCELLED, reason)
+
+    def cancel_server(self, user: str, server: str = "", reason: str = "cancelled") -> int:
+        """Take this server's waiting entry (if any) out of the queue; how many were removed."""
+        with self._write.begin() as conn:
+            result = conn.execute(
+                update(_queue).where(_queue.c.user == user, _queue.c.server == server, _queue.c.status == WAITING)
+                .values(status=CANCELLED, ended_at=self._clock(), reason=reason)
+            )  # fmt: skip
+            return result.rowcount
+
+    def abandon_stale(self, older_than: float) -> list[QueueEntry]:
+        """End the waiting entries no spawn has waited on for ``older_than`` seconds (their
+        owner did not come back after a hub restart); returns them."""
+        cutoff = self._clock() - timedelta(seconds=older_than)
+        with self._write.begin() as conn:
+            rows = conn.execute(select(_queue).where(_queue.c.status == WAITING, _queue.c.heartbeat_at < cutoff)).all()
+            if rows:
+                conn.execute(update(_queue).where(_queue.c.id.in_([r.id for r in rows]))
+                             .values(status=ABANDONED, ended_at=self._clock(), reason=f"nobody waited for {older_than:.0f} s"))  # fmt: skip
+            return [_entry(r) for r in rows]
+
+    def _end(self, entry_id: int, status: str, reason: str, gpu_uuids: Sequence[str] = ()) -> bool:
+        with self._write.begin() as conn:
+            result = conn.execute(
+                update(_queue).where(_queue.c.id == entry_id, _queue.c.status == WAITING)
+                .values(status=status, ended_at=self._clock(), reason=reason, gpu_uuids=",".join(gpu_uuids))
+            )  # fmt: skip
+            return result.rowcount > 0
+
+    # -- allocation history (for decayed usage and accounting) ---------------------------------
+
+    def held_intervals(self, since: datetime, until: datetime | None = None) -> list[HeldInterval]:
+        """Allocations overlapping [since, until) from the ledger's audit: grants/adoptions
+        paired with their releases; ones granted before ``since`` start at ``since``."""
+        until = until or self._clock()
+        with self._read.connect() as conn:
+            rows = conn.execute(
+                select(_events.c.at, _events.c.action, _events.c.user, _events.c.server, _events.c.gpu_uuids,
+                       _events.c.allocation_id, _events.c.reason)
+                .where(_events.c.at < until).order_by(_events.c.id)
+            ).all()  # fmt: skip
+        open_: dict[int, HeldInterval] = {}
+        intervals: list[HeldInterval] = []
+        for at, action, user, server, uuids, allocation_id, reason in rows:
+            gpus = len([u for u in (uuids or "").split(",") if u])
+            if action in ("grant", "adopt"):
+                open_[allocation_id] = HeldInterval(user, server, gpus, at, None)
+            elif action == "release":
+                start = open_.pop(allocation_id, None)
+                begin = start.start if start is not None else since
+                if at > since and gpus:
+                    intervals.append(HeldInterval(user, server, gpus, max(begin, since), at, reason or ""))
+        for held in open_.values():
+            if held.gpus:
+                intervals.append(HeldInterval(held.user, held.server, held.gpus, max(held.start, since), None))
+        return sorted(intervals, key=lambda h: (h.start, h.user, h.server))
+
+    # -- reclaim notices ------------------------------------------------------------------------
+
+    def notices(self, *, active_only: bool = False) -> list[ReclaimNotice]:
+        query = select(_notices).order_by(_notices.c.id)
+        if active_only:
+            query = query.where(_notices.c.reclaimed_at.is_(None))
+        with self._read.connect() as conn:
+            return [_notice(r) for r in conn.execute(query)]
+
+    def notices_for(self, user: str, since: datetime | None = None) -> list[ReclaimNotice]:
+        """This user's warnings and reclamations (warned or reclaimed at or after ``since``)."""
+        query = select(_notices).where(_notices.c.user == user, _notices.c.warned_at.is_not(None)).order_by(_notices.c.id)
+        with self._read.connect() as conn:
+            found = [_notice(r) for r in conn.execute(query)]
+        if since is None:
+            return found
+        return [n for n in found if (n.reclaimed_at or n.warned_at) >= since]  # type: ignore[operator]
+
+    def watch(self, user: str, server: str, allocation_since: datetime, gpus: int,
+              *, busy_at: datetime | None = None) -> ReclaimNotice:
+        """The notice row of this allocation, created on first sight (its GPUs counted as busy
+        then, so a reclaimer started late never reclaims before a full idle timeout); with
+        ``busy_at``, record that its GPUs were busy then."""
+        with self._write.begin() as conn:
+            key = (_notices.c.user == user, _notices.c.server == server, _notices.c.allocation_since == allocation_since)
+            row = conn.execute(select(_notices).where(*key)).first()
+            if row is None:
+                conn.execute(insert(_notices).values(
+                    user=user, server=server, allocation_since=allocation_since, gpus=gpus,
+                    last_busy_at=busy_at or self._clock(), reason="", message="", idle_for=0.0, error=""))  # fmt: skip
+            elif busy_at is not None:
+                conn.execute(update(_notices).where(*key).values(last_busy_at=busy_at))
+            return _notice(conn.execute(select(_notices).where(*key)).one())
+
+    def record_warning(self, notice_id: int, *, reason: str, reclaim_at: datetime, message: str) -> None:
+        with self._write.begin() as conn:
+            conn.execute(update(_notices).where(_notices.c.id == notice_id).values(
+                warned_at=self._clock(), reason=reason, reclaim_at=reclaim_at, message=message))  # fmt: skip
+
+    def record_reclaim(self, notice_id: int, *, reason: str, message: str, idle_for: float, error: str = "") -> None:
+        """Record a reclamation (``error``: the hub refused to stop the server; retried next round)."""
+        with self._write.begin() as conn:
+            values: dict[str, Any] = dict(reason=reason, error=error)
+            if not error:
+                values.update(reclaimed_at=self._clock(), message=message, idle_for=idle_for)
+            conn.execute(update(_notices).where(_notices.c.id == notice_id).values(**values))

@@ -1,0 +1,543 @@
+"""Telemetry tables in the SQLite ledger: raw samples, per-minute and per-hour rollups,
+GPU health, and the queries the scheduler asks (busy fraction, GPU-hours per user and group).
+
+The tables are the ledger's (its declarative ``Base``, its engine settings, its file), created
+by Alembic revision 0004 (labgpu/db/migrations/versions/0004_telemetry.py) when a store or a
+:class:`labgpu.db.ledger.Ledger` opens the database; table names all start with ``telemetry_``.
+Rows are small on purpose (integer ids for GPUs and owners, integer milliseconds, tables
+without rowids keyed by what they are queried by) so the database stays bounded: see
+docs/telemetry.md and benchmarks/poller.py for the measured size per GPU per day.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+from sqlalchemy import (
+    Boolean,
+    Float,
+    Integer,
+    String,
+    UniqueConstraint,
+    and_,
+    delete,
+    func,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.orm import Mapped, mapped_column
+
+from labgpu.db.ledger import Base, ledger_engine, upgrade_to_head
+from labgpu.services.telemetry import (
+    HOUR,
+    MINUTE,
+    GpuReading,
+    GpuRollup,
+    GpuSample,
+    Owner,
+    OwnerRollup,
+    OwnerSample,
+    ProcessRecord,
+    Retention,
+    bucket_start,
+    merge_gpu_rollups,
+    merge_owner_rollups,
+    rollup_gpu_samples,
+    rollup_owner_samples,
+)
+
+
+# ============================================================================================
+# Tables (migration: labgpu/db/migrations/versions/0004_telemetry.py; keep the two in step)
+# ============================================================================================
+
+
+class TelemetryGpu(Base):
+    """A GPU the poller has seen, by UUID, with its health: the allocator skips unhealthy ones."""
+
+    __tablename__ = "telemetry_gpu"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    uuid: Mapped[str] = mapped_column(String(96), unique=True)
+    gpu_index: Mapped[int] = mapped_column(Integer)
+    name: Mapped[str] = mapped_column(String(128), default="")
+    memory_total_mib: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    healthy: Mapped[bool] = mapped_column(Boolean, default=True)
+    problem: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    problem_since: Mapped[float | None] = mapped_column(Float, nullable=True)
+    first_seen: Mapped[float] = mapped_column(Float)
+
+
+class TelemetryOwner(Base):
+    """Who a GPU process belonged to: one of our workspaces, another container, or the host."""
+
+    __tablename__ = "telemetry_owner"
+    __table_args__ = (UniqueConstraint("kind", "container_id", "user", "server", name="uq_telemetry_owner"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    container_id: Mapped[str] = mapped_column(String(64), default="")
+    user: Mapped[str] = mapped_column(String(255), default="")
+    server: Mapped[str] = mapped_column(String(255), default="")
+
+
+class TelemetryGpuSample(Base):
+    """One raw per-GPU sample (kept ``Retention.raw_s``). Power is in deciwatts."""
+
+    __tablename__ = "telemetry_gpu_sample"
+    __table_args__ = {"sqlite_with_rowid": False}
+    gpu_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    ts_ms: Mapped[int] = mapped_column(Integer, primary_key=True)
+    dt_ms: Mapped[int] = mapped_column(Integer)
+    util_gpu: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    util_memory: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    memory_used_mib: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    temperature_c: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    power_dw: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    throttle_reasons: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    ecc_uncorrected: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    healthy: Mapped[bool] = mapped_column(Boolean)
+
+
+class TelemetryProcessSample(Base):
+    """One raw per-process sample; ``busy_pm`` is the owner's share of the GPU in per mille."""
+
+    __tablename__ = "telemetry_process_sample"
+    __table_args__ = {"sqlite_with_rowid": False}
+    gpu_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    ts_ms: Mapped[int] = mapped_column(Integer, primary_key=True)
+    pid: Mapped[int] = mapped_column(Integer, primary_key=True)
+    owner_id: Mapped[int] = mapped_column(Integer)
+    dt_ms: Mapped[int] = mapped_column(Integer)
+    memory_used_mib: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    sm_util: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    busy_pm: Mapped[int] = mapped_column(Integer)
+
+
+class TelemetryGpuRollup(Base):
+    """Per-GPU sums over a minute (resolution 60) or an hour (3600)."""
+
+    __tablename__ = "telemetry_gpu_rollup"
+    __table_args__ = {"sqlite_with_rowid": False}
+    resolution: Mapped[int] = mapped_column(Integer, primary_key=True)
+    gpu_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    bucket: Mapped[int] = mapped_column(Integer, primary_key=True)
+    samples: Mapped[int] = mapped_column(Integer)
+    seconds: Mapped[float] = mapped_column(Float)
+    busy_s: Mapped[float] = mapped_column(Float)
+    util_max: Mapped[int] = mapped_column(Integer)
+    memory_used_max_mib: Mapped[int] = mapped_column(Integer)
+    memory_mib_s: Mapped[float] = mapped_column(Float)
+    temperature_max_c: Mapped[int] = mapped_column(Integer)
+    energy_j: Mapped[float] = mapped_column(Float)
+    unhealthy_s: Mapped[float] = mapped_column(Float)
+
+
+class TelemetryOwnerRollup(Base):
+    """Per-owner, per-GPU sums over a minute or an hour: GPU-seconds in use and busy."""
+
+    __tablename__ = "telemetry_owner_rollup"
+    __table_args__ = {"sqlite_with_rowid": False}
+    resolution: Mapped[int] = mapped_column(Integer, primary_key=True)
+    owner_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    gpu_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    bucket: Mapped[int] = mapped_column(Integer, primary_key=True)
+    samples: Mapped[int] = mapped_column(Integer)
+    seconds: Mapped[float] = mapped_column(Float)
+    busy_s: Mapped[float] = mapped_column(Float)
+    memory_used_max_mib: Mapped[int] = mapped_column(Integer)
+
+
+class TelemetryState(Base):
+    """Bookkeeping: how far each resolution is rolled up, and from when each is still kept.
+    Keys: rolled_60, rolled_3600 (rolled up until), kept_raw, kept_60, kept_3600 (kept from)."""
+
+    __tablename__ = "telemetry_state"
+    key: Mapped[str] = mapped_column(String(32), primary_key=True)
+    value: Mapped[float] = mapped_column(Float)
+
+
+GPU = TelemetryGpu.__table__
+OWNER = TelemetryOwner.__table__
+GPU_SAMPLE = TelemetryGpuSample.__table__
+PROCESS_SAMPLE = TelemetryProcessSample.__table__
+GPU_ROLLUP = TelemetryGpuRollup.__table__
+OWNER_ROLLUP = TelemetryOwnerRollup.__table__
+STATE = TelemetryState.__table__
+
+
+@dataclass(frozen=True)
+class Usage:
+    """GPU-hours over a period: held (allocated), in use (a process present), busy (kernels)."""
+
+    gpu_hours_held: float = 0.0
+    gpu_hours_in_use: float = 0.0
+    gpu_hours_busy: float = 0.0
+
+    def __add__(self, other: "Usage") -> "Usage":
+        return Usage(
+            self.gpu_hours_held + other.gpu_hours_held,
+            self.gpu_hours_in_use + other.gpu_hours_in_use,
+            self.gpu_hours_busy + other.gpu_hours_busy,
+        )
+
+
+@dataclass(frozen=True)
+class HeldSpan:
+    """One allocation from the ledger: ``user`` held ``gpu_uuid`` from ``start`` to ``end``."""
+
+    user: str
+    gpu_uuid: str
+    start: float
+    end: float | None = None
+
+
+@dataclass
+class UsageReport:
+    """Usage per user and per group over [since, until)."""
+
+    since: float
+    until: float
+    by_user: dict[str, Usage] = field(default_factory=dict)
+    by_group: dict[str, Usage] = field(default_factory=dict)
+
+
+class TelemetryDB:
+    """The poller's and the scheduler's door to the telemetry tables."""
+
+    def __init__(self, url_or_engine: str | Engine, migrate: bool = True) -> None:
+        # Writes start with BEGIN IMMEDIATE (a read-then-write rollup never fails on a snapshot
+        # the hub moved on from); queries read a snapshot without taking the write lock.
+        self.engine = ledger_engine(url_or_engine) if isinstance(url_or_engine, str) else url_or_engine
+        self.reader = ledger_engine(url_or_engine, immediate=False) if isinstance(url_or_engine, str) else url_or_engine
+        if migrate:  # the ledger's Alembic migrations, up to the telemetry tables and beyond
+            upgrade_to_head(self.engine)
+        self._gpu_ids: dict[str, int] = {}
+        self._owner_ids: dict[Owner, int] = {}
+        self._problems: dict[str, str | None] = {}  # last health written per GPU UUID
+
+    # ---- writing (the poller) ---------------------------------------------------------------
+
+    def write_tick(
+        self,
+        ts: float,
+        gpus: Sequence[tuple[GpuReading, float, str | None]],
+        processes: Sequence[ProcessRecord],
+    ) -> None:
+        """All samples of one tick in one transaction, and each GPU's health."""
+        ts_ms = int(round(ts * 1000))
+        dt_by_uuid: dict[str, int] = {}
+        with self.engine.begin() as conn:
+            gpu_rows = []
+            for reading, dt_s, problem in gpus:
+                gpu_id = self._gpu_id(conn, reading, ts, problem)
+                dt_by_uuid[reading.uuid] = int(round(dt_s * 1000))
+                gpu_rows.append(
+                    {
+                        "gpu_id": gpu_id,
+                        "ts_ms": ts_ms,
+                        "dt_ms": dt_by_uuid[reading.uuid],
+                        "util_gpu": reading.utilization_gpu,
+                        "util_memory": reading.utilization_memory,
+                        "memory_used_mib": reading.memory_used_mib,
+                        "temperature_c": reading.temperature_c,
+                        "power_dw": None if reading.power_w is None else int(round(reading.power_w * 10)),
+                        "throttle_reasons": reading.throttle_reasons,
+                        "ecc_uncorrected": reading.ecc_uncorrected,
+                        "healthy": problem is None,
+                    }
+                )
+            if gpu_rows:
+                conn.execute(insert(GPU_SAMPLE).prefix_with("OR REPLACE"), gpu_rows)
+            process_rows = [
+                {
+                    "gpu_id": self._gpu_ids[p.gpu_uuid],
+                    "ts_ms": ts_ms,
+                    "pid": p.pid,
+                    "owner_id": self._owner_id(conn, p.owner),
+                    "dt_ms": dt_by_uuid[p.gpu_uuid],
+                    "memory_used_mib": p.used_memory_mib,
+                    "sm_util": p.sm_util,
+                    "busy_pm": int(round(p.busy * 1000)),
+                }
+                for p in processes
+            ]
+            if process_rows:
+                conn.execute(insert(PROCESS_SAMPLE).prefix_with("OR REPLACE"), process_rows)
+
+    def _gpu_id(self, conn: Connection, reading: GpuReading, ts: float, problem: str | None) -> int:
+        gpu_id = self._gpu_ids.get(reading.uuid)
+        if gpu_id is None:
+            gpu_id = conn.execute(select(GPU.c.id).where(GPU.c.uuid == reading.uuid)).scalar()
+            if gpu_id is None:
+                gpu_id = conn.execute(
+                    insert(GPU).values(
+                        uuid=reading.uuid,
+                        gpu_index=reading.index,
+                        name=reading.name,
+                        memory_total_mib=reading.memory_total_mib,
+                        healthy=problem is None,
+                        problem=problem,
+                        problem_since=ts if problem else None,
+                        first_seen=ts,
+                    )
+                ).inserted_primary_key[0]
+            self._gpu_ids[reading.uuid] = gpu_id
+        if reading.uuid not in self._problems or self._problems[reading.uuid] != problem:
+            # Health and static facts change rarely: write them only when they change.
+            values: dict[str, object] = {"healthy": problem is None, "problem": problem}
+            values["problem_since"] = ts if problem else None
+            values["gpu_index"] = reading.index
+            if reading.name:
+                values["name"] = reading.name
+            if reading.memory_total_mib is not None:
+                values["memory_total_mib"] = reading.memory_total_mib
+            conn.execute(update(GPU).where(GPU.c.id == gpu_id).values(**values))
+            self._problems[reading.uuid] = problem
+        return gpu_id
+
+    def _owner_id(self, conn: Connection, owner: Owner) -> int:
+        owner_id = self._owner_ids.get(owner)
+        if owner_id is None:
+            where = and_(
+                OWNER.c.kind == owner.kind,
+                OWNER.c.container_id == owner.container_id,
+                OWNER.c.user == owner.user,
+                OWNER.c.server == owner.server,
+            )
+            owner_id = conn.execute(select(OWNER.c.id).where(where)).scalar()
+            if owner_id is None:
+                owner_id = conn.execute(
+                    insert(OWNER).values(kind=owner.kind, container_id=owner.container_id, user=owner.user, server=owner.server)
+                ).inserted_primary_key[0]
+            self._owner_ids[owner] = owner_id
+        return owner_id
+
+    # ---- rollups and retention --------------------------------------------------------------
+
+    def roll_up(self, now: float) -> None:
+        """Roll every finished minute of raw samples into minute rollups, and every finished
+        hour of minute rollups into hour rollups; resumable after a restart."""
+        with self.engine.begin() as conn:
+            state = self._state(conn)
+            minute_end = bucket_start(now, MINUTE)
+            minute_start = state.get("rolled_60")
+            if minute_start is None:
+                first = conn.execute(select(func.min(GPU_SAMPLE.c.ts_ms))).scalar()
+                minute_start = minute_end if first is None else bucket_start(first / 1000, MINUTE)
+            if minute_end > minute_start:
+                self._roll_raw(conn, int(minute_start), minute_end)
+            self._set_state(conn, "rolled_60", max(minute_end, minute_start))
+
+            hour_end = bucket_start(max(minute_end, minute_start), HOUR)
+            hour_start = state.get("rolled_3600")
+            if hour_start is None:
+                first = conn.execute(
+                    select(func.min(GPU_ROLLUP.c.bucket)).where(GPU_ROLLUP.c.resolution == MINUTE)
+                ).scalar()
+                hour_start = hour_end if first is None else bucket_start(first, HOUR)
+            if hour_end > hour_start:
+                self._roll_minutes(conn, int(hour_start), hour_end)
+            self._set_state(conn, "rolled_3600", max(hour_end, hour_start))
+
+    def _roll_raw(self, conn: Connection, start: int, end: int) -> None:
+        gpu_samples = [
+            GpuSample(r.gpu_id, r.ts_ms / 1000, r.dt_ms / 1000, r.util_gpu, r.memory_used_mib, r.temperature_c,
+                      None if r.power_dw is None else r.power_dw / 10, bool(r.healthy))
+            for r in conn.execute(
+                select(GPU_SAMPLE).where(GPU_SAMPLE.c.ts_ms >= start * 1000, GPU_SAMPLE.c.ts_ms < end * 1000)
+            )
+        ]
+        owner_samples = [
+            OwnerSample(r.gpu_id, r.owner_id, r.ts_ms / 1000, r.dt_ms / 1000, r.busy_pm / 1000, r.memory_used_mib)
+            for r in conn.execute(
+                select(PROCESS_SAMPLE).where(PROCESS_SAMPLE.c.ts_ms >= start * 1000, PROCESS_SAMPLE.c.ts_ms < end * 1000)
+            )
+        ]
+        self._insert_rollups(conn, MINUTE, rollup_gpu_samples(gpu_samples, MINUTE), rollup_owner_samples(owner_samples, MINUTE))
+
+    def _roll_minutes(self, conn: Connection, start: int, end: int) -> None:
+        in_range = lambda t: and_(t.c.resolution == MINUTE, t.c.bucket >= start, t.c.bucket < end)  # noqa: E731
+        gpu_rollups = [
+            GpuRollup(r.bucket, r.gpu_id, r.samples, r.seconds, r.busy_s, r.util_max, r.memory_used_max_mib,
+                      r.memory_mib_s, r.temperature_max_c, r.energy_j, r.unhealthy_s)
+            for r in conn.execute(select(GPU_ROLLUP).where(in_range(GPU_ROLLUP)))
+        ]
+        owner_rollups = [
+            OwnerRollup(r.bucket, r.gpu_id, r.owner_id, r.samples, r.seconds, r.busy_s, r.memory_used_max_mib)
+            for r in conn.execute(select(OWNER_ROLLUP).where(in_range(OWNER_ROLLUP)))
+        ]
+        self._insert_rollups(conn, HOUR, merge_gpu_rollups(gpu_rollups, HOUR), merge_owner_rollups(owner_rollups, HOUR))
+
+    def _insert_rollups(self, conn: Connection, resolution: int, gpus: list[GpuRollup], owners: list[OwnerRollup]) -> None:
+        if gpus:
+            conn.execute(
+                insert(GPU_ROLLUP).prefix_with("OR REPLACE"),
+                [
+                    {"resolution": resolution, "gpu_id": r.gpu, "bucket": r.bucket, "samples": r.samples,
+                     "seconds": r.seconds, "busy_s": r.busy_s, "util_max": r.util_max,
+                     "memory_used_max_mib": r.memory_used_max_mib, "memory_mib_s": r.memory_mib_s,
+                     "temperature_max_c": r.temperature_max_c, "energy_j": r.energy_j, "unhealthy_s": r.unhealthy_s}
+                    for r in gpus
+                ],
+            )
+        if owners:
+            conn.execute(
+                insert(OWNER_ROLLUP).prefix_with("OR REPLACE"),
+                [
+                    {"resolution": resolution, "owner_id": r.owner, "gpu_id": r.gpu, "bucket": r.bucket,
+                     "samples": r.samples, "seconds": r.seconds, "busy_s": r.busy_s,
+                     "memory_used_max_mib": r.memory_used_max_mib}
+                    for r in owners
+                ],
+            )
+
+    def prune(self, now: float, retention: Retention) -> None:
+        """Delete what is past its retention, never what is not yet rolled up; record from when
+        each resolution is complete, so queries read each span from exactly one resolution."""
+        with self.engine.begin() as conn:
+            state = self._state(conn)
+            if retention.raw_s is not None:
+                cutoff = min(bucket_start(now - retention.raw_s, MINUTE), state.get("rolled_60", 0))
+                if cutoff > state.get("kept_raw", 0):
+                    conn.execute(delete(GPU_SAMPLE).where(GPU_SAMPLE.c.ts_ms < cutoff * 1000))
+                    conn.execute(delete(PROCESS_SAMPLE).where(PROCESS_SAMPLE.c.ts_ms < cutoff * 1000))
+                    self._set_state(conn, "kept_raw", cutoff)
+            for resolution, keep_s, rolled in (
+                (MINUTE, retention.minute_s, state.get("rolled_3600", 0)),
+                (HOUR, retention.hour_s, float("inf")),
+            ):
+                if keep_s is None:
+                    continue
+                cutoff = min(bucket_start(now - keep_s, HOUR), rolled)
+                if cutoff > state.get(f"kept_{resolution}", 0):
+                    for table in (GPU_ROLLUP, OWNER_ROLLUP):
+                        conn.execute(delete(table).where(table.c.resolution == resolution, table.c.bucket < cutoff))
+                    self._set_state(conn, f"kept_{resolution}", cutoff)
+
+    def _state(self, conn: Connection) -> dict[str, float]:
+        return {row.key: row.value for row in conn.execute(select(STATE))}
+
+    def _set_state(self, conn: Connection, key: str, value: float) -> None:
+        conn.execute(insert(STATE).prefix_with("OR REPLACE").values(key=key, value=value))
+
+    # ---- queries (the scheduler, the usage pages) -------------------------------------------
+
+    def unhealthy_gpus(self) -> dict[str, str]:
+        """GPU UUID -> what is wrong, for every GPU the allocator must not hand out."""
+        with self.reader.connect() as conn:
+            rows = conn.execute(select(GPU.c.uuid, GPU.c.problem).where(GPU.c.healthy.is_(False)))
+            return {row.uuid: row.problem or "unhealthy" for row in rows}
+
+    def busy_fraction(self, gpu_uuids: Iterable[str], since: float, until: float | None = None) -> float | None:
+        """Share of [since, until) the given GPUs (an allocation's) spent running kernels,
+        0..1, or None when nothing was recorded then (poller down, GPUs never seen)."""
+        until = time.time() if until is None else until
+        seconds, busy = 0.0, 0.0
+        with self.reader.connect() as conn:
+            ids = self._ids_for(conn, gpu_uuids)
+            if not ids:
+                return None
+            for source, start, end in self._spans(conn, since, until):
+                if source == "raw":
+                    row = conn.execute(
+                        select(func.sum(GPU_SAMPLE.c.dt_ms), func.sum(GPU_SAMPLE.c.dt_ms * func.coalesce(GPU_SAMPLE.c.util_gpu, 0)))
+                        .where(GPU_SAMPLE.c.gpu_id.in_(ids), GPU_SAMPLE.c.ts_ms >= int(start * 1000), GPU_SAMPLE.c.ts_ms < int(end * 1000))
+                    ).one()
+                    seconds += (row[0] or 0) / 1000
+                    busy += (row[1] or 0) / 100_000
+                else:
+                    row = conn.execute(
+                        select(func.sum(GPU_ROLLUP.c.seconds), func.sum(GPU_ROLLUP.c.busy_s)).where(
+                            GPU_ROLLUP.c.resolution == source, GPU_ROLLUP.c.gpu_id.in_(ids),
+                            GPU_ROLLUP.c.bucket >= start, GPU_ROLLUP.c.bucket < end)
+                    ).one()
+                    seconds += row[0] or 0.0
+                    busy += row[1] or 0.0
+        return None if seconds <= 0 else busy / seconds
+
+    def usage(
+        self,
+        since: float,
+        until: float,
+        held: Iterable[HeldSpan] = (),
+        groups_of: dict[str, Sequence[str]] | None = None,
+    ) -> UsageReport:
+        """GPU-hours per user and per group over [since, until): held (from the ledger's
+        allocations, passed in as ``held``), in use and busy (from the samples of processes in
+        each user's workspaces)."""
+        in_use: dict[str, float] = {}
+        busy: dict[str, float] = {}
+        with self.reader.connect() as conn:
+            users = {row.id: row.user for row in conn.execute(select(OWNER.c.id, OWNER.c.user).where(OWNER.c.user != ""))}
+            if users:
+                for source, start, end in self._spans(conn, since, until):
+                    for owner_id, seconds, busy_s in self._owner_sums(conn, source, start, end, list(users)):
+                        user = users[owner_id]
+                        in_use[user] = in_use.get(user, 0.0) + seconds
+                        busy[user] = busy.get(user, 0.0) + busy_s
+        held_s: dict[str, float] = {}
+        for span in held:
+            overlap = min(until, span.end if span.end is not None else until) - max(since, span.start)
+            if overlap > 0:
+                held_s[span.user] = held_s.get(span.user, 0.0) + overlap
+        report = UsageReport(since, until)
+        for user in sorted(set(in_use) | set(busy) | set(held_s)):
+            report.by_user[user] = Usage(held_s.get(user, 0.0) / HOUR, in_use.get(user, 0.0) / HOUR, busy.get(user, 0.0) / HOUR)
+        for user, usage in report.by_user.items():
+            for group in (groups_of or {}).get(user, ()):
+                report.by_group[group] = report.by_group.get(group, Usage()) + usage
+        return report
+
+    def _owner_sums(self, conn: Connection, source: str | int, start: float, end: float, owner_ids: list[int]) -> list[tuple[int, float, float]]:
+        if source == "raw":
+            # Several processes of one owner on one GPU in one tick count that GPU-second once.
+            per_tick = (
+                select(
+                    PROCESS_SAMPLE.c.owner_id,
+                    func.max(PROCESS_SAMPLE.c.dt_ms).label("dt_ms"),
+                    func.min(func.sum(PROCESS_SAMPLE.c.busy_pm), 1000).label("busy_pm"),
+                )
+                .where(PROCESS_SAMPLE.c.owner_id.in_(owner_ids), PROCESS_SAMPLE.c.ts_ms >= int(start * 1000), PROCESS_SAMPLE.c.ts_ms < int(end * 1000))
+                .group_by(PROCESS_SAMPLE.c.owner_id, PROCESS_SAMPLE.c.gpu_id, PROCESS_SAMPLE.c.ts_ms)
+                .subquery()
+            )
+            rows = conn.execute(
+                select(per_tick.c.owner_id, func.sum(per_tick.c.dt_ms), func.sum(per_tick.c.dt_ms * per_tick.c.busy_pm)).group_by(per_tick.c.owner_id)
+            )
+            return [(r[0], (r[1] or 0) / 1000, (r[2] or 0) / 1_000_000) for r in rows]
+        rows = conn.execute(
+            select(OWNER_ROLLUP.c.owner_id, func.sum(OWNER_ROLLUP.c.seconds), func.sum(OWNER_ROLLUP.c.busy_s))
+            .where(OWNER_ROLLUP.c.resolution == source, OWNER_ROLLUP.c.owner_id.in_(owner_ids),
+                   OWNER_ROLLUP.c.bucket >= start, OWNER_ROLLUP.c.bucket < end)
+            .group_by(OWNER_ROLLUP.c.owner_id)
+        )
+        return [(r[0], r[1] or 0.0, r[2] or 0.0) for r in rows]
+
+    def _ids_for(self, conn: Connection, gpu_uuids: Iterable[str]) -> list[int]:
+        return list(conn.execute(select(GPU.c.id).where(GPU.c.uuid.in_(list(gpu_uuids)))).scalars())
+
+    def _spans(self, conn: Connection, since: float, until: float) -> list[tuple[str | int, float, float]]:
+        """Split [since, until) into disjoint spans, each read from the finest resolution still
+        kept for it: raw samples, then minute rollups, then hour rollups."""
+        state = self._state(conn)
+        kept_raw = state.get("kept_raw", 0.0)
+        kept_minute = state.get("kept_60", 0.0)
+        spans: list[tuple[str | int, float, float]] = []
+        if until > max(since, kept_raw):
+            spans.append(("raw", max(since, kept_raw), until))
+        if min(until, kept_raw) > max(since, kept_minute):
+            spans.append((MINUTE, max(since, kept_minute), min(until, kept_raw)))
+        if min(until, kept_minute) > since:
+            spans.append((HOUR, since, min(until, kept_minute)))
+        return spans
+
+    def size_bytes(self) -> int:
+        """Bytes the SQLite database file takes (pages in use), for the growth benchmark."""
+        with self.reader.connect() as conn:
+            page_size = conn.exec_driver_sql("PRAGMA page_size").scalar() or 0
+            pages = conn.exec_driver_sql("PRAGMA page_count").scalar() or 0
+            free = conn.exec_driver_sql("PRAGMA freelist_count").scalar() or 0
+            return int(page_size * (pages - free))

@@ -1,0 +1,455 @@
+"""The hub's GPU queue: a spawn that asks for more GPUs than are free waits here (when the
+policy's ``fairshare.allow_queue`` is on) until a dequeue pass grants it GPUs in the ledger.
+
+A dequeue pass runs after every release (:func:`notify_released`) and every ``poll_interval``
+seconds while someone waits. It reads the queue (:mod:`labgpu.db.queue_store`), the ledger's
+allocations and their history, orders the queue with :func:`labgpu.fairshare.scheduler.order_queue`
+(usage decayed with ``fairshare.half_life``, shares from the quota policy) and grants with
+:func:`labgpu.fairshare.scheduler.plan_dequeue` (group pools, per-user totals, EASY backfill). Only the
+hub process grants; entries survive a hub restart and keep their place when their owner
+spawns again, and are abandoned if nobody comes back for ``abandon_after`` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from labgpu.fairshare import scheduler
+from labgpu.gpus.allocator import Allocation, NotEnoughGpus
+from labgpu.db.ledger import Ledger
+from labgpu.quota.policy import Limits, Policy, resolve
+from labgpu.db.queue_store import GRANTED, QueueEntry, QueueStore
+from labgpu.fairshare.scheduler import GpuRequest, RunningAllocation, Shares
+
+log = logging.getLogger("labgpu.queue")
+
+DEFAULT_HALF_LIFE = 7 * 86400.0
+
+
+class QueueRefused(Exception):
+    """This request can never be granted (larger than the server or the group's pool), or its
+    place in the queue was taken away; ``str()`` is the message for the user."""
+
+
+@dataclass(frozen=True)
+class QueuedSpawn:
+    """What a spawn asks the queue for: the same arguments as :meth:`Ledger.allocate`, plus the
+    user's hub groups (for pools and shares) and the server's max runtime (for backfill)."""
+
+    user: str
+    server: str
+    gpus: int
+    groups: tuple[str, ...] = ()
+    models: tuple[str, ...] | None = None
+    placement: str = "pack"
+    image: str | None = None
+    exclude: tuple[str, ...] = ()
+    max_runtime: float | None = None
+    user_total: int | None = None  # the quota's GPUs across the user's servers (checked when granting)
+
+
+@dataclass(frozen=True)
+class QueueStatus:
+    """What the spawn page shows a waiting user."""
+
+    position: int
+    ahead: int
+    gpus: int
+    free: int
+    waiting_for: str
+    estimated_wait: float | None  # seconds; None = cannot be bounded
+    message: str
+
+
+# ---------------------------------------------------------------------------------------
+# From the policy to the scheduler's plain data
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class PolicyView:
+    """The quota policy as the scheduler needs it, per user; without a policy everyone has a
+    share of 1, no pool, no total and no max runtime."""
+
+    policy: Policy | None
+    known_groups: dict[str, tuple[str, ...]] = field(default_factory=dict)  # user -> hub groups seen
+    _limits: dict[tuple[str, tuple[str, ...]], Limits] = field(default_factory=dict)
+
+    def limits(self, user: str) -> Limits | None:
+        if self.policy is None:
+            return None
+        groups = self.known_groups.get(user, ())
+        key = (user, groups)
+        if key not in self._limits:
+            self._limits[key] = resolve(self.policy, user, groups)
+        return self._limits[key]
+
+    def group(self, user: str) -> str | None:
+        """The group a user's GPUs are charged to: the first of their groups with a pool, else
+        their first group (one group per user: the scheduler's shares are a two-level tree)."""
+        limits = self.limits(user)
+        if limits is None or not limits.groups:
+            return None
+        return next((g for g in limits.groups if g in limits.pools), limits.groups[0])
+
+    def max_runtime(self, user: str) -> float | None:
+        limits = self.limits(user)
+        return None if limits is None or limits.max_runtime is None else float(limits.max_runtime)
+
+    def half_life(self) -> float:
+        return self.policy.spec.fairshare.half_life if self.policy is not None else DEFAULT_HALF_LIFE
+
+    def allow_queue(self) -> bool:
+        return self.policy.spec.fairshare.allow_queue if self.policy is not None else True
+
+    def shares(self, users: Sequence[str]) -> Shares:
+        if self.policy is None:
+            return Shares()
+        spec = self.policy.spec
+        group_of: dict[str, str] = {}
+        user_shares: dict[str, float] = {}
+        group_shares: dict[str, float] = {}
+        for user in set(users):
+            group = self.group(user)
+            limits = self.limits(user)
+            if group is None:
+                user_shares[user] = limits.share if limits is not None else 1.0
+                continue
+            group_of[user] = group
+            group_shares[group] = float(spec.groups[group].share or 1.0)
+            own = self.policy.entries.get(f"users.{user}", {}).get("share")
+            user_shares[user] = float(own) if own is not None else 1.0
+        return Shares(users=user_shares, group_of=group_of, groups=group_shares)
+
+    def pools(self, users: Sequence[str]) -> dict[str, int]:
+        pools: dict[str, int] = {}
+        for user in set(users):
+            limits = self.limits(user)
+            if limits is not None:
+                pools.update(limits.pools)
+        return pools
+
+    def user_totals(self, users: Sequence[str]) -> dict[str, int]:
+        totals: dict[str, int] = {}
+        for user in set(users):
+            limits = self.limits(user)
+            if limits is not None:
+                totals[user] = limits.gpus_total
+        return totals
+
+
+# ---------------------------------------------------------------------------------------
+# The queue of one ledger in this process
+# ---------------------------------------------------------------------------------------
+
+
+def _ts(moment: datetime) -> float:
+    return moment.timestamp()
+
+
+def _clock_time(moment: datetime) -> str:
+    return moment.astimezone().strftime("%H:%M")
+
+
+def _wait_text(seconds: float | None) -> str:
+    if seconds is None:
+        return "estimated wait unknown (the GPUs are held without a time limit)"
+    minutes = max(1, int(round(seconds / 60)))
+    if minutes < 60:
+        return f"estimated wait {minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    return f"estimated wait {hours} h {minutes:02d} min" if minutes else f"estimated wait {hours} h"
+
+
+def _gpus(n: int) -> str:
+    return f"{n} GPU{'s' if n != 1 else ''}"
+
+
+class GpuQueue:
+    """Queue, dequeue passes and waiting spawns for one ledger in this (the hub's) process."""
+
+    def __init__(self, ledger: Ledger, policy: Callable[[], Policy | None] = lambda: None, *,
+                 poll_interval: float = 5.0, abandon_after: float = 900.0,
+                 clock: Callable[[], datetime] | None = None):
+        self.ledger = ledger
+        self.store = QueueStore(ledger, clock=clock)
+        self.policy = policy
+        self.poll_interval = poll_interval
+        self.abandon_after = abandon_after
+        self.known_groups: dict[str, tuple[str, ...]] = {}
+        self._live: set[int] = set()  # entries a spawn of this process is waiting on
+        self._lock: asyncio.Lock | None = None
+        self._wakeup: asyncio.Event | None = None
+
+    # -- plain data for the scheduler -----------------------------------------------------
+
+    def view(self) -> PolicyView:
+        return PolicyView(self.policy(), dict(self.known_groups))
+
+    def _snapshot(self, view: PolicyView, entries: Sequence[QueueEntry]) -> tuple[
+            list[GpuRequest], list[RunningAllocation], int, dict[str, Allocation], dict[str, float]]:  # fmt: skip
+        """Requests, running allocations, free whole GPUs and decayed usage at ``now``."""
+        now = self.store.now()
+        allocations = self.ledger.allocations()
+        holdings: list[RunningAllocation] = []
+        by_id: dict[str, Allocation] = {}
+        for a in allocations:
+            if not a.gpu_uuids:
+                continue
+            by_id[a.server_label] = a
+            holdings.append(RunningAllocation(a.server_label, a.user, len(a.gpu_uuids), _ts(a.since),
+                                              group=view.group(a.user), max_runtime=view.max_runtime(a.user)))  # fmt: skip
+        policy = view.policy
+        excluded = set(policy.spec.gpus.exclude) if policy is not None else set()
+        gpus = self.ledger.holdings()
+        held_parents = {h.gpu.mig_parent for h in gpus if h.allocation and h.gpu.mig_parent}
+        free = sum(
+            1 for h in gpus
+            if h.allocation is None and h.gpu.healthy and not h.gpu.mig_enabled and not h.gpu.mig_parent
+            and h.gpu.uuid not in excluded and h.gpu.uuid not in held_parents
+        )  # fmt: skip
+        half_life = view.half_life()
+        intervals: dict[str, list[tuple[float, float | None, float]]] = {}
+        for held in self.store.held_intervals(now - timedelta(seconds=10 * half_life), now):
+            end = None if held.end is None else _ts(held.end)
+            intervals.setdefault(held.user, []).append((_ts(held.start), end, float(held.gpus)))
+        usage = {u: scheduler.usage_from_intervals(spans, _ts(now), half_life) for u, spans in intervals.items()}
+        requests = [
+            GpuRequest(str(e.id), e.user, e.gpus, _ts(e.submitted_at), group=view.group(e.user),
+                       max_runtime=e.max_runtime if e.max_runtime is not None else view.max_runtime(e.user))
+            for e in entries
+        ]  # fmt: skip
+        return requests, holdings, free, by_id, usage
+
+    def _ordered(self, view: PolicyView, requests: list[GpuRequest], holdings: list[RunningAllocation],
+                 usage: dict[str, float]) -> list[GpuRequest]:
+        users = [r.user for r in requests] + [h.user for h in holdings]
+        return scheduler.order_queue(requests, usage, view.shares(users), _ts(self.store.now()))
+
+    # -- dequeue ------------------------------------------------------------------------------
+
+    def dequeue_pass(self, grantable: Collection[int] | None = None) -> list[QueueEntry]:
+        """Grant GPUs to the waiting spawns the scheduler picks now; returns the granted entries.
+
+        Only entries in ``grantable`` (default: those a spawn of this process waits on) are
+        considered. Blocking (SQLite): the hub calls it through :meth:`run_pass`.
+        """
+        for gone in self.store.abandon_stale(self.abandon_after):
+            log.info("GPU queue: %s abandoned its place (nobody waited for it since %s)", gone.server_label,
+                     _clock_time(gone.heartbeat_at))  # fmt: skip
+        self.store.heartbeat(sorted(self._live))
+        allowed = self._live if grantable is None else set(grantable)
+        entries = [e for e in self.store.waiting() if e.id in allowed]
+        if not entries:
+            return []
+        view = self.view()
+        requests, holdings, free, _, usage = self._snapshot(view, entries)
+        ordered = self._ordered(view, requests, holdings, usage)
+        users = [r.user for r in requests] + [h.user for h in holdings]
+        grants = scheduler.plan_dequeue(ordered, free, holdings, _ts(self.store.now()),
+                                        view.pools(users), view.user_totals(users))  # fmt: skip
+        entry_of = {str(e.id): e for e in entries}
+        granted: list[QueueEntry] = []
+        for grant in grants:
+            entry = entry_of[grant.request_id]
+            try:
+                allocation = self.ledger.allocate(entry.user, entry.server, entry.gpus, models=entry.models,
+                                                  placement=entry.placement, image=entry.image,  # type: ignore[arg-type]
+                                                  exclude=entry.exclude)  # fmt: skip
+            except NotEnoughGpus:
+                continue  # e.g. free GPUs of another model than it may use: it waits on
+            if self.store.grant(entry.id, allocation.gpu_uuids):
+                log.info("GPU queue: granted %s to %s after %.0f s%s", ", ".join(allocation.gpu_uuids),
+                         entry.server_label, (self.store.now() - entry.submitted_at).total_seconds(),
+                         " (backfilled)" if grant.backfilled else "")  # fmt: skip
+                granted.append(entry)
+            else:  # cancelled meanwhile: give the GPUs back at once
+                self.ledger.release(entry.user, entry.server, "queue entry cancelled while granting")
+        return granted
+
+    def _async_state(self) -> tuple[asyncio.Lock, asyncio.Event]:
+        if self._lock is None or self._wakeup is None:
+            self._lock, self._wakeup = asyncio.Lock(), asyncio.Event()
+        return self._lock, self._wakeup
+
+    async def run_pass(self) -> list[QueueEntry]:
+        """One dequeue pass, serialized within this process, off the event loop."""
+        lock, _ = self._async_state()
+        async with lock:
+            granted = await asyncio.to_thread(self.dequeue_pass)
+        if granted:
+            self.notify()
+        return granted
+
+    def notify(self) -> None:
+        """Wake every waiting spawn (GPUs were released or granted): they run a pass now."""
+        _, wakeup = self._async_state()
+        wakeup.set()
+        self._wakeup = asyncio.Event()
+
+    # -- waiting --------------------------------------------------------------------------------
+
+    def refusal(self, spawn: QueuedSpawn) -> str | None:
+        """Why this request can never start here (so it is refused rather than queued)."""
+        view = self.view()
+        total = sum(1 for h in self.ledger.holdings() if not h.gpu.mig_enabled and not h.gpu.mig_parent)
+        request = GpuRequest("new", spawn.user, spawn.gpus, 0.0, group=view.group(spawn.user))
+        reason = scheduler.refusal_reason(request, total, view.pools([spawn.user]), view.user_totals([spawn.user]))
+        return None if reason is None else reason.replace(f"{spawn.user} asked", "You asked", 1)
+
+    async def acquire(self, spawn: QueuedSpawn, *, allow_queue: bool | None = None) -> Allocation:
+        """GPUs for this spawn: at once if they are free and nobody waits, else after waiting
+        in the queue (if allowed; otherwise NotEnoughGpus as before). Raises QueueRefused for a
+        request that can never be met; cancelling the task takes it out of the queue."""
+        self.known_groups[spawn.user] = tuple(spawn.groups)
+        if allow_queue is None:
+            allow_queue = self.view().allow_queue()
+        allocate = lambda: self.ledger.allocate(  # noqa: E731
+            spawn.user, spawn.server, spawn.gpus, models=spawn.models, placement=spawn.placement,  # type: ignore[arg-type]
+            image=spawn.image, exclude=spawn.exclude, user_total=spawn.user_total)  # fmt: skip
+        if spawn.gpus == 0 or not allow_queue:
+            return await asyncio.to_thread(allocate)
+        if not await asyncio.to_thread(self.store.someone_waiting):
+            try:
+                return await asyncio.to_thread(allocate)
+            except NotEnoughGpus:
+                pass
+        return await self.wait(spawn)
+
+    async def wait(self, spawn: QueuedSpawn) -> Allocation:
+        """Queue this spawn and wait until a dequeue pass grants it GPUs."""
+        self.known_groups[spawn.user] = tuple(spawn.groups)
+        why_not = await asyncio.to_thread(self.refusal, spawn)
+        if why_not:
+            raise QueueRefused(why_not)
+        entry = await asyncio.to_thread(
+            self.store.enqueue, spawn.user, spawn.server, spawn.gpus, groups=spawn.groups, models=spawn.models,
+            placement=spawn.placement, image=spawn.image, exclude=spawn.exclude, max_runtime=spawn.max_runtime)  # fmt: skip
+        self._live.add(entry.id)
+        log.info("GPU queue: %s waits for %s (entry %d)", entry.server_label, _gpus(spawn.gpus), entry.id)
+        granted = False
+        try:
+            while True:
+                await self.run_pass()
+                current = await asyncio.to_thread(self.store.entry, entry.id)
+                if current is not None and current.status == GRANTED:
+                    allocation = await asyncio.to_thread(self.ledger.allocation_for, spawn.user, spawn.server)
+                    if allocation is not None:
+                        granted = True
+                        return allocation
+                    raise QueueRefused("Your GPUs were granted but released again before your server started; "
+                                       "start it again.")  # fmt: skip
+                if current is None or current.status != "waiting":
+                    why = current.reason if current is not None else "removed"
+                    raise QueueRefused(f"Your place in the GPU queue was taken away ({why}); start your server again.")
+                _, wakeup = self._async_state()
+                try:
+                    await asyncio.wait_for(wakeup.wait(), timeout=self.poll_interval)
+                except asyncio.TimeoutError:
+                    pass
+        except asyncio.CancelledError:
+            # The user cancelled the pending spawn, or the hub's start_timeout ran out.
+            await asyncio.to_thread(self._give_up, entry.id, spawn, "spawn cancelled or timed out")
+            raise
+        finally:
+            self._live.discard(entry.id)
+            if not granted:
+                self.notify()  # a smaller request behind this one may fit now
+
+    def _give_up(self, entry_id: int, spawn: QueuedSpawn, reason: str) -> None:
+        if not self.store.cancel(entry_id, reason):
+            current = self.store.entry(entry_id)
+            if current is not None and current.status == GRANTED:
+                self.ledger.release(spawn.user, spawn.server, reason)
+
+    def cancel(self, user: str, server: str = "", reason: str = "cancelled by the user") -> bool:
+        """Take this server's waiting entry out of the queue (its waiting spawn then fails)."""
+        removed = self.store.cancel_server(user, server, reason) > 0
+        if removed and self._wakeup is not None:
+            self.notify()
+        return removed
+
+    # -- the spawn page -------------------------------------------------------------------------
+
+    def status(self, user: str, server: str = "") -> QueueStatus | None:
+        """Position, what it waits for and the estimated wait of this server's queue entry."""
+        entries = self.store.waiting()
+        mine = next((e for e in entries if (e.user, e.server) == (user, server)), None)
+        if mine is None:
+            return None
+        view = self.view()
+        requests, holdings, free, by_id, usage = self._snapshot(view, entries)
+        ordered = self._ordered(view, requests, holdings, usage)
+        now = _ts(self.store.now())
+        estimate = scheduler.estimate_wait(str(mine.id), ordered, free, holdings, now)
+        # Whose GPUs it waits for: those expected to end first, then the longest held.
+        needed = max(0, mine.gpus - free)
+        holders: list[str] = []
+        count = 0
+        for h in sorted(holdings, key=lambda h: (h.expected_end, h.started_at)):
+            if count >= needed:
+                break
+            count += h.gpus
+            holders.append(f"{h.user} since {_clock_time(by_id[h.id].since)}")
+        what = f"waiting for {_gpus(mine.gpus)}"
+        if holders:
+            shown = ", ".join(holders[:3]) + (f" and {len(holders) - 3} more" if len(holders) > 3 else "")
+            what += f" held by {shown}"
+        elif mine.gpus <= free:
+            what += f" ({free} free, but {'your group' if view.group(user) else 'you'} would exceed a GPU limit " \
+                    "or a request ahead has them reserved)"
+        message = f"You are #{estimate.position} in the GPU queue: {what}; {_wait_text(estimate.estimated_wait)}"
+        return QueueStatus(estimate.position, estimate.ahead, mine.gpus, free, what, estimate.estimated_wait, message)
+
+    async def progress_events(self, user: str, server: str, pending: Callable[[], bool], *,
+                              interval: float = 3.0) -> AsyncIterator[dict[str, Any]]:
+        """JupyterHub progress events for the spawn page while this server waits for GPUs."""
+        last = None
+        queued = False
+        while pending():
+            status = await asyncio.to_thread(self.status, user, server)
+            if status is None:
+                if queued:
+                    yield {"progress": 50, "message": "GPUs granted; starting your server"}
+                    return
+            else:
+                queued = True
+                if status.message != last:
+                    last = status.message
+                    yield {"progress": max(5, 40 - 5 * status.ahead), "message": status.message}
+            await asyncio.sleep(interval)
+
+
+# ---------------------------------------------------------------------------------------
+# One queue per ledger in this process (the spawners share it)
+# ---------------------------------------------------------------------------------------
+
+_queues: dict[str, GpuQueue] = {}
+
+
+def queue_for(ledger: Ledger, policy: Callable[[], Policy | None] = lambda: None, **options: Any) -> GpuQueue:
+    """The GpuQueue of this process for this ledger (created on first use with ``options``);
+    ``policy`` returns the policy in force and is refreshed on every call."""
+    queue = _queues.get(ledger.url)
+    if queue is None:
+        queue = _queues[ledger.url] = GpuQueue(ledger, policy, **options)
+    queue.policy = policy
+    return queue
+
+
+async def wait_for_gpus(ledger: Ledger, spawn: QueuedSpawn, policy: Callable[[], Policy | None] = lambda: None,
+                        **options: Any) -> Allocation:
+    """Queue ``spawn`` and wait for its GPUs (see :meth:`GpuQueue.wait`)."""
+    return await queue_for(ledger, policy, **options).wait(spawn)
+
+
+def notify_released(ledger: Ledger) -> None:
+    """Tell the queue GPUs were released (the spawner's stop/poll): waiting spawns try now."""
+    queue = _queues.get(ledger.url)
+    if queue is not None and queue._wakeup is not None:
+        queue.notify()

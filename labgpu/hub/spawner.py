@@ -1,0 +1,522 @@
+"""GPUDockerSpawner: DockerSpawner with quotas, exclusive GPUs, a fair-share queue, per-user
+homes, group shared folders, a real /dev/shm, labels and hardening.
+
+The spawner only gathers inputs (traits, the user, the policy, the ledger) and talks to
+Docker; what the container looks like is decided by :func:`labgpu.hub.containers.container_config`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from docker.errors import APIError, NotFound
+from dockerspawner import DockerSpawner
+from jupyterhub.spawner import SpawnException
+from jupyterhub.traitlets import ByteSpecification
+from traitlets import CaselessStrEnum, Integer, List, Unicode, default, validate
+
+from labgpu.hub import gpu_queue
+from labgpu.hub import resources as hub_resources
+from labgpu.gpus.allocator import NotEnoughGpus, UserTotalExceeded
+from labgpu.hub.gpu_queue import QueuedSpawn, QueueRefused
+from labgpu.hub.containers import ContainerConfigError, WorkspaceSpec, container_config
+from labgpu.quota.policy import Limits, format_duration, resolve
+from labgpu.quota.spawn_options import SpawnOptionsError, SpawnRequest, options_form, parse_form, validate_user_options
+
+
+class GPUDockerSpawner(DockerSpawner):
+    """Spawn each user's JupyterLab in its own hardened Docker container.
+
+    Registered as the ``labgpu`` spawner: ``c.JupyterHub.spawner_class = "labgpu"``.
+    """
+
+    home_volume = Unicode(
+        "labgpu-home-{username}",
+        help="""Docker volume holding the user's persistent home, mounted at `home_mount`.
+
+        Templated like DockerSpawner's volumes ({username} is the escaped user name). One
+        volume per user, shared by the user's named servers; it outlives every container.
+        """,
+    ).tag(config=True)
+
+    home_mount = Unicode(
+        "/home/jovyan",
+        help="Where the home volume is mounted in the workspace (the image user's home).",
+    ).tag(config=True)
+
+    shm_size = ByteSpecification(
+        "2G",
+        help="""Size of /dev/shm in the workspace, e.g. '2G'.
+
+        Docker's default of 64 MB makes PyTorch DataLoader workers fail with
+        "bus error" / "unable to write to file </torch_...>".
+        """,
+    ).tag(config=True)
+
+    pids_limit = Integer(
+        4096,
+        help="Maximum number of processes in a workspace (a fork bomb stays inside it).",
+    ).tag(config=True)
+
+    run_as_uid = Unicode(
+        "1000",
+        help="Numeric uid the workspace runs as; never 0 (root). The image's jovyan is 1000.",
+    ).tag(config=True)
+
+    run_as_gid = Unicode("100", help="Numeric gid the workspace runs as.").tag(config=True)
+
+    hub_id = Unicode(
+        "labgpu",
+        help="""Name of this hub, written into every container's labels.
+
+        Lets several hubs share one Docker engine and lets a hub find (and reconcile) its
+        own containers after a crash.
+        """,
+    ).tag(config=True)
+
+    quota_files = List(
+        Unicode(),
+        help="""Quota policy files (YAML; a directory means its *.yaml files), e.g.
+        ``["/etc/labgpu/quotas.yaml"]``. Every spawn is held to them; they are re-read when they
+        change, and a bad edit keeps the last good policy in force. Empty: no policy (only the
+        configured image, no GPUs, no options form).
+        """,
+    ).tag(config=True)
+
+    ledger_url = Unicode(
+        "",
+        help="""SQLite database of who holds which GPU (path or sqlite:/// URL), shared with
+        `labgpu gpus` and the poller. Empty: this hub hands out no GPUs.""",
+    ).tag(config=True)
+
+    gpu_driver = CaselessStrEnum(
+        ["nvidia", "cdi"],
+        default_value="nvidia",
+        help="""How GPUs reach a container: "nvidia" = DeviceRequests with the GPUs' UUIDs (NVIDIA
+        Container Toolkit); "cdi" = CDI device names nvidia.com/gpu=<UUID> (Docker 25+ with CDI).""",
+    ).tag(config=True)
+
+    gpu_placement = CaselessStrEnum(
+        ["pack", "spread"],
+        default_value="pack",
+        help="""Multi-GPU placement: "pack" keeps large NVLink/PCIe islands whole for large
+        requests (best fit); "spread" spreads servers across islands.""",
+    ).tag(config=True)
+
+    gpu_queue_timeout = Integer(
+        86400,
+        help="""Longest time (seconds) a spawn waits in the GPU queue when it asks for more GPUs
+        than are free and the quota policy allows waiting (``fairshare.allow_queue``); then it
+        fails with a message. 0: never queue, refuse at once as when waiting is not allowed.
+
+        A spawn that may queue gets this much on top of ``start_timeout`` (JupyterHub gives up on
+        a spawn after ``start_timeout``), so set ``start_timeout`` to the time a normal start
+        takes (image pull included) and this to the longest acceptable wait.
+        """,
+    ).tag(config=True)
+
+    spawn_request: SpawnRequest | None = None
+    limits: Limits | None = None
+    _configured_start_timeout: int | None = None
+    gpu_uuids: tuple[str, ...] = ()
+
+    @validate("run_as_uid")
+    def _validate_uid(self, proposal):
+        uid = proposal.value
+        if not uid.isdigit() or int(uid) == 0:
+            raise ValueError(f"run_as_uid must be a non-zero numeric uid (got {uid!r})")
+        return uid
+
+    @default("remove")
+    def _default_remove(self):
+        # A fresh container every start: GPU, image and limit changes always apply, and the
+        # home volume keeps the user's data.
+        return True
+
+    @default("image")
+    def _default_image(self):
+        return "labgpu/workspace:local"
+
+    # --- the quota policy -------------------------------------------------------------------
+
+    @property
+    def policy_store(self):
+        return hub_resources.policy_store(self.quota_files) if self.quota_files else None
+
+    @property
+    def ledger(self):
+        return hub_resources.ledger(self.ledger_url) if self.ledger_url else None
+
+    def resolve_limits(self) -> Limits | None:
+        """This user's limits under the policy in force (re-read first if a file changed)."""
+        store = self.policy_store
+        if store is None:
+            return None
+        result = store.refresh()
+        if result.errors:
+            self.log.error(
+                "Quota files changed but are invalid; the last good policy stays in force:\n  %s",
+                "\n  ".join(result.errors),
+            )
+        elif result.applied:
+            self.log.info("Quota policy reloaded from %s", ", ".join(self.quota_files))
+        return resolve(store.policy, self.user.name, [g.name for g in self.user.groups])
+
+    def gpus_held_elsewhere(self) -> int:
+        """GPUs held by this user's *other* servers (the ledger is the truth when there is one)."""
+        if self.ledger is not None:
+            return sum(
+                len(a.gpu_uuids) for a in self.ledger.allocations() if a.user == self.user.name and a.server != (self.name or "")
+            )
+        return sum(
+            s.spawn_request.gpus
+            for s in self.user.spawners.values()
+            if s is not self and s.active and getattr(s, "spawn_request", None)
+        )
+
+    @default("options_form")
+    def _default_options_form(self):
+        return lambda spawner: spawner.render_options_form()
+
+    def render_options_form(self) -> str:
+        limits = self.resolve_limits()
+        if limits is None:
+            return ""
+        return options_form(limits, gpus_in_use_by_user=self.gpus_held_elsewhere(), previous=self.orm_spawner.user_options)
+
+    def options_from_form(self, formdata):
+        return parse_form(formdata)
+
+    @default("apply_user_options")
+    def _default_apply_user_options(self):
+        return lambda spawner, user_options: spawner.apply_policy(user_options)
+
+    def apply_policy(self, user_options: dict) -> None:
+        """Hold ``user_options`` (form, REST API, or a choice saved from an earlier spawn) to the
+        user's limits and apply them; refuse with HTTP 400 naming the limit, never clamp."""
+        limits = self.resolve_limits()
+        if limits is None:
+            if user_options:
+                raise SpawnException(
+                    "This hub takes no spawn options (no quota policy is configured).", reason="options", status_code=400
+                )
+            return
+        if self.name:
+            others = [s for s in self.user.spawners.values() if s is not self and s.name and s.active]
+            if len(others) >= limits.named_servers:
+                raise SpawnException(
+                    f"You may run {limits.named_servers} named server(s) besides your default one, and "
+                    f"{len(others)} are running. Stop one first.",
+                    reason="quota",
+                    status_code=400,
+                )
+        try:
+            request = validate_user_options(limits, user_options, gpus_in_use_by_user=self.gpus_held_elsewhere())
+        except SpawnOptionsError as e:
+            raise SpawnException(str(e), reason="quota", status_code=400) from None
+        if request.gpus and self.ledger is None:
+            raise SpawnException(
+                "This hub has no GPUs to hand out; start a server with 0 GPUs.", reason="capacity", status_code=400
+            )
+        self.limits, self.spawn_request = limits, request
+        if request.image:
+            self.image = request.image
+        self.mem_limit = request.memory
+        if request.memory_guarantee:
+            self.mem_guarantee = request.memory_guarantee
+        self.cpu_limit = request.cpus
+        self.shm_size = request.shm
+        self.pids_limit = request.pids
+        # JupyterHub reads start_timeout before start() runs: a spawn that may wait in the GPU
+        # queue gets the queue's wait on top of the normal start time.
+        if self._configured_start_timeout is None:
+            self._configured_start_timeout = self.start_timeout
+        may_queue = request.gpus > 0 and self.queue_allowed()
+        self.start_timeout = self._configured_start_timeout + (self.gpu_queue_timeout if may_queue else 0)
+
+    async def check_allowed(self, image):
+        # The policy already chose and checked the image (DockerSpawner would look the policy's
+        # image *name* up in allowed_images).
+        if self.spawn_request is not None:
+            return self.image
+        return await super().check_allowed(image)
+
+    # --- GPUs -------------------------------------------------------------------------------
+
+    def gpu_patterns(self) -> tuple[str, ...] | None:
+        """NVML name substrings of the GPU models this request may get (None = any model)."""
+        request, limits = self.spawn_request, self.limits
+        store = self.policy_store
+        if request is None or limits is None or store is None:
+            return None
+        names = (request.gpu_model,) if request.gpu_model else limits.models
+        if not names:
+            return None
+        models = store.policy.spec.gpus.models
+        return tuple(p for name in names if name in models for p in models[name].match) or tuple(names)
+
+    def queue_allowed(self) -> bool:
+        """May a spawn wait in the GPU queue (policy ``fairshare.allow_queue``, and a queue timeout)?"""
+        store = self.policy_store
+        allowed = store.policy.spec.fairshare.allow_queue if store is not None else False
+        return allowed and self.gpu_queue_timeout > 0 and self.ledger is not None
+
+    def shared_gpu_queue(self) -> gpu_queue.GpuQueue:
+        """This process's GPU queue for the ledger (shared by every spawner of the hub)."""
+        store = self.policy_store
+        return gpu_queue.queue_for(self.ledger, lambda: store.policy if store is not None else None)
+
+    async def start(self):
+        self.gpu_uuids = ()
+        wanted = self.spawn_request.gpus if self.spawn_request else 0
+        the_ledger = self.ledger
+        server = self.name or ""
+        if the_ledger is not None:
+            exclude = tuple(self.policy_store.policy.spec.gpus.exclude) if self.policy_store else ()
+            spawn = QueuedSpawn(
+                self.user.name,
+                server,
+                wanted,
+                groups=tuple(g.name for g in self.user.groups),
+                models=self.gpu_patterns(),
+                placement=self.gpu_placement,
+                image=self.image,
+                exclude=exclude,
+                max_runtime=self.limits.max_runtime if self.limits else None,
+                user_total=self.limits.gpus_total if self.limits else None,
+            )
+            try:
+                # Free GPUs and nobody waiting: granted at once; else waits in the fair-share queue
+                # (progress() shows where), or NotEnoughGpus when waiting is not allowed.
+                allocation = await asyncio.wait_for(
+                    self.shared_gpu_queue().acquire(spawn, allow_queue=self.queue_allowed()), self.gpu_queue_timeout or None
+                )
+            except UserTotalExceeded as e:  # another server of this user got GPUs meanwhile
+                raise SpawnException(str(e), reason="quota", status_code=400) from None
+            except (NotEnoughGpus, QueueRefused) as e:
+                raise SpawnException(str(e), reason="capacity", status_code=503) from None
+            except asyncio.TimeoutError:
+                raise SpawnException(
+                    f"No GPUs came free for you within {format_duration(self.gpu_queue_timeout)} in the GPU queue. "
+                    "Try again later or ask for fewer GPUs.",
+                    reason="capacity",
+                    status_code=503,
+                ) from None
+            self.gpu_uuids = allocation.gpu_uuids
+        try:
+            ip_port = await super().start()
+        except BaseException:
+            await self.release_gpus("failed start")
+            raise
+        if the_ledger is not None and self.gpu_uuids:
+            await asyncio.to_thread(the_ledger.attach_container, self.user.name, server, self.container_id)
+        # Recorded beside the spawn, not before it: the user's server is ready either way.
+        self._session_task = asyncio.ensure_future(self.record_session())
+        return ip_port
+
+    async def record_session(self) -> None:
+        """Record what this workspace runs on (image digest, driver, CUDA, GPUs), so that its
+        results can be reproduced (`labgpu usage --sessions`). Never fails the spawn."""
+        if not self.ledger_url:
+            return
+        try:
+            image = await self.docker("inspect_image", self.image)
+            digests = image.get("RepoDigests") or []
+            labels = (image.get("Config") or {}).get("Labels") or {}
+            await asyncio.to_thread(
+                hub_resources.session_store(self.ledger_url).open,
+                self.user.name,
+                self.name or "",
+                container_id=self.container_id,
+                image=self.image,
+                image_digest=digests[0] if digests else image.get("Id", ""),
+                driver_version=hub_resources.host_driver_version(),
+                cuda_version=labels.get("org.labgpu.version.cuda"),
+                torch_version=labels.get("org.labgpu.version.torch"),
+                gpu_uuids=self.gpu_uuids,
+            )
+        except Exception as e:
+            self.log.warning("Could not record the session of %s: %s", self._log_name, e)
+
+    async def end_session(self, reason: str) -> None:
+        if self.ledger_url:
+            try:
+                await asyncio.to_thread(hub_resources.session_store(self.ledger_url).end, self.user.name, self.name or "", reason)
+            except Exception as e:
+                self.log.warning("Could not close the session of %s: %s", self._log_name, e)
+
+    async def progress(self):
+        """Spawn-page events: queue position, whose GPUs it waits for, the estimated wait."""
+        if self.ledger is None:
+            return
+        async for event in self.shared_gpu_queue().progress_events(self.user.name, self.name or "", lambda: self._spawn_pending):
+            yield event
+
+    async def stop(self, now=False):
+        if self.ledger is not None:  # stopped while waiting for GPUs: leave the queue
+            await asyncio.to_thread(self.shared_gpu_queue().cancel, self.user.name, self.name or "", "server stopped while waiting")
+        try:
+            await super().stop(now=now)
+        finally:
+            await self.release_gpus("stopped")
+            await self.end_session("stopped")
+
+    async def poll(self):
+        status = await super().poll()
+        if status is not None and self.ledger is not None and not self._spawn_pending:
+            await self.release_gpus(f"container gone ({status})")
+            await self.end_session(f"container gone ({status})")
+        return status
+
+    async def release_gpus(self, reason: str) -> None:
+        if self.ledger is not None:
+            released = await asyncio.to_thread(self.ledger.release, self.user.name, self.name or "", reason)
+            if released is not None and released.gpu_uuids:
+                self.log.info("Released %s of %s: %s", ", ".join(released.gpu_uuids), self._log_name, reason)
+                gpu_queue.notify_released(self.ledger)  # waiting spawns try at once
+        self.gpu_uuids = ()
+
+    def shared_folders(self) -> dict[str, dict[str, str]]:
+        """The user's groups' shared volumes, each at <home>/shared/<group>."""
+        shared = self.limits.shared_volumes if self.limits else {}
+        return {volume: {"bind": f"{self.home_mount}/shared/{group}", "mode": "rw"} for group, volume in shared.items()}
+
+    async def ensure_shared_volumes(self) -> None:
+        """Create a group's shared volume on first use, owned by the workspace user (a new Docker
+        volume mounted where the image has no directory is root's, and the user could not write).
+        A volume that exists already is the admin's: it is used as it is."""
+        for volume in self.shared_folders():
+            try:
+                await self.docker("inspect_volume", volume)
+                continue
+            except NotFound:
+                pass
+            await self.docker("create_volume", volume, labels={"org.labgpu.managed": "true", "org.labgpu.kind": "group-share"})
+            container = await self.docker(
+                "create_container",
+                self.image,
+                command=["sh", "-c", f"chown {self.run_as_uid}:{self.run_as_gid} /share && chmod 2775 /share"],
+                user="0",
+                network_disabled=True,
+                host_config=self.client.create_host_config(
+                    binds={volume: {"bind": "/share", "mode": "rw"}},
+                    cap_drop=["ALL"],
+                    cap_add=["CHOWN", "FOWNER"],
+                    network_mode="none",
+                ),
+            )
+            try:
+                await self.docker("start", container["Id"])
+                result = await self.docker("wait", container["Id"], timeout=60)
+                if result.get("StatusCode") != 0:
+                    raise SpawnException(
+                        f"Could not prepare the shared folder volume {volume!r}; ask the hub's admin.",
+                        reason="docker",
+                        status_code=500,
+                    )
+            finally:
+                await self.docker("remove_container", container["Id"], force=True)
+
+    def workspace_spec(self, environment: dict, command: list[str] | None) -> WorkspaceSpec:
+        """Gather this spawn's inputs into the plain description the builder takes."""
+        volumes = {self.format_volume_name(self.home_volume, self): {"bind": self.home_mount, "mode": "rw"}}
+        volumes.update(self.shared_folders())
+        volumes.update(self.volume_binds)
+        return WorkspaceSpec(
+            name=self.container_name,
+            image=self.image,
+            user=self.user.name,
+            server=self.name or "",
+            hub_id=self.hub_id,
+            environment=environment,
+            command=command,
+            port=self.port,
+            volumes=volumes,
+            run_as_uid=self.run_as_uid,
+            run_as_gid=self.run_as_gid,
+            shm_size=int(self.shm_size),
+            mem_limit=int(self.mem_limit) if self.mem_limit else None,
+            mem_reservation=int(self.mem_guarantee) if self.mem_guarantee else None,
+            cpu_limit=float(self.cpu_limit) if self.cpu_limit else None,
+            pids_limit=self.pids_limit,
+            host_cpus=self.docker_host_cpus(),
+            network=self.network_name,
+            publish_on=None if self.use_internal_ip else self.host_ip,
+            auto_remove=self.remove,
+            extra_create_kwargs=self._render_templates(self._eval_if_callable(self.extra_create_kwargs)),
+            extra_host_config=self._render_templates(self._eval_if_callable(self.extra_host_config)),
+            gpu_uuids=tuple(self.gpu_uuids),
+            gpu_driver=self.gpu_driver,
+        )
+
+    _host_cpus: int | None = None
+
+    def docker_host_cpus(self) -> int | None:
+        """CPUs of the Docker host (Docker refuses a CPU limit above it), asked once."""
+        cls = type(self)
+        if cls._host_cpus is None:
+            try:
+                cls._host_cpus = int(self.client.info().get("NCPU") or 0) or None
+            except (APIError, ValueError):
+                return None
+        return cls._host_cpus
+
+    async def create_object(self):
+        """Create the container from :func:`container_config` (replaces DockerSpawner's)."""
+        try:
+            await self.ensure_shared_volumes()
+        except APIError as e:
+            raise self._docker_failure("prepare the shared folders of", e) from None
+        spec = self.workspace_spec(self.get_env(), await self.get_command())
+        try:
+            create_kwargs, host_config = container_config(spec)
+        except ContainerConfigError as e:
+            raise SpawnException(
+                f"This workspace cannot be started: {e}. Ask the hub's admin to fix the configuration.",
+                reason="config",
+                status_code=500,
+            ) from None
+        if self.mount_binds:
+            host_config["mounts"] = self.mount_binds
+        create_kwargs["host_config"] = self.client.create_host_config(**host_config)
+        self.log.debug("Creating %s with %s", spec.name, create_kwargs)
+        try:
+            return await self.docker("create_container", **create_kwargs)
+        except APIError as e:
+            raise self._docker_failure("create", e) from None
+
+    async def start_object(self):
+        try:
+            await super().start_object()
+        except APIError as e:
+            raise self._docker_failure("start", e) from None
+
+    async def pull_image(self, image):
+        try:
+            await super().pull_image(image)
+        except NotFound:
+            raise SpawnException(
+                f"The workspace image {image!r} is not on this server. An admin can build it "
+                "with scripts/build-images.sh or pull it, or pick another image.",
+                reason="image",
+                status_code=500,
+            ) from None
+        except APIError as e:
+            raise self._docker_failure(f"pull image {image!r} for", e) from None
+
+    def _docker_failure(self, action: str, error: APIError) -> SpawnException:
+        """A Docker error as a message the user and the admin can act on (no traceback)."""
+        detail = error.explanation or str(error)
+        if isinstance(detail, bytes):
+            detail = detail.decode(errors="replace")
+        if "could not select device driver" in detail:
+            detail += (
+                ". This Docker engine cannot give containers GPUs: the admin must install the NVIDIA "
+                "Container Toolkit (or enable CDI). Until then, start a server with 0 GPUs"
+            )
+        return SpawnException(
+            f"Docker could not {action} your workspace: {detail}",
+            reason="docker",
+            log_message=f"docker {action} failed for {self.user.name}/{self.name or ''}: {detail}",
+            status_code=500,
+        )
