@@ -1,39 +1,39 @@
 """LabGPU Hub configuration. Every deployment knob is an environment variable.
 
-    LABGPU_MODE             demo (default): local accounts from LABGPU_DEMO_USERS, password
-                            LABGPU_DEMO_PASSWORD; production: needs LABGPU_AUTHENTICATOR and a
-                            cookie secret, or the hub refuses to start
-    LABGPU_BIND_URL         public URL the proxy listens on (http://127.0.0.1:8000)
-    LABGPU_HUB_PORT         port of the hub's own API (8081), on the workspace network's gateway
-    LABGPU_PROXY_API_PORT   port of the proxy's REST API on 127.0.0.1 (8001)
-    LABGPU_STATE_DIR        where the hub keeps its database and secrets (./.state)
-    LABGPU_HUB_ID           name of this hub in container labels, container and volume names (labgpu)
-    LABGPU_IMAGE            workspace image (labgpu/workspace:local)
-    LABGPU_NETWORK          Docker network for workspaces, created if missing (labgpu)
-    LABGPU_SHM_SIZE         /dev/shm size in workspaces (2G)
-    LABGPU_MEM_LIMIT        memory limit per workspace (unset: none)
-    LABGPU_CPU_LIMIT        CPUs per workspace (unset: none)
-    LABGPU_QUOTAS           quota policy files or directories, comma-separated (quotas/quotas.yaml);
-                            "none" turns the policy off
-    LABGPU_LEDGER           SQLite file of who holds which GPU (LABGPU_STATE_DIR/ledger.sqlite)
-    LABGPU_GPU_SOURCE       auto (NVML if a driver answers, else no GPUs), nvml, static:FILE,
-                            replay:FILE or none
-    LABGPU_GPU_DRIVER       nvidia (DeviceRequests by UUID) or cdi (CDI device names)
-    LABGPU_GPU_PLACEMENT    pack or spread, for multi-GPU servers
-    LABGPU_START_TIMEOUT    seconds a workspace may take to start (300)
-    LABGPU_QUEUE_TIMEOUT    seconds a GPU spawn may wait in the fair-share queue (86400; 0: never queue)
-    LABGPU_POLLER           auto (run the NVML poller when the hub has GPUs), on or off
-    LABGPU_POLLER_INTERVAL  seconds between telemetry samples (5)
-    LABGPU_RECLAIM          auto (run the idle-GPU reclaimer when the hub has GPUs), on or off
-    LABGPU_RECLAIM_INTERVAL, LABGPU_RECLAIM_WARN, LABGPU_RECLAIM_WINDOW
-                            reclaimer round, warning lead time, busy window (1m, 15m, 5m)
-    LABGPU_ADMIN_USERS      comma-separated admin user names
-    LABGPU_DEMO_USERS       demo mode: comma-separated user names (demo)
-    LABGPU_DEMO_PASSWORD    demo mode: the shared password (demo)
-    LABGPU_AUTHENTICATOR    production: a JupyterHub authenticator name (github, generic-oauth, ...)
-    LABGPU_ALLOWED_USERS    production: comma-separated user names allowed in (or allow_all below)
-    LABGPU_ALLOW_ALL        production: "true" lets every authenticated user in
-    JUPYTERHUB_COOKIE_SECRET  production: hex cookie secret (or a file LABGPU_STATE_DIR/cookie_secret)
+LABGPU_MODE             demo (default): local accounts from LABGPU_DEMO_USERS, password
+                        LABGPU_DEMO_PASSWORD; production: needs LABGPU_AUTHENTICATOR and a
+                        cookie secret, or the hub refuses to start
+LABGPU_BIND_URL         public URL the proxy listens on (http://127.0.0.1:8000)
+LABGPU_HUB_PORT         port of the hub's own API (8081), on the workspace network's gateway
+LABGPU_PROXY_API_PORT   port of the proxy's REST API on 127.0.0.1 (8001)
+LABGPU_STATE_DIR        where the hub keeps its database and secrets (./.state)
+LABGPU_HUB_ID           name of this hub in container labels, container and volume names (labgpu)
+LABGPU_IMAGE            workspace image (labgpu/workspace:local)
+LABGPU_NETWORK          Docker network for workspaces, created if missing (labgpu)
+LABGPU_SHM_SIZE         /dev/shm size in workspaces (2G)
+LABGPU_MEM_LIMIT        memory limit per workspace (unset: none)
+LABGPU_CPU_LIMIT        CPUs per workspace (unset: none)
+LABGPU_QUOTAS           quota policy files or directories, comma-separated (quotas/quotas.yaml);
+                        "none" turns the policy off
+LABGPU_LEDGER           SQLite file of who holds which GPU (LABGPU_STATE_DIR/ledger.sqlite)
+LABGPU_GPU_SOURCE       auto (NVML if a driver answers, else no GPUs), nvml, static:FILE,
+                        replay:FILE or none
+LABGPU_GPU_DRIVER       nvidia (DeviceRequests by UUID) or cdi (CDI device names)
+LABGPU_GPU_PLACEMENT    pack or spread, for multi-GPU servers
+LABGPU_START_TIMEOUT    seconds a workspace may take to start (300)
+LABGPU_QUEUE_TIMEOUT    seconds a GPU spawn may wait in the fair-share queue (86400; 0: never queue)
+LABGPU_POLLER           auto (run the NVML poller when the hub has GPUs), on or off
+LABGPU_POLLER_INTERVAL  seconds between telemetry samples (5)
+LABGPU_RECLAIM          auto (run the idle-GPU reclaimer when the hub has GPUs), on or off
+LABGPU_RECLAIM_INTERVAL, LABGPU_RECLAIM_WARN, LABGPU_RECLAIM_WINDOW
+                        reclaimer round, warning lead time, busy window (1m, 15m, 5m)
+LABGPU_ADMIN_USERS      comma-separated admin user names
+LABGPU_DEMO_USERS       demo mode: comma-separated user names (demo)
+LABGPU_DEMO_PASSWORD    demo mode: the shared password (demo)
+LABGPU_AUTHENTICATOR    production: a JupyterHub authenticator name (github, generic-oauth, ...)
+LABGPU_ALLOWED_USERS    production: comma-separated user names allowed in (or allow_all below)
+LABGPU_ALLOW_ALL        production: "true" lets every authenticated user in
+JUPYTERHUB_COOKIE_SECRET  production: hex cookie secret (or a file LABGPU_STATE_DIR/cookie_secret)
 """
 
 import os
@@ -43,14 +43,14 @@ from pathlib import Path
 
 import docker
 
+from labgpu.db.ledger import LedgerError
+from labgpu.gpus.inventory import InventoryError
 from labgpu.hub import resources as hub_resources
 from labgpu.hub.docker_network import DockerUnavailable, ensure_workspace_network
-from labgpu.gpus.inventory import InventoryError
-from labgpu.db.ledger import LedgerError
-from labgpu.services.reclaimer import hub_announcement
 from labgpu.quota.policy import PolicyError, default_paths, jupyterhub_groups, split_paths
+from labgpu.services.reclaimer import hub_announcement
 
-c = get_config()  # noqa: F821 (provided by JupyterHub)
+c = get_config()
 
 
 def env(name, default=""):
@@ -201,8 +201,18 @@ if wanted("LABGPU_POLLER"):
         {
             "name": "labgpu-poller",
             # Needs the host's PID namespace (/proc) to attribute GPU processes to workspaces.
-            "command": [sys.executable, "-m", "labgpu.cli", "poller", "--db", ledger_url, "--hub-id", hub_id,
-                        "--interval", env("LABGPU_POLLER_INTERVAL", "5")],
+            "command": [
+                sys.executable,
+                "-m",
+                "labgpu.cli",
+                "poller",
+                "--db",
+                ledger_url,
+                "--hub-id",
+                hub_id,
+                "--interval",
+                env("LABGPU_POLLER_INTERVAL", "5"),
+            ],
             "environment": service_env,
             "cwd": str(state_dir),
         }
@@ -211,15 +221,28 @@ if wanted("LABGPU_RECLAIM"):
     c.JupyterHub.services.append(
         {
             "name": "labgpu-reclaim",
-            "command": [sys.executable, "-m", "labgpu.cli", "reclaim", "--db", ledger_url,
-                        "--quotas", ",".join(quota_files),
-                        "--interval", env("LABGPU_RECLAIM_INTERVAL", "1m"),
-                        "--warn-before", env("LABGPU_RECLAIM_WARN", "15m"),
-                        "--busy-window", env("LABGPU_RECLAIM_WINDOW", "5m")],
+            "command": [
+                sys.executable,
+                "-m",
+                "labgpu.cli",
+                "reclaim",
+                "--db",
+                ledger_url,
+                "--quotas",
+                ",".join(quota_files),
+                "--interval",
+                env("LABGPU_RECLAIM_INTERVAL", "1m"),
+                "--warn-before",
+                env("LABGPU_RECLAIM_WARN", "15m"),
+                "--busy-window",
+                env("LABGPU_RECLAIM_WINDOW", "5m"),
+            ],
             "environment": service_env,
         }
     )
-    c.JupyterHub.load_roles.append({"name": "labgpu-reclaim", "scopes": ["servers", "read:users"], "services": ["labgpu-reclaim"]})
+    c.JupyterHub.load_roles.append(
+        {"name": "labgpu-reclaim", "scopes": ["servers", "read:users"], "services": ["labgpu-reclaim"]}
+    )
 # Reclaim warnings ("your server will be stopped at 14:05 unless its GPUs get busy") appear in
 # the announcement bar of every hub page.
 c.JupyterHub.template_vars = {"announcement": hub_announcement(ledger_url)}

@@ -25,10 +25,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from labgpu.gpus.allocator import NotEnoughGpus  # noqa: E402
-from labgpu.gpus.inventory import Gpu  # noqa: E402
-from labgpu.db.ledger import Ledger  # noqa: E402
-from machine_info import machine_info  # noqa: E402 (benchmarks/machine_info.py)
+from machine_info import machine_info
+
+from labgpu.db.ledger import Ledger
+from labgpu.gpus.allocator import NotEnoughGpus
+from labgpu.gpus.inventory import Gpu
 
 RESULTS = REPO / "benchmarks" / "results"
 TARGET_P99_MS = 5.0
@@ -43,24 +44,35 @@ def box(gpu_count: int) -> list[Gpu]:
     """Hosts of 8 GPUs each: two NVLink islands of 4, two GPUs per PCIe switch, NUMA per island."""
     uuids = [f"GPU-{i:08x}-0000-4000-8000-{i:012x}" for i in range(gpu_count)]
     return [
-        Gpu(uuid=uuids[i], index=i, model="NVIDIA A100-SXM4-80GB", memory_total=80 * 1024**3,
-            numa_node=(i // 4) % 2, switch_group=f"sw{i // 2}",
-            nvlink_peers=frozenset(uuids[j] for j in range(i // 4 * 4, i // 4 * 4 + 4) if j != i))
+        Gpu(
+            uuid=uuids[i],
+            index=i,
+            model="NVIDIA A100-SXM4-80GB",
+            memory_total=80 * 1024**3,
+            numa_node=(i // 4) % 2,
+            switch_group=f"sw{i // 2}",
+            nvlink_peers=frozenset(uuids[j] for j in range(i // 4 * 4, i // 4 * 4 + 4) if j != i),
+        )
         for i in range(gpu_count)
-    ]  # fmt: skip
+    ]
 
 
 def percentile(samples: list[float], p: float) -> float:
     ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
 def summary(samples: list[float]) -> dict:
     if not samples:
         return {"count": 0}
-    return {"count": len(samples), "p50_ms": round(percentile(samples, 50), 4), "p90_ms": round(percentile(samples, 90), 4),
-            "p99_ms": round(percentile(samples, 99), 4), "max_ms": round(max(samples), 4),
-            "mean_ms": round(statistics.fmean(samples), 4)}  # fmt: skip
+    return {
+        "count": len(samples),
+        "p50_ms": round(percentile(samples, 50), 4),
+        "p90_ms": round(percentile(samples, 90), 4),
+        "p99_ms": round(percentile(samples, 99), 4),
+        "max_ms": round(max(samples), 4),
+        "mean_ms": round(statistics.fmean(samples), 4),
+    }
 
 
 def involuntary_switches() -> int:
@@ -112,14 +124,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer operations (under a minute)")
     args = parser.parse_args(argv)
     rounds, operations = (3, 600) if args.quick else (5, 3000)
-    report: dict = {"machine": machine(), "target_p99_ms": TARGET_P99_MS, "users": USERS, "rounds": rounds,
-                    "operations_per_round": operations, "quick": args.quick,
-                    "sqlite": "WAL, synchronous=NORMAL, BEGIN IMMEDIATE, busy_timeout 30 s, one file per round",
-                    "load_average_before": os.getloadavg(), "configs": {},
-                    "note": "unpreempted = allocate+release calls during which the OS did not switch this "
-                            "thread out for another process (getrusage ru_nivcsw). Verdict: the worst, over "
-                            "8/64 GPUs and allocate/release, of the median over rounds of each round's p99 "
-                            "(all calls, preempted ones included)"}  # fmt: skip
+    report: dict = {
+        "machine": machine(),
+        "target_p99_ms": TARGET_P99_MS,
+        "users": USERS,
+        "rounds": rounds,
+        "operations_per_round": operations,
+        "quick": args.quick,
+        "sqlite": "WAL, synchronous=NORMAL, BEGIN IMMEDIATE, busy_timeout 30 s, one file per round",
+        "load_average_before": os.getloadavg(),
+        "configs": {},
+        "note": "unpreempted = allocate+release calls during which the OS did not switch this "
+        "thread out for another process (getrusage ru_nivcsw). Verdict: the worst, over "
+        "8/64 GPUs and allocate/release, of the median over rounds of each round's p99 "
+        "(all calls, preempted ones included)",
+    }
     worst = 0.0
     for gpu_count in (8, 64):
         merged: dict[str, list[float]] = {"allocate": [], "refuse": [], "release": [], "unpreempted": []}
@@ -133,19 +152,30 @@ def main(argv: list[str] | None = None) -> int:
         result["per_round"] = per_round
         result["median_of_round_p99_ms"] = {
             kind: round(statistics.median(r[kind]["p99_ms"] for r in per_round if r[kind]["count"]), 4)
-            for kind in merged if any(r[kind]["count"] for r in per_round)
+            for kind in merged
+            if any(r[kind]["count"] for r in per_round)
         }
         report["configs"][f"{gpu_count}_gpus"] = result
         for kind in ("allocate", "release"):
             worst = max(worst, result["median_of_round_p99_ms"][kind])
-        print(f"{gpu_count:>2} GPUs, {USERS} users: "
-              + "; ".join(f"{kind} p50 {result[kind]['p50_ms']:.2f} ms p99 {result[kind]['p99_ms']:.2f} ms "
-                          f"(n={result[kind]['count']})" for kind in merged if result[kind]["count"]))  # fmt: skip
-        print(f"   median over {rounds} rounds of each round's p99: "
-              + ", ".join(f"{kind} {value:.2f} ms" for kind, value in result["median_of_round_p99_ms"].items()))
+        print(
+            f"{gpu_count:>2} GPUs, {USERS} users: "
+            + "; ".join(
+                f"{kind} p50 {result[kind]['p50_ms']:.2f} ms p99 {result[kind]['p99_ms']:.2f} ms "
+                f"(n={result[kind]['count']})"
+                for kind in merged
+                if result[kind]["count"]
+            )
+        )
+        print(
+            f"   median over {rounds} rounds of each round's p99: "
+            + ", ".join(f"{kind} {value:.2f} ms" for kind, value in result["median_of_round_p99_ms"].items())
+        )
     report["load_average_after"] = os.getloadavg()
-    print(f"load average before/after: {report['load_average_before'][0]:.2f} / {report['load_average_after'][0]:.2f} "
-          f"on {os.cpu_count()} cores")
+    print(
+        f"load average before/after: {report['load_average_before'][0]:.2f} / {report['load_average_after'][0]:.2f} "
+        f"on {os.cpu_count()} cores"
+    )
     status = "PASS" if worst < TARGET_P99_MS else "FAIL"
     report["worst_median_round_p99_ms"] = round(worst, 4)
     report["status"] = status

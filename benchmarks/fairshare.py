@@ -23,10 +23,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks" / "traces"))
 
-from make_traces import make_trace  # noqa: E402
+from machine_info import machine_info
+from make_traces import make_trace
 
-from labgpu.fairshare.simulator import format_table, load_trace, parse_trace, simulate  # noqa: E402
-from machine_info import machine_info  # noqa: E402 (benchmarks/machine_info.py)
+from labgpu.fairshare.simulator import format_table, load_trace, parse_trace, simulate
 
 TRACE = REPO / "benchmarks" / "traces" / "deadline-week.jsonl"
 RESULTS = REPO / "benchmarks" / "results"
@@ -74,49 +74,79 @@ def main() -> int:
     for seed in range(1, seeds + 1):
         generated = parse_trace(make_trace("deadline-week", 2026 + seed, 3), f"deadline-week seed {2026 + seed}")
         fifo, fair = simulate(generated, "fifo"), simulate(generated, "fairshare")
-        robustness.append({"seed": 2026 + seed, "wins": wins(fifo, fair),
-                           **{f"fifo_{k}": fifo[k] for k, _, _ in CRITERIA},
-                           **{f"fairshare_{k}": fair[k] for k, _, _ in CRITERIA},
-                           "fifo_jain_index_held_per_share": fifo["jain_index_held_per_share"],
-                           "fairshare_jain_index_held_per_share": fair["jain_index_held_per_share"]})
+        robustness.append(
+            {
+                "seed": 2026 + seed,
+                "wins": wins(fifo, fair),
+                **{f"fifo_{k}": fifo[k] for k, _, _ in CRITERIA},
+                **{f"fairshare_{k}": fair[k] for k, _, _ in CRITERIA},
+                "fifo_jain_index_held_per_share": fifo["jain_index_held_per_share"],
+                "fairshare_jain_index_held_per_share": fair["jain_index_held_per_share"],
+            }
+        )
     all_three = sum(all(r["wins"].values()) for r in robustness)
-    raw_jain_wins = sum(r["fairshare_jain_index_held_per_share"] > r["fifo_jain_index_held_per_share"]
-                        for r in robustness)
+    raw_jain_wins = sum(
+        r["fairshare_jain_index_held_per_share"] > r["fifo_jain_index_held_per_share"] for r in robustness
+    )
 
     table = format_table([summaries["fifo"], summaries["fairshare"]], markdown=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
     won = sum(verdict.values())
     report = {
-        "benchmark": "fairshare", "trace": str(TRACE.relative_to(REPO)), "machine": machine(),
-        "results": summaries, "criteria": {k: {"better": how, "fairshare_wins": verdict[k]} for k, how, _ in CRITERIA},
-        "criteria_won": won, "simulator_time": timings,
-        "gpu_choice": ("labgpu.gpus.allocator.choose_gpus" if importlib.util.find_spec("labgpu.gpus.allocator")
-                       else "first free ids (labgpu.gpus.allocator absent)"),
-        "robustness": {"seeds": seeds, "all_three_won": all_three, "raw_held_jain_won": raw_jain_wins,
-                       "runs": robustness},
+        "benchmark": "fairshare",
+        "trace": str(TRACE.relative_to(REPO)),
+        "machine": machine(),
+        "results": summaries,
+        "criteria": {k: {"better": how, "fairshare_wins": verdict[k]} for k, how, _ in CRITERIA},
+        "criteria_won": won,
+        "simulator_time": timings,
+        "gpu_choice": (
+            "labgpu.gpus.allocator.choose_gpus"
+            if importlib.util.find_spec("labgpu.gpus.allocator")
+            else "first free ids (labgpu.gpus.allocator absent)"
+        ),
+        "robustness": {
+            "seeds": seeds,
+            "all_three_won": all_three,
+            "raw_held_jain_won": raw_jain_wins,
+            "runs": robustness,
+        },
     }
     (RESULTS / "fairshare.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
-    lines = [f"# fifo vs fairshare on `{TRACE.relative_to(REPO)}`", "",
-             f"8 GPUs, {len(trace.sessions)} sessions, 12 users in 3 groups, one week; "
-             "made by `python benchmarks/fairshare.py`. Formulas: docs/fairshare.md.", "", table, "",
-             "Gate (committed trace): " + ", ".join(f"{label}: {'fairshare better' if verdict[k] else 'NOT better'}"
-                                                   for k, _, label in CRITERIA) + ".", "",
-             f"Robustness: the same scenario generated with {seeds} other seeds: fairshare wins all three "
-             f"criteria in {all_three}/{seeds}; on the raw held-GPU-hours/share Jain's index it wins in "
-             f"{raw_jain_wins}/{seeds}.", "",
-             f"Machine: {report['machine']['cpu']}, {report['machine']['cores']} cores, Python "
-             f"{report['machine']['python']}, {report['machine']['date']}. Simulator time per policy run: "
-             f"fifo {timings['fifo']['median_s'] * 1000:.0f} ms, fairshare {timings['fairshare']['median_s'] * 1000:.0f} ms "
-             f"(median of {runs})."]
+    lines = [
+        f"# fifo vs fairshare on `{TRACE.relative_to(REPO)}`",
+        "",
+        f"8 GPUs, {len(trace.sessions)} sessions, 12 users in 3 groups, one week; "
+        "made by `python benchmarks/fairshare.py`. Formulas: docs/fairshare.md.",
+        "",
+        table,
+        "",
+        "Gate (committed trace): "
+        + ", ".join(f"{label}: {'fairshare better' if verdict[k] else 'NOT better'}" for k, _, label in CRITERIA)
+        + ".",
+        "",
+        f"Robustness: the same scenario generated with {seeds} other seeds: fairshare wins all three "
+        f"criteria in {all_three}/{seeds}; on the raw held-GPU-hours/share Jain's index it wins in "
+        f"{raw_jain_wins}/{seeds}.",
+        "",
+        f"Machine: {report['machine']['cpu']}, {report['machine']['cores']} cores, Python "
+        f"{report['machine']['python']}, {report['machine']['date']}. Simulator time per policy run: "
+        f"fifo {timings['fifo']['median_s'] * 1000:.0f} ms, fairshare {timings['fairshare']['median_s'] * 1000:.0f} ms "
+        f"(median of {runs}).",
+    ]
     (RESULTS / "fairshare.md").write_text("\n".join(lines) + "\n")
 
     print(format_table([summaries["fifo"], summaries["fairshare"]]))
-    print(f"robustness: fairshare won all three criteria on {all_three}/{seeds} other seeds "
-          f"(raw held-GPU-h Jain: {raw_jain_wins}/{seeds})")
+    print(
+        f"robustness: fairshare won all three criteria on {all_three}/{seeds} other seeds "
+        f"(raw held-GPU-h Jain: {raw_jain_wins}/{seeds})"
+    )
     fifo, fair = summaries["fifo"], summaries["fairshare"]
-    print(f"jain {fifo['jain_index']:.3f} -> {fair['jain_index']:.3f}; light p95 wait "
-          f"{fifo['light_p95_wait_h']:.2f} h -> {fair['light_p95_wait_h']:.2f} h; busy fraction "
-          f"{fifo['gpu_busy_fraction']:.3f} -> {fair['gpu_busy_fraction']:.3f}")
+    print(
+        f"jain {fifo['jain_index']:.3f} -> {fair['jain_index']:.3f}; light p95 wait "
+        f"{fifo['light_p95_wait_h']:.2f} h -> {fair['light_p95_wait_h']:.2f} h; busy fraction "
+        f"{fifo['gpu_busy_fraction']:.3f} -> {fair['gpu_busy_fraction']:.3f}"
+    )
     status = "PASS" if won == len(CRITERIA) else "FAIL"
     print(f"fairshare: criteria_won={won}/{len(CRITERIA)} target={len(CRITERIA)}/{len(CRITERIA)} {status}")
     return 0 if status == "PASS" else 1

@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from labgpu.doctor.checks import CheckResult, render_text  # noqa: E402
+from labgpu.doctor.checks import CheckResult, render_text
 
 TARGET_FRACTION = 0.90
 
@@ -60,21 +60,35 @@ def bare_bf16_loop(torch, n: int, iters: int, rounds: int) -> dict:
     del a, b, c
     torch.cuda.empty_cache()
     tflops = sorted(2 * n**3 / s / 1e12 for s in per_call)
-    return {"n": n, "iters": iters, "rounds": rounds, "tflops_median": round(statistics.median(tflops), 2),
-            "tflops_min": round(tflops[0], 2), "tflops_max": round(tflops[-1], 2)}
+    return {
+        "n": n,
+        "iters": iters,
+        "rounds": rounds,
+        "tflops_median": round(statistics.median(tflops), 2),
+        "tflops_min": round(tflops[0], 2),
+        "tflops_max": round(tflops[-1], 2),
+    }
 
 
 def run_doctor(args: list[str]) -> tuple[dict, float]:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "labgpu.doctor", "--json", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=400)
+    done = subprocess.run(
+        [sys.executable, "-m", "labgpu.doctor", "--json", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
     wall = time.perf_counter() - started
     try:
         report = json.loads(done.stdout)
     except json.JSONDecodeError:
-        raise SystemExit(f"gpu_doctor: labgpu-doctor {' '.join(args)} printed no JSON (exit "
-                         f"{done.returncode}): {done.stderr[-2000:]}")
+        raise SystemExit(
+            f"gpu_doctor: labgpu-doctor {' '.join(args)} printed no JSON (exit "
+            f"{done.returncode}): {done.stderr[-2000:]}"
+        )
     report["exit_code"] = done.returncode
     return report, wall
 
@@ -100,7 +114,7 @@ def main() -> int:
     rounds = 3 if args.quick else 7
     bare_before = bare_bf16_loop(torch, 8192, 50, rounds)
     doctor_runs = {}
-    for label, flags in ([("quick", ["--quick"])] if args.quick else [("full", []), ("quick", ["--quick"])]):
+    for label, flags in [("quick", ["--quick"])] if args.quick else [("full", []), ("quick", ["--quick"])]:
         doctor_runs[label], wall = run_doctor(flags)
         doctor_runs[label]["wall_seconds"] = round(wall, 2)
     bare_after = bare_bf16_loop(torch, 8192, 50, rounds)
@@ -117,31 +131,47 @@ def main() -> int:
     ok = fraction >= TARGET_FRACTION and main_run["summary"]["FAIL"] == 0
 
     document = {
-        "benchmark": "gpu_doctor", "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-        "machine": {"platform": platform.platform(), "cpu_model": cpu_model(), "cores": os.cpu_count(),
-                    "python": sys.version.split()[0], "torch": torch.__version__,
-                    "cuda": torch.version.cuda,
-                    "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]},
+        "benchmark": "gpu_doctor",
+        "date": datetime.datetime.now(datetime.UTC).isoformat(),
+        "machine": {
+            "platform": platform.platform(),
+            "cpu_model": cpu_model(),
+            "cores": os.cpu_count(),
+            "python": sys.version.split()[0],
+            "torch": torch.__version__,
+            "cuda": torch.version.cuda,
+            "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
+        },
         "target": f"doctor bf16 matmul >= {TARGET_FRACTION:.0%} of the bare loop, and no check FAILs",
-        "bare_loop_before": bare_before, "bare_loop_after": bare_after,
-        "doctor_bf16_tflops": doctor_tflops, "bare_bf16_tflops_best": bare_best,
-        "doctor_over_bare": round(fraction, 3), "nccl_busbw_gbps": busbw,
-        "doctor": doctor_runs, "pass": ok,
+        "bare_loop_before": bare_before,
+        "bare_loop_after": bare_after,
+        "doctor_bf16_tflops": doctor_tflops,
+        "bare_bf16_tflops_best": bare_best,
+        "doctor_over_bare": round(fraction, 3),
+        "nccl_busbw_gbps": busbw,
+        "doctor": doctor_runs,
+        "pass": ok,
     }
     (out_dir / f"doctor_{args.tag}.json").write_text(json.dumps(document, indent=2, default=str) + "\n")
     texts = []
     for label, run in doctor_runs.items():
         results = [CheckResult(c["name"], c["status"], c["detail"], c["fix"], c["figures"]) for c in run["checks"]]
-        texts.append(f"$ labgpu-doctor{' --quick' if label == 'quick' else ''}   "
-                     f"(exit {run['exit_code']}, {run['wall_seconds']} s)\n" + render_text(results, run["machine"]))
+        texts.append(
+            f"$ labgpu-doctor{' --quick' if label == 'quick' else ''}   "
+            f"(exit {run['exit_code']}, {run['wall_seconds']} s)\n" + render_text(results, run["machine"])
+        )
     (out_dir / f"doctor_{args.tag}.txt").write_text("\n\n".join(texts) + "\n")
 
     print("\n\n".join(texts))
-    print(f"bare bf16 loop 8192^3: before {bare_before['tflops_median']} TFLOP/s, after "
-          f"{bare_after['tflops_median']} TFLOP/s; doctor {doctor_tflops} TFLOP/s"
-          + (f"; NCCL bus bandwidth {busbw} GB/s" if busbw is not None else ""))
-    print(f"gpu_doctor: doctor_over_bare={fraction:.3f} target={TARGET_FRACTION:.2f} "
-          f"fails={main_run['summary']['FAIL']} {'PASS' if ok else 'FAIL'}")
+    print(
+        f"bare bf16 loop 8192^3: before {bare_before['tflops_median']} TFLOP/s, after "
+        f"{bare_after['tflops_median']} TFLOP/s; doctor {doctor_tflops} TFLOP/s"
+        + (f"; NCCL bus bandwidth {busbw} GB/s" if busbw is not None else "")
+    )
+    print(
+        f"gpu_doctor: doctor_over_bare={fraction:.3f} target={TARGET_FRACTION:.2f} "
+        f"fails={main_run['summary']['FAIL']} {'PASS' if ok else 'FAIL'}"
+    )
     return 0 if ok else 1
 
 

@@ -26,10 +26,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from labgpu.gpus.allocator import NotEnoughGpus, choose_gpus  # noqa: E402
-from labgpu.gpus.inventory import InventoryError, NvmlInventory, gpu_to_dict  # noqa: E402
-from labgpu.db.ledger import Ledger  # noqa: E402
-from machine_info import machine_info  # noqa: E402 (benchmarks/machine_info.py)
+from machine_info import machine_info
+
+from labgpu.db.ledger import Ledger
+from labgpu.gpus.allocator import NotEnoughGpus, choose_gpus
+from labgpu.gpus.inventory import InventoryError, NvmlInventory, gpu_to_dict
 
 RESULTS = REPO / "benchmarks" / "results"
 
@@ -80,17 +81,22 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         inventory.gpus()
         cached.append((time.perf_counter() - start) * 1000)
-    report["timing_ms"] = {"first_call_with_init_and_topology": round(first_ms, 3),
-                           "cached_median": round(statistics.median(cached), 4),
-                           "cached_max": round(max(cached), 4), "repeats": repeats}  # fmt: skip
+    report["timing_ms"] = {
+        "first_call_with_init_and_topology": round(first_ms, 3),
+        "cached_median": round(statistics.median(cached), 4),
+        "cached_max": round(max(cached), 4),
+        "repeats": repeats,
+    }
     report["gpus"] = [gpu_to_dict(g) for g in gpus]
     index_of = {g.uuid: g.index for g in gpus}
     for gpu in gpus:
         peers = sorted(index_of.get(p, -1) for p in gpu.nvlink_peers)
         mig = f" MIG {len(gpu.mig_devices)} devices" if gpu.mig_enabled else ""
         health = "ok" if gpu.healthy else f"UNHEALTHY ({gpu.health_reason})"
-        print(f"GPU {gpu.index}: {gpu.uuid} {gpu.model} {gpu.memory_total / 1024**3:.1f} GiB {health}{mig} "
-              f"bus {gpu.pci_bus_id} numa {gpu.numa_node} switch {gpu.switch_group or '-'} nvlink peers {peers}")
+        print(
+            f"GPU {gpu.index}: {gpu.uuid} {gpu.model} {gpu.memory_total / 1024**3:.1f} GiB {health}{mig} "
+            f"bus {gpu.pci_bus_id} numa {gpu.numa_node} switch {gpu.switch_group or '-'} nvlink peers {peers}"
+        )
         for mig_device in gpu.mig_devices:
             print(f"    MIG {mig_device.index}: {mig_device.uuid} {mig_device.memory_total / 1024**3:.1f} GiB")
     print(f"gpus(): first call {first_ms:.1f} ms, then median {statistics.median(cached):.3f} ms ({repeats} calls)")
@@ -111,7 +117,9 @@ def main(argv: list[str] | None = None) -> int:
             if row["name"] != gpu.model:
                 mismatches.append(f"{gpu.uuid}: name {gpu.model!r} vs nvidia-smi {row['name']!r}")
             if abs(row["memory_mib"] - gpu.memory_total / 1024**2) > 1:
-                mismatches.append(f"{gpu.uuid}: memory {gpu.memory_total / 1024**2:.0f} MiB vs nvidia-smi {row['memory_mib']}")
+                mismatches.append(
+                    f"{gpu.uuid}: memory {gpu.memory_total / 1024**2:.0f} MiB vs nvidia-smi {row['memory_mib']}"
+                )
         if len(by_uuid) != len(gpus):
             mismatches.append(f"nvidia-smi lists {len(by_uuid)} GPUs, NVML inventory {len(gpus)}")
     if report["nvidia_smi_topo"]:

@@ -28,7 +28,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from labgpu.services.telemetry import (  # noqa: E402
+from labgpu.db.telemetry_store import GPU, GPU_SAMPLE, OWNER, PROCESS_SAMPLE, TelemetryDB
+from labgpu.services.telemetry import (
     WORKSPACE,
     NvmlTelemetrySource,
     Poller,
@@ -37,7 +38,6 @@ from labgpu.services.telemetry import (  # noqa: E402
     ReplayTelemetrySource,
     Retention,
 )
-from labgpu.db.telemetry_store import GPU, GPU_SAMPLE, OWNER, PROCESS_SAMPLE, TelemetryDB  # noqa: E402
 
 FAKE_CONTAINER = "ab" * 32
 LOAD_CODE = r"""
@@ -70,7 +70,7 @@ def machine() -> dict:
         "platform": platform.platform(),
         "python": platform.python_version(),
         "cores": os.cpu_count(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
     try:
         info["cpu_model"] = next(
@@ -78,7 +78,10 @@ def machine() -> dict:
         )
     except (OSError, StopIteration):
         info["cpu_model"] = platform.processor()
-    for key, cmd in (("gpus", ["nvidia-smi", "-L"]), ("driver", ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"])):
+    for key, cmd in (
+        ("gpus", ["nvidia-smi", "-L"]),
+        ("driver", ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"]),
+    ):
         try:
             info[key] = subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout.strip()
         except (OSError, subprocess.SubprocessError) as error:
@@ -96,7 +99,7 @@ def percentile(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def main() -> int:
@@ -115,7 +118,9 @@ def main() -> int:
 
     info = machine()
     print(json.dumps(info, indent=1), flush=True)
-    inner = NvmlTelemetrySource() if args.source == "nvml" else ReplayTelemetrySource(args.source.removeprefix("replay:"))
+    inner = (
+        NvmlTelemetrySource() if args.source == "nvml" else ReplayTelemetrySource(args.source.removeprefix("replay:"))
+    )
     source = RecordingSource(inner)
     first = inner.read()
     gpu_count = len(first)
@@ -129,7 +134,9 @@ def main() -> int:
     proc_root = work / "proc"
     labels = {FAKE_CONTAINER: {"org.labgpu.user": "alice", "org.labgpu.server": "train"}}
     db = TelemetryDB(f"sqlite:///{work / 'ledger.sqlite'}")
-    poller = Poller(source, db, ProcessAttributor(labels.get, proc_root), interval_s=args.interval, retention=Retention())
+    poller = Poller(
+        source, db, ProcessAttributor(labels.get, proc_root), interval_s=args.interval, retention=Retention()
+    )
 
     env = dict(os.environ, CUDA_VISIBLE_DEVICES=load_gpu.uuid)
     t0 = time.time()
@@ -143,8 +150,12 @@ def main() -> int:
     while time.time() < deadline:
         now = time.time()
         if load is None and now - t0 >= args.idle_before:
-            load = subprocess.Popen([sys.executable, "-c", FAKE_LOAD_CODE if args.fake_load else LOAD_CODE, str(args.load_seconds)],
-                                    env=env, stdout=subprocess.PIPE, text=True)
+            load = subprocess.Popen(
+                [sys.executable, "-c", FAKE_LOAD_CODE if args.fake_load else LOAD_CODE, str(args.load_seconds)],
+                env=env,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
             ready = load.stdout.readline().split()  # waits for CUDA init and the first matmul
             if len(ready) < 2:
                 print(f"the load did not start (exit {load.wait()}); see its error above", flush=True)
@@ -152,10 +163,15 @@ def main() -> int:
                 break
             load_pid = int(ready[1])
             load_started = time.time()
-            real_cgroup = Path(f"/proc/{load_pid}/cgroup").read_text() if Path(f"/proc/{load_pid}/cgroup").exists() else ""
+            real_cgroup = (
+                Path(f"/proc/{load_pid}/cgroup").read_text() if Path(f"/proc/{load_pid}/cgroup").exists() else ""
+            )
             (proc_root / str(load_pid)).mkdir(parents=True)
             (proc_root / str(load_pid) / "cgroup").write_text(f"0::/system.slice/docker-{FAKE_CONTAINER}.scope\n")
-            print(f"load ready: pid {load_pid} after {load_started - now:.1f} s; its real cgroup: {real_cgroup.strip()!r}", flush=True)
+            print(
+                f"load ready: pid {load_pid} after {load_started - now:.1f} s; its real cgroup: {real_cgroup.strip()!r}",
+                flush=True,
+            )
             next_tick = time.monotonic()
         if load is not None and load_ended is None and load.poll() is not None:
             load_ended = time.time()
@@ -170,13 +186,21 @@ def main() -> int:
 
     # ---- what the poller recorded -------------------------------------------------------------
     with db.engine.connect() as conn:
-        gpu_rows = conn.execute(
-            GPU_SAMPLE.join(GPU, GPU.c.id == GPU_SAMPLE.c.gpu_id).select().order_by(GPU_SAMPLE.c.ts_ms)
-        ).mappings().all()
-        proc_rows = conn.execute(
-            PROCESS_SAMPLE.join(GPU, GPU.c.id == PROCESS_SAMPLE.c.gpu_id).join(OWNER, OWNER.c.id == PROCESS_SAMPLE.c.owner_id)
-            .select().order_by(PROCESS_SAMPLE.c.ts_ms)
-        ).mappings().all()
+        gpu_rows = (
+            conn.execute(GPU_SAMPLE.join(GPU, GPU.c.id == GPU_SAMPLE.c.gpu_id).select().order_by(GPU_SAMPLE.c.ts_ms))
+            .mappings()
+            .all()
+        )
+        proc_rows = (
+            conn.execute(
+                PROCESS_SAMPLE.join(GPU, GPU.c.id == PROCESS_SAMPLE.c.gpu_id)
+                .join(OWNER, OWNER.c.id == PROCESS_SAMPLE.c.owner_id)
+                .select()
+                .order_by(PROCESS_SAMPLE.c.ts_ms)
+            )
+            .mappings()
+            .all()
+        )
 
     def utils(uuid: str, start: float, end: float) -> list[int]:
         return [r["util_gpu"] for r in gpu_rows if r["uuid"] == uuid and start * 1000 <= r["ts_ms"] < end * 1000]
@@ -189,31 +213,67 @@ def main() -> int:
     after = utils(load_gpu.uuid, *after_window)
     mean_during = statistics.fmean(during) if during else float("nan")
     mean_after = statistics.fmean(after) if after else float("nan")
-    checks.append(("utilization during load >= 90%", bool(during) and mean_during >= 90,
-                   f"mean {mean_during:.1f}% over {len(during)} samples (min {min(during, default=-1)}%)"))
-    checks.append(("utilization after load <= 5%", bool(after) and mean_after <= 5,
-                   f"mean {mean_after:.1f}% over {len(after)} samples (max {max(after, default=-1)}%)"))
+    checks.append(
+        (
+            "utilization during load >= 90%",
+            bool(during) and mean_during >= 90,
+            f"mean {mean_during:.1f}% over {len(during)} samples (min {min(during, default=-1)}%)",
+        )
+    )
+    checks.append(
+        (
+            "utilization after load <= 5%",
+            bool(after) and mean_after <= 5,
+            f"mean {mean_after:.1f}% over {len(after)} samples (max {max(after, default=-1)}%)",
+        )
+    )
     busy = db.busy_fraction([load_gpu.uuid], *load_window)
     checks.append(("busy_fraction query during load >= 0.9", busy is not None and busy >= 0.9, f"{busy}"))
     load_procs = [r for r in proc_rows if r["pid"] == load_pid]
     on_load_gpu = [r for r in load_procs if r["uuid"] == load_gpu.uuid]
     max_mem = max((r["memory_used_mib"] or 0 for r in on_load_gpu), default=0)
     attributed = {(r["kind"], r["user"], r["server"]) for r in on_load_gpu}
-    checks.append(("load PID recorded on its GPU with its memory", bool(on_load_gpu) and max_mem >= 500,
-                   f"{len(on_load_gpu)} samples, up to {max_mem} MiB"))
-    checks.append(("load PID attributed to alice/train", attributed == {(WORKSPACE, "alice", "train")}, f"{sorted(attributed)}"))
+    checks.append(
+        (
+            "load PID recorded on its GPU with its memory",
+            bool(on_load_gpu) and max_mem >= 500,
+            f"{len(on_load_gpu)} samples, up to {max_mem} MiB",
+        )
+    )
+    checks.append(
+        ("load PID attributed to alice/train", attributed == {(WORKSPACE, "alice", "train")}, f"{sorted(attributed)}")
+    )
     sm = [r["sm_util"] for r in on_load_gpu if r["sm_util"] is not None]
-    checks.append(("per-process SM utilization seen", bool(sm), f"{len(sm)} samples, median {statistics.median(sm) if sm else None}"))
+    checks.append(
+        (
+            "per-process SM utilization seen",
+            bool(sm),
+            f"{len(sm)} samples, median {statistics.median(sm) if sm else None}",
+        )
+    )
     usage = db.usage(t0, time.time() + 1).by_user.get("alice")
-    checks.append(("usage query: alice has busy GPU-seconds", usage is not None and usage.gpu_hours_busy * 3600 >= 0.8 * (load_window[1] - load_window[0]),
-                   f"{usage}"))
+    checks.append(
+        (
+            "usage query: alice has busy GPU-seconds",
+            usage is not None and usage.gpu_hours_busy * 3600 >= 0.8 * (load_window[1] - load_window[0]),
+            f"{usage}",
+        )
+    )
     if gpu_count > 1:
         elsewhere = {r["uuid"] for r in load_procs if r["uuid"] != load_gpu.uuid}
-        others_util = [r["util_gpu"] for r in gpu_rows if r["uuid"] != load_gpu.uuid
-                       and load_window[0] * 1000 <= r["ts_ms"] < load_window[1] * 1000]
+        others_util = [
+            r["util_gpu"]
+            for r in gpu_rows
+            if r["uuid"] != load_gpu.uuid and load_window[0] * 1000 <= r["ts_ms"] < load_window[1] * 1000
+        ]
         checks.append(("multi-GPU: load PID on no other GPU", not elsewhere, f"also on {sorted(elsewhere)}"))
-        checks.append(("multi-GPU: other GPUs idle during load (<= 5%)", bool(others_util) and max(others_util) <= 5,
-                       f"max {max(others_util, default=-1)}% over {len(others_util)} samples"))
+        checks.append(
+            (
+                "multi-GPU: other GPUs idle during load (<= 5%)",
+                bool(others_util) and max(others_util) <= 5,
+                f"max {max(others_util, default=-1)}% over {len(others_util)} samples",
+            )
+        )
 
     # ---- CPU cost per tick with real NVML -----------------------------------------------------
     burst = [poller.tick(time.time()) for _ in range(args.burst_ticks)]
@@ -229,27 +289,49 @@ def main() -> int:
         "poller_cpu_ms_per_gpu_p95": percentile(poller_ms, 0.95),
         "poller_cpu_ms_per_gpu_mean": statistics.fmean(poller_ms),
     }
-    checks.append(("poller CPU <= 1 ms per GPU per tick on top of NVML (median)", cost["poller_cpu_ms_per_gpu_median"] <= 1.0,
-                   f"median {cost['poller_cpu_ms_per_gpu_median']:.3f} ms, p95 {cost['poller_cpu_ms_per_gpu_p95']:.3f} ms; "
-                   f"NVML median {cost['nvml_cpu_ms_per_gpu_median']:.3f} ms"))
+    checks.append(
+        (
+            "poller CPU <= 1 ms per GPU per tick on top of NVML (median)",
+            cost["poller_cpu_ms_per_gpu_median"] <= 1.0,
+            f"median {cost['poller_cpu_ms_per_gpu_median']:.3f} ms, p95 {cost['poller_cpu_ms_per_gpu_p95']:.3f} ms; "
+            f"NVML median {cost['nvml_cpu_ms_per_gpu_median']:.3f} ms",
+        )
+    )
 
     # ---- write everything ---------------------------------------------------------------------
-    trace = source.trace({**info, "load_gpu": load_gpu.uuid, "load_pid": load_pid,
-                          "load_started_s": None if load_started is None else round(load_started - t0, 2),
-                          "load_ended_s": None if load_ended is None else round(load_ended - t0, 2),
-                          "load_real_cgroup": real_cgroup.strip()}, args.interval)
+    trace = source.trace(
+        {
+            **info,
+            "load_gpu": load_gpu.uuid,
+            "load_pid": load_pid,
+            "load_started_s": None if load_started is None else round(load_started - t0, 2),
+            "load_ended_s": None if load_ended is None else round(load_ended - t0, 2),
+            "load_real_cgroup": real_cgroup.strip(),
+        },
+        args.interval,
+    )
     trace["ticks"] = trace["ticks"][: len(reports) + 1]  # the timed run, not the burst
     (out / f"nvml-{tag}-load.json").write_text(json.dumps(trace, separators=(",", ":")))
     ok = all(passed for _, passed, _ in checks)
-    result = {"machine": info, "tag": tag, "load_gpu": load_gpu.uuid, "load_pid": load_pid,
-              "real_cgroup_of_load": real_cgroup.strip(), "checks": [{"check": n, "pass": p, "detail": d} for n, p, d in checks],
-              "cpu_cost": cost, "ticks_timed": len(reports), "pass": ok}
+    result = {
+        "machine": info,
+        "tag": tag,
+        "load_gpu": load_gpu.uuid,
+        "load_pid": load_pid,
+        "real_cgroup_of_load": real_cgroup.strip(),
+        "checks": [{"check": n, "pass": p, "detail": d} for n, p, d in checks],
+        "cpu_cost": cost,
+        "ticks_timed": len(reports),
+        "pass": ok,
+    }
     (out / f"gpu_poller_{tag}.json").write_text(json.dumps(result, indent=1))
     lines = [f"{'PASS' if p else 'FAIL'}  {n}: {d}" for n, p, d in checks]
     (out / f"gpu_poller_{tag}.txt").write_text(json.dumps(info, indent=1) + "\n" + "\n".join(lines) + "\n")
     print("\n".join(lines))
-    print(f"gpu_poller_check: gpus={gpu_count} util_load={mean_during:.1f}% util_after={mean_after:.1f}% "
-          f"poller_cpu_ms_per_gpu={cost['poller_cpu_ms_per_gpu_median']:.3f} target<=1.0 {'PASS' if ok else 'FAIL'}")
+    print(
+        f"gpu_poller_check: gpus={gpu_count} util_load={mean_during:.1f}% util_after={mean_after:.1f}% "
+        f"poller_cpu_ms_per_gpu={cost['poller_cpu_ms_per_gpu_median']:.3f} target<=1.0 {'PASS' if ok else 'FAIL'}"
+    )
     inner.close()
     return 0 if ok else 1
 

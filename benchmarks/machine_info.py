@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,6 @@ def machine_info(**extra: Any) -> dict[str, Any]:
         "host": platform.node(),
         "python": platform.python_version(),
         "load_average": os.getloadavg(),
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         **extra,
     }

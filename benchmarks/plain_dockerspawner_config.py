@@ -4,8 +4,8 @@ jupyterhub_config.py, but spawned by plain DockerSpawner (what labs hand-roll to
 import os
 from pathlib import Path
 
-c = get_config()  # noqa: F821
-load_subconfig(str(Path(__file__).resolve().parent.parent / "jupyterhub_config.py"))  # noqa: F821
+c = get_config()
+load_subconfig(str(Path(__file__).resolve().parent.parent / "jupyterhub_config.py"))
 
 hub_id = os.environ.get("LABGPU_HUB_ID", "labgpu")
 c.JupyterHub.spawner_class = "docker"

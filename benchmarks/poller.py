@@ -26,7 +26,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from labgpu.services.telemetry import (  # noqa: E402
+import itertools
+
+from labgpu.db.telemetry_store import TelemetryDB
+from labgpu.services.telemetry import (
     DAY_S,
     GpuReading,
     Poller,
@@ -34,7 +37,6 @@ from labgpu.services.telemetry import (  # noqa: E402
     ReplayTelemetrySource,
     Retention,
 )
-from labgpu.db.telemetry_store import TelemetryDB  # noqa: E402
 
 TRACE = ROOT / "tests" / "data" / "nvml-1xh100-load.json"
 START = 1_800_000_000.0  # a whole hour
@@ -47,9 +49,13 @@ def machine() -> dict:
         cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
     except (OSError, StopIteration):
         cpu = platform.processor()
-    return {"platform": platform.platform(), "cpu_model": cpu, "cores": os.cpu_count(),
-            "python": platform.python_version(),
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    return {
+        "platform": platform.platform(),
+        "cpu_model": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }
 
 
 class ManyGpuReplay:
@@ -61,8 +67,12 @@ class ManyGpuReplay:
         ticks = [t for t in recorded.ticks if t[0].processes] if busy_only else recorded.ticks
         self.ticks = [
             [
-                replace(t[0], uuid=f"GPU-bench-{g:04d}", index=g,
-                        processes=tuple(replace(p, pid=10_000 + g) for p in t[0].processes))
+                replace(
+                    t[0],
+                    uuid=f"GPU-bench-{g:04d}",
+                    index=g,
+                    processes=tuple(replace(p, pid=10_000 + g) for p in t[0].processes),
+                )
                 for g in range(gpus)
             ]
             for t in ticks
@@ -98,19 +108,34 @@ def cpu_cost(work: Path, gpus: int, ticks: int, repeats: int) -> dict:
         poller = Poller(ManyGpuReplay(gpus, busy_only=False), db, synthetic_proc(run_dir, gpus), interval_s=5)
         reports = [poller.tick(START + i * 5) for i in range(ticks)]
         per_gpu_ms = [rep.poller_cpu_s * 1000 / gpus for rep in reports[1:]]  # tick 0 creates rows
-        runs.append({"median_ms": statistics.median(per_gpu_ms), "mean_ms": statistics.fmean(per_gpu_ms),
-                     "p95_ms": sorted(per_gpu_ms)[int(0.95 * (len(per_gpu_ms) - 1))],
-                     "source_ms": statistics.fmean(rep.source_cpu_s * 1000 / gpus for rep in reports)})
-    return {"gpus": gpus, "ticks": ticks, "repeats": repeats, "runs": runs,
-            "median_of_means_ms": statistics.median(run["mean_ms"] for run in runs),
-            "median_of_medians_ms": statistics.median(run["median_ms"] for run in runs)}
+        runs.append(
+            {
+                "median_ms": statistics.median(per_gpu_ms),
+                "mean_ms": statistics.fmean(per_gpu_ms),
+                "p95_ms": sorted(per_gpu_ms)[int(0.95 * (len(per_gpu_ms) - 1))],
+                "source_ms": statistics.fmean(rep.source_cpu_s * 1000 / gpus for rep in reports),
+            }
+        )
+    return {
+        "gpus": gpus,
+        "ticks": ticks,
+        "repeats": repeats,
+        "runs": runs,
+        "median_of_means_ms": statistics.median(run["mean_ms"] for run in runs),
+        "median_of_medians_ms": statistics.median(run["median_ms"] for run in runs),
+    }
 
 
 def growth(work: Path, gpus: int, days: int) -> dict:
     """Simulate ``days`` at a 5 s tick with default retention; bytes in use after each day."""
     db = TelemetryDB(f"sqlite:///{work / f'growth{gpus}.sqlite'}")
-    poller = Poller(ManyGpuReplay(gpus, busy_only=True), db, synthetic_proc(work / f"growth{gpus}", gpus),
-                    interval_s=5, retention=Retention())
+    poller = Poller(
+        ManyGpuReplay(gpus, busy_only=True),
+        db,
+        synthetic_proc(work / f"growth{gpus}", gpus),
+        interval_s=5,
+        retention=Retention(),
+    )
     per_day = int(DAY_S / 5)
     sizes = [db.size_bytes()]
     started = time.perf_counter()
@@ -118,13 +143,28 @@ def growth(work: Path, gpus: int, days: int) -> dict:
         for i in range(per_day):
             poller.tick(START + (day * per_day + i) * 5)
         sizes.append(db.size_bytes())
-    daily = [(b - a) / gpus / 1e6 for a, b in zip(sizes, sizes[1:])]
+    daily = [(b - a) / gpus / 1e6 for a, b in itertools.pairwise(sizes)]
     with db.engine.connect() as conn:
-        rows = {table: conn.exec_driver_sql(f"SELECT COUNT(*) FROM {table}").scalar()
-                for table in ("telemetry_gpu_sample", "telemetry_process_sample", "telemetry_gpu_rollup", "telemetry_owner_rollup")}
-    result = {"gpus": gpus, "days": days, "tick_s": 5, "processes_per_gpu": 1, "bytes_after_each_day": sizes,
-              "mb_per_gpu_each_day": daily, "worst_day_mb_per_gpu": max(daily), "rows": rows,
-              "simulated_in_s": time.perf_counter() - started}
+        rows = {
+            table: conn.exec_driver_sql(f"SELECT COUNT(*) FROM {table}").scalar()
+            for table in (
+                "telemetry_gpu_sample",
+                "telemetry_process_sample",
+                "telemetry_gpu_rollup",
+                "telemetry_owner_rollup",
+            )
+        }
+    result = {
+        "gpus": gpus,
+        "days": days,
+        "tick_s": 5,
+        "processes_per_gpu": 1,
+        "bytes_after_each_day": sizes,
+        "mb_per_gpu_each_day": daily,
+        "worst_day_mb_per_gpu": max(daily),
+        "rows": rows,
+        "simulated_in_s": time.perf_counter() - started,
+    }
     if days >= 3:
         # From day 3 raw samples are pruned as fast as they come (48 h), so a day adds only its
         # minute and hour rollups; after 30 days minute rollups are pruned too.
@@ -153,23 +193,37 @@ def main() -> int:
     worst_cpu = max(c["median_of_means_ms"] for c in cpu)
     worst_day = grow["worst_day_mb_per_gpu"]
     ok = worst_cpu <= CPU_TARGET_MS and worst_day <= GROWTH_TARGET_MB
-    result = {"machine": machine(), "quick": args.quick, "trace": str(TRACE.relative_to(ROOT)),
-              "cpu_cost_per_gpu_per_tick": cpu, "db_growth": grow,
-              "targets": {"cpu_ms_per_gpu_per_tick": CPU_TARGET_MS, "mb_per_gpu_per_day": GROWTH_TARGET_MB}, "pass": ok}
+    result = {
+        "machine": machine(),
+        "quick": args.quick,
+        "trace": str(TRACE.relative_to(ROOT)),
+        "cpu_cost_per_gpu_per_tick": cpu,
+        "db_growth": grow,
+        "targets": {"cpu_ms_per_gpu_per_tick": CPU_TARGET_MS, "mb_per_gpu_per_day": GROWTH_TARGET_MB},
+        "pass": ok,
+    }
     out = ROOT / "benchmarks" / "results" / "poller.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
     for c in cpu:
-        print(f"{c['gpus']} GPU(s): poller CPU per GPU per tick mean {c['median_of_means_ms']:.3f} ms, "
-              f"median {c['median_of_medians_ms']:.3f} ms (median over {c['repeats']} runs of {c['ticks']} ticks)")
-    print(f"growth per GPU per day at 5 s ({grow['days']} simulated days, {grow['gpus']} GPUs): "
-          + ", ".join(f"{d:.2f} MB" for d in grow["mb_per_gpu_each_day"]))
+        print(
+            f"{c['gpus']} GPU(s): poller CPU per GPU per tick mean {c['median_of_means_ms']:.3f} ms, "
+            f"median {c['median_of_medians_ms']:.3f} ms (median over {c['repeats']} runs of {c['ticks']} ticks)"
+        )
+    print(
+        f"growth per GPU per day at 5 s ({grow['days']} simulated days, {grow['gpus']} GPUs): "
+        + ", ".join(f"{d:.2f} MB" for d in grow["mb_per_gpu_each_day"])
+    )
     if "steady_state" in grow:
         st = grow["steady_state"]
-        print(f"steady state per GPU: raw {st['raw_mb_per_gpu_per_day']:.2f} MB/day kept 2 days, rollups "
-              f"{st['rollup_mb_per_gpu_per_day']:.2f} MB/day; about {st['size_mb_per_gpu_after_30_days_estimate']:.1f} MB after 30 days")
-    print(f"poller: cpu_ms_per_gpu_per_tick={worst_cpu:.3f} target<={CPU_TARGET_MS} "
-          f"db_mb_per_gpu_per_day={worst_day:.2f} target<={GROWTH_TARGET_MB} {'PASS' if ok else 'FAIL'}")
+        print(
+            f"steady state per GPU: raw {st['raw_mb_per_gpu_per_day']:.2f} MB/day kept 2 days, rollups "
+            f"{st['rollup_mb_per_gpu_per_day']:.2f} MB/day; about {st['size_mb_per_gpu_after_30_days_estimate']:.1f} MB after 30 days"
+        )
+    print(
+        f"poller: cpu_ms_per_gpu_per_tick={worst_cpu:.3f} target<={CPU_TARGET_MS} "
+        f"db_mb_per_gpu_per_day={worst_day:.2f} target<={GROWTH_TARGET_MB} {'PASS' if ok else 'FAIL'}"
+    )
     return 0 if ok else 1
 
 

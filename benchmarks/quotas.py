@@ -21,8 +21,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from labgpu.quota.policy import PolicyError, load_policy_text, resolve  # noqa: E402
-from machine_info import machine_info  # noqa: E402 (benchmarks/machine_info.py)
+from machine_info import machine_info
+
+from labgpu.quota.policy import PolicyError, load_policy_text, resolve
 
 TARGET_MS = 50.0
 USERS = 1000
@@ -43,9 +44,9 @@ def policy_text(users: int = USERS, groups: int = GROUPS, errors: int = 0) -> st
     """A realistic lab file: a few images, 100 groups of 10 members, a block entry per user."""
     lines = [
         "images:",
-        "  pytorch: {image: \"labgpu/workspace:local\", display: \"PyTorch 2.x (CUDA 12)\"}",
-        "  tf: {image: \"lab/tensorflow:2.17\", display: \"TensorFlow 2.17\"}",
-        "  jax: {image: \"lab/jax:0.4\", display: \"JAX\"}",
+        '  pytorch: {image: "labgpu/workspace:local", display: "PyTorch 2.x (CUDA 12)"}',
+        '  tf: {image: "lab/tensorflow:2.17", display: "TensorFlow 2.17"}',
+        '  jax: {image: "lab/jax:0.4", display: "JAX"}',
         "defaults: {gpus: 0, memory: 16G, cpus: 4, shm: 2G, images: [pytorch], idle_timeout: 2h, max_runtime: 7d}",
         "groups:",
     ]
@@ -119,7 +120,10 @@ def main() -> int:
             "min": round(samples[0], 2),
             "max": round(samples[-1], 2),
         },
-        "report_10_errors_ms": {"median": round(statistics.median(error_ms), 2), "errors_reported": error_samples[0][1]},
+        "report_10_errors_ms": {
+            "median": round(statistics.median(error_ms), 2),
+            "errors_reported": error_samples[0][1],
+        },
         "target_ms": TARGET_MS,
         "pass": passed,
         "machine": machine(),
@@ -128,7 +132,9 @@ def main() -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results["load_and_resolve_ms"]), f"errors path: {results['report_10_errors_ms']}")
-    print(f"quotas: load_resolve_1000_users_median_ms={median:.1f} target=<{TARGET_MS:.0f} {'PASS' if passed else 'FAIL'}")
+    print(
+        f"quotas: load_resolve_1000_users_median_ms={median:.1f} target=<{TARGET_MS:.0f} {'PASS' if passed else 'FAIL'}"
+    )
     return 0 if passed else 1
 
 

@@ -23,8 +23,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.harness import WORKSPACE_IMAGE, HubProcess  # noqa: E402
-from machine_info import machine_info  # noqa: E402 (benchmarks/machine_info.py)
+from machine_info import machine_info
+
+from tests.harness import WORKSPACE_IMAGE, HubProcess
 
 # The same limits for both spawners (the plain one gets them in plain_dockerspawner_config.py).
 BENCH_QUOTAS = f"""
@@ -91,7 +92,9 @@ def main() -> int:
     medians = {name: statistics.median(v) for name, v in samples.items()}
     ratio = medians["GPUDockerSpawner"] / medians["DockerSpawner"]
     # Each run's pair ran back to back: the median of the pairs' ratios is less noisy.
-    paired = statistics.median(a / b for a, b in zip(samples["GPUDockerSpawner"], samples["DockerSpawner"]))
+    paired = statistics.median(
+        a / b for a, b in zip(samples["GPUDockerSpawner"], samples["DockerSpawner"], strict=False)
+    )
     passed = ratio <= TARGET
     result = {
         "benchmark": "spawn",

@@ -6,6 +6,7 @@ Used by the end-to-end tests, the browser tests and benchmarks/spawn.py.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -94,7 +95,7 @@ class HubProcess:
         env.update(self.extra_env)
         return env
 
-    def start(self, timeout: float = 60) -> "HubProcess":
+    def start(self, timeout: float = 60) -> HubProcess:
         jupyterhub = Path(sys.executable).with_name("jupyterhub")
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
@@ -133,10 +134,8 @@ class HubProcess:
                 self.proc.wait()
         # The proxy runs in the hub's process group; make sure nothing is left on our ports.
         if self.proc:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
     def containers(self, **filters):
         labels = [f"org.labgpu.hub={self.hub_id}"] + [f"{k}={v}" for k, v in filters.items()]
@@ -148,18 +147,14 @@ class HubProcess:
     def cleanup(self) -> None:
         self.stop()
         for c in self.containers():
-            try:
+            with contextlib.suppress(docker.errors.NotFound):
                 c.remove(force=True)
-            except docker.errors.NotFound:
-                pass
         for v in self.volumes():
-            try:
+            with contextlib.suppress(docker.errors.APIError):
                 v.remove(force=True)
-            except docker.errors.APIError:
-                pass
         shutil.rmtree(self.state_dir, ignore_errors=True)
 
-    def client(self, user: str) -> "HubClient":
+    def client(self, user: str) -> HubClient:
         return HubClient(self, user).login()
 
 
@@ -171,7 +166,7 @@ class HubClient:
         self.session = requests.Session()
         self._token: str | None = None
 
-    def login(self, password: str | None = None) -> "HubClient":
+    def login(self, password: str | None = None) -> HubClient:
         url = f"{self.hub.url}/hub/login"
         self.session.get(url, timeout=10).raise_for_status()
         r = self.session.post(
@@ -256,7 +251,10 @@ class KernelError(RuntimeError):
 
 
 def execute(base_url: str, user: str, server: str, kernel_id: str, token: str, code: str, timeout: float) -> str:
-    ws_url = base_url.replace("http", "ws", 1) + f"/user/{user}/{server + '/' if server else ''}api/kernels/{kernel_id}/channels"
+    ws_url = (
+        base_url.replace("http", "ws", 1)
+        + f"/user/{user}/{server + '/' if server else ''}api/kernels/{kernel_id}/channels"
+    )
     ws = websocket.create_connection(ws_url, header=[f"Authorization: token {token}"], timeout=timeout)
     msg_id = uuid.uuid4().hex
     ws.send(

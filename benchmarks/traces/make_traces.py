@@ -21,14 +21,28 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from labgpu.fairshare.simulator import dump_trace  # noqa: E402
+from labgpu.fairshare.simulator import dump_trace
 
 GROUPS = {"vision": {"share": 1, "pool": 6}, "nlp": {"share": 1, "pool": 6}, "robotics": {"share": 1, "pool": 4}}
 HEAVY = {"ava": "vision", "eli": "nlp", "ivan": "robotics"}
-LIGHT = {"ben": "vision", "cara": "vision", "dev": "vision", "fay": "nlp", "gus": "nlp", "hana": "nlp",
-         "jo": "robotics", "kim": "robotics", "leo": "robotics"}
-POLICY = {"idle_timeout_h": 1.0, "max_runtime_h": 24.0, "warn_before_h": 0.25,
-          "reclaim_only_when_waiting": True, "idle_threshold": 0.05}
+LIGHT = {
+    "ben": "vision",
+    "cara": "vision",
+    "dev": "vision",
+    "fay": "nlp",
+    "gus": "nlp",
+    "hana": "nlp",
+    "jo": "robotics",
+    "kim": "robotics",
+    "leo": "robotics",
+}
+POLICY = {
+    "idle_timeout_h": 1.0,
+    "max_runtime_h": 24.0,
+    "warn_before_h": 0.25,
+    "reclaim_only_when_waiting": True,
+    "idle_threshold": 0.05,
+}
 CALM_HEAVY_SESSIONS = 2  # per heavy user per week
 CALM_LIGHT_SESSIONS = 3  # per light user per week (on average)
 
@@ -70,8 +84,7 @@ def make_trace(name: str, seed: int, scale: int) -> str:
     for user in HEAVY:
         for _ in range(CALM_HEAVY_SESSIONS * scale):
             # Deadline week: everything is queued Monday to Wednesday morning.
-            at = (working_time(rng, (0, 1, 2), (0.5, 0.35, 0.15)) if deadline
-                  else working_time(rng, (0, 1, 2, 3, 4)))
+            at = working_time(rng, (0, 1, 2), (0.5, 0.35, 0.15)) if deadline else working_time(rng, (0, 1, 2, 3, 4))
             sessions.append({"at_h": at, **heavy_session(rng, user)})
     for user in LIGHT:
         count = sum(1 for _ in range(CALM_LIGHT_SESSIONS * scale * 2) if rng.random() < 0.5)
@@ -83,8 +96,17 @@ def make_trace(name: str, seed: int, scale: int) -> str:
         session["id"] = f"{name}-{number:03d}"
     users = {u: {"group": g, "share": 1, "max_gpus": 4, "kind": "heavy"} for u, g in HEAVY.items()}
     users |= {u: {"group": g, "share": 1, "max_gpus": 4, "kind": "light"} for u, g in LIGHT.items()}
-    header = {"name": name, "gpus": 8, "horizon_h": 168, "half_life_h": 168, "groups": GROUPS,
-              "users": users, "policy": POLICY, "seed": seed, "scale": scale}
+    header = {
+        "name": name,
+        "gpus": 8,
+        "horizon_h": 168,
+        "half_life_h": 168,
+        "groups": GROUPS,
+        "users": users,
+        "policy": POLICY,
+        "seed": seed,
+        "scale": scale,
+    }
     return dump_trace(header, sessions)
 
 

@@ -1,5 +1,6 @@
 """Print the versions inside this image as name=value lines (they become image labels)."""
 
+import contextlib
 import platform
 from importlib.metadata import PackageNotFoundError, version
 
@@ -14,7 +15,5 @@ try:
 except Exception:  # a CPU-only torch has no NCCL
     print("nccl=none")
 for dist in ("torchvision", "numpy", "pandas", "matplotlib", "tensorboard", "jupyterlab", "jupyterhub"):
-    try:
+    with contextlib.suppress(PackageNotFoundError):
         print(f"{dist}={version(dist)}")
-    except PackageNotFoundError:
-        pass

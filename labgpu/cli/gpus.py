@@ -7,15 +7,15 @@ import argparse
 import json
 import os
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
-from labgpu.gpus.allocator import Allocation
-from labgpu.hub.resources import default_ledger_path
-from labgpu.gpus.inventory import Gpu, InventoryError, gpu_to_dict, inventory_source, mig_units
 from labgpu.db.ledger import Ledger
+from labgpu.gpus.allocator import Allocation
+from labgpu.gpus.inventory import Gpu, InventoryError, gpu_to_dict, inventory_source, mig_units
+from labgpu.hub.resources import default_ledger_path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -91,7 +91,10 @@ def run_gpus(args: argparse.Namespace) -> int:
     if args.db:
         path = _sqlite_file(args.db)
         if path is not None and not path.exists():
-            print(f"labgpu gpus: no ledger at {path}; pass the hub's --db URL (or set $LABGPU_LEDGER / $LABGPU_STATE_DIR)", file=sys.stderr)
+            print(
+                f"labgpu gpus: no ledger at {path}; pass the hub's --db URL (or set $LABGPU_LEDGER / $LABGPU_STATE_DIR)",
+                file=sys.stderr,
+            )
             return 1
         with Ledger(args.db) as ledger:
             holdings = ledger.holdings(include_gone=True)
@@ -108,29 +111,48 @@ def run_gpus(args: argparse.Namespace) -> int:
         rows = [(unit, True, holders.get(unit.uuid)) for unit in units]
 
     if args.json:
-        print(json.dumps(
-            [
-                {**gpu_to_dict(gpu), "present": present,
-                 "held_by": None if not a else {"user": a.user, "server": a.server, "since": a.since.isoformat(),
-                                                "image": a.image, "gpus": list(a.gpu_uuids)}}
-                for gpu, present, a in rows
-            ],
-            indent=1,
-        ))  # fmt: skip
+        print(
+            json.dumps(
+                [
+                    {
+                        **gpu_to_dict(gpu),
+                        "present": present,
+                        "held_by": None
+                        if not a
+                        else {
+                            "user": a.user,
+                            "server": a.server,
+                            "since": a.since.isoformat(),
+                            "image": a.image,
+                            "gpus": list(a.gpu_uuids),
+                        },
+                    }
+                    for gpu, present, a in rows
+                ],
+                indent=1,
+            )
+        )
         return 0
     if not rows:
         print("No GPUs." + ("" if source else " The ledger has no inventory yet; pass --source to read one."))
         return 0
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     table = [["IDX", "UUID", "MODEL", "MEMORY", "HEALTH", "HELD BY", "SINCE"]]
     for gpu, present, allocation in rows:
-        table.append([
-            gpu.label, gpu.short_uuid, gpu.model, _memory(gpu.memory_total), _health(gpu, present),
-            allocation.server_label if allocation else "-", _since(allocation, now) if allocation else "",
-        ])  # fmt: skip
+        table.append(
+            [
+                gpu.label,
+                gpu.short_uuid,
+                gpu.model,
+                _memory(gpu.memory_total),
+                _health(gpu, present),
+                allocation.server_label if allocation else "-",
+                _since(allocation, now) if allocation else "",
+            ]
+        )
     widths = [max(len(row[col]) for row in table) for col in range(len(table[0]))]
     for row in table:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)).rstrip())
     # What can be granted: whole GPUs and MIG slices (a GPU in MIG mode is its slices).
     units = [(gpu, a) for gpu, present, a in rows if present and not gpu.mig_enabled]
     free = sum(1 for gpu, a in units if gpu.healthy and not a)

@@ -30,8 +30,11 @@ def _unavailable(subparsers: argparse._SubParsersAction, name: str, error: Impor
     missing = error.name or str(error)
 
     def explain(args: argparse.Namespace) -> int:
-        print(f"labgpu {name}: needs the Python package {missing!r}, which is not installed here "
-              f"(pip install 'labgpu' installs it)", file=sys.stderr)
+        print(
+            f"labgpu {name}: needs the Python package {missing!r}, which is not installed here "
+            f"(pip install 'labgpu' installs it)",
+            file=sys.stderr,
+        )
         return 1
 
     parser = subparsers.add_parser(name, help=f"(unavailable: {missing} is not installed)", add_help=False)
@@ -46,4 +49,3 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     return int(args.func(args) or 0)
-

@@ -11,7 +11,7 @@ import re
 import signal
 import threading
 import time
-from typing import Mapping
+from collections.abc import Mapping
 
 from labgpu.hub.containers import LABEL_HUB, LABEL_SERVER, LABEL_USER
 from labgpu.hub.resources import default_ledger_path
@@ -49,7 +49,9 @@ def parse_interval(text: str) -> float:
     except ValueError:
         raise argparse.ArgumentTypeError(f"--interval {text!r} is not a number of seconds") from None
     if value < MIN_INTERVAL_S:
-        raise argparse.ArgumentTypeError(f"--interval must be >= {MIN_INTERVAL_S:g} s (got {text}): NVML takes a driver lock")
+        raise argparse.ArgumentTypeError(
+            f"--interval must be >= {MIN_INTERVAL_S:g} s (got {text}): NVML takes a driver lock"
+        )
     return value
 
 
@@ -125,7 +127,9 @@ def run_poller(args: argparse.Namespace) -> int:
     try:
         if args.once:
             report = poller.tick(time.time())
-            print(f"{report.gpus} GPUs, {report.processes} processes, unhealthy: {', '.join(report.unhealthy) or 'none'}")
+            print(
+                f"{report.gpus} GPUs, {report.processes} processes, unhealthy: {', '.join(report.unhealthy) or 'none'}"
+            )
         else:
             poller.run(stop)
     finally:
@@ -141,25 +145,58 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         description="Sample every GPU and GPU process each tick, attribute processes to users "
         "through container labels, and keep raw samples plus minute and hour rollups.",
     )
-    parser.add_argument("--db", default=None,
-                        help="the ledger: a SQLite file or SQLAlchemy URL (default: $LABGPU_LEDGER, else "
-                        "ledger.sqlite in $LABGPU_STATE_DIR or ./.state: the hub's own ledger)")
-    parser.add_argument("--hub-id", default=os.environ.get("LABGPU_HUB_ID", "labgpu"),
-                        help="attribute processes to users only in this hub's containers "
-                        "(label org.labgpu.hub; default: $LABGPU_HUB_ID or %(default)s)")
-    parser.add_argument("--interval", type=parse_interval, default=DEFAULT_INTERVAL_S,
-                        help="seconds between ticks, >= 1 (default %(default)s)")
-    parser.add_argument("--source", default="nvml",
-                        help="'nvml' (the GPUs of this host) or 'replay:PATH' (a recorded trace)")
+    parser.add_argument(
+        "--db",
+        default=None,
+        help="the ledger: a SQLite file or SQLAlchemy URL (default: $LABGPU_LEDGER, else "
+        "ledger.sqlite in $LABGPU_STATE_DIR or ./.state: the hub's own ledger)",
+    )
+    parser.add_argument(
+        "--hub-id",
+        default=os.environ.get("LABGPU_HUB_ID", "labgpu"),
+        help="attribute processes to users only in this hub's containers "
+        "(label org.labgpu.hub; default: $LABGPU_HUB_ID or %(default)s)",
+    )
+    parser.add_argument(
+        "--interval",
+        type=parse_interval,
+        default=DEFAULT_INTERVAL_S,
+        help="seconds between ticks, >= 1 (default %(default)s)",
+    )
+    parser.add_argument(
+        "--source", default="nvml", help="'nvml' (the GPUs of this host) or 'replay:PATH' (a recorded trace)"
+    )
     parser.add_argument("--once", action="store_true", help="take one tick, print a summary and exit")
-    parser.add_argument("--labels", choices=("docker", "none"), default="docker",
-                        help="where container labels come from: the Docker API, or none (container ids only)")
-    parser.add_argument("--proc-root", default=os.environ.get("LABGPU_PROC_ROOT", "/proc"),
-                        help="the host's /proc (the poller needs the host's PID namespace)")
-    parser.add_argument("--keep-raw", type=parse_retention, default=48 * 3600, metavar="DURATION",
-                        help="keep raw samples this long (default 48h)")
-    parser.add_argument("--keep-minutes", type=parse_retention, default=30 * 86400, metavar="DURATION",
-                        help="keep minute rollups this long (default 30d)")
-    parser.add_argument("--keep-hours", type=parse_retention, default=None, metavar="DURATION",
-                        help="keep hour rollups this long (default forever)")
+    parser.add_argument(
+        "--labels",
+        choices=("docker", "none"),
+        default="docker",
+        help="where container labels come from: the Docker API, or none (container ids only)",
+    )
+    parser.add_argument(
+        "--proc-root",
+        default=os.environ.get("LABGPU_PROC_ROOT", "/proc"),
+        help="the host's /proc (the poller needs the host's PID namespace)",
+    )
+    parser.add_argument(
+        "--keep-raw",
+        type=parse_retention,
+        default=48 * 3600,
+        metavar="DURATION",
+        help="keep raw samples this long (default 48h)",
+    )
+    parser.add_argument(
+        "--keep-minutes",
+        type=parse_retention,
+        default=30 * 86400,
+        metavar="DURATION",
+        help="keep minute rollups this long (default 30d)",
+    )
+    parser.add_argument(
+        "--keep-hours",
+        type=parse_retention,
+        default=None,
+        metavar="DURATION",
+        help="keep hour rollups this long (default forever)",
+    )
     parser.set_defaults(func=run_poller)

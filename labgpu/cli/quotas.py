@@ -5,9 +5,18 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
-from labgpu.quota.policy import Limits, Policy, PolicyError, default_paths, format_duration, format_size, load_policy, resolve
+from labgpu.quota.policy import (
+    Limits,
+    Policy,
+    PolicyError,
+    default_paths,
+    format_duration,
+    format_size,
+    load_policy,
+    resolve,
+)
 
 # Rows printed by `check` before it says how many more there are.
 SUMMARY_ROWS = 40
@@ -44,7 +53,10 @@ def _load(files: Sequence[str]) -> Policy | None:
         for line in e.errors:
             print(line, file=sys.stderr)
         count = len(e.errors)
-        print(f"{count} error{'s' if count != 1 else ''}; the hub keeps its last good policy until they are fixed.", file=sys.stderr)
+        print(
+            f"{count} error{'s' if count != 1 else ''}; the hub keeps its last good policy until they are fixed.",
+            file=sys.stderr,
+        )
         return None
 
 
@@ -66,7 +78,7 @@ def _row(who: str, limits: Limits) -> list[str]:
 
 def _table(rows: list[list[str]]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)).rstrip() for row in rows)
 
 
 def run_check(args: argparse.Namespace) -> int:
@@ -78,12 +90,16 @@ def run_check(args: argparse.Namespace) -> int:
     rows = [header, _row("(defaults)", resolve(policy, "\0no-such-user", ()))]
     for name, group in spec.groups.items():
         pool = f" pool={group.pool}" if group.pool is not None else ""
-        rows.append(_row(f"group {name} ({len(group.members)} listed{pool})", resolve(policy, "\0no-such-user", [name])))
+        rows.append(
+            _row(f"group {name} ({len(group.members)} listed{pool})", resolve(policy, "\0no-such-user", [name]))
+        )
     users = list(dict.fromkeys(list(spec.users) + sorted(policy.member_groups)))
     shown = users[: max(0, SUMMARY_ROWS - len(rows))]
     for user in shown:
         rows.append(_row(user, resolve(policy, user, ())))
-    print(f"OK: {', '.join(policy.files)}: {len(spec.images)} images, {len(spec.groups)} groups, {len(users)} users named")
+    print(
+        f"OK: {', '.join(policy.files)}: {len(spec.images)} images, {len(spec.groups)} groups, {len(users)} users named"
+    )
     print(_table(rows))
     if len(users) > len(shown):
         print(f"... and {len(users) - len(shown)} more users (labgpu quotas show USER)")

@@ -11,10 +11,10 @@ import logging
 import os
 import sys
 
-from labgpu.hub.resources import default_ledger_path
 from labgpu.db.ledger import Ledger
-from labgpu.quota.policy import PolicyError, PolicyStore, default_paths, parse_duration, split_paths
 from labgpu.db.queue_store import QueueStore
+from labgpu.hub.resources import default_ledger_path
+from labgpu.quota.policy import PolicyError, PolicyStore, default_paths, parse_duration, split_paths
 from labgpu.services.reclaimer import ReclaimSettings, hub_server_stopper, run_forever, telemetry_busy_fraction
 
 
@@ -34,20 +34,47 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(shown on the hub's pages), then stop the server through the Hub REST API. Busy GPUs, and GPUs "
         "without telemetry, are never reclaimed.",
     )
-    parser.add_argument("--db", default=None, metavar="URL",
-                        help="the ledger (default: $LABGPU_LEDGER, else ledger.sqlite in $LABGPU_STATE_DIR)")
-    parser.add_argument("--quotas", default=None, metavar="PATHS",
-                        help="quota files or directories, comma-separated (default: $LABGPU_QUOTAS)")
-    parser.add_argument("--api-url", default=os.environ.get("JUPYTERHUB_API_URL", "http://127.0.0.1:8081/hub/api"),
-                        help="the Hub API (default: $JUPYTERHUB_API_URL, set for managed services)")
-    parser.add_argument("--interval", type=_seconds, default=60.0, metavar="DURATION",
-                        help="time between rounds (default 1m)")
-    parser.add_argument("--warn-before", type=_seconds, default=900.0, metavar="DURATION",
-                        help="warn this long before stopping a server (default 15m)")
-    parser.add_argument("--busy-window", type=_seconds, default=300.0, metavar="DURATION",
-                        help="busy fraction measured over this window each round (default 5m)")
-    parser.add_argument("--idle-threshold", type=float, default=0.05, metavar="FRACTION",
-                        help="GPUs busy less than this fraction of the window are idle (default 0.05)")
+    parser.add_argument(
+        "--db",
+        default=None,
+        metavar="URL",
+        help="the ledger (default: $LABGPU_LEDGER, else ledger.sqlite in $LABGPU_STATE_DIR)",
+    )
+    parser.add_argument(
+        "--quotas",
+        default=None,
+        metavar="PATHS",
+        help="quota files or directories, comma-separated (default: $LABGPU_QUOTAS)",
+    )
+    parser.add_argument(
+        "--api-url",
+        default=os.environ.get("JUPYTERHUB_API_URL", "http://127.0.0.1:8081/hub/api"),
+        help="the Hub API (default: $JUPYTERHUB_API_URL, set for managed services)",
+    )
+    parser.add_argument(
+        "--interval", type=_seconds, default=60.0, metavar="DURATION", help="time between rounds (default 1m)"
+    )
+    parser.add_argument(
+        "--warn-before",
+        type=_seconds,
+        default=900.0,
+        metavar="DURATION",
+        help="warn this long before stopping a server (default 15m)",
+    )
+    parser.add_argument(
+        "--busy-window",
+        type=_seconds,
+        default=300.0,
+        metavar="DURATION",
+        help="busy fraction measured over this window each round (default 5m)",
+    )
+    parser.add_argument(
+        "--idle-threshold",
+        type=float,
+        default=0.05,
+        metavar="FRACTION",
+        help="GPUs busy less than this fraction of the window are idle (default 0.05)",
+    )
     parser.add_argument("--once", action="store_true", help="run one round and exit")
     parser.add_argument("--dry-run", action="store_true", help="log what would happen; warn and stop nobody")
     parser.set_defaults(func=run_reclaim)
@@ -57,8 +84,11 @@ def run_reclaim(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s labgpu-reclaim %(levelname)s %(message)s")
     token = os.environ.get("JUPYTERHUB_API_TOKEN", "")
     if not token and not args.dry_run:
-        print("labgpu reclaim: no Hub API token: run it as a JupyterHub managed service (it sets "
-              "JUPYTERHUB_API_TOKEN) or set JUPYTERHUB_API_TOKEN, or use --dry-run", file=sys.stderr)  # fmt: skip
+        print(
+            "labgpu reclaim: no Hub API token: run it as a JupyterHub managed service (it sets "
+            "JUPYTERHUB_API_TOKEN) or set JUPYTERHUB_API_TOKEN, or use --dry-run",
+            file=sys.stderr,
+        )
         return 2
     paths = split_paths(args.quotas) if args.quotas else default_paths()
     store_of_policy = None
@@ -75,13 +105,25 @@ def run_reclaim(args: argparse.Namespace) -> int:
             return None
         result = store_of_policy.refresh()
         if result.errors:
-            logging.getLogger("labgpu.reclaim").error("Quota files invalid, keeping the last good policy:\n  %s",
-                                                      "\n  ".join(result.errors))  # fmt: skip
+            logging.getLogger("labgpu.reclaim").error(
+                "Quota files invalid, keeping the last good policy:\n  %s", "\n  ".join(result.errors)
+            )
         return store_of_policy.policy
 
     url = args.db or default_ledger_path()
     ledger = Ledger(url)
-    settings = ReclaimSettings(warn_before=args.warn_before, idle_threshold=args.idle_threshold, busy_window=args.busy_window)
-    run_forever(ledger, QueueStore(ledger), policy, telemetry_busy_fraction(ledger.url), hub_server_stopper(args.api_url, token),
-                settings, args.interval, dry_run=args.dry_run, once=args.once)  # fmt: skip
+    settings = ReclaimSettings(
+        warn_before=args.warn_before, idle_threshold=args.idle_threshold, busy_window=args.busy_window
+    )
+    run_forever(
+        ledger,
+        QueueStore(ledger),
+        policy,
+        telemetry_busy_fraction(ledger.url),
+        hub_server_stopper(args.api_url, token),
+        settings,
+        args.interval,
+        dry_run=args.dry_run,
+        once=args.once,
+    )
     return 0

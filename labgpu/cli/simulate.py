@@ -12,13 +12,19 @@ from labgpu.fairshare.simulator import POLICIES, TraceError, format_table, load_
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "simulate", help="replay a demand trace through the scheduler on a virtual clock",
+        "simulate",
+        help="replay a demand trace through the scheduler on a virtual clock",
         description="Replay a JSON Lines demand trace (see labgpu/fairshare/simulator.py and "
-                    "benchmarks/traces/) through the real queue, backfill and reclamation code.")
+        "benchmarks/traces/) through the real queue, backfill and reclamation code.",
+    )
     parser.add_argument("trace", help="trace file, e.g. benchmarks/traces/deadline-week.jsonl")
-    parser.add_argument("--policy", choices=(*POLICIES, "both"), default="both",
-                        help="fifo (today's JupyterHub: first come, first served, nothing reclaimed), "
-                             "fairshare, or both side by side (default)")
+    parser.add_argument(
+        "--policy",
+        choices=(*POLICIES, "both"),
+        default="both",
+        help="fifo (today's JupyterHub: first come, first served, nothing reclaimed), "
+        "fairshare, or both side by side (default)",
+    )
     parser.add_argument("--gpus", type=int, default=None, help="GPUs on the server (default: the trace's)")
     parser.add_argument("--json", action="store_true", help="print the full figures as JSON")
     parser.set_defaults(func=run)
@@ -38,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"trace": args.trace, "results": summaries}, indent=2, sort_keys=True))
     else:
-        print(f"{trace.name}: {len(trace.sessions)} sessions, {args.gpus or trace.gpus} GPUs, "
-              f"{trace.horizon / 3600:g} h")
+        print(
+            f"{trace.name}: {len(trace.sessions)} sessions, {args.gpus or trace.gpus} GPUs, {trace.horizon / 3600:g} h"
+        )
         print(format_table(summaries))
     return 0

@@ -9,13 +9,13 @@ import csv
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from labgpu.hub.resources import default_ledger_path
 from labgpu.db.ledger import Ledger
-from labgpu.quota.policy import PolicyError, load_policy, parse_duration, resolve, split_paths
 from labgpu.db.queue_store import GRANTED, QueueStore
+from labgpu.hub.resources import default_ledger_path
+from labgpu.quota.policy import PolicyError, load_policy, parse_duration, resolve, split_paths
 
 HOUR = 3600.0
 NO_GROUP = "(no group)"
@@ -45,9 +45,15 @@ class UsageRow:
         return self.wait_hours_total / self.queued if self.queued else None
 
 
-def usage_rows(store: QueueStore, since: datetime, until: datetime, *, by: str = "user",
-               groups_of: Callable[[str], Sequence[str]] = lambda user: (),
-               busy_hours: dict[str, float] | None = None) -> list[UsageRow]:  # fmt: skip
+def usage_rows(
+    store: QueueStore,
+    since: datetime,
+    until: datetime,
+    *,
+    by: str = "user",
+    groups_of: Callable[[str], Sequence[str]] = lambda user: (),
+    busy_hours: dict[str, float] | None = None,
+) -> list[UsageRow]:
     """Figures per user (or per group: a user in several groups counts in each) over
     [since, until); ``busy_hours`` per user comes from telemetry when there is any."""
     rows: dict[str, UsageRow] = {}
@@ -114,13 +120,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--since", default="30d", metavar="DURATION", help="period ending now (default 30d)")
     parser.add_argument("--by", choices=("user", "group"), default="user", help="one row per user (default) or group")
     parser.add_argument("--csv", action="store_true", help="print CSV instead of a table")
-    parser.add_argument("--sessions", action="store_true",
-                        help="list workspace sessions instead: image and digest, driver, CUDA and torch versions, "
-                        "GPUs, start and end (what to cite to reproduce a result)")
-    parser.add_argument("--db", default=None, metavar="URL",
-                        help="the ledger (default: $LABGPU_LEDGER, else ledger.sqlite in $LABGPU_STATE_DIR)")
-    parser.add_argument("--quotas", default=None, metavar="PATHS",
-                        help="quota files, comma-separated, for --by group (default: $LABGPU_QUOTAS)")
+    parser.add_argument(
+        "--sessions",
+        action="store_true",
+        help="list workspace sessions instead: image and digest, driver, CUDA and torch versions, "
+        "GPUs, start and end (what to cite to reproduce a result)",
+    )
+    parser.add_argument(
+        "--db",
+        default=None,
+        metavar="URL",
+        help="the ledger (default: $LABGPU_LEDGER, else ledger.sqlite in $LABGPU_STATE_DIR)",
+    )
+    parser.add_argument(
+        "--quotas",
+        default=None,
+        metavar="PATHS",
+        help="quota files, comma-separated, for --by group (default: $LABGPU_QUOTAS)",
+    )
     parser.set_defaults(func=run_usage)
 
 
@@ -136,7 +153,12 @@ def _print_table(header: list[str], table: list[list[str]], as_csv: bool) -> Non
         return
     widths = [max(len(line[i]) for line in [header, *table]) for i in range(len(header))]
     for line in [header, *table]:
-        print("  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(line, widths))))
+        print(
+            "  ".join(
+                cell.ljust(w) if i == 0 else cell.rjust(w)
+                for i, (cell, w) in enumerate(zip(line, widths, strict=False))
+            )
+        )
 
 
 def print_sessions(url: str, period: float, as_csv: bool) -> int:
@@ -145,17 +167,25 @@ def print_sessions(url: str, period: float, as_csv: bool) -> int:
 
     with Ledger(url) as ledger:
         store = SessionStore(ledger)
-        since = datetime.now(timezone.utc) - timedelta(seconds=period)
+        since = datetime.now(UTC) - timedelta(seconds=period)
         sessions = store.sessions(since=since)
         store.close()
     header = ["SERVER", "STARTED", "ENDED", "IMAGE", "DIGEST", "DRIVER", "CUDA", "TORCH", "GPUS"]
     stamp = "%Y-%m-%d %H:%M"
     table = [
-        [s.server_label, s.started_at.strftime(stamp), s.ended_at.strftime(stamp) if s.ended_at else "running",
-         s.image, s.image_digest if as_csv else s.image_digest[:19], s.driver_version or "-", s.cuda_version or "-",
-         s.torch_version or "-", ",".join(s.gpu_uuids) or "-"]
+        [
+            s.server_label,
+            s.started_at.strftime(stamp),
+            s.ended_at.strftime(stamp) if s.ended_at else "running",
+            s.image,
+            s.image_digest if as_csv else s.image_digest[:19],
+            s.driver_version or "-",
+            s.cuda_version or "-",
+            s.torch_version or "-",
+            ",".join(s.gpu_uuids) or "-",
+        ]
         for s in sessions
-    ]  # fmt: skip
+    ]
     if not table and not as_csv:
         print("No workspace sessions in that period.")
         return 0
@@ -171,11 +201,13 @@ def run_usage(args: argparse.Namespace) -> int:
         return 2
     url = args.db or default_ledger_path()
     if "://" not in url and not Path(url).exists():
-        print(f"labgpu usage: no ledger at {url}; pass --db (or set $LABGPU_LEDGER / $LABGPU_STATE_DIR)", file=sys.stderr)
+        print(
+            f"labgpu usage: no ledger at {url}; pass --db (or set $LABGPU_LEDGER / $LABGPU_STATE_DIR)", file=sys.stderr
+        )
         return 1
     if args.sessions:
         return print_sessions(url, period, args.csv)
-    groups_of: Callable[[str], Sequence[str]] = lambda user: ()  # noqa: E731
+    groups_of: Callable[[str], Sequence[str]] = lambda user: ()
     if args.by == "group":
         from labgpu.quota.policy import default_paths
 
@@ -184,22 +216,40 @@ def run_usage(args: argparse.Namespace) -> int:
         except PolicyError as e:
             print(f"labgpu usage: --by group needs the quota policy: {e}", file=sys.stderr)
             return 1
-        groups_of = lambda user: resolve(policy, user).groups  # noqa: E731
+        groups_of = lambda user: resolve(policy, user).groups
     with Ledger(url) as ledger:
         store = QueueStore(ledger)
         until = store.now()
         since = until - timedelta(seconds=period)
-        rows = usage_rows(store, since, until, by=args.by, groups_of=groups_of,
-                          busy_hours=_busy_hours(ledger.url, since, until))  # fmt: skip
+        rows = usage_rows(
+            store, since, until, by=args.by, groups_of=groups_of, busy_hours=_busy_hours(ledger.url, since, until)
+        )
         store.close()
-    header = [args.by.upper(), "GPU-H HELD", "GPU-H BUSY", "EFFICIENCY", "QUEUED", "MEAN WAIT H", "MAX WAIT H",
-              "RECLAIMS", "RECLAIMED GPU-H"]  # fmt: skip
+    header = [
+        args.by.upper(),
+        "GPU-H HELD",
+        "GPU-H BUSY",
+        "EFFICIENCY",
+        "QUEUED",
+        "MEAN WAIT H",
+        "MAX WAIT H",
+        "RECLAIMS",
+        "RECLAIMED GPU-H",
+    ]
     table = [
-        [r.name, _fmt(r.gpu_hours_held), _fmt(r.gpu_hours_busy), _fmt(r.efficiency, "{:.0%}"), str(r.queued),
-         _fmt(r.mean_wait_hours, "{:.2f}"), _fmt(r.wait_hours_max if r.queued else None, "{:.2f}"), str(r.reclaims),
-         _fmt(r.reclaimed_gpu_hours)]
+        [
+            r.name,
+            _fmt(r.gpu_hours_held),
+            _fmt(r.gpu_hours_busy),
+            _fmt(r.efficiency, "{:.0%}"),
+            str(r.queued),
+            _fmt(r.mean_wait_hours, "{:.2f}"),
+            _fmt(r.wait_hours_max if r.queued else None, "{:.2f}"),
+            str(r.reclaims),
+            _fmt(r.reclaimed_gpu_hours),
+        ]
         for r in rows
-    ]  # fmt: skip
+    ]
     if not table and not args.csv:
         print(f"No GPU use in the last {args.since}.")
         return 0

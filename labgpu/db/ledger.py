@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -52,12 +52,12 @@ from labgpu.gpus.allocator import (
 from labgpu.gpus.inventory import Gpu, MigDevice, mig_units
 
 __all__ = [
+    "AuditEvent",
     "Base",
+    "GpuHolding",
+    "InventorySync",
     "Ledger",
     "LedgerError",
-    "GpuHolding",
-    "AuditEvent",
-    "InventorySync",
     "ledger_engine",
     "upgrade_to_head",
 ]
@@ -87,10 +87,10 @@ class UtcDateTime(TypeDecorator):
             return None
         if value.tzinfo is None:
             raise ValueError("the ledger stores aware datetimes only (use datetime.now(timezone.utc))")
-        return value.astimezone(timezone.utc).replace(tzinfo=None)
+        return value.astimezone(UTC).replace(tzinfo=None)
 
     def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
-        return value.replace(tzinfo=timezone.utc) if value is not None else None
+        return value.replace(tzinfo=UTC) if value is not None else None
 
 
 class Base(DeclarativeBase):
@@ -150,9 +150,7 @@ class AllocatedGpuRow(Base):
     __tablename__ = "allocation_gpus"
 
     gpu_uuid: Mapped[str] = mapped_column(String(96), ForeignKey("gpus.uuid"), primary_key=True)
-    allocation_id: Mapped[int] = mapped_column(
-        Integer, ForeignKey("allocations.id", ondelete="CASCADE"), index=True
-    )
+    allocation_id: Mapped[int] = mapped_column(Integer, ForeignKey("allocations.id", ondelete="CASCADE"), index=True)
 
 
 class AllocationEventRow(Base):
@@ -398,7 +396,7 @@ class Ledger:
         self.url = _sqlite_url(url_or_path)
         self._write = ledger_engine(self.url, immediate=True)
         self._read = ledger_engine(self.url, immediate=False)
-        self._clock = clock or (lambda: datetime.now(timezone.utc))
+        self._clock = clock or (lambda: datetime.now(UTC))
         self._parsed_gpus: dict[tuple, Gpu] = {}
         if migrate:
             upgrade_to_head(self._write)
@@ -417,7 +415,7 @@ class Ledger:
         self._write.dispose()
         self._read.dispose()
 
-    def __enter__(self) -> "Ledger":
+    def __enter__(self) -> Ledger:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -478,15 +476,31 @@ class Ledger:
         now = self._clock()
         with self._write.begin() as conn:
             changed = conn.execute(
-                update(_gpus).where((_gpus.c.uuid == uuid) | (_gpus.c.mig_parent == uuid)).values(health_override=problem)
+                update(_gpus)
+                .where((_gpus.c.uuid == uuid) | (_gpus.c.mig_parent == uuid))
+                .values(health_override=problem)
             ).rowcount
             if not changed and problem is not None:
                 conn.execute(
                     insert(_gpus).values(
-                        uuid=uuid, index=-1, model="", memory_total=0, healthy=True, health_reason="",
-                        mig_enabled=False, mig_devices="[]", pci_bus_id="", numa_node=None, switch_group="",
-                        nvlink_peers="[]", present=False, mig_parent="", mig_index=None, first_seen=now,
-                        last_seen=now, health_override=problem,
+                        uuid=uuid,
+                        index=-1,
+                        model="",
+                        memory_total=0,
+                        healthy=True,
+                        health_reason="",
+                        mig_enabled=False,
+                        mig_devices="[]",
+                        pci_bus_id="",
+                        numa_node=None,
+                        switch_group="",
+                        nvlink_peers="[]",
+                        present=False,
+                        mig_parent="",
+                        mig_index=None,
+                        first_seen=now,
+                        last_seen=now,
+                        health_override=problem,
                     )
                 )
 
@@ -537,20 +551,47 @@ class Ledger:
             if limit:
                 query = query.limit(limit)
             return [
-                AuditEvent(r.id, r.at, r.action, r.user, r.server, tuple(u for u in r.gpu_uuids.split(",") if u),
-                           r.allocation_id, r.image, r.reason)  # fmt: skip
+                AuditEvent(
+                    r.id,
+                    r.at,
+                    r.action,
+                    r.user,
+                    r.server,
+                    tuple(u for u in r.gpu_uuids.split(",") if u),
+                    r.allocation_id,
+                    r.image,
+                    r.reason,
+                )
                 for r in conn.execute(query).all()
             ]
 
     # -- writing -----------------------------------------------------------------------------
 
-    def _audit(self, conn: Connection, action: str, allocation_id: int, user: str, server: str,
-               uuids: Sequence[str], image: str | None, reason: str, at: datetime) -> None:  # fmt: skip
+    def _audit(
+        self,
+        conn: Connection,
+        action: str,
+        allocation_id: int,
+        user: str,
+        server: str,
+        uuids: Sequence[str],
+        image: str | None,
+        reason: str,
+        at: datetime,
+    ) -> None:
         conn.execute(
             _INSERT_EVENT,
-            {"at": at, "action": action, "user": user, "server": server, "gpu_uuids": ",".join(uuids),
-             "allocation_id": allocation_id, "image": image, "reason": reason},
-        )  # fmt: skip
+            {
+                "at": at,
+                "action": action,
+                "user": user,
+                "server": server,
+                "gpu_uuids": ",".join(uuids),
+                "allocation_id": allocation_id,
+                "image": image,
+                "reason": reason,
+            },
+        )
 
     def _delete_allocation(self, conn: Connection, row: Any, reason: str, now: datetime) -> Allocation:
         allocation = self._allocation(conn, row)
@@ -559,8 +600,18 @@ class Ledger:
         self._audit(conn, "release", row.id, row.user, row.server, allocation.gpu_uuids, row.image, reason, now)
         return allocation
 
-    def _insert_allocation(self, conn: Connection, action: str, user: str, server: str, uuids: Sequence[str],
-                           image: str | None, reason: str, now: datetime, container_id: str | None = None) -> int:  # fmt: skip
+    def _insert_allocation(
+        self,
+        conn: Connection,
+        action: str,
+        user: str,
+        server: str,
+        uuids: Sequence[str],
+        image: str | None,
+        reason: str,
+        now: datetime,
+        container_id: str | None = None,
+    ) -> int:
         allocation_id = conn.execute(
             _INSERT_ALLOCATION,
             {"user": user, "server": server, "since": now, "image": image, "container_id": container_id},
@@ -600,8 +651,13 @@ class Ledger:
                 mine = [r for r in rows if r.allocation_id == existing.id]
                 if (
                     len(mine) == n
-                    and all(self._gpu(r).healthy and r.present and grantable(self._gpu(r), n, models) and r.uuid not in excluded
-                            for r in mine)
+                    and all(
+                        self._gpu(r).healthy
+                        and r.present
+                        and grantable(self._gpu(r), n, models)
+                        and r.uuid not in excluded
+                        for r in mine
+                    )
                     and (image is None or image == existing.image)
                 ):
                     return self._allocation(conn, existing)
@@ -635,7 +691,9 @@ class Ledger:
             try:
                 self._insert_allocation(conn, "grant", user, server, uuids, image, f"asked for {n} ({placement})", now)
             except IntegrityError as exc:  # a constraint caught what the lock should have prevented
-                raise LedgerError(f"could not record the allocation for {_server_label(user, server)}: {exc.orig}") from None
+                raise LedgerError(
+                    f"could not record the allocation for {_server_label(user, server)}: {exc.orig}"
+                ) from None
             return Allocation(user, server, uuids, now, image)
 
     def release(self, user: str, server: str = "", reason: str = "stopped") -> Allocation | None:
@@ -680,17 +738,36 @@ class Ledger:
             for step in plan.adoptions:
                 label = _server_label(step.user, step.server)
                 if conn.execute(
-                    select(_allocations.c.id).where(_allocations.c.user == step.user, _allocations.c.server == step.server)
+                    select(_allocations.c.id).where(
+                        _allocations.c.user == step.user, _allocations.c.server == step.server
+                    )
                 ).first():
                     skipped.append(f"adoption of {label}: it already holds an allocation")
                     continue
                 known = set(conn.execute(select(_gpus.c.uuid).where(_gpus.c.uuid.in_(step.gpu_uuids))).scalars())
-                taken = set(conn.execute(select(_allocated.c.gpu_uuid).where(_allocated.c.gpu_uuid.in_(step.gpu_uuids))).scalars())
+                taken = set(
+                    conn.execute(
+                        select(_allocated.c.gpu_uuid).where(_allocated.c.gpu_uuid.in_(step.gpu_uuids))
+                    ).scalars()
+                )
                 if taken or known != set(step.gpu_uuids):
-                    why = f"held: {', '.join(sorted(taken))}" if taken else f"unknown: {', '.join(sorted(set(step.gpu_uuids) - known))}"
+                    why = (
+                        f"held: {', '.join(sorted(taken))}"
+                        if taken
+                        else f"unknown: {', '.join(sorted(set(step.gpu_uuids) - known))}"
+                    )
                     skipped.append(f"adoption of {label}: GPUs {why}")
                     continue
-                self._insert_allocation(conn, "adopt", step.user, step.server, step.gpu_uuids, None, step.reason, now,
-                                        container_id=step.container_id)  # fmt: skip
+                self._insert_allocation(
+                    conn,
+                    "adopt",
+                    step.user,
+                    step.server,
+                    step.gpu_uuids,
+                    None,
+                    step.reason,
+                    now,
+                    container_id=step.container_id,
+                )
                 adopted.append(Allocation(step.user, step.server, tuple(step.gpu_uuids), now, None))
         return ReconcileResult(tuple(released), tuple(adopted), tuple(skipped))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Float, Index, Integer, String, Text, UniqueConstraint, insert, select, update
@@ -150,18 +150,41 @@ class HeldInterval:
 def _entry(row: Any) -> QueueEntry:
     models = json.loads(row.models) if row.models is not None else None
     return QueueEntry(
-        row.id, row.user, row.server, row.gpus, tuple(json.loads(row.groups or "[]")),
-        tuple(models) if models is not None else None, row.placement, row.image,
-        tuple(json.loads(row.exclude or "[]")), row.max_runtime, row.submitted_at, row.heartbeat_at,
-        row.status, row.ended_at, row.reason or "", tuple(u for u in (row.gpu_uuids or "").split(",") if u),
-    )  # fmt: skip
+        row.id,
+        row.user,
+        row.server,
+        row.gpus,
+        tuple(json.loads(row.groups or "[]")),
+        tuple(models) if models is not None else None,
+        row.placement,
+        row.image,
+        tuple(json.loads(row.exclude or "[]")),
+        row.max_runtime,
+        row.submitted_at,
+        row.heartbeat_at,
+        row.status,
+        row.ended_at,
+        row.reason or "",
+        tuple(u for u in (row.gpu_uuids or "").split(",") if u),
+    )
 
 
 def _notice(row: Any) -> ReclaimNotice:
     return ReclaimNotice(
-        row.id, row.user, row.server, row.allocation_since, row.gpus, row.last_busy_at, row.warned_at,
-        row.reason or "", row.reclaim_at, row.message or "", row.reclaimed_at, row.idle_for or 0.0, row.error or "",
-    )  # fmt: skip
+        row.id,
+        row.user,
+        row.server,
+        row.allocation_since,
+        row.gpus,
+        row.last_busy_at,
+        row.warned_at,
+        row.reason or "",
+        row.reclaim_at,
+        row.message or "",
+        row.reclaimed_at,
+        row.idle_for or 0.0,
+        row.error or "",
+    )
 
 
 # ============================================================================================
@@ -179,7 +202,7 @@ class QueueStore:
         self.ledger = ledger
         self._write = ledger_engine(ledger.url, immediate=True)
         self._read = ledger_engine(ledger.url, immediate=False)
-        self._clock = clock or getattr(ledger, "_clock", None) or (lambda: datetime.now(timezone.utc))
+        self._clock = clock or getattr(ledger, "_clock", None) or (lambda: datetime.now(UTC))
 
     def now(self) -> datetime:
         return self._clock()
@@ -190,30 +213,47 @@ class QueueStore:
 
     # -- the queue ----------------------------------------------------------------------------
 
-    def enqueue(self, user: str, server: str, gpus: int, *, groups: Sequence[str] = (),
-                models: Sequence[str] | None = None, placement: str = "pack", image: str | None = None,
-                exclude: Sequence[str] = (), max_runtime: float | None = None) -> QueueEntry:
+    def enqueue(
+        self,
+        user: str,
+        server: str,
+        gpus: int,
+        *,
+        groups: Sequence[str] = (),
+        models: Sequence[str] | None = None,
+        placement: str = "pack",
+        image: str | None = None,
+        exclude: Sequence[str] = (),
+        max_runtime: float | None = None,
+    ) -> QueueEntry:
         """Queue this server's request; a server already waiting keeps its place (its original
         submission time: a spawn retried after a hub restart is not sent to the back)."""
         now = self._clock()
         values = dict(
-            gpus=gpus, groups=json.dumps(list(groups)), models=None if models is None else json.dumps(list(models)),
-            placement=placement, image=image, exclude=json.dumps(list(exclude)), max_runtime=max_runtime,
+            gpus=gpus,
+            groups=json.dumps(list(groups)),
+            models=None if models is None else json.dumps(list(models)),
+            placement=placement,
+            image=image,
+            exclude=json.dumps(list(exclude)),
+            max_runtime=max_runtime,
             heartbeat_at=now,
-        )  # fmt: skip
+        )
         with self._write.begin() as conn:
             row = conn.execute(
-                select(_queue).where(_queue.c.user == user, _queue.c.server == server, _queue.c.status == WAITING)
+                select(_queue)
+                .where(_queue.c.user == user, _queue.c.server == server, _queue.c.status == WAITING)
                 .order_by(_queue.c.id)
-            ).first()  # fmt: skip
+            ).first()
             if row is not None:
                 conn.execute(update(_queue).where(_queue.c.id == row.id).values(**values))
                 entry_id = row.id
             else:
                 entry_id = conn.execute(
-                    insert(_queue).values(user=user, server=server, submitted_at=now, status=WAITING, reason="",
-                                          gpu_uuids="", **values)
-                ).inserted_primary_key[0]  # fmt: skip
+                    insert(_queue).values(
+                        user=user, server=server, submitted_at=now, status=WAITING, reason="", gpu_uuids="", **values
+                    )
+                ).inserted_primary_key[0]
             return _entry(conn.execute(select(_queue).where(_queue.c.id == entry_id)).one())
 
     def entry(self, entry_id: int) -> QueueEntry | None:
@@ -224,7 +264,9 @@ class QueueStore:
     def waiting(self) -> list[QueueEntry]:
         """Every waiting entry, oldest first."""
         with self._read.connect() as conn:
-            rows = conn.execute(select(_queue).where(_queue.c.status == WAITING).order_by(_queue.c.submitted_at, _queue.c.id))
+            rows = conn.execute(
+                select(_queue).where(_queue.c.status == WAITING).order_by(_queue.c.submitted_at, _queue.c.id)
+            )
             return [_entry(r) for r in rows]
 
     def waiting_for(self, user: str, server: str = "") -> QueueEntry | None:
@@ -256,8 +298,11 @@ class QueueStore:
         if not entry_ids:
             return
         with self._write.begin() as conn:
-            conn.execute(update(_queue).where(_queue.c.id.in_(list(entry_ids)), _queue.c.status == WAITING)
-                         .values(heartbeat_at=self._clock()))  # fmt: skip
+            conn.execute(
+                update(_queue)
+                .where(_queue.c.id.in_(list(entry_ids)), _queue.c.status == WAITING)
+                .values(heartbeat_at=self._clock())
+            )
 
     def grant(self, entry_id: int, gpu_uuids: Sequence[str]) -> bool:
         """Record that this entry got its GPUs; False if it was no longer waiting."""
@@ -271,9 +316,10 @@ class QueueStore:
         """Take this server's waiting entry (if any) out of the queue; how many were removed."""
         with self._write.begin() as conn:
             result = conn.execute(
-                update(_queue).where(_queue.c.user == user, _queue.c.server == server, _queue.c.status == WAITING)
+                update(_queue)
+                .where(_queue.c.user == user, _queue.c.server == server, _queue.c.status == WAITING)
                 .values(status=CANCELLED, ended_at=self._clock(), reason=reason)
-            )  # fmt: skip
+            )
             return result.rowcount
 
     def abandon_stale(self, older_than: float) -> list[QueueEntry]:
@@ -283,16 +329,20 @@ class QueueStore:
         with self._write.begin() as conn:
             rows = conn.execute(select(_queue).where(_queue.c.status == WAITING, _queue.c.heartbeat_at < cutoff)).all()
             if rows:
-                conn.execute(update(_queue).where(_queue.c.id.in_([r.id for r in rows]))
-                             .values(status=ABANDONED, ended_at=self._clock(), reason=f"nobody waited for {older_than:.0f} s"))  # fmt: skip
+                conn.execute(
+                    update(_queue)
+                    .where(_queue.c.id.in_([r.id for r in rows]))
+                    .values(status=ABANDONED, ended_at=self._clock(), reason=f"nobody waited for {older_than:.0f} s")
+                )
             return [_entry(r) for r in rows]
 
     def _end(self, entry_id: int, status: str, reason: str, gpu_uuids: Sequence[str] = ()) -> bool:
         with self._write.begin() as conn:
             result = conn.execute(
-                update(_queue).where(_queue.c.id == entry_id, _queue.c.status == WAITING)
+                update(_queue)
+                .where(_queue.c.id == entry_id, _queue.c.status == WAITING)
                 .values(status=status, ended_at=self._clock(), reason=reason, gpu_uuids=",".join(gpu_uuids))
-            )  # fmt: skip
+            )
             return result.rowcount > 0
 
     # -- allocation history (for decayed usage and accounting) ---------------------------------
@@ -303,10 +353,18 @@ class QueueStore:
         until = until or self._clock()
         with self._read.connect() as conn:
             rows = conn.execute(
-                select(_events.c.at, _events.c.action, _events.c.user, _events.c.server, _events.c.gpu_uuids,
-                       _events.c.allocation_id, _events.c.reason)
-                .where(_events.c.at < until).order_by(_events.c.id)
-            ).all()  # fmt: skip
+                select(
+                    _events.c.at,
+                    _events.c.action,
+                    _events.c.user,
+                    _events.c.server,
+                    _events.c.gpu_uuids,
+                    _events.c.allocation_id,
+                    _events.c.reason,
+                )
+                .where(_events.c.at < until)
+                .order_by(_events.c.id)
+            ).all()
         open_: dict[int, HeldInterval] = {}
         intervals: list[HeldInterval] = []
         for at, action, user, server, uuids, allocation_id, reason in rows:
@@ -334,33 +392,53 @@ class QueueStore:
 
     def notices_for(self, user: str, since: datetime | None = None) -> list[ReclaimNotice]:
         """This user's warnings and reclamations (warned or reclaimed at or after ``since``)."""
-        query = select(_notices).where(_notices.c.user == user, _notices.c.warned_at.is_not(None)).order_by(_notices.c.id)
+        query = (
+            select(_notices).where(_notices.c.user == user, _notices.c.warned_at.is_not(None)).order_by(_notices.c.id)
+        )
         with self._read.connect() as conn:
             found = [_notice(r) for r in conn.execute(query)]
         if since is None:
             return found
         return [n for n in found if (n.reclaimed_at or n.warned_at) >= since]  # type: ignore[operator]
 
-    def watch(self, user: str, server: str, allocation_since: datetime, gpus: int,
-              *, busy_at: datetime | None = None) -> ReclaimNotice:
+    def watch(
+        self, user: str, server: str, allocation_since: datetime, gpus: int, *, busy_at: datetime | None = None
+    ) -> ReclaimNotice:
         """The notice row of this allocation, created on first sight (its GPUs counted as busy
         then, so a reclaimer started late never reclaims before a full idle timeout); with
         ``busy_at``, record that its GPUs were busy then."""
         with self._write.begin() as conn:
-            key = (_notices.c.user == user, _notices.c.server == server, _notices.c.allocation_since == allocation_since)
+            key = (
+                _notices.c.user == user,
+                _notices.c.server == server,
+                _notices.c.allocation_since == allocation_since,
+            )
             row = conn.execute(select(_notices).where(*key)).first()
             if row is None:
-                conn.execute(insert(_notices).values(
-                    user=user, server=server, allocation_since=allocation_since, gpus=gpus,
-                    last_busy_at=busy_at or self._clock(), reason="", message="", idle_for=0.0, error=""))  # fmt: skip
+                conn.execute(
+                    insert(_notices).values(
+                        user=user,
+                        server=server,
+                        allocation_since=allocation_since,
+                        gpus=gpus,
+                        last_busy_at=busy_at or self._clock(),
+                        reason="",
+                        message="",
+                        idle_for=0.0,
+                        error="",
+                    )
+                )
             elif busy_at is not None:
                 conn.execute(update(_notices).where(*key).values(last_busy_at=busy_at))
             return _notice(conn.execute(select(_notices).where(*key)).one())
 
     def record_warning(self, notice_id: int, *, reason: str, reclaim_at: datetime, message: str) -> None:
         with self._write.begin() as conn:
-            conn.execute(update(_notices).where(_notices.c.id == notice_id).values(
-                warned_at=self._clock(), reason=reason, reclaim_at=reclaim_at, message=message))  # fmt: skip
+            conn.execute(
+                update(_notices)
+                .where(_notices.c.id == notice_id)
+                .values(warned_at=self._clock(), reason=reason, reclaim_at=reclaim_at, message=message)
+            )
 
     def record_reclaim(self, notice_id: int, *, reason: str, message: str, idle_for: float, error: str = "") -> None:
         """Record a reclamation (``error``: the hub refused to stop the server; retried next round)."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from sqlalchemy import Index, Integer, String, Text, insert, select, update
 from sqlalchemy.orm import Mapped, mapped_column
@@ -65,10 +65,20 @@ class Session:
 
 def _session(row) -> Session:
     return Session(
-        row.id, row.user, row.server, row.container_id, row.image, row.image_digest, row.driver_version,
-        row.cuda_version, row.torch_version, tuple(u for u in row.gpu_uuids.split(",") if u),
-        row.started_at, row.ended_at, row.end_reason,
-    )  # fmt: skip
+        row.id,
+        row.user,
+        row.server,
+        row.container_id,
+        row.image,
+        row.image_digest,
+        row.driver_version,
+        row.cuda_version,
+        row.torch_version,
+        tuple(u for u in row.gpu_uuids.split(",") if u),
+        row.started_at,
+        row.ended_at,
+        row.end_reason,
+    )
 
 
 class SessionStore:
@@ -77,15 +87,25 @@ class SessionStore:
     def __init__(self, ledger: Ledger, *, clock: Callable[[], datetime] | None = None):
         self._write = ledger_engine(ledger.url, immediate=True)
         self._read = ledger_engine(ledger.url, immediate=False)
-        self._clock = clock or (lambda: datetime.now(timezone.utc))
+        self._clock = clock or (lambda: datetime.now(UTC))
 
     def close(self) -> None:
         self._write.dispose()
         self._read.dispose()
 
-    def open(self, user: str, server: str, *, container_id: str, image: str, image_digest: str,
-             driver_version: str | None, cuda_version: str | None, torch_version: str | None,
-             gpu_uuids: Sequence[str]) -> int:
+    def open(
+        self,
+        user: str,
+        server: str,
+        *,
+        container_id: str,
+        image: str,
+        image_digest: str,
+        driver_version: str | None,
+        cuda_version: str | None,
+        torch_version: str | None,
+        gpu_uuids: Sequence[str],
+    ) -> int:
         """Record a started workspace; a session of this server still open is closed first."""
         now = self._clock()
         with self._write.begin() as conn:
@@ -96,11 +116,19 @@ class SessionStore:
             )
             result = conn.execute(
                 insert(_sessions).values(
-                    user=user, server=server, container_id=container_id, image=image, image_digest=image_digest,
-                    driver_version=driver_version, cuda_version=cuda_version, torch_version=torch_version,
-                    gpu_uuids=",".join(gpu_uuids), started_at=now, end_reason="",
+                    user=user,
+                    server=server,
+                    container_id=container_id,
+                    image=image,
+                    image_digest=image_digest,
+                    driver_version=driver_version,
+                    cuda_version=cuda_version,
+                    torch_version=torch_version,
+                    gpu_uuids=",".join(gpu_uuids),
+                    started_at=now,
+                    end_reason="",
                 )
-            )  # fmt: skip
+            )
             return int(result.inserted_primary_key[0])
 
     def end(self, user: str, server: str, reason: str) -> int:

@@ -12,8 +12,8 @@ docs/telemetry.md and benchmarks/poller.py for the measured size per GPU per day
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
 
 from sqlalchemy import (
     Boolean,
@@ -49,7 +49,6 @@ from labgpu.services.telemetry import (
     rollup_gpu_samples,
     rollup_owner_samples,
 )
-
 
 # ============================================================================================
 # Tables (migration: labgpu/db/migrations/versions/0004_telemetry.py; keep the two in step)
@@ -176,7 +175,7 @@ class Usage:
     gpu_hours_in_use: float = 0.0
     gpu_hours_busy: float = 0.0
 
-    def __add__(self, other: "Usage") -> "Usage":
+    def __add__(self, other: Usage) -> Usage:
         return Usage(
             self.gpu_hours_held + other.gpu_hours_held,
             self.gpu_hours_in_use + other.gpu_hours_in_use,
@@ -227,13 +226,13 @@ class TelemetryDB:
         processes: Sequence[ProcessRecord],
     ) -> None:
         """All samples of one tick in one transaction, and each GPU's health."""
-        ts_ms = int(round(ts * 1000))
+        ts_ms = round(ts * 1000)
         dt_by_uuid: dict[str, int] = {}
         with self.engine.begin() as conn:
             gpu_rows = []
             for reading, dt_s, problem in gpus:
                 gpu_id = self._gpu_id(conn, reading, ts, problem)
-                dt_by_uuid[reading.uuid] = int(round(dt_s * 1000))
+                dt_by_uuid[reading.uuid] = round(dt_s * 1000)
                 gpu_rows.append(
                     {
                         "gpu_id": gpu_id,
@@ -243,7 +242,7 @@ class TelemetryDB:
                         "util_memory": reading.utilization_memory,
                         "memory_used_mib": reading.memory_used_mib,
                         "temperature_c": reading.temperature_c,
-                        "power_dw": None if reading.power_w is None else int(round(reading.power_w * 10)),
+                        "power_dw": None if reading.power_w is None else round(reading.power_w * 10),
                         "throttle_reasons": reading.throttle_reasons,
                         "ecc_uncorrected": reading.ecc_uncorrected,
                         "healthy": problem is None,
@@ -260,7 +259,7 @@ class TelemetryDB:
                     "dt_ms": dt_by_uuid[p.gpu_uuid],
                     "memory_used_mib": p.used_memory_mib,
                     "sm_util": p.sm_util,
-                    "busy_pm": int(round(p.busy * 1000)),
+                    "busy_pm": round(p.busy * 1000),
                 }
                 for p in processes
             ]
@@ -310,7 +309,9 @@ class TelemetryDB:
             owner_id = conn.execute(select(OWNER.c.id).where(where)).scalar()
             if owner_id is None:
                 owner_id = conn.execute(
-                    insert(OWNER).values(kind=owner.kind, container_id=owner.container_id, user=owner.user, server=owner.server)
+                    insert(OWNER).values(
+                        kind=owner.kind, container_id=owner.container_id, user=owner.user, server=owner.server
+                    )
                 ).inserted_primary_key[0]
             self._owner_ids[owner] = owner_id
         return owner_id
@@ -344,8 +345,16 @@ class TelemetryDB:
 
     def _roll_raw(self, conn: Connection, start: int, end: int) -> None:
         gpu_samples = [
-            GpuSample(r.gpu_id, r.ts_ms / 1000, r.dt_ms / 1000, r.util_gpu, r.memory_used_mib, r.temperature_c,
-                      None if r.power_dw is None else r.power_dw / 10, bool(r.healthy))
+            GpuSample(
+                r.gpu_id,
+                r.ts_ms / 1000,
+                r.dt_ms / 1000,
+                r.util_gpu,
+                r.memory_used_mib,
+                r.temperature_c,
+                None if r.power_dw is None else r.power_dw / 10,
+                bool(r.healthy),
+            )
             for r in conn.execute(
                 select(GPU_SAMPLE).where(GPU_SAMPLE.c.ts_ms >= start * 1000, GPU_SAMPLE.c.ts_ms < end * 1000)
             )
@@ -353,16 +362,31 @@ class TelemetryDB:
         owner_samples = [
             OwnerSample(r.gpu_id, r.owner_id, r.ts_ms / 1000, r.dt_ms / 1000, r.busy_pm / 1000, r.memory_used_mib)
             for r in conn.execute(
-                select(PROCESS_SAMPLE).where(PROCESS_SAMPLE.c.ts_ms >= start * 1000, PROCESS_SAMPLE.c.ts_ms < end * 1000)
+                select(PROCESS_SAMPLE).where(
+                    PROCESS_SAMPLE.c.ts_ms >= start * 1000, PROCESS_SAMPLE.c.ts_ms < end * 1000
+                )
             )
         ]
-        self._insert_rollups(conn, MINUTE, rollup_gpu_samples(gpu_samples, MINUTE), rollup_owner_samples(owner_samples, MINUTE))
+        self._insert_rollups(
+            conn, MINUTE, rollup_gpu_samples(gpu_samples, MINUTE), rollup_owner_samples(owner_samples, MINUTE)
+        )
 
     def _roll_minutes(self, conn: Connection, start: int, end: int) -> None:
-        in_range = lambda t: and_(t.c.resolution == MINUTE, t.c.bucket >= start, t.c.bucket < end)  # noqa: E731
+        in_range = lambda t: and_(t.c.resolution == MINUTE, t.c.bucket >= start, t.c.bucket < end)
         gpu_rollups = [
-            GpuRollup(r.bucket, r.gpu_id, r.samples, r.seconds, r.busy_s, r.util_max, r.memory_used_max_mib,
-                      r.memory_mib_s, r.temperature_max_c, r.energy_j, r.unhealthy_s)
+            GpuRollup(
+                r.bucket,
+                r.gpu_id,
+                r.samples,
+                r.seconds,
+                r.busy_s,
+                r.util_max,
+                r.memory_used_max_mib,
+                r.memory_mib_s,
+                r.temperature_max_c,
+                r.energy_j,
+                r.unhealthy_s,
+            )
             for r in conn.execute(select(GPU_ROLLUP).where(in_range(GPU_ROLLUP)))
         ]
         owner_rollups = [
@@ -371,15 +395,27 @@ class TelemetryDB:
         ]
         self._insert_rollups(conn, HOUR, merge_gpu_rollups(gpu_rollups, HOUR), merge_owner_rollups(owner_rollups, HOUR))
 
-    def _insert_rollups(self, conn: Connection, resolution: int, gpus: list[GpuRollup], owners: list[OwnerRollup]) -> None:
+    def _insert_rollups(
+        self, conn: Connection, resolution: int, gpus: list[GpuRollup], owners: list[OwnerRollup]
+    ) -> None:
         if gpus:
             conn.execute(
                 insert(GPU_ROLLUP).prefix_with("OR REPLACE"),
                 [
-                    {"resolution": resolution, "gpu_id": r.gpu, "bucket": r.bucket, "samples": r.samples,
-                     "seconds": r.seconds, "busy_s": r.busy_s, "util_max": r.util_max,
-                     "memory_used_max_mib": r.memory_used_max_mib, "memory_mib_s": r.memory_mib_s,
-                     "temperature_max_c": r.temperature_max_c, "energy_j": r.energy_j, "unhealthy_s": r.unhealthy_s}
+                    {
+                        "resolution": resolution,
+                        "gpu_id": r.gpu,
+                        "bucket": r.bucket,
+                        "samples": r.samples,
+                        "seconds": r.seconds,
+                        "busy_s": r.busy_s,
+                        "util_max": r.util_max,
+                        "memory_used_max_mib": r.memory_used_max_mib,
+                        "memory_mib_s": r.memory_mib_s,
+                        "temperature_max_c": r.temperature_max_c,
+                        "energy_j": r.energy_j,
+                        "unhealthy_s": r.unhealthy_s,
+                    }
                     for r in gpus
                 ],
             )
@@ -387,9 +423,16 @@ class TelemetryDB:
             conn.execute(
                 insert(OWNER_ROLLUP).prefix_with("OR REPLACE"),
                 [
-                    {"resolution": resolution, "owner_id": r.owner, "gpu_id": r.gpu, "bucket": r.bucket,
-                     "samples": r.samples, "seconds": r.seconds, "busy_s": r.busy_s,
-                     "memory_used_max_mib": r.memory_used_max_mib}
+                    {
+                        "resolution": resolution,
+                        "owner_id": r.owner,
+                        "gpu_id": r.gpu,
+                        "bucket": r.bucket,
+                        "samples": r.samples,
+                        "seconds": r.seconds,
+                        "busy_s": r.busy_s,
+                        "memory_used_max_mib": r.memory_used_max_mib,
+                    }
                     for r in owners
                 ],
             )
@@ -443,16 +486,25 @@ class TelemetryDB:
             for source, start, end in self._spans(conn, since, until):
                 if source == "raw":
                     row = conn.execute(
-                        select(func.sum(GPU_SAMPLE.c.dt_ms), func.sum(GPU_SAMPLE.c.dt_ms * func.coalesce(GPU_SAMPLE.c.util_gpu, 0)))
-                        .where(GPU_SAMPLE.c.gpu_id.in_(ids), GPU_SAMPLE.c.ts_ms >= int(start * 1000), GPU_SAMPLE.c.ts_ms < int(end * 1000))
+                        select(
+                            func.sum(GPU_SAMPLE.c.dt_ms),
+                            func.sum(GPU_SAMPLE.c.dt_ms * func.coalesce(GPU_SAMPLE.c.util_gpu, 0)),
+                        ).where(
+                            GPU_SAMPLE.c.gpu_id.in_(ids),
+                            GPU_SAMPLE.c.ts_ms >= int(start * 1000),
+                            GPU_SAMPLE.c.ts_ms < int(end * 1000),
+                        )
                     ).one()
                     seconds += (row[0] or 0) / 1000
                     busy += (row[1] or 0) / 100_000
                 else:
                     row = conn.execute(
                         select(func.sum(GPU_ROLLUP.c.seconds), func.sum(GPU_ROLLUP.c.busy_s)).where(
-                            GPU_ROLLUP.c.resolution == source, GPU_ROLLUP.c.gpu_id.in_(ids),
-                            GPU_ROLLUP.c.bucket >= start, GPU_ROLLUP.c.bucket < end)
+                            GPU_ROLLUP.c.resolution == source,
+                            GPU_ROLLUP.c.gpu_id.in_(ids),
+                            GPU_ROLLUP.c.bucket >= start,
+                            GPU_ROLLUP.c.bucket < end,
+                        )
                     ).one()
                     seconds += row[0] or 0.0
                     busy += row[1] or 0.0
@@ -471,7 +523,9 @@ class TelemetryDB:
         in_use: dict[str, float] = {}
         busy: dict[str, float] = {}
         with self.reader.connect() as conn:
-            users = {row.id: row.user for row in conn.execute(select(OWNER.c.id, OWNER.c.user).where(OWNER.c.user != ""))}
+            users = {
+                row.id: row.user for row in conn.execute(select(OWNER.c.id, OWNER.c.user).where(OWNER.c.user != ""))
+            }
             if users:
                 for source, start, end in self._spans(conn, since, until):
                     for owner_id, seconds, busy_s in self._owner_sums(conn, source, start, end, list(users)):
@@ -485,13 +539,17 @@ class TelemetryDB:
                 held_s[span.user] = held_s.get(span.user, 0.0) + overlap
         report = UsageReport(since, until)
         for user in sorted(set(in_use) | set(busy) | set(held_s)):
-            report.by_user[user] = Usage(held_s.get(user, 0.0) / HOUR, in_use.get(user, 0.0) / HOUR, busy.get(user, 0.0) / HOUR)
+            report.by_user[user] = Usage(
+                held_s.get(user, 0.0) / HOUR, in_use.get(user, 0.0) / HOUR, busy.get(user, 0.0) / HOUR
+            )
         for user, usage in report.by_user.items():
             for group in (groups_of or {}).get(user, ()):
                 report.by_group[group] = report.by_group.get(group, Usage()) + usage
         return report
 
-    def _owner_sums(self, conn: Connection, source: str | int, start: float, end: float, owner_ids: list[int]) -> list[tuple[int, float, float]]:
+    def _owner_sums(
+        self, conn: Connection, source: str | int, start: float, end: float, owner_ids: list[int]
+    ) -> list[tuple[int, float, float]]:
         if source == "raw":
             # Several processes of one owner on one GPU in one tick count that GPU-second once.
             per_tick = (
@@ -500,18 +558,28 @@ class TelemetryDB:
                     func.max(PROCESS_SAMPLE.c.dt_ms).label("dt_ms"),
                     func.min(func.sum(PROCESS_SAMPLE.c.busy_pm), 1000).label("busy_pm"),
                 )
-                .where(PROCESS_SAMPLE.c.owner_id.in_(owner_ids), PROCESS_SAMPLE.c.ts_ms >= int(start * 1000), PROCESS_SAMPLE.c.ts_ms < int(end * 1000))
+                .where(
+                    PROCESS_SAMPLE.c.owner_id.in_(owner_ids),
+                    PROCESS_SAMPLE.c.ts_ms >= int(start * 1000),
+                    PROCESS_SAMPLE.c.ts_ms < int(end * 1000),
+                )
                 .group_by(PROCESS_SAMPLE.c.owner_id, PROCESS_SAMPLE.c.gpu_id, PROCESS_SAMPLE.c.ts_ms)
                 .subquery()
             )
             rows = conn.execute(
-                select(per_tick.c.owner_id, func.sum(per_tick.c.dt_ms), func.sum(per_tick.c.dt_ms * per_tick.c.busy_pm)).group_by(per_tick.c.owner_id)
+                select(
+                    per_tick.c.owner_id, func.sum(per_tick.c.dt_ms), func.sum(per_tick.c.dt_ms * per_tick.c.busy_pm)
+                ).group_by(per_tick.c.owner_id)
             )
             return [(r[0], (r[1] or 0) / 1000, (r[2] or 0) / 1_000_000) for r in rows]
         rows = conn.execute(
             select(OWNER_ROLLUP.c.owner_id, func.sum(OWNER_ROLLUP.c.seconds), func.sum(OWNER_ROLLUP.c.busy_s))
-            .where(OWNER_ROLLUP.c.resolution == source, OWNER_ROLLUP.c.owner_id.in_(owner_ids),
-                   OWNER_ROLLUP.c.bucket >= start, OWNER_ROLLUP.c.bucket < end)
+            .where(
+                OWNER_ROLLUP.c.resolution == source,
+                OWNER_ROLLUP.c.owner_id.in_(owner_ids),
+                OWNER_ROLLUP.c.bucket >= start,
+                OWNER_ROLLUP.c.bucket < end,
+            )
             .group_by(OWNER_ROLLUP.c.owner_id)
         )
         return [(r[0], r[1] or 0.0, r[2] or 0.0) for r in rows]

@@ -10,6 +10,7 @@ runs on a machine with neither, and says so.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -43,8 +44,13 @@ class CheckResult:
     figures: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "status": self.status, "detail": self.detail,
-                "fix": self.fix, "figures": self.figures}
+        return {
+            "name": self.name,
+            "status": self.status,
+            "detail": self.detail,
+            "fix": self.fix,
+            "figures": self.figures,
+        }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -106,22 +112,31 @@ def cuda_version_text(code: int) -> str:
     return f"{code // 1000}.{(code % 1000) // 10}"
 
 
-def judge_driver(driver: str | None, cuda_runtime: str | None, driver_cuda: str | None = None,
-                 gpu_expected: bool = False) -> CheckResult:
+def judge_driver(
+    driver: str | None, cuda_runtime: str | None, driver_cuda: str | None = None, gpu_expected: bool = False
+) -> CheckResult:
     """Judge the driver against the CUDA runtime PyTorch was built with. ``driver_cuda`` is the
     newest CUDA the driver itself reports (NVML), shown for context."""
     name = "driver"
     if driver is None:
         if gpu_expected:
-            return CheckResult(name, "FAIL", "GPUs are assigned to this workspace but no NVIDIA "
-                               "driver is visible (no NVML, no /proc/driver/nvidia/version)",
-                               "the container was started without the NVIDIA runtime: ask your "
-                               "admin to check the NVIDIA Container Toolkit on the GPU server")
+            return CheckResult(
+                name,
+                "FAIL",
+                "GPUs are assigned to this workspace but no NVIDIA "
+                "driver is visible (no NVML, no /proc/driver/nvidia/version)",
+                "the container was started without the NVIDIA runtime: ask your "
+                "admin to check the NVIDIA Container Toolkit on the GPU server",
+            )
         return CheckResult(name, "SKIP", "no NVIDIA driver on this machine (no GPU): nothing to check")
     native = f" (natively CUDA {driver_cuda})" if driver_cuda else ""
     if cuda_runtime is None:
-        return CheckResult(name, "SKIP", f"driver {driver}{native}; no CUDA runtime to compare "
-                           "with (PyTorch is missing or a CPU-only build)", figures={"driver": driver})
+        return CheckResult(
+            name,
+            "SKIP",
+            f"driver {driver}{native}; no CUDA runtime to compare with (PyTorch is missing or a CPU-only build)",
+            figures={"driver": driver},
+        )
     figures = {"driver": driver, "cuda_runtime": cuda_runtime, "driver_cuda": driver_cuda}
     try:
         supported = driver_supports_cuda(driver, cuda_runtime)
@@ -129,28 +144,38 @@ def judge_driver(driver: str | None, cuda_runtime: str | None, driver_cuda: str 
         return CheckResult(name, "WARN", f"cannot compare driver and CUDA versions: {e}", figures=figures)
     floor = min_driver_for_cuda(cuda_runtime)
     if supported is None:
-        return CheckResult(name, "WARN", f"driver {driver}{native}; CUDA runtime {cuda_runtime} "
-                           "is not in this doctor's table of minimum drivers",
-                           "update labgpu (MIN_DRIVER_FOR_CUDA) or check NVIDIA's CUDA release "
-                           "notes for the minimum driver", figures)
+        return CheckResult(
+            name,
+            "WARN",
+            f"driver {driver}{native}; CUDA runtime {cuda_runtime} is not in this doctor's table of minimum drivers",
+            "update labgpu (MIN_DRIVER_FOR_CUDA) or check NVIDIA's CUDA release notes for the minimum driver",
+            figures,
+        )
     figures["min_driver"] = floor
     if not supported:
-        return CheckResult(name, "FAIL", f"driver {driver} is too old for CUDA {cuda_runtime} "
-                           f"(PyTorch's runtime): CUDA {cuda_runtime.split('.')[0]}.x needs "
-                           f"driver >= {floor}",
-                           f"ask your admin to install NVIDIA driver >= {floor} on the GPU server, "
-                           "or use an image whose PyTorch is built for an older CUDA", figures)
+        return CheckResult(
+            name,
+            "FAIL",
+            f"driver {driver} is too old for CUDA {cuda_runtime} "
+            f"(PyTorch's runtime): CUDA {cuda_runtime.split('.')[0]}.x needs "
+            f"driver >= {floor}",
+            f"ask your admin to install NVIDIA driver >= {floor} on the GPU server, "
+            "or use an image whose PyTorch is built for an older CUDA",
+            figures,
+        )
     note = ""
     if driver_cuda and parse_version(driver_cuda) < parse_version(cuda_runtime):
         note = " (through CUDA minor-version compatibility)"
-    return CheckResult(name, "PASS", f"driver {driver}{native} runs CUDA {cuda_runtime}{note}; "
-                       f"needs >= {floor}", figures=figures)
+    return CheckResult(
+        name, "PASS", f"driver {driver}{native} runs CUDA {cuda_runtime}{note}; needs >= {floor}", figures=figures
+    )
 
 
 GPU_UUID = re.compile(
     r"(?:GPU-|MIG-)?(?P<hex>[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})"
     r"|MIG-GPU-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}/\d+/\d+",
-    re.IGNORECASE)
+    re.IGNORECASE,
+)
 
 
 def normalize_gpu_uuid(text: str) -> str:
@@ -187,18 +212,22 @@ def visible_matches_assigned(visible: Sequence[str], assigned: Sequence[str]) ->
     return sorted(map(normalize_gpu_uuid, visible)) == sorted(map(normalize_gpu_uuid, assigned))
 
 
-def judge_visible_devices(visible: Sequence[str], assigned: Sequence[str] | None,
-                          source: str) -> CheckResult:
+def judge_visible_devices(visible: Sequence[str], assigned: Sequence[str] | None, source: str) -> CheckResult:
     """Compare the visible GPUs (from ``source``: 'PyTorch' or 'NVML') with LABGPU_GPUS."""
     name = "devices"
     figures = {"visible": list(visible), "assigned": None if assigned is None else list(assigned)}
     seen = ", ".join(visible) or "none"
     if assigned is None:
-        return CheckResult(name, "SKIP", f"LABGPU_GPUS is not set (not a LabGPU workspace); "
-                           f"{source} sees {len(visible)} GPU(s): {seen}", figures=figures)
+        return CheckResult(
+            name,
+            "SKIP",
+            f"LABGPU_GPUS is not set (not a LabGPU workspace); {source} sees {len(visible)} GPU(s): {seen}",
+            figures=figures,
+        )
     if visible_matches_assigned(visible, assigned):
-        return CheckResult(name, "PASS", f"{source} sees exactly the {len(assigned)} assigned "
-                           f"GPU(s): {seen}", figures=figures)
+        return CheckResult(
+            name, "PASS", f"{source} sees exactly the {len(assigned)} assigned GPU(s): {seen}", figures=figures
+        )
     by_key = {normalize_gpu_uuid(u): u for u in visible}
     wanted = {normalize_gpu_uuid(u): u for u in assigned}
     missing = [wanted[k] for k in wanted if k not in by_key]
@@ -208,14 +237,23 @@ def judge_visible_devices(visible: Sequence[str], assigned: Sequence[str] | None
         parts.append(f"assigned but not visible: {', '.join(missing)}")
     if extra:
         parts.append(f"visible but not assigned: {', '.join(extra)}")
-    fix = ("restart your server from the hub (File > Hub Control Panel) so it gets a fresh "
-           "container; if it persists, tell your admin: the container's device request does "
-           "not match the ledger")
+    fix = (
+        "restart your server from the hub (File > Hub Control Panel) so it gets a fresh "
+        "container; if it persists, tell your admin: the container's device request does "
+        "not match the ledger"
+    )
     if missing and "CUDA_VISIBLE_DEVICES" in os.environ:
-        fix = (f"CUDA_VISIBLE_DEVICES={os.environ['CUDA_VISIBLE_DEVICES']!r} hides GPUs: unset it "
-               "in your shell or notebook; else " + fix)
-    return CheckResult(name, "FAIL", f"{source} sees {len(visible)} GPU(s), LABGPU_GPUS assigns "
-                       f"{len(assigned)}: " + "; ".join(parts), fix, figures)
+        fix = (
+            f"CUDA_VISIBLE_DEVICES={os.environ['CUDA_VISIBLE_DEVICES']!r} hides GPUs: unset it "
+            "in your shell or notebook; else " + fix
+        )
+    return CheckResult(
+        name,
+        "FAIL",
+        f"{source} sees {len(visible)} GPU(s), LABGPU_GPUS assigns {len(assigned)}: " + "; ".join(parts),
+        fix,
+        figures,
+    )
 
 
 def expected_autograd(x: float, y: float) -> tuple[float, float, float]:
@@ -223,20 +261,22 @@ def expected_autograd(x: float, y: float) -> tuple[float, float, float]:
     return x * x + 2 * x * y + y**3, 2 * x + 2 * y, 2 * x + 3 * y * y
 
 
-def judge_autograd(device: str, got: tuple[float, float, float], x: float = 2.0,
-                   y: float = 3.0) -> CheckResult:
+def judge_autograd(device: str, got: tuple[float, float, float], x: float = 2.0, y: float = 3.0) -> CheckResult:
     """Compare autograd's (z, dz/dx, dz/dy) at (x, y) with the exact values."""
     want = expected_autograd(x, y)
     figures = {"device": device, "point": [x, y], "got": list(got), "expected": list(want)}
-    ok = all(abs(g - w) <= 1e-4 * max(1.0, abs(w)) for g, w in zip(got, want))
-    text = (f"z = x^2 + 2xy + y^3 at ({x:g}, {y:g}) on {device}: z = {got[0]:g}, "
-            f"dz/dx = {got[1]:g}, dz/dy = {got[2]:g}")
+    ok = all(abs(g - w) <= 1e-4 * max(1.0, abs(w)) for g, w in zip(got, want, strict=False))
+    text = f"z = x^2 + 2xy + y^3 at ({x:g}, {y:g}) on {device}: z = {got[0]:g}, dz/dx = {got[1]:g}, dz/dy = {got[2]:g}"
     if ok:
         return CheckResult("autograd", "PASS", text + " (exact)", figures=figures)
-    return CheckResult("autograd", "FAIL", text + f"; expected z = {want[0]:g}, dz/dx = {want[1]:g}, "
-                       f"dz/dy = {want[2]:g}",
-                       "the GPU computes wrong results: stop using it and tell your admin "
-                       "(run `nvidia-smi -q -d ECC,ROW_REMAPPER` and the vendor's diagnostics)", figures)
+    return CheckResult(
+        "autograd",
+        "FAIL",
+        text + f"; expected z = {want[0]:g}, dz/dx = {want[1]:g}, dz/dy = {want[2]:g}",
+        "the GPU computes wrong results: stop using it and tell your admin "
+        "(run `nvidia-smi -q -d ECC,ROW_REMAPPER` and the vendor's diagnostics)",
+        figures,
+    )
 
 
 # Dense (no sparsity) peak TFLOP/s by model, from NVIDIA's data sheets: fp32 on CUDA cores,
@@ -293,10 +333,14 @@ def judge_matmul(mode: str, per_device: Sequence[dict[str, Any]]) -> CheckResult
     wrong = [d for d in per_device if not d["rel_error"] <= limit]  # NaN fails too
     if wrong:
         d = wrong[0]
-        return CheckResult(name, "FAIL", f"GPU {d['index']} ({d['model']}) computes wrong {mode} "
-                           f"matrix products: relative error {d['rel_error']:.2e}, allowed {limit:.0e}",
-                           "stop using this GPU and tell your admin (ECC errors or a failing card)",
-                           {"devices": list(per_device)})
+        return CheckResult(
+            name,
+            "FAIL",
+            f"GPU {d['index']} ({d['model']}) computes wrong {mode} "
+            f"matrix products: relative error {d['rel_error']:.2e}, allowed {limit:.0e}",
+            "stop using this GPU and tell your admin (ECC errors or a failing card)",
+            {"devices": list(per_device)},
+        )
     verdicts = []
     for d in per_device:
         peak = peak_tflops(d["model"], mode)
@@ -306,15 +350,22 @@ def judge_matmul(mode: str, per_device: Sequence[dict[str, Any]]) -> CheckResult
     worst_index = max(range(len(per_device)), key=lambda i: STATUS_ORDER[verdicts[i]])
     worst, status = per_device[worst_index], verdicts[worst_index]
     peak = worst["peak_tflops"]
-    against = (f"{worst['fraction_of_peak']:.0%} of the {peak:g} TFLOP/s data-sheet peak"
-               if peak else f"no reference peak for {worst['model']}")
+    against = (
+        f"{worst['fraction_of_peak']:.0%} of the {peak:g} TFLOP/s data-sheet peak"
+        if peak
+        else f"no reference peak for {worst['model']}"
+    )
     many = f" (slowest of {len(per_device)} GPUs)" if len(per_device) > 1 else ""
-    detail = (f"{worst['tflops']:.1f} TFLOP/s on GPU {worst['index']} ({worst['model']}), "
-              f"{worst['n']}^3, {against}{many}; results correct")
+    detail = (
+        f"{worst['tflops']:.1f} TFLOP/s on GPU {worst['index']} ({worst['model']}), "
+        f"{worst['n']}^3, {against}{many}; results correct"
+    )
     fix = ""
     if status != "PASS":
-        fix = ("the GPU is slower than a healthy one: check `nvidia-smi -q -d PERFORMANCE,POWER` "
-               "for throttle reasons and whether other processes use it (`nvidia-smi`)")
+        fix = (
+            "the GPU is slower than a healthy one: check `nvidia-smi -q -d PERFORMANCE,POWER` "
+            "for throttle reasons and whether other processes use it (`nvidia-smi`)"
+        )
     return CheckResult(name, status, detail, fix, {"devices": list(per_device)})
 
 
@@ -333,21 +384,28 @@ def pcie_link_gbps(generation: int | None, width: int | None) -> float | None:
     return PCIE_GBPS_PER_LANE[generation] * width
 
 
-def judge_copy_bandwidth(h2d_gbps: float, d2h_gbps: float, link_gbps: float | None,
-                         link_text: str = "") -> CheckResult:
+def judge_copy_bandwidth(h2d_gbps: float, d2h_gbps: float, link_gbps: float | None, link_text: str = "") -> CheckResult:
     """Judge pinned host<->device copy rates against the PCIe link (or a floor when unknown)."""
     worst = min(h2d_gbps, d2h_gbps)
     figures = {"h2d_gbps": round(h2d_gbps, 2), "d2h_gbps": round(d2h_gbps, 2), "link_gbps": link_gbps}
     measured = f"host->device {h2d_gbps:.1f} GB/s, device->host {d2h_gbps:.1f} GB/s (pinned)"
     expected = (COPY_PASS_FRACTION * link_gbps) if link_gbps else COPY_FLOOR_GBPS
-    against = (f"link {link_text} carries {link_gbps:.0f} GB/s" if link_gbps
-               else f"expected >= {COPY_FLOOR_GBPS:g} GB/s (PCIe Gen3 x16 or better)")
+    against = (
+        f"link {link_text} carries {link_gbps:.0f} GB/s"
+        if link_gbps
+        else f"expected >= {COPY_FLOOR_GBPS:g} GB/s (PCIe Gen3 x16 or better)"
+    )
     if worst >= expected:
         return CheckResult("copy-bandwidth", "PASS", f"{measured}; {against}", figures=figures)
-    return CheckResult("copy-bandwidth", "WARN", f"{measured}: below {expected:.1f} GB/s; {against}",
-                       "data loading to the GPU will be slow: ask your admin to check the GPU's "
-                       "PCIe slot and link (`nvidia-smi -q -d PCIE` under load shows the current "
-                       "generation and width)", figures)
+    return CheckResult(
+        "copy-bandwidth",
+        "WARN",
+        f"{measured}: below {expected:.1f} GB/s; {against}",
+        "data loading to the GPU will be slow: ask your admin to check the GPU's "
+        "PCIe slot and link (`nvidia-smi -q -d PCIE` under load shows the current "
+        "generation and width)",
+        figures,
+    )
 
 
 # What one DataLoader worker keeps in /dev/shm: its prefetched batches (prefetch_factor 2) of
@@ -374,40 +432,59 @@ def format_bytes(n: float) -> str:
     return f"{int(n)} B"
 
 
-def judge_shm(total_bytes: int | None, free_bytes: int | None, workers: int,
-              path: str = "/dev/shm") -> CheckResult:
+def judge_shm(total_bytes: int | None, free_bytes: int | None, workers: int, path: str = "/dev/shm") -> CheckResult:
     """Judge /dev/shm's size (and free space) against ``workers`` DataLoader workers."""
     name = "shm"
     if total_bytes is None:
-        return CheckResult(name, "FAIL", f"{path} does not exist",
-                           "PyTorch DataLoader workers and NCCL need /dev/shm: ask your admin "
-                           "to start workspaces with a shared-memory mount (LABGPU_SHM_SIZE)")
+        return CheckResult(
+            name,
+            "FAIL",
+            f"{path} does not exist",
+            "PyTorch DataLoader workers and NCCL need /dev/shm: ask your admin "
+            "to start workspaces with a shared-memory mount (LABGPU_SHM_SIZE)",
+        )
     needed = shm_needed(workers)
-    figures = {"total_bytes": total_bytes, "free_bytes": free_bytes, "workers": workers,
-               "needed_bytes": needed}
+    figures = {"total_bytes": total_bytes, "free_bytes": free_bytes, "workers": workers, "needed_bytes": needed}
     size = f"{path} is {format_bytes(total_bytes)}"
     fits = max(0, total_bytes // SHM_PER_WORKER_BYTES)
-    fix = (f"ask your admin to raise LABGPU_SHM_SIZE to at least {format_bytes(needed)} "
-           f"(docker run --shm-size={-(-needed // GIB)}g), or use DataLoader(num_workers<={fits})")
+    fix = (
+        f"ask your admin to raise LABGPU_SHM_SIZE to at least {format_bytes(needed)} "
+        f"(docker run --shm-size={-(-needed // GIB)}g), or use DataLoader(num_workers<={fits})"
+    )
     if total_bytes < SHM_PER_WORKER_BYTES:
         default = " (Docker's default)" if total_bytes == DOCKER_DEFAULT_SHM_BYTES else ""
-        return CheckResult(name, "FAIL", f"{size}{default}: too small for even one DataLoader "
-                           f"worker ({format_bytes(SHM_PER_WORKER_BYTES)}); workers die with "
-                           "'bus error' or 'unable to write to file </torch_...>'", fix, figures)
+        return CheckResult(
+            name,
+            "FAIL",
+            f"{size}{default}: too small for even one DataLoader "
+            f"worker ({format_bytes(SHM_PER_WORKER_BYTES)}); workers die with "
+            "'bus error' or 'unable to write to file </torch_...>'",
+            fix,
+            figures,
+        )
     if not shm_enough(total_bytes, workers):
-        return CheckResult(name, "WARN", f"{size}: {workers} DataLoader workers need "
-                           f"{format_bytes(needed)}", fix, figures)
+        return CheckResult(
+            name, "WARN", f"{size}: {workers} DataLoader workers need {format_bytes(needed)}", fix, figures
+        )
     if free_bytes is not None and free_bytes < needed:
-        return CheckResult(name, "WARN", f"{size} but only {format_bytes(free_bytes)} is free; "
-                           f"{workers} DataLoader workers need {format_bytes(needed)}",
-                           f"free shared memory: remove stale files in {path} or stop other "
-                           "processes that hold it (e.g. old kernels)", figures)
-    return CheckResult(name, "PASS", f"{size} ({format_bytes(free_bytes or 0)} free): enough for "
-                       f"{workers} DataLoader workers ({format_bytes(needed)})", figures=figures)
+        return CheckResult(
+            name,
+            "WARN",
+            f"{size} but only {format_bytes(free_bytes)} is free; "
+            f"{workers} DataLoader workers need {format_bytes(needed)}",
+            f"free shared memory: remove stale files in {path} or stop other processes that hold it (e.g. old kernels)",
+            figures,
+        )
+    return CheckResult(
+        name,
+        "PASS",
+        f"{size} ({format_bytes(free_bytes or 0)} free): enough for "
+        f"{workers} DataLoader workers ({format_bytes(needed)})",
+        figures=figures,
+    )
 
 
-def cpus_from_cgroup(cpu_max: str | None, cfs_quota: str | None = None,
-                     cfs_period: str | None = None) -> float | None:
+def cpus_from_cgroup(cpu_max: str | None, cfs_quota: str | None = None, cfs_period: str | None = None) -> float | None:
     """CPU limit from cgroup v2 'cpu.max' ('200000 100000' or 'max 100000') or v1 quota/period;
     None when unlimited or unknown."""
     try:
@@ -449,26 +526,38 @@ def judge_nccl(report: dict[str, Any], link: str, link_text: str) -> CheckResult
     name = "nccl"
     ranks = report["world_size"]
     if not report.get("allreduce_correct"):
-        return CheckResult(name, "FAIL", f"all-reduce across {ranks} GPUs returned a wrong sum "
-                           f"({report.get('allreduce_got')}, expected {report.get('allreduce_expected')})",
-                           "tell your admin: GPU peer-to-peer transfers corrupt data; "
-                           "NCCL_P2P_DISABLE=1 works around it until fixed", report)
+        return CheckResult(
+            name,
+            "FAIL",
+            f"all-reduce across {ranks} GPUs returned a wrong sum "
+            f"({report.get('allreduce_got')}, expected {report.get('allreduce_expected')})",
+            "tell your admin: GPU peer-to-peer transfers corrupt data; NCCL_P2P_DISABLE=1 works around it until fixed",
+            report,
+        )
     if not report.get("ddp_grads_equal"):
-        return CheckResult(name, "FAIL", f"DistributedDataParallel across {ranks} GPUs left "
-                           "different gradients on different GPUs",
-                           "tell your admin: NCCL all-reduce is not consistent on this machine", report)
+        return CheckResult(
+            name,
+            "FAIL",
+            f"DistributedDataParallel across {ranks} GPUs left different gradients on different GPUs",
+            "tell your admin: NCCL all-reduce is not consistent on this machine",
+            report,
+        )
     largest = max(report["sizes"], key=lambda s: s["bytes"])
     busbw = largest["busbw_gbps"]
     status = judge_bus_bandwidth(busbw, link)
     transports = ", ".join(report.get("transports") or []) or "not reported"
-    detail = (f"all-reduce across {ranks} GPUs correct, DDP gradients agree; bus bandwidth "
-              f"{busbw:.1f} GB/s at {format_bytes(largest['bytes'])} (algbw {largest['algbw_gbps']:.1f} "
-              f"GB/s); link {link_text}; NCCL transport {transports}")
+    detail = (
+        f"all-reduce across {ranks} GPUs correct, DDP gradients agree; bus bandwidth "
+        f"{busbw:.1f} GB/s at {format_bytes(largest['bytes'])} (algbw {largest['algbw_gbps']:.1f} "
+        f"GB/s); link {link_text}; NCCL transport {transports}"
+    )
     fix = ""
     if status != "PASS":
-        fix = (f"below {NCCL_FLOOR_GBPS.get(link, 3.0):g} GB/s for {link_text}: check "
-               "`nvidia-smi topo -m` and run with NCCL_DEBUG=INFO to see the transport "
-               "(P2P disabled or IOMMU/ACS on PCIe switches slow all-reduce down)")
+        fix = (
+            f"below {NCCL_FLOOR_GBPS.get(link, 3.0):g} GB/s for {link_text}: check "
+            "`nvidia-smi topo -m` and run with NCCL_DEBUG=INFO to see the transport "
+            "(P2P disabled or IOMMU/ACS on PCIe switches slow all-reduce down)"
+        )
     return CheckResult(name, status, detail, fix, report)
 
 
@@ -482,12 +571,24 @@ def exit_code(results: Sequence[CheckResult]) -> int:
     return 1 if any(r.status == "FAIL" for r in results) else 0
 
 
-def nccl_launch_command(python: str, nproc: int, out_path: str, sizes_mb: Sequence[int],
-                        iters: int) -> list[str]:
+def nccl_launch_command(python: str, nproc: int, out_path: str, sizes_mb: Sequence[int], iters: int) -> list[str]:
     """The torchrun command line for the NCCL check (one process per assigned GPU)."""
-    return [python, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
-            f"--nproc_per_node={nproc}", "-m", "labgpu.doctor.nccl", "--out", out_path,
-            "--sizes-mb", ",".join(str(s) for s in sizes_mb), "--iters", str(iters)]
+    return [
+        python,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nnodes=1",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "labgpu.doctor.nccl",
+        "--out",
+        out_path,
+        "--sizes-mb",
+        ",".join(str(s) for s in sizes_mb),
+        "--iters",
+        str(iters),
+    ]
 
 
 def parse_proc_driver_version(text: str) -> str | None:
@@ -506,6 +607,7 @@ def nccl_transports(log: str) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 # Probes: read the machine (files, NVML). No PyTorch here.
 # ---------------------------------------------------------------------------------------------
+
 
 @dataclass
 class Machine:
@@ -545,21 +647,21 @@ def probe_nvml() -> tuple[str | None, str | None, list[dict[str, Any]], str | No
         devices = []
         for i in range(pynvml.nvmlDeviceGetCount()):
             handle = pynvml.nvmlDeviceGetHandleByIndex(i)
-            devices.append({
-                "uuid": _text(pynvml.nvmlDeviceGetUUID(handle)),
-                "name": _text(pynvml.nvmlDeviceGetName(handle)),
-                "pcie_gen": _nvml_or_none(pynvml.nvmlDeviceGetMaxPcieLinkGeneration, handle),
-                "pcie_width": _nvml_or_none(pynvml.nvmlDeviceGetMaxPcieLinkWidth, handle),
-                "nvlinks": _active_nvlinks(pynvml, handle),
-            })
+            devices.append(
+                {
+                    "uuid": _text(pynvml.nvmlDeviceGetUUID(handle)),
+                    "name": _text(pynvml.nvmlDeviceGetName(handle)),
+                    "pcie_gen": _nvml_or_none(pynvml.nvmlDeviceGetMaxPcieLinkGeneration, handle),
+                    "pcie_width": _nvml_or_none(pynvml.nvmlDeviceGetMaxPcieLinkWidth, handle),
+                    "nvlinks": _active_nvlinks(pynvml, handle),
+                }
+            )
         return driver, driver_cuda, devices, None
     except pynvml.NVMLError as e:
         return None, None, [], f"NVML: {e}"
     finally:
-        try:
+        with contextlib.suppress(pynvml.NVMLError):
             pynvml.nvmlShutdown()
-        except pynvml.NVMLError:
-            pass
 
 
 def _text(value: str | bytes) -> str:
@@ -601,8 +703,9 @@ def probe_machine(environ: dict[str, str] | None = None) -> Machine:
             source = "/proc/driver/nvidia/version"
         except OSError:
             driver = None
-    return Machine(assigned, assigned_error, driver, source, driver_cuda, devices, nvml_error,
-                   Path("/dev/nvidiactl").exists())
+    return Machine(
+        assigned, assigned_error, driver, source, driver_cuda, devices, nvml_error, Path("/dev/nvidiactl").exists()
+    )
 
 
 def probe_shm(path: str = "/dev/shm") -> tuple[int | None, int | None]:
@@ -627,14 +730,18 @@ def probe_workers() -> int:
         except OSError:
             return None
 
-    cgroup = cpus_from_cgroup(read("/sys/fs/cgroup/cpu.max"), read("/sys/fs/cgroup/cpu/cpu.cfs_quota_us"),
-                              read("/sys/fs/cgroup/cpu/cpu.cfs_period_us"))
+    cgroup = cpus_from_cgroup(
+        read("/sys/fs/cgroup/cpu.max"),
+        read("/sys/fs/cgroup/cpu/cpu.cfs_quota_us"),
+        read("/sys/fs/cgroup/cpu/cpu.cfs_period_us"),
+    )
     return default_workers(affinity, cgroup)
 
 
 # ---------------------------------------------------------------------------------------------
 # Checks that measure with PyTorch (imported lazily, passed in as ``torch``).
 # ---------------------------------------------------------------------------------------------
+
 
 def import_torch() -> tuple[Any | None, str | None]:
     """PyTorch, or None and why not."""
@@ -648,9 +755,12 @@ def import_torch() -> tuple[Any | None, str | None]:
 def check_torch(torch: Any, error: str | None, machine: Machine) -> CheckResult:
     """PyTorch is importable, and is a CUDA build where a GPU is expected."""
     if torch is None:
-        return CheckResult("torch", "FAIL", f"PyTorch is not installed in {sys.executable} ({error})",
-                           f"{sys.executable} -m pip install torch, or start a LabGPU workspace "
-                           "image (it ships PyTorch with CUDA)")
+        return CheckResult(
+            "torch",
+            "FAIL",
+            f"PyTorch is not installed in {sys.executable} ({error})",
+            f"{sys.executable} -m pip install torch, or start a LabGPU workspace image (it ships PyTorch with CUDA)",
+        )
     cuda = torch.version.cuda
     extras = []
     if cuda:
@@ -665,9 +775,15 @@ def check_torch(torch: Any, error: str | None, machine: Machine) -> CheckResult:
     text = f"torch {torch.__version__}" + (f" ({', '.join(extras)})" if extras else "")
     if not cuda:
         status: Status = "FAIL" if machine.gpu_expected else "PASS"
-        return CheckResult("torch", status, text + ": a CPU-only build",
-                           "install the CUDA build of PyTorch (pip install torch from PyPI is "
-                           "one) to use the GPU" if status == "FAIL" else "", figures)
+        return CheckResult(
+            "torch",
+            status,
+            text + ": a CPU-only build",
+            "install the CUDA build of PyTorch (pip install torch from PyPI is one) to use the GPU"
+            if status == "FAIL"
+            else "",
+            figures,
+        )
     return CheckResult("torch", "PASS", text, figures=figures)
 
 
@@ -685,15 +801,27 @@ def check_cuda_available(torch: Any, machine: Machine) -> CheckResult:
     if torch.cuda.is_available():
         count = torch.cuda.device_count()
         names = sorted({torch.cuda.get_device_name(i) for i in range(count)})
-        return CheckResult(name, "PASS", f"torch.cuda.is_available() is True: {count} x "
-                           f"{', '.join(names)}", figures={"device_count": count, "models": names})
+        return CheckResult(
+            name,
+            "PASS",
+            f"torch.cuda.is_available() is True: {count} x {', '.join(names)}",
+            figures={"device_count": count, "models": names},
+        )
     if not machine.gpu_expected:
-        return CheckResult(name, "SKIP", "no NVIDIA GPU on this machine (no driver, no "
-                           "/dev/nvidia* devices, LABGPU_GPUS empty or unset): GPU checks skipped")
+        return CheckResult(
+            name,
+            "SKIP",
+            "no NVIDIA GPU on this machine (no driver, no "
+            "/dev/nvidia* devices, LABGPU_GPUS empty or unset): GPU checks skipped",
+        )
     if machine.assigned == []:
-        return CheckResult(name, "SKIP", "this workspace has no GPUs assigned (LABGPU_GPUS is "
-                           "empty): GPU checks skipped; start a server with GPUs from the hub's "
-                           "spawn page to use one")
+        return CheckResult(
+            name,
+            "SKIP",
+            "this workspace has no GPUs assigned (LABGPU_GPUS is "
+            "empty): GPU checks skipped; start a server with GPUs from the hub's "
+            "spawn page to use one",
+        )
     if not torch.version.cuda:
         reason, fix = "PyTorch is a CPU-only build", "install the CUDA build of PyTorch"
     elif machine.driver is None:
@@ -726,8 +854,9 @@ def check_autograd(torch: Any, device: str) -> CheckResult:
     return judge_autograd(device, (float(z.item()), float(x.grad.item()), float(y.grad.item())))
 
 
-def time_per_call(torch: Any, fn: Callable[[], Any], device: Any, repeats: int, inner: int,
-                  warmup_s: float = 0.3) -> list[float]:
+def time_per_call(
+    torch: Any, fn: Callable[[], Any], device: Any, repeats: int, inner: int, warmup_s: float = 0.3
+) -> list[float]:
     """Seconds per call of ``fn`` on a CUDA device: warm up for ``warmup_s`` (clocks ramp up),
     then ``repeats`` batches of ``inner`` calls timed with CUDA events."""
     torch.cuda.synchronize(device)
@@ -791,12 +920,17 @@ def measure_matmul(torch: Any, index: int, mode: str, n: int, repeats: int) -> d
         c = torch.empty(n, n, device=device, dtype=dtype)
         # ~20 ms per timed batch whatever the speed, so event resolution does not matter.
         inner = 10 if mode == "bf16" else 3
-        seconds = statistics.median(time_per_call(torch, lambda: torch.matmul(a, b, out=c),
-                                                  device, repeats, inner))
+        seconds = statistics.median(time_per_call(torch, lambda: torch.matmul(a, b, out=c), device, repeats, inner))
         del a, b, c
-    return {"index": index, "model": torch.cuda.get_device_name(index), "mode": mode, "n": n,
-            "tflops": round(2 * n**3 / seconds / 1e12, 2), "seconds_median": seconds,
-            "rel_error": rel_error}
+    return {
+        "index": index,
+        "model": torch.cuda.get_device_name(index),
+        "mode": mode,
+        "n": n,
+        "tflops": round(2 * n**3 / seconds / 1e12, 2),
+        "seconds_median": seconds,
+        "rel_error": rel_error,
+    }
 
 
 def check_matmuls(torch: Any, quick: bool) -> list[CheckResult]:
@@ -821,17 +955,16 @@ def check_copy_bandwidth(torch: Any, machine: Machine, quick: bool) -> CheckResu
     host.fill_(1)
     dev = torch.empty(nbytes, dtype=torch.uint8, device=device)
     repeats = 5 if quick else 10
-    h2d = statistics.median(time_per_call(torch, lambda: dev.copy_(host, non_blocking=True),
-                                          device, repeats, 2))
-    d2h = statistics.median(time_per_call(torch, lambda: host.copy_(dev, non_blocking=True),
-                                          device, repeats, 2))
+    h2d = statistics.median(time_per_call(torch, lambda: dev.copy_(host, non_blocking=True), device, repeats, 2))
+    d2h = statistics.median(time_per_call(torch, lambda: host.copy_(dev, non_blocking=True), device, repeats, 2))
     del host, dev
     uuid = visible_uuids_from_torch(torch)[0]
     nvml = _nvml_device(machine, uuid)
     gen, width = (nvml or {}).get("pcie_gen"), (nvml or {}).get("pcie_width")
     link = pcie_link_gbps(gen, width)
-    result = judge_copy_bandwidth(nbytes / h2d / 1e9, nbytes / d2h / 1e9, link,
-                                  f"PCIe Gen{gen} x{width}" if link else "")
+    result = judge_copy_bandwidth(
+        nbytes / h2d / 1e9, nbytes / d2h / 1e9, link, f"PCIe Gen{gen} x{width}" if link else ""
+    )
     result.figures["bytes"] = nbytes
     return result
 
@@ -852,11 +985,14 @@ def check_nccl(torch: Any, machine: Machine, quick: bool, timeout_s: float) -> C
 
     count = torch.cuda.device_count()
     if count < 2:
-        return CheckResult("nccl", "SKIP", f"NCCL all-reduce needs 2 or more GPUs; this workspace "
-                           f"sees {count}")
+        return CheckResult("nccl", "SKIP", f"NCCL all-reduce needs 2 or more GPUs; this workspace sees {count}")
     if not dist.is_available() or not dist.is_nccl_available():
-        return CheckResult("nccl", "FAIL", "this PyTorch has no NCCL backend",
-                           "install a CUDA build of PyTorch from PyPI (it ships NCCL)")
+        return CheckResult(
+            "nccl",
+            "FAIL",
+            "this PyTorch has no NCCL backend",
+            "install a CUDA build of PyTorch from PyPI (it ships NCCL)",
+        )
     uuids = visible_uuids_from_torch(torch)
     nvml = [_nvml_device(machine, u) for u in uuids]
     links = [d["nvlinks"] for d in nvml if d]
@@ -878,17 +1014,23 @@ def check_nccl(torch: Any, machine: Machine, quick: bool, timeout_s: float) -> C
         try:
             done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout_s)
         except subprocess.TimeoutExpired:
-            return CheckResult("nccl", "FAIL", f"all-reduce across {count} GPUs did not finish in "
-                               f"{timeout_s:g} s (hung)",
-                               "NCCL hangs usually mean blocked peer-to-peer: retry with "
-                               "NCCL_P2P_DISABLE=1; if that works, tell your admin (IOMMU/ACS settings)")
+            return CheckResult(
+                "nccl",
+                "FAIL",
+                f"all-reduce across {count} GPUs did not finish in {timeout_s:g} s (hung)",
+                "NCCL hangs usually mean blocked peer-to-peer: retry with "
+                "NCCL_P2P_DISABLE=1; if that works, tell your admin (IOMMU/ACS settings)",
+            )
         log = done.stdout + done.stderr
         if done.returncode != 0 or not os.path.exists(out_path):
             tail = " | ".join(line.strip() for line in log.strip().splitlines()[-4:])
-            return CheckResult("nccl", "FAIL", f"torchrun with {count} processes exited "
-                               f"{done.returncode}: {tail}",
-                               "run `NCCL_DEBUG=INFO python -m labgpu.doctor` and read NCCL's "
-                               "messages; /dev/shm that is too small breaks NCCL too (see shm)")
+            return CheckResult(
+                "nccl",
+                "FAIL",
+                f"torchrun with {count} processes exited {done.returncode}: {tail}",
+                "run `NCCL_DEBUG=INFO python -m labgpu.doctor` and read NCCL's "
+                "messages; /dev/shm that is too small breaks NCCL too (see shm)",
+            )
         with open(out_path) as f:
             report = json.load(f)
     report["transports"] = nccl_transports(log)
@@ -899,29 +1041,44 @@ def check_nccl(torch: Any, machine: Machine, quick: bool, timeout_s: float) -> C
 # Running the checks, and the command line.
 # ---------------------------------------------------------------------------------------------
 
+
 def guarded(name: str, fn: Callable[[], CheckResult | list[CheckResult]]) -> list[CheckResult]:
     """Run one check; an unexpected error becomes that check's FAIL, so the others still run."""
     try:
         result = fn()
     except Exception as e:  # a doctor must report, not crash
-        return [CheckResult(name, "FAIL", f"the check itself failed: {type(e).__name__}: {e}",
-                            "report this with the output of `labgpu-doctor --json`")]
+        return [
+            CheckResult(
+                name,
+                "FAIL",
+                f"the check itself failed: {type(e).__name__}: {e}",
+                "report this with the output of `labgpu-doctor --json`",
+            )
+        ]
     return result if isinstance(result, list) else [result]
 
 
-def run_checks(quick: bool = False, skip_nccl: bool = False, workers: int | None = None,
-               nccl_timeout_s: float = 300.0) -> tuple[list[CheckResult], dict[str, Any]]:
+def run_checks(
+    quick: bool = False, skip_nccl: bool = False, workers: int | None = None, nccl_timeout_s: float = 300.0
+) -> tuple[list[CheckResult], dict[str, Any]]:
     """Run every check this machine allows; return the results and what was found."""
     machine = probe_machine()
     torch, torch_error = import_torch()
     results: list[CheckResult] = []
     if machine.assigned_error:
-        results.append(CheckResult("assignment", "FAIL", machine.assigned_error,
-                                   "LABGPU_GPUS is set by the hub; restart your server from the hub"))
+        results.append(
+            CheckResult(
+                "assignment",
+                "FAIL",
+                machine.assigned_error,
+                "LABGPU_GPUS is set by the hub; restart your server from the hub",
+            )
+        )
     results += guarded("torch", lambda: check_torch(torch, torch_error, machine))
     runtime = torch.version.cuda if torch is not None else None
-    results += guarded("driver", lambda: judge_driver(machine.driver, runtime, machine.driver_cuda,
-                                                      machine.gpu_expected))
+    results += guarded(
+        "driver", lambda: judge_driver(machine.driver, runtime, machine.driver_cuda, machine.gpu_expected)
+    )
     gpu = False
     if torch is None:
         results.append(CheckResult("cuda", "SKIP", "needs PyTorch (see torch)"))
@@ -929,11 +1086,14 @@ def run_checks(quick: bool = False, skip_nccl: bool = False, workers: int | None
         results += guarded("cuda", lambda: check_cuda_available(torch, machine))
         gpu = results[-1].status == "PASS"
     if gpu:
-        results += guarded("devices", lambda: judge_visible_devices(
-            visible_uuids_from_torch(torch), machine.assigned, "PyTorch"))
+        results += guarded(
+            "devices", lambda: judge_visible_devices(visible_uuids_from_torch(torch), machine.assigned, "PyTorch")
+        )
     elif machine.nvml_devices:
-        results += guarded("devices", lambda: judge_visible_devices(
-            [d["uuid"] for d in machine.nvml_devices], machine.assigned, "NVML"))
+        results += guarded(
+            "devices",
+            lambda: judge_visible_devices([d["uuid"] for d in machine.nvml_devices], machine.assigned, "NVML"),
+        )
     elif machine.assigned:
         results.append(judge_visible_devices([], machine.assigned, "this container"))
     else:
@@ -958,12 +1118,19 @@ def run_checks(quick: bool = False, skip_nccl: bool = False, workers: int | None
     else:
         results.append(CheckResult("nccl", "SKIP", no_gpu))
     found = {
-        "host": platform.node(), "platform": platform.platform(), "python": sys.version.split()[0],
-        "executable": sys.executable, "torch": getattr(torch, "__version__", None),
-        "torch_error": torch_error, "cuda_runtime": runtime, "driver": machine.driver,
+        "host": platform.node(),
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "executable": sys.executable,
+        "torch": getattr(torch, "__version__", None),
+        "torch_error": torch_error,
+        "cuda_runtime": runtime,
+        "driver": machine.driver,
         "driver_source": machine.driver_source if machine.driver else None,
-        "driver_cuda": machine.driver_cuda, "nvml_error": machine.nvml_error,
-        "nvml_devices": machine.nvml_devices, "assigned": machine.assigned,
+        "driver_cuda": machine.driver_cuda,
+        "nvml_error": machine.nvml_error,
+        "nvml_devices": machine.nvml_devices,
+        "assigned": machine.assigned,
     }
     return results, found
 
@@ -972,8 +1139,10 @@ def render_text(results: Sequence[CheckResult], found: dict[str, Any]) -> str:
     """The human report: one line per check, its fix indented below, a summary line last."""
     width = max(len(r.name) for r in results)
     gpus = ", ".join(d["name"] for d in found["nvml_devices"]) or "no GPU"
-    lines = [f"labgpu-doctor on {found['host']}: {gpus}; driver {found['driver'] or 'none'}; "
-             f"torch {found['torch'] or 'missing'}"]
+    lines = [
+        f"labgpu-doctor on {found['host']}: {gpus}; driver {found['driver'] or 'none'}; "
+        f"torch {found['torch'] or 'missing'}"
+    ]
     for r in results:
         lines.append(f"{r.status:<4}  {r.name:<{width}}  {r.detail}")
         if r.fix and r.status in ("FAIL", "WARN"):
@@ -988,15 +1157,27 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="labgpu-doctor",
         description="Check this workspace: driver vs CUDA, torch.cuda, assigned GPUs, autograd, "
-                    "matmul throughput, copy bandwidth, /dev/shm and NCCL. Exit 0 when nothing fails.")
+        "matmul throughput, copy bandwidth, /dev/shm and NCCL. Exit 0 when nothing fails.",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of text")
-    parser.add_argument("--quick", action="store_true",
-                        help="fewer repetitions and smaller NCCL messages (about half the time)")
+    parser.add_argument(
+        "--quick", action="store_true", help="fewer repetitions and smaller NCCL messages (about half the time)"
+    )
     parser.add_argument("--skip-nccl", action="store_true", help="skip the multi-GPU NCCL check")
-    parser.add_argument("--workers", type=int, default=None, metavar="N",
-                        help="DataLoader workers to check /dev/shm for (default: usable CPUs, at most 8)")
-    parser.add_argument("--nccl-timeout", type=float, default=300.0, metavar="SECONDS",
-                        help="give up on the NCCL check after this long (default 300)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="DataLoader workers to check /dev/shm for (default: usable CPUs, at most 8)",
+    )
+    parser.add_argument(
+        "--nccl-timeout",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="give up on the NCCL check after this long (default 300)",
+    )
     return parser
 
 
@@ -1009,11 +1190,15 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     results, found = run_checks(args.quick, args.skip_nccl, args.workers, args.nccl_timeout)
     if args.json:
-        document = {"doctor": "labgpu-doctor", "ok": exit_code(results) == 0,
-                    "summary": summarize(results), "seconds": round(time.perf_counter() - started, 2),
-                    "machine": found, "checks": [r.to_json() for r in results]}
+        document = {
+            "doctor": "labgpu-doctor",
+            "ok": exit_code(results) == 0,
+            "summary": summarize(results),
+            "seconds": round(time.perf_counter() - started, 2),
+            "machine": found,
+            "checks": [r.to_json() for r in results],
+        }
         print(json.dumps(document, indent=2, default=str))
     else:
         print(render_text(results, found))
     return exit_code(results)
-

@@ -42,6 +42,7 @@ def time_allreduce(torch: Any, dist: Any, buffer: Any, iters: int, rounds: int, 
             seconds = begin.elapsed_time(end) / 1000 / iters
         else:
             import time
+
             start = time.perf_counter()
             for _ in range(iters):
                 dist.all_reduce(buffer)
@@ -53,8 +54,9 @@ def time_allreduce(torch: Any, dist: Any, buffer: Any, iters: int, rounds: int, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m labgpu.doctor.nccl",
-                                     description="labgpu-doctor's NCCL worker; start it with torchrun")
+    parser = argparse.ArgumentParser(
+        prog="python -m labgpu.doctor.nccl", description="labgpu-doctor's NCCL worker; start it with torchrun"
+    )
     parser.add_argument("--out", required=True, help="where rank 0 writes its JSON report")
     parser.add_argument("--sizes-mb", type=_parse_sizes, default=[1, 16, 256])
     parser.add_argument("--iters", type=int, default=20)
@@ -102,8 +104,14 @@ def main(argv: list[str] | None = None) -> int:
         buffer = torch.ones(nbytes // 4, dtype=torch.float32, device=device)
         seconds = time_allreduce(torch, dist, buffer, args.iters, args.rounds, cuda)
         algbw = nbytes / seconds / 1e9
-        sizes.append({"bytes": nbytes, "seconds_median": seconds, "algbw_gbps": round(algbw, 2),
-                      "busbw_gbps": round(bus_bandwidth(algbw, world), 2)})
+        sizes.append(
+            {
+                "bytes": nbytes,
+                "seconds_median": seconds,
+                "algbw_gbps": round(algbw, 2),
+                "busbw_gbps": round(bus_bandwidth(algbw, world), 2),
+            }
+        )
         del buffer
 
     if rank == 0:
@@ -112,11 +120,17 @@ def main(argv: list[str] | None = None) -> int:
             version = torch.cuda.nccl.version()
             nccl = ".".join(map(str, version)) if isinstance(version, tuple) else str(version)
         report = {
-            "world_size": world, "backend": dist.get_backend(), "nccl": nccl,
+            "world_size": world,
+            "backend": dist.get_backend(),
+            "nccl": nccl,
             "models": [torch.cuda.get_device_name(i) for i in range(world)] if cuda else [],
-            "allreduce_correct": allreduce_correct, "allreduce_got": allreduce_got,
-            "allreduce_expected": expected, "ddp_grads_equal": ddp_grads_equal,
-            "iters": args.iters, "rounds": args.rounds, "sizes": sizes,
+            "allreduce_correct": allreduce_correct,
+            "allreduce_got": allreduce_got,
+            "allreduce_expected": expected,
+            "ddp_grads_equal": ddp_grads_equal,
+            "iters": args.iters,
+            "rounds": args.rounds,
+            "sizes": sizes,
         }
         with open(args.out, "w") as f:
             json.dump(report, f, indent=2)

@@ -146,8 +146,7 @@ class WaitEstimate:
 # ---------------------------------------------------------------------------------------
 
 
-def decayed_usage(previous_usage: float, since: float, now: float, half_life: float,
-                  gpus_held: float = 0.0) -> float:
+def decayed_usage(previous_usage: float, since: float, now: float, half_life: float, gpus_held: float = 0.0) -> float:
     """Usage (GPU-seconds) at ``now``: ``previous_usage`` measured at ``since`` decayed with
     ``half_life``, plus ``gpus_held`` GPUs held throughout the interval, each instant decayed
     by its own age (exact integral, so the result does not depend on how often it is called).
@@ -162,8 +161,7 @@ def decayed_usage(previous_usage: float, since: float, now: float, half_life: fl
     return previous_usage * decay + accrued
 
 
-def usage_from_intervals(intervals: Iterable[tuple[float, float | None, float]], now: float,
-                         half_life: float) -> float:
+def usage_from_intervals(intervals: Iterable[tuple[float, float | None, float]], now: float, half_life: float) -> float:
     """Decayed usage at ``now`` from (start, end or None while running, gpus) holdings,
     as the ledger would list a user's allocations."""
     total = 0.0
@@ -203,13 +201,13 @@ def normalized_shares(shares: Shares, users: Iterable[str]) -> dict[str, float]:
             if total_group_shares <= 0 or sibling_shares <= 0:
                 fractions[user] = 0.0
             else:
-                fractions[user] = (shares.group_share(group) / total_group_shares
-                                   * shares.user_share(user) / sibling_shares)
+                fractions[user] = (
+                    shares.group_share(group) / total_group_shares * shares.user_share(user) / sibling_shares
+                )
     return fractions
 
 
-def fairshare_factors(usage: Mapping[str, float], shares: Shares,
-                      users: Iterable[str] = ()) -> dict[str, float]:
+def fairshare_factors(usage: Mapping[str, float], shares: Shares, users: Iterable[str] = ()) -> dict[str, float]:
     """Two-level fair-share factor for every user with usage, a share, or listed in ``users``.
 
     S = (group share / sum of group shares) x (user share / sum of user shares in the group);
@@ -243,10 +241,16 @@ def fairshare_factors(usage: Mapping[str, float], shares: Shares,
     return factors
 
 
-def order_queue(requests: Sequence[GpuRequest], usage: Mapping[str, float],
-                shares: Shares | Mapping[str, float], now: float,
-                policy: SchedulingPolicy = "fairshare", *, age_weight: float = 0.1,
-                age_saturation: float = 86400.0) -> list[GpuRequest]:
+def order_queue(
+    requests: Sequence[GpuRequest],
+    usage: Mapping[str, float],
+    shares: Shares | Mapping[str, float],
+    now: float,
+    policy: SchedulingPolicy = "fairshare",
+    *,
+    age_weight: float = 0.1,
+    age_saturation: float = 86400.0,
+) -> list[GpuRequest]:
     """Queue in the order requests should be considered.
 
     ``fifo``: by submission time. ``fairshare``: by priority = F + age_weight x
@@ -284,23 +288,35 @@ def first_gpus(free: Sequence[str], count: int) -> tuple[str, ...]:
     return tuple(free[:count])
 
 
-def refusal_reason(request: GpuRequest, total_gpus: int, pools: Mapping[str, int],
-                   user_totals: Mapping[str, int]) -> str | None:
+def refusal_reason(
+    request: GpuRequest, total_gpus: int, pools: Mapping[str, int], user_totals: Mapping[str, int]
+) -> str | None:
     """Why ``request`` can never start (so it must be refused, not queued), or None."""
     if request.gpus > total_gpus:
-        return (f"{request.user} asked for {request.gpus} GPUs but this server has {total_gpus}; "
-                f"ask for at most {total_gpus}.")
+        return (
+            f"{request.user} asked for {request.gpus} GPUs but this server has {total_gpus}; "
+            f"ask for at most {total_gpus}."
+        )
     if request.group is not None and request.group in pools and request.gpus > pools[request.group]:
-        return (f"{request.user} asked for {request.gpus} GPUs but group {request.group}'s pool is "
-                f"{pools[request.group]}; ask for at most {pools[request.group]}.")
+        return (
+            f"{request.user} asked for {request.gpus} GPUs but group {request.group}'s pool is "
+            f"{pools[request.group]}; ask for at most {pools[request.group]}."
+        )
     if request.user in user_totals and request.gpus > user_totals[request.user]:
-        return (f"{request.user} asked for {request.gpus} GPUs but may hold at most "
-                f"{user_totals[request.user]} in total.")
+        return (
+            f"{request.user} asked for {request.gpus} GPUs but may hold at most {user_totals[request.user]} in total."
+        )
     return None
 
 
-def _limit_blocked(request: GpuRequest, group_held: Mapping[str, int], user_held: Mapping[str, int],
-                   pools: Mapping[str, int], user_totals: Mapping[str, int], extra: int = 0) -> bool:
+def _limit_blocked(
+    request: GpuRequest,
+    group_held: Mapping[str, int],
+    user_held: Mapping[str, int],
+    pools: Mapping[str, int],
+    user_totals: Mapping[str, int],
+    extra: int = 0,
+) -> bool:
     if request.group is not None and request.group in pools:
         if group_held.get(request.group, 0) + request.gpus + extra > pools[request.group]:
             return True
@@ -329,11 +345,17 @@ def _shadow(needed: int, free_now: int, running: Iterable[tuple[float, int]], no
     return shadow, available - needed
 
 
-def plan_dequeue(queue: Sequence[GpuRequest], free_gpus: int | Sequence[str],
-                 holdings: Sequence[RunningAllocation], now: float,
-                 pools: Mapping[str, int] | None = None, user_totals: Mapping[str, int] | None = None,
-                 *, backfill: BackfillMode = "easy",
-                 choose_gpus: Callable[[Sequence[str], int], Sequence[str]] = first_gpus) -> list[Grant]:
+def plan_dequeue(
+    queue: Sequence[GpuRequest],
+    free_gpus: int | Sequence[str],
+    holdings: Sequence[RunningAllocation],
+    now: float,
+    pools: Mapping[str, int] | None = None,
+    user_totals: Mapping[str, int] | None = None,
+    *,
+    backfill: BackfillMode = "easy",
+    choose_gpus: Callable[[Sequence[str], int], Sequence[str]] = first_gpus,
+) -> list[Grant]:
     """Which queued requests (in ``queue`` order) start now.
 
     Group ``pools`` (GPUs a group may hold at once) and ``user_totals`` (GPUs a user may hold
@@ -380,10 +402,8 @@ def plan_dequeue(queue: Sequence[GpuRequest], free_gpus: int | Sequence[str],
                 # used, and it must leave room for the head under shared limits.
                 if request.gpus > spare_at_shadow:
                     continue
-                shares_limit = (request.user == head.user
-                                or (request.group is not None and request.group == head.group))
-                if shares_limit and _limit_blocked(head, group_held, user_held, pools, user_totals,
-                                                   extra=request.gpus):
+                shares_limit = request.user == head.user or (request.group is not None and request.group == head.group)
+                if shares_limit and _limit_blocked(head, group_held, user_held, pools, user_totals, extra=request.gpus):
                     continue
                 spare_at_shadow -= request.gpus
             backfilled = True
@@ -414,19 +434,26 @@ def plan_dequeue(queue: Sequence[GpuRequest], free_gpus: int | Sequence[str],
 
 
 def _duration(seconds: float) -> str:
-    minutes = int(round(seconds / 60))
+    minutes = round(seconds / 60)
     if minutes < 60:
         return f"{minutes} min"
     hours, minutes = divmod(minutes, 60)
     return f"{hours} h {minutes:02d} min" if minutes else f"{hours} h"
 
 
-def reclaim_decisions(allocations: Sequence[RunningAllocation],
-                      busy_fraction_by_allocation: Mapping[str, float], now: float, *,
-                      idle_timeout: float | None, max_runtime: float | None = None,
-                      someone_waiting: bool = False, only_when_waiting: bool = True,
-                      warn_before: float = 900.0, idle_threshold: float = 0.05,
-                      runtime_idle_grace: float = 300.0) -> list[Warn | Reclaim]:
+def reclaim_decisions(
+    allocations: Sequence[RunningAllocation],
+    busy_fraction_by_allocation: Mapping[str, float],
+    now: float,
+    *,
+    idle_timeout: float | None,
+    max_runtime: float | None = None,
+    someone_waiting: bool = False,
+    only_when_waiting: bool = True,
+    warn_before: float = 900.0,
+    idle_threshold: float = 0.05,
+    runtime_idle_grace: float = 300.0,
+) -> list[Warn | Reclaim]:
     """Warnings and reclamations due at ``now``.
 
     ``busy_fraction_by_allocation`` is the latest measured busy fraction (0..1) of each
@@ -446,8 +473,7 @@ def reclaim_decisions(allocations: Sequence[RunningAllocation],
         idle_since = allocation.started_at if allocation.last_busy_at is None else allocation.last_busy_at
         idle_for = 0.0 if busy_now else max(0.0, now - idle_since)
         # A warning counts only if the GPUs have not been busy since it was given.
-        warning_valid = (allocation.warned_at is not None and not busy_now
-                         and allocation.warned_at >= idle_since)
+        warning_valid = allocation.warned_at is not None and not busy_now and allocation.warned_at >= idle_since
         warned_long_enough = warning_valid and now - allocation.warned_at >= warn_before  # type: ignore[operator]
 
         limit = allocation.max_runtime if allocation.max_runtime is not None else max_runtime
@@ -466,24 +492,51 @@ def reclaim_decisions(allocations: Sequence[RunningAllocation],
         if busy_now:
             # Past max runtime but busy: warn once, never reclaim.
             if allocation.warned_at is None or allocation.warned_at < allocation.started_at:
-                actions.append(Warn(allocation.id, allocation.user, reason, max(due_at, now + warn_before),
-                                    f"Your server has run {_duration(ran_for)} of its {_duration(limit or 0)} "
-                                    f"limit; it will be stopped once its GPUs are idle. Save your work."))
+                actions.append(
+                    Warn(
+                        allocation.id,
+                        allocation.user,
+                        reason,
+                        max(due_at, now + warn_before),
+                        f"Your server has run {_duration(ran_for)} of its {_duration(limit or 0)} "
+                        f"limit; it will be stopped once its GPUs are idle. Save your work.",
+                    )
+                )
             continue
         if now >= due_at and warned_long_enough:
-            message = (f"Stopped {allocation.user}'s server: its {allocation.gpus} GPU(s) were idle for "
-                       f"{_duration(idle_for)}" if reason == "idle" else
-                       f"Stopped {allocation.user}'s server: it ran {_duration(ran_for)}, past its "
-                       f"{_duration(limit or 0)} limit, and its GPUs were idle")
-            actions.append(Reclaim(allocation.id, allocation.user, reason, allocation.gpus, idle_for,
-                                   message + ("; others are waiting." if someone_waiting else ".")))
+            message = (
+                f"Stopped {allocation.user}'s server: its {allocation.gpus} GPU(s) were idle for {_duration(idle_for)}"
+                if reason == "idle"
+                else f"Stopped {allocation.user}'s server: it ran {_duration(ran_for)}, past its "
+                f"{_duration(limit or 0)} limit, and its GPUs were idle"
+            )
+            actions.append(
+                Reclaim(
+                    allocation.id,
+                    allocation.user,
+                    reason,
+                    allocation.gpus,
+                    idle_for,
+                    message + ("; others are waiting." if someone_waiting else "."),
+                )
+            )
         elif not warning_valid:
             reclaim_at = max(due_at, now + warn_before)
-            what = (f"its GPUs have been idle for {_duration(idle_for)}" if reason == "idle" else
-                    f"it has run {_duration(ran_for)} of its {_duration(limit or 0)} limit")
-            actions.append(Warn(allocation.id, allocation.user, reason, reclaim_at,
-                                f"Your server will be stopped in {_duration(reclaim_at - now)} because "
-                                f"{what}. Use the GPUs (or save your work) to keep it."))
+            what = (
+                f"its GPUs have been idle for {_duration(idle_for)}"
+                if reason == "idle"
+                else f"it has run {_duration(ran_for)} of its {_duration(limit or 0)} limit"
+            )
+            actions.append(
+                Warn(
+                    allocation.id,
+                    allocation.user,
+                    reason,
+                    reclaim_at,
+                    f"Your server will be stopped in {_duration(reclaim_at - now)} because "
+                    f"{what}. Use the GPUs (or save your work) to keep it.",
+                )
+            )
     return actions
 
 
@@ -492,8 +545,9 @@ def reclaim_decisions(allocations: Sequence[RunningAllocation],
 # ---------------------------------------------------------------------------------------
 
 
-def estimate_wait(request_id: str, queue: Sequence[GpuRequest], free_gpus: int,
-                  holdings: Sequence[RunningAllocation], now: float) -> WaitEstimate:
+def estimate_wait(
+    request_id: str, queue: Sequence[GpuRequest], free_gpus: int, holdings: Sequence[RunningAllocation], now: float
+) -> WaitEstimate:
     """Position and earliest start of ``request_id`` in the ordered ``queue``: requests are
     started in queue order as GPUs free up, every server holding its GPUs until its max
     runtime (an upper bound: servers stopped early or reclaimed make the wait shorter)."""
@@ -515,8 +569,10 @@ def estimate_wait(request_id: str, queue: Sequence[GpuRequest], free_gpus: int,
         free -= queued.gpus
         runtime = queued.max_runtime if queued.max_runtime is not None else INFINITY
         heapq.heappush(releases, (clock + runtime, queued.gpus))
-    waiting_for = (f"{request.gpus} GPU{'s' if request.gpus != 1 else ''} "
-                   f"({free_gpus} free now, {position} request{'s' if position != 1 else ''} ahead)")
+    waiting_for = (
+        f"{request.gpus} GPU{'s' if request.gpus != 1 else ''} "
+        f"({free_gpus} free now, {position} request{'s' if position != 1 else ''} ahead)"
+    )
     if clock == INFINITY:
         return WaitEstimate(position + 1, position, waiting_for, None, None)
     return WaitEstimate(position + 1, position, waiting_for, clock, clock - now)

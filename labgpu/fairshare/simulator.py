@@ -89,13 +89,14 @@ class Trace:
     name: str = "trace"
 
     def shares(self) -> Shares:
-        return Shares(users={u.name: u.share for u in self.users.values()},
-                      group_of={u.name: u.group for u in self.users.values() if u.group},
-                      groups=dict(self.group_shares))
+        return Shares(
+            users={u.name: u.share for u in self.users.values()},
+            group_of={u.name: u.group for u in self.users.values() if u.group},
+            groups=dict(self.group_shares),
+        )
 
 
-def _number(value: Any, where: str, *, minimum: float = 0.0, allow_none: bool = False,
-            integer: bool = False) -> Any:
+def _number(value: Any, where: str, *, minimum: float = 0.0, allow_none: bool = False, integer: bool = False) -> Any:
     if value is None and allow_none:
         return None
     kind = "an integer" if integer else "a number"
@@ -119,19 +120,18 @@ def parse_trace(text: str, source: str = "trace") -> Trace:
         except json.JSONDecodeError as error:
             raise TraceError(f"{source}:{number}:{error.colno}: not valid JSON ({error.msg})") from None
         if not isinstance(record, dict):
-            raise TraceError(f"{source}:{number}: each line must be a JSON object with a \"type\"")
+            raise TraceError(f'{source}:{number}: each line must be a JSON object with a "type"')
         kind = record.get("type")
         if kind == "cluster":
             if cluster is not None:
-                raise TraceError(f"{source}:{number}: a second \"cluster\" line (the first is line {cluster_line})")
+                raise TraceError(f'{source}:{number}: a second "cluster" line (the first is line {cluster_line})')
             cluster, cluster_line = record, number
         elif kind == "session":
             raw_sessions.append((number, record))
         else:
-            raise TraceError(f"{source}:{number}: type must be \"cluster\" or \"session\" (got {kind!r})")
+            raise TraceError(f'{source}:{number}: type must be "cluster" or "session" (got {kind!r})')
     if cluster is None:
-        raise TraceError(f"{source}: no \"cluster\" line; the first line should be "
-                         '{"type": "cluster", "gpus": 8, ...}')
+        raise TraceError(f'{source}: no "cluster" line; the first line should be {{"type": "cluster", "gpus": 8, ...}}')
     at = f"{source}:{cluster_line}"
     gpus = _number(cluster.get("gpus", 8), f"{at}: gpus", minimum=1, integer=True)
     horizon = _number(cluster.get("horizon_h", 168), f"{at}: horizon_h", minimum=0.01) * HOUR
@@ -151,14 +151,20 @@ def parse_trace(text: str, source: str = "trace") -> Trace:
         spec = spec or {}
         group = spec.get("group")
         if group is not None and group not in group_shares:
-            raise TraceError(f"{at}: users.{name}.group {group!r} is not one of the groups "
-                             f"({', '.join(sorted(group_shares)) or 'none defined'})")
+            raise TraceError(
+                f"{at}: users.{name}.group {group!r} is not one of the groups "
+                f"({', '.join(sorted(group_shares)) or 'none defined'})"
+            )
         kind = spec.get("kind")
         if kind not in (None, "light", "heavy"):
-            raise TraceError(f"{at}: users.{name}.kind must be \"light\" or \"heavy\" (got {kind!r})")
-        users[name] = TraceUser(name, group, _number(spec.get("share", 1), f"{at}: users.{name}.share"),
-                                _number(spec.get("max_gpus"), f"{at}: users.{name}.max_gpus",
-                                        allow_none=True, integer=True), kind)
+            raise TraceError(f'{at}: users.{name}.kind must be "light" or "heavy" (got {kind!r})')
+        users[name] = TraceUser(
+            name,
+            group,
+            _number(spec.get("share", 1), f"{at}: users.{name}.share"),
+            _number(spec.get("max_gpus"), f"{at}: users.{name}.max_gpus", allow_none=True, integer=True),
+            kind,
+        )
     policy = cluster.get("policy", {}) or {}
 
     def hours(key: str, default: float | None) -> float | None:
@@ -166,10 +172,12 @@ def parse_trace(text: str, source: str = "trace") -> Trace:
         return None if value is None else value * HOUR
 
     reclaim = ReclaimSettings(
-        idle_timeout=hours("idle_timeout_h", 1.0), max_runtime=hours("max_runtime_h", 24.0),
+        idle_timeout=hours("idle_timeout_h", 1.0),
+        max_runtime=hours("max_runtime_h", 24.0),
         warn_before=hours("warn_before_h", 0.25) or 0.0,
         only_when_waiting=bool(policy.get("reclaim_only_when_waiting", True)),
-        idle_threshold=_number(policy.get("idle_threshold", 0.05), f"{at}: policy.idle_threshold"))
+        idle_threshold=_number(policy.get("idle_threshold", 0.05), f"{at}: policy.idle_threshold"),
+    )
 
     sessions: list[Session] = []
     seen: dict[str, int] = {}
@@ -189,17 +197,34 @@ def parse_trace(text: str, source: str = "trace") -> Trace:
             raise TraceError(f"{where}: gpus {asked} is more than the cluster's {gpus}")
         phases_raw = record.get("phases")
         if not isinstance(phases_raw, list) or not phases_raw:
-            raise TraceError(f"{where}: phases must be a non-empty list of [\"busy\"|\"idle\", hours]")
+            raise TraceError(f'{where}: phases must be a non-empty list of ["busy"|"idle", hours]')
         phases: list[tuple[str, float]] = []
         for index, phase in enumerate(phases_raw):
-            if (not isinstance(phase, list) or len(phase) != 2 or phase[0] not in PHASE_KINDS):
-                raise TraceError(f"{where}: phases[{index}] must be [\"busy\"|\"idle\", hours] (got {phase!r})")
+            if not isinstance(phase, list) or len(phase) != 2 or phase[0] not in PHASE_KINDS:
+                raise TraceError(f'{where}: phases[{index}] must be ["busy"|"idle", hours] (got {phase!r})')
             phases.append((phase[0], _number(phase[1], f"{where}: phases[{index}] hours", minimum=0) * HOUR))
         limit = _number(record.get("max_runtime_h"), f"{where}: max_runtime_h", minimum=0.01, allow_none=True)
-        sessions.append(Session(session_id, _number(record.get("at_h"), f"{where}: at_h") * HOUR, user, asked,
-                                tuple(phases), None if limit is None else limit * HOUR))
-    return Trace(gpus, horizon, half_life, users, group_shares, pools, reclaim,
-                 tuple(sorted(sessions, key=lambda s: (s.at, s.id))), str(cluster.get("name", source)))
+        sessions.append(
+            Session(
+                session_id,
+                _number(record.get("at_h"), f"{where}: at_h") * HOUR,
+                user,
+                asked,
+                tuple(phases),
+                None if limit is None else limit * HOUR,
+            )
+        )
+    return Trace(
+        gpus,
+        horizon,
+        half_life,
+        users,
+        group_shares,
+        pools,
+        reclaim,
+        tuple(sorted(sessions, key=lambda s: (s.at, s.id))),
+        str(cluster.get("name", source)),
+    )
 
 
 def load_trace(path: str | Path) -> Trace:
@@ -236,8 +261,9 @@ def gpu_chooser() -> Callable[[Sequence[str], int], Sequence[str]]:
         return scheduler.first_gpus
 
     def choose(free: Sequence[str], count: int) -> Sequence[str]:
-        inventory = [Gpu(uuid=uuid, index=int(uuid.rsplit("-", 1)[-1]), model="sim", memory_total=80 << 30)
-                     for uuid in free]
+        inventory = [
+            Gpu(uuid=uuid, index=int(uuid.rsplit("-", 1)[-1]), model="sim", memory_total=80 << 30) for uuid in free
+        ]
         return [gpu.uuid for gpu in choose_gpus(inventory, count)]
 
     return choose
@@ -288,9 +314,14 @@ class Simulation:
 
     TICK = 300.0  # seconds between telemetry/reclaim checks, like the poller's rollup
 
-    def __init__(self, trace: Trace, policy: Policy, *,
-                 choose: Callable[[Sequence[str], int], Sequence[str]] | None = None,
-                 max_time_factor: float = 6.0) -> None:
+    def __init__(
+        self,
+        trace: Trace,
+        policy: Policy,
+        *,
+        choose: Callable[[Sequence[str], int], Sequence[str]] | None = None,
+        max_time_factor: float = 6.0,
+    ) -> None:
         if policy not in POLICIES:
             raise ValueError(f"unknown policy {policy!r}: use one of {', '.join(POLICIES)}")
         self.trace = trace
@@ -324,12 +355,14 @@ class Simulation:
             lo, hi = self.now, min(when, self.trace.horizon)
             if hi > lo:
                 self.result.held_h[user] = self.result.held_h.get(user, 0.0) + run.allocation.gpus * (hi - lo) / HOUR
-                busy = sum(max(0.0, min(end, hi) - max(start, lo))
-                           for kind, start, end in run.phase_starts if kind == "busy")
+                busy = sum(
+                    max(0.0, min(end, hi) - max(start, lo)) for kind, start, end in run.phase_starts if kind == "busy"
+                )
                 self.result.busy_h[user] = self.result.busy_h.get(user, 0.0) + run.allocation.gpus * busy / HOUR
         for user in set(self.usage) | set(held_by_user):
-            self.usage[user] = scheduler.decayed_usage(self.usage.get(user, 0.0), self.now, when,
-                                                       self.trace.half_life, held_by_user.get(user, 0))
+            self.usage[user] = scheduler.decayed_usage(
+                self.usage.get(user, 0.0), self.now, when, self.trace.half_life, held_by_user.get(user, 0)
+            )
         self.now = when
 
     def _submit(self, session: Session) -> None:
@@ -337,8 +370,14 @@ class Simulation:
         limit = session.max_runtime
         if self.policy == "fairshare" and limit is None:
             limit = self.trace.reclaim.max_runtime
-        request = GpuRequest(f"{session.id}@{self.now:.0f}", session.user, session.gpus, self.now,
-                             user.group, limit if self.policy == "fairshare" else None)
+        request = GpuRequest(
+            f"{session.id}@{self.now:.0f}",
+            session.user,
+            session.gpus,
+            self.now,
+            user.group,
+            limit if self.policy == "fairshare" else None,
+        )
         reason = scheduler.refusal_reason(request, len(self.gpu_ids), self.trace.pools, self.user_totals)
         if reason:
             raise TraceError(f"session {session.id}: {reason}")
@@ -354,9 +393,15 @@ class Simulation:
         requests = [request for request, _ in self.queue.values()]
         ordered = scheduler.order_queue(requests, self.usage, self.shares, self.now, self.policy)
         grants = scheduler.plan_dequeue(
-            ordered, self._free_ids(), [run.allocation for run in self.running.values()], self.now,
-            self.trace.pools, self.user_totals, backfill="easy" if self.policy == "fairshare" else "first_fit",
-            choose_gpus=self.choose)
+            ordered,
+            self._free_ids(),
+            [run.allocation for run in self.running.values()],
+            self.now,
+            self.trace.pools,
+            self.user_totals,
+            backfill="easy" if self.policy == "fairshare" else "first_fit",
+            choose_gpus=self.choose,
+        )
         for grant in grants:
             request, session = self.queue.pop(grant.request_id)
             self.result.waits_h.setdefault(request.user, []).append((self.now - request.submitted_at) / HOUR)
@@ -366,8 +411,17 @@ class Simulation:
             for kind, seconds in session.phases:
                 phases.append((kind, clock, clock + seconds))
                 clock += seconds
-            allocation = RunningAllocation(grant.request_id, request.user, grant.gpus, self.now, request.group,
-                                           request.max_runtime, None, None, tuple(grant.gpu_ids))
+            allocation = RunningAllocation(
+                grant.request_id,
+                request.user,
+                grant.gpus,
+                self.now,
+                request.group,
+                request.max_runtime,
+                None,
+                None,
+                tuple(grant.gpu_ids),
+            )
             self.running[grant.request_id] = _Running(allocation, session, phases, clock)
             self._push(clock, "end", grant.request_id)
 
@@ -381,9 +435,16 @@ class Simulation:
             last = run.last_busy_before(self.now)
             allocations.append(replace(run.allocation, last_busy_at=last))
         actions = scheduler.reclaim_decisions(
-            allocations, busy, self.now, idle_timeout=settings.idle_timeout, max_runtime=settings.max_runtime,
-            someone_waiting=bool(self.queue), only_when_waiting=settings.only_when_waiting,
-            warn_before=settings.warn_before, idle_threshold=settings.idle_threshold)
+            allocations,
+            busy,
+            self.now,
+            idle_timeout=settings.idle_timeout,
+            max_runtime=settings.max_runtime,
+            someone_waiting=bool(self.queue),
+            only_when_waiting=settings.only_when_waiting,
+            warn_before=settings.warn_before,
+            idle_threshold=settings.idle_threshold,
+        )
         for action in actions:
             run = self.running[action.allocation_id]
             if isinstance(action, Warn):
@@ -408,8 +469,14 @@ class Simulation:
         self.result.reclaims += 1
         self.result.reclaimed_idle_gpu_h += run.allocation.gpus * (returns_at - self.now) / HOUR
         if remaining:
-            rest = Session(f"{run.session.id}+r{self.result.reclaims}", returns_at, run.session.user,
-                           run.session.gpus, tuple(remaining), run.session.max_runtime)
+            rest = Session(
+                f"{run.session.id}+r{self.result.reclaims}",
+                returns_at,
+                run.session.user,
+                run.session.gpus,
+                tuple(remaining),
+                run.session.max_runtime,
+            )
             self._push(returns_at, "arrival", rest)
         else:
             self.result.finished_at_h = max(self.result.finished_at_h, self.now / HOUR)
@@ -527,10 +594,12 @@ def summarize(trace: Trace, result: PolicyResult) -> dict[str, Any]:
     demand = busy_demand_within_horizon(trace)
     entitled = weighted_max_min(trace.gpus * trace.horizon / HOUR, demand, normalized_share)
     jain = jain_index([result.busy_h.get(u, 0.0) / entitled[u] for u in submitters if entitled.get(u, 0) > 0])
-    jain_held = jain_index([result.held_h.get(u, 0.0) / normalized_share[u]
-                            for u in submitters if normalized_share[u] > 0])
-    jain_busy = jain_index([result.busy_h.get(u, 0.0) / normalized_share[u]
-                            for u in submitters if normalized_share[u] > 0])
+    jain_held = jain_index(
+        [result.held_h.get(u, 0.0) / normalized_share[u] for u in submitters if normalized_share[u] > 0]
+    )
+    jain_busy = jain_index(
+        [result.busy_h.get(u, 0.0) / normalized_share[u] for u in submitters if normalized_share[u] > 0]
+    )
     capacity_h = trace.gpus * trace.horizon / HOUR
     busy_total = sum(result.busy_h.values())
     held_total = sum(result.held_h.values())
@@ -600,8 +669,9 @@ def format_table(summaries: Sequence[dict[str, Any]], *, markdown: bool = False)
         lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(["---"] + ["---:"] * len(summaries)) + "|"]
         lines += ["| " + " | ".join(row) + " |" for row in rows]
         return "\n".join(lines)
-    widths = [max(len(r[i]) for r in [headers] + rows) for i in range(len(headers))]
+    widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(len(headers))]
     lines = ["  ".join(h.ljust(widths[0]) if i == 0 else h.rjust(widths[i]) for i, h in enumerate(headers))]
-    lines += ["  ".join(c.ljust(widths[0]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(row))
-              for row in rows]
+    lines += [
+        "  ".join(c.ljust(widths[0]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(row)) for row in rows
+    ]
     return "\n".join(lines)

@@ -9,28 +9,28 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from labgpu.gpus.inventory import Gpu
 
 __all__ = [
-    "Placement",
+    "ALIVE_STATES",
     "PLACEMENTS",
+    "Adoption",
     "Allocation",
+    "ContainerClaim",
+    "ContainerStop",
     "HeldGpu",
     "NotEnoughGpus",
-    "choose_gpus",
-    "model_allowed",
-    "grantable",
-    "not_enough_message",
-    "ContainerClaim",
-    "Adoption",
-    "Release",
-    "ContainerStop",
+    "Placement",
     "ReconcilePlan",
+    "Release",
+    "choose_gpus",
+    "grantable",
+    "model_allowed",
+    "not_enough_message",
     "reconcile",
-    "ALIVE_STATES",
 ]
 
 Placement = Literal["pack", "spread"]
@@ -87,7 +87,7 @@ def not_enough_message(
     max_listed: int = 4,
 ) -> str:
     """``Not enough free GPUs: you asked for 2, 1 is free (GPU-3f2a… held by alice since 09:14).``"""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     kind = f" {'/'.join(sorted(models))}" if models else ""
     plural = "GPU" if requested == 1 else "GPUs"
     verb = "is" if free == 1 else "are"
@@ -238,7 +238,10 @@ def _groups(gpus: Sequence[Gpu], keys: Mapping[str, tuple[str, ...]], level: int
 
 
 def _pick_group(
-    groups: list[list[Gpu]], keys: Mapping[str, tuple[str, ...]], level: int, placement: Placement,
+    groups: list[list[Gpu]],
+    keys: Mapping[str, tuple[str, ...]],
+    level: int,
+    placement: Placement,
     sizes: Sequence[Mapping[str, int]],
 ) -> list[Gpu]:
     """Best fit (pack) or worst fit (spread), ties broken by the looser levels, then by index."""
@@ -252,7 +255,9 @@ def _pick_group(
     return min(groups, key=rank)
 
 
-def _fill(gpus: Sequence[Gpu], n: int, keys: Mapping[str, tuple[str, ...]], sizes: Sequence[Mapping[str, int]]) -> list[Gpu]:
+def _fill(
+    gpus: Sequence[Gpu], n: int, keys: Mapping[str, tuple[str, ...]], sizes: Sequence[Mapping[str, int]]
+) -> list[Gpu]:
     """No group holds n: take whole groups, largest first, so the fewest links are crossed."""
 
     def rank(gpu: Gpu) -> tuple:
@@ -265,7 +270,9 @@ def _fill(gpus: Sequence[Gpu], n: int, keys: Mapping[str, tuple[str, ...]], size
     return sorted(gpus, key=rank)[:n]
 
 
-def _select(gpus: list[Gpu], n: int, keys: Mapping[str, tuple[str, ...]], placement: Placement, top_level: int) -> list[Gpu]:
+def _select(
+    gpus: list[Gpu], n: int, keys: Mapping[str, tuple[str, ...]], placement: Placement, top_level: int
+) -> list[Gpu]:
     """Place n GPUs among ``gpus`` at the tightest level from ``top_level`` down that fits them."""
     if len(gpus) == n:
         return gpus
@@ -340,7 +347,7 @@ class ContainerClaim:
     created: str = ""  # Docker's creation time (ISO 8601 sorts), for deciding who came first
 
     @classmethod
-    def from_docker(cls, container: Mapping[str, Any]) -> "ContainerClaim":
+    def from_docker(cls, container: Mapping[str, Any]) -> ContainerClaim:
         """From a flat dict (labels plus ``id``, ``state``, ``created``) or one with ``labels``."""
         labels = dict(container.get("labels") or {})
         labels.update({k: v for k, v in container.items() if isinstance(k, str) and k.startswith("org.labgpu.")})
@@ -425,13 +432,10 @@ def reconcile(
     released (unless younger than ``pending_grace``: a spawn still starting); when two claim one
     GPU, the ledger's holder keeps it (else the older container) and the other is stopped.
     """
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     allocations = list(allocations)
     claims = [c if isinstance(c, ContainerClaim) else ContainerClaim.from_docker(c) for c in containers]
-    alive = [
-        c for c in claims
-        if c.state in ALIVE_STATES and (hub_id is None or c.hub == hub_id) and c.user
-    ]  # fmt: skip
+    alive = [c for c in claims if c.state in ALIVE_STATES and (hub_id is None or c.hub == hub_id) and c.user]
     ledger_by_key = {(a.user, a.server): a for a in allocations}
     conflicts: list[str] = []
     stops: list[ContainerStop] = []
@@ -513,19 +517,31 @@ def reconcile(
             releases.append(Release(ledger.user, ledger.server, ledger.gpu_uuids, "reconcile: " + reason))
         if known:
             adoptions.append(
-                Adoption(claim.user, claim.server, tuple(known), claim.container_id,
-                         "reconcile: adopted running container " + claim.container_id[:12])
-            )  # fmt: skip
+                Adoption(
+                    claim.user,
+                    claim.server,
+                    tuple(known),
+                    claim.container_id,
+                    "reconcile: adopted running container " + claim.container_id[:12],
+                )
+            )
     for allocation in allocations:
         key = (allocation.user, allocation.server)
         if key in by_key:
             continue
         if key in losers:
-            releases.append(Release(allocation.user, allocation.server, allocation.gpu_uuids,
-                                    "reconcile: its container was stopped after a GPU conflict"))  # fmt: skip
+            releases.append(
+                Release(
+                    allocation.user,
+                    allocation.server,
+                    allocation.gpu_uuids,
+                    "reconcile: its container was stopped after a GPU conflict",
+                )
+            )
         elif is_pending(allocation):
             kept.append(key)
         else:
-            releases.append(Release(allocation.user, allocation.server, allocation.gpu_uuids,
-                                    "reconcile: no running container"))  # fmt: skip
+            releases.append(
+                Release(allocation.user, allocation.server, allocation.gpu_uuids, "reconcile: no running container")
+            )
     return ReconcilePlan(tuple(releases), tuple(adoptions), tuple(stops), tuple(conflicts), tuple(kept))

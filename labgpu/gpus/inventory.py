@@ -7,6 +7,7 @@ snapshots (tests). GPUs are identified by UUID: NVML's indices change across reb
 
 from __future__ import annotations
 
+import contextlib
 import io
 import re
 import threading
@@ -20,16 +21,16 @@ from ruamel.yaml.error import YAMLError
 
 __all__ = [
     "Gpu",
-    "MigDevice",
-    "InventoryError",
     "GpuInventorySource",
+    "InventoryError",
+    "MigDevice",
     "NvmlInventory",
-    "StaticInventory",
     "ReplayInventory",
+    "StaticInventory",
+    "gpu_to_dict",
     "inventory_source",
     "mig_units",
     "parse_memory",
-    "gpu_to_dict",
 ]
 
 
@@ -140,10 +141,23 @@ def gpu_to_dict(gpu: Gpu) -> dict[str, Any]:
 
 
 _GPU_FIELDS = {
-    "uuid", "index", "model", "memory_total", "memory", "healthy", "health_reason", "mig_enabled",
-    "mig_devices", "pci_bus_id", "numa_node", "switch_group", "nvlink_peers", "nvlink_group", "mig_parent",
+    "uuid",
+    "index",
+    "model",
+    "memory_total",
+    "memory",
+    "healthy",
+    "health_reason",
+    "mig_enabled",
+    "mig_devices",
+    "pci_bus_id",
+    "numa_node",
+    "switch_group",
+    "nvlink_peers",
+    "nvlink_group",
+    "mig_parent",
     "mig_index",
-}  # fmt: skip
+}
 
 
 def _where(source: str, node: Any, key: Any = None) -> str:
@@ -207,9 +221,13 @@ def _gpu_from_mapping(entry: Any, position: int, source: str, path: str) -> tupl
         except ValueError as exc:
             raise field_error("mig_devices", f"[{mig_position}]: {exc}") from None
         migs.append(
-            MigDevice(uuid=mig["uuid"], index=int(mig.get("index", mig_position)), memory_total=mig_memory,
-                      name=str(mig.get("name", "")))
-        )  # fmt: skip
+            MigDevice(
+                uuid=mig["uuid"],
+                index=int(mig.get("index", mig_position)),
+                memory_total=mig_memory,
+                name=str(mig.get("name", "")),
+            )
+        )
     gpu = Gpu(
         uuid=uuid.strip(),
         index=index,
@@ -292,7 +310,7 @@ class StaticInventory:
             self._gpus = gpus_from_dicts(entries, source)
 
     @classmethod
-    def from_file(cls, path: str | Path) -> "StaticInventory":
+    def from_file(cls, path: str | Path) -> StaticInventory:
         """A YAML or JSON file holding a list of GPUs, or a mapping with a ``gpus:`` list."""
         path = Path(path)
         document = _load_document(path)
@@ -538,10 +556,8 @@ class NvmlInventory:
         """Release NVML (the handles die with it)."""
         with self._lock:
             if self._handles is not None:
-                try:
+                with contextlib.suppress(self._nvml.NVMLError):
                     self._nvml.nvmlShutdown()
-                except self._nvml.NVMLError:
-                    pass
                 self._handles = None
 
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import copy
 import posixpath
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 # Label keys our containers carry, so that the ledger can be reconciled with Docker after a
 # crash (owner, server and, later, GPU UUIDs).
@@ -183,8 +184,7 @@ def container_config(spec: WorkspaceSpec) -> tuple[dict[str, Any], dict[str, Any
     user = str(spec.extra_create_kwargs.get("user", spec.run_as_uid))
     if user.split(":")[0] in ("0", "root", ""):
         raise ContainerConfigError(
-            "workspaces run as a non-root user; remove 'user' from extra_create_kwargs "
-            "or set it to a non-zero uid"
+            "workspaces run as a non-root user; remove 'user' from extra_create_kwargs or set it to a non-zero uid"
         )
 
     create_kwargs: dict[str, Any] = {
@@ -211,7 +211,9 @@ def container_config(spec: WorkspaceSpec) -> tuple[dict[str, Any], dict[str, Any
     create_kwargs["volumes"] = sorted(b["bind"] for b in binds.values())
     for opt in extra_host.get("security_opt") or []:
         if "unconfined" in opt:
-            raise ContainerConfigError(f"extra_host_config.security_opt {opt!r} is not allowed: it turns off a kernel sandbox")
+            raise ContainerConfigError(
+                f"extra_host_config.security_opt {opt!r} is not allowed: it turns off a kernel sandbox"
+            )
 
     host_config: dict[str, Any] = {
         "auto_remove": spec.auto_remove,
@@ -237,7 +239,7 @@ def container_config(spec: WorkspaceSpec) -> tuple[dict[str, Any], dict[str, Any
 
     # Hardening, last so nothing above can undo it.
     security_opt = [o for o in host_config.get("security_opt") or [] if not o.startswith("no-new-privileges")]
-    host_config["security_opt"] = security_opt + ["no-new-privileges:true"]
+    host_config["security_opt"] = [*security_opt, "no-new-privileges:true"]
     host_config["cap_drop"] = ["ALL"]
     host_config["privileged"] = False
     return create_kwargs, host_config

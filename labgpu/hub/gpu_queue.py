@@ -13,18 +13,19 @@ spawns again, and are abandoned if nobody comes back for ``abandon_after`` secon
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from labgpu.fairshare import scheduler
-from labgpu.gpus.allocator import Allocation, NotEnoughGpus
 from labgpu.db.ledger import Ledger
-from labgpu.quota.policy import Limits, Policy, resolve
 from labgpu.db.queue_store import GRANTED, QueueEntry, QueueStore
+from labgpu.fairshare import scheduler
 from labgpu.fairshare.scheduler import GpuRequest, RunningAllocation, Shares
+from labgpu.gpus.allocator import Allocation, NotEnoughGpus
+from labgpu.quota.policy import Limits, Policy, resolve
 
 log = logging.getLogger("labgpu.queue")
 
@@ -159,7 +160,7 @@ def _clock_time(moment: datetime) -> str:
 def _wait_text(seconds: float | None) -> str:
     if seconds is None:
         return "estimated wait unknown (the GPUs are held without a time limit)"
-    minutes = max(1, int(round(seconds / 60)))
+    minutes = max(1, round(seconds / 60))
     if minutes < 60:
         return f"estimated wait {minutes} min"
     hours, minutes = divmod(minutes, 60)
@@ -173,9 +174,15 @@ def _gpus(n: int) -> str:
 class GpuQueue:
     """Queue, dequeue passes and waiting spawns for one ledger in this (the hub's) process."""
 
-    def __init__(self, ledger: Ledger, policy: Callable[[], Policy | None] = lambda: None, *,
-                 poll_interval: float = 5.0, abandon_after: float = 900.0,
-                 clock: Callable[[], datetime] | None = None):
+    def __init__(
+        self,
+        ledger: Ledger,
+        policy: Callable[[], Policy | None] = lambda: None,
+        *,
+        poll_interval: float = 5.0,
+        abandon_after: float = 900.0,
+        clock: Callable[[], datetime] | None = None,
+    ):
         self.ledger = ledger
         self.store = QueueStore(ledger, clock=clock)
         self.policy = policy
@@ -191,8 +198,9 @@ class GpuQueue:
     def view(self) -> PolicyView:
         return PolicyView(self.policy(), dict(self.known_groups))
 
-    def _snapshot(self, view: PolicyView, entries: Sequence[QueueEntry]) -> tuple[
-            list[GpuRequest], list[RunningAllocation], int, dict[str, Allocation], dict[str, float]]:  # fmt: skip
+    def _snapshot(
+        self, view: PolicyView, entries: Sequence[QueueEntry]
+    ) -> tuple[list[GpuRequest], list[RunningAllocation], int, dict[str, Allocation], dict[str, float]]:
         """Requests, running allocations, free whole GPUs and decayed usage at ``now``."""
         now = self.store.now()
         allocations = self.ledger.allocations()
@@ -202,17 +210,30 @@ class GpuQueue:
             if not a.gpu_uuids:
                 continue
             by_id[a.server_label] = a
-            holdings.append(RunningAllocation(a.server_label, a.user, len(a.gpu_uuids), _ts(a.since),
-                                              group=view.group(a.user), max_runtime=view.max_runtime(a.user)))  # fmt: skip
+            holdings.append(
+                RunningAllocation(
+                    a.server_label,
+                    a.user,
+                    len(a.gpu_uuids),
+                    _ts(a.since),
+                    group=view.group(a.user),
+                    max_runtime=view.max_runtime(a.user),
+                )
+            )
         policy = view.policy
         excluded = set(policy.spec.gpus.exclude) if policy is not None else set()
         gpus = self.ledger.holdings()
         held_parents = {h.gpu.mig_parent for h in gpus if h.allocation and h.gpu.mig_parent}
         free = sum(
-            1 for h in gpus
-            if h.allocation is None and h.gpu.healthy and not h.gpu.mig_enabled and not h.gpu.mig_parent
-            and h.gpu.uuid not in excluded and h.gpu.uuid not in held_parents
-        )  # fmt: skip
+            1
+            for h in gpus
+            if h.allocation is None
+            and h.gpu.healthy
+            and not h.gpu.mig_enabled
+            and not h.gpu.mig_parent
+            and h.gpu.uuid not in excluded
+            and h.gpu.uuid not in held_parents
+        )
         half_life = view.half_life()
         intervals: dict[str, list[tuple[float, float | None, float]]] = {}
         for held in self.store.held_intervals(now - timedelta(seconds=10 * half_life), now):
@@ -220,14 +241,21 @@ class GpuQueue:
             intervals.setdefault(held.user, []).append((_ts(held.start), end, float(held.gpus)))
         usage = {u: scheduler.usage_from_intervals(spans, _ts(now), half_life) for u, spans in intervals.items()}
         requests = [
-            GpuRequest(str(e.id), e.user, e.gpus, _ts(e.submitted_at), group=view.group(e.user),
-                       max_runtime=e.max_runtime if e.max_runtime is not None else view.max_runtime(e.user))
+            GpuRequest(
+                str(e.id),
+                e.user,
+                e.gpus,
+                _ts(e.submitted_at),
+                group=view.group(e.user),
+                max_runtime=e.max_runtime if e.max_runtime is not None else view.max_runtime(e.user),
+            )
             for e in entries
-        ]  # fmt: skip
+        ]
         return requests, holdings, free, by_id, usage
 
-    def _ordered(self, view: PolicyView, requests: list[GpuRequest], holdings: list[RunningAllocation],
-                 usage: dict[str, float]) -> list[GpuRequest]:
+    def _ordered(
+        self, view: PolicyView, requests: list[GpuRequest], holdings: list[RunningAllocation], usage: dict[str, float]
+    ) -> list[GpuRequest]:
         users = [r.user for r in requests] + [h.user for h in holdings]
         return scheduler.order_queue(requests, usage, view.shares(users), _ts(self.store.now()))
 
@@ -240,8 +268,11 @@ class GpuQueue:
         considered. Blocking (SQLite): the hub calls it through :meth:`run_pass`.
         """
         for gone in self.store.abandon_stale(self.abandon_after):
-            log.info("GPU queue: %s abandoned its place (nobody waited for it since %s)", gone.server_label,
-                     _clock_time(gone.heartbeat_at))  # fmt: skip
+            log.info(
+                "GPU queue: %s abandoned its place (nobody waited for it since %s)",
+                gone.server_label,
+                _clock_time(gone.heartbeat_at),
+            )
         self.store.heartbeat(sorted(self._live))
         allowed = self._live if grantable is None else set(grantable)
         entries = [e for e in self.store.waiting() if e.id in allowed]
@@ -251,22 +282,33 @@ class GpuQueue:
         requests, holdings, free, _, usage = self._snapshot(view, entries)
         ordered = self._ordered(view, requests, holdings, usage)
         users = [r.user for r in requests] + [h.user for h in holdings]
-        grants = scheduler.plan_dequeue(ordered, free, holdings, _ts(self.store.now()),
-                                        view.pools(users), view.user_totals(users))  # fmt: skip
+        grants = scheduler.plan_dequeue(
+            ordered, free, holdings, _ts(self.store.now()), view.pools(users), view.user_totals(users)
+        )
         entry_of = {str(e.id): e for e in entries}
         granted: list[QueueEntry] = []
         for grant in grants:
             entry = entry_of[grant.request_id]
             try:
-                allocation = self.ledger.allocate(entry.user, entry.server, entry.gpus, models=entry.models,
-                                                  placement=entry.placement, image=entry.image,  # type: ignore[arg-type]
-                                                  exclude=entry.exclude)  # fmt: skip
+                allocation = self.ledger.allocate(
+                    entry.user,
+                    entry.server,
+                    entry.gpus,
+                    models=entry.models,
+                    placement=entry.placement,
+                    image=entry.image,  # type: ignore[arg-type]
+                    exclude=entry.exclude,
+                )
             except NotEnoughGpus:
                 continue  # e.g. free GPUs of another model than it may use: it waits on
             if self.store.grant(entry.id, allocation.gpu_uuids):
-                log.info("GPU queue: granted %s to %s after %.0f s%s", ", ".join(allocation.gpu_uuids),
-                         entry.server_label, (self.store.now() - entry.submitted_at).total_seconds(),
-                         " (backfilled)" if grant.backfilled else "")  # fmt: skip
+                log.info(
+                    "GPU queue: granted %s to %s after %.0f s%s",
+                    ", ".join(allocation.gpu_uuids),
+                    entry.server_label,
+                    (self.store.now() - entry.submitted_at).total_seconds(),
+                    " (backfilled)" if grant.backfilled else "",
+                )
                 granted.append(entry)
             else:  # cancelled meanwhile: give the GPUs back at once
                 self.ledger.release(entry.user, entry.server, "queue entry cancelled while granting")
@@ -309,9 +351,16 @@ class GpuQueue:
         self.known_groups[spawn.user] = tuple(spawn.groups)
         if allow_queue is None:
             allow_queue = self.view().allow_queue()
-        allocate = lambda: self.ledger.allocate(  # noqa: E731
-            spawn.user, spawn.server, spawn.gpus, models=spawn.models, placement=spawn.placement,  # type: ignore[arg-type]
-            image=spawn.image, exclude=spawn.exclude, user_total=spawn.user_total)  # fmt: skip
+        allocate = lambda: self.ledger.allocate(
+            spawn.user,
+            spawn.server,
+            spawn.gpus,
+            models=spawn.models,
+            placement=spawn.placement,  # type: ignore[arg-type]
+            image=spawn.image,
+            exclude=spawn.exclude,
+            user_total=spawn.user_total,
+        )
         if spawn.gpus == 0 or not allow_queue:
             return await asyncio.to_thread(allocate)
         if not await asyncio.to_thread(self.store.someone_waiting):
@@ -328,8 +377,17 @@ class GpuQueue:
         if why_not:
             raise QueueRefused(why_not)
         entry = await asyncio.to_thread(
-            self.store.enqueue, spawn.user, spawn.server, spawn.gpus, groups=spawn.groups, models=spawn.models,
-            placement=spawn.placement, image=spawn.image, exclude=spawn.exclude, max_runtime=spawn.max_runtime)  # fmt: skip
+            self.store.enqueue,
+            spawn.user,
+            spawn.server,
+            spawn.gpus,
+            groups=spawn.groups,
+            models=spawn.models,
+            placement=spawn.placement,
+            image=spawn.image,
+            exclude=spawn.exclude,
+            max_runtime=spawn.max_runtime,
+        )
         self._live.add(entry.id)
         log.info("GPU queue: %s waits for %s (entry %d)", entry.server_label, _gpus(spawn.gpus), entry.id)
         granted = False
@@ -342,16 +400,15 @@ class GpuQueue:
                     if allocation is not None:
                         granted = True
                         return allocation
-                    raise QueueRefused("Your GPUs were granted but released again before your server started; "
-                                       "start it again.")  # fmt: skip
+                    raise QueueRefused(
+                        "Your GPUs were granted but released again before your server started; start it again."
+                    )
                 if current is None or current.status != "waiting":
                     why = current.reason if current is not None else "removed"
                     raise QueueRefused(f"Your place in the GPU queue was taken away ({why}); start your server again.")
                 _, wakeup = self._async_state()
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wakeup.wait(), timeout=self.poll_interval)
-                except asyncio.TimeoutError:
-                    pass
         except asyncio.CancelledError:
             # The user cancelled the pending spawn, or the hub's start_timeout ran out.
             await asyncio.to_thread(self._give_up, entry.id, spawn, "spawn cancelled or timed out")
@@ -401,13 +458,16 @@ class GpuQueue:
             shown = ", ".join(holders[:3]) + (f" and {len(holders) - 3} more" if len(holders) > 3 else "")
             what += f" held by {shown}"
         elif mine.gpus <= free:
-            what += f" ({free} free, but {'your group' if view.group(user) else 'you'} would exceed a GPU limit " \
-                    "or a request ahead has them reserved)"
+            what += (
+                f" ({free} free, but {'your group' if view.group(user) else 'you'} would exceed a GPU limit "
+                "or a request ahead has them reserved)"
+            )
         message = f"You are #{estimate.position} in the GPU queue: {what}; {_wait_text(estimate.estimated_wait)}"
         return QueueStatus(estimate.position, estimate.ahead, mine.gpus, free, what, estimate.estimated_wait, message)
 
-    async def progress_events(self, user: str, server: str, pending: Callable[[], bool], *,
-                              interval: float = 3.0) -> AsyncIterator[dict[str, Any]]:
+    async def progress_events(
+        self, user: str, server: str, pending: Callable[[], bool], *, interval: float = 3.0
+    ) -> AsyncIterator[dict[str, Any]]:
         """JupyterHub progress events for the spawn page while this server waits for GPUs."""
         last = None
         queued = False
@@ -442,8 +502,9 @@ def queue_for(ledger: Ledger, policy: Callable[[], Policy | None] = lambda: None
     return queue
 
 
-async def wait_for_gpus(ledger: Ledger, spawn: QueuedSpawn, policy: Callable[[], Policy | None] = lambda: None,
-                        **options: Any) -> Allocation:
+async def wait_for_gpus(
+    ledger: Ledger, spawn: QueuedSpawn, policy: Callable[[], Policy | None] = lambda: None, **options: Any
+) -> Allocation:
     """Queue ``spawn`` and wait for its GPUs (see :meth:`GpuQueue.wait`)."""
     return await queue_for(ledger, policy, **options).wait(spawn)
 

@@ -6,16 +6,17 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
-from labgpu.gpus.allocator import ReconcilePlan, reconcile
-from labgpu.hub.containers import LABEL_HUB
-from labgpu.gpus.inventory import Gpu, InventoryError, NvmlInventory, inventory_source
 from labgpu.db.ledger import Ledger, ReconcileResult
-from labgpu.quota.policy import PolicyStore
 from labgpu.db.session_store import SessionStore
+from labgpu.gpus.allocator import ReconcilePlan, reconcile
+from labgpu.gpus.inventory import Gpu, InventoryError, NvmlInventory, inventory_source
+from labgpu.hub.containers import LABEL_HUB
+from labgpu.quota.policy import PolicyStore
 
 log = logging.getLogger("labgpu")
 
@@ -93,14 +94,14 @@ class StartupReport:
     stopped: tuple[str, ...]
 
 
-def reconcile_with_docker(the_ledger: Ledger, hub_id: str, docker_client: Any) -> tuple[ReconcilePlan, ReconcileResult | None, list[str]]:
+def reconcile_with_docker(
+    the_ledger: Ledger, hub_id: str, docker_client: Any
+) -> tuple[ReconcilePlan, ReconcileResult | None, list[str]]:
     """Make the ledger agree with this hub's containers: adopt running ones, release the GPUs
     of vanished ones, stop a container that runs on a GPU the ledger gives to another server."""
     containers = []
     for c in docker_client.containers.list(all=True, filters={"label": f"{LABEL_HUB}={hub_id}"}):
-        containers.append(
-            {"id": c.id, "state": c.status, "created": c.attrs.get("Created", ""), "labels": c.labels}
-        )
+        containers.append({"id": c.id, "state": c.status, "created": c.attrs.get("Created", ""), "labels": c.labels})
     known = {h.gpu.uuid for h in the_ledger.holdings()}
     plan = reconcile(the_ledger.allocations(), containers, hub_id=hub_id, known_gpus=known)
     for line in plan.conflicts:
@@ -116,7 +117,9 @@ def reconcile_with_docker(the_ledger: Ledger, hub_id: str, docker_client: Any) -
     return plan, result, stopped
 
 
-def prepare_hub(*, quota_files: Sequence[str], ledger_url: str, gpu_source: str, hub_id: str, docker_client: Any) -> StartupReport:
+def prepare_hub(
+    *, quota_files: Sequence[str], ledger_url: str, gpu_source: str, hub_id: str, docker_client: Any
+) -> StartupReport:
     """Once at hub start. Raises PolicyError (bad quota files) or InventoryError (a GPU source
     that cannot be read): the hub refuses to start and says why."""
     if quota_files:

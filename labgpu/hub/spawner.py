@@ -15,11 +15,11 @@ from jupyterhub.spawner import SpawnException
 from jupyterhub.traitlets import ByteSpecification
 from traitlets import CaselessStrEnum, Integer, List, Unicode, default, validate
 
+from labgpu.gpus.allocator import NotEnoughGpus, UserTotalExceeded
 from labgpu.hub import gpu_queue
 from labgpu.hub import resources as hub_resources
-from labgpu.gpus.allocator import NotEnoughGpus, UserTotalExceeded
-from labgpu.hub.gpu_queue import QueuedSpawn, QueueRefused
 from labgpu.hub.containers import ContainerConfigError, WorkspaceSpec, container_config
+from labgpu.hub.gpu_queue import QueuedSpawn, QueueRefused
 from labgpu.quota.policy import Limits, format_duration, resolve
 from labgpu.quota.spawn_options import SpawnOptionsError, SpawnRequest, options_form, parse_form, validate_user_options
 
@@ -166,7 +166,9 @@ class GPUDockerSpawner(DockerSpawner):
         """GPUs held by this user's *other* servers (the ledger is the truth when there is one)."""
         if self.ledger is not None:
             return sum(
-                len(a.gpu_uuids) for a in self.ledger.allocations() if a.user == self.user.name and a.server != (self.name or "")
+                len(a.gpu_uuids)
+                for a in self.ledger.allocations()
+                if a.user == self.user.name and a.server != (self.name or "")
             )
         return sum(
             s.spawn_request.gpus
@@ -182,7 +184,9 @@ class GPUDockerSpawner(DockerSpawner):
         limits = self.resolve_limits()
         if limits is None:
             return ""
-        return options_form(limits, gpus_in_use_by_user=self.gpus_held_elsewhere(), previous=self.orm_spawner.user_options)
+        return options_form(
+            limits, gpus_in_use_by_user=self.gpus_held_elsewhere(), previous=self.orm_spawner.user_options
+        )
 
     def options_from_form(self, formdata):
         return parse_form(formdata)
@@ -198,7 +202,9 @@ class GPUDockerSpawner(DockerSpawner):
         if limits is None:
             if user_options:
                 raise SpawnException(
-                    "This hub takes no spawn options (no quota policy is configured).", reason="options", status_code=400
+                    "This hub takes no spawn options (no quota policy is configured).",
+                    reason="options",
+                    status_code=400,
                 )
             return
         if self.name:
@@ -289,13 +295,14 @@ class GPUDockerSpawner(DockerSpawner):
                 # Free GPUs and nobody waiting: granted at once; else waits in the fair-share queue
                 # (progress() shows where), or NotEnoughGpus when waiting is not allowed.
                 allocation = await asyncio.wait_for(
-                    self.shared_gpu_queue().acquire(spawn, allow_queue=self.queue_allowed()), self.gpu_queue_timeout or None
+                    self.shared_gpu_queue().acquire(spawn, allow_queue=self.queue_allowed()),
+                    self.gpu_queue_timeout or None,
                 )
             except UserTotalExceeded as e:  # another server of this user got GPUs meanwhile
                 raise SpawnException(str(e), reason="quota", status_code=400) from None
             except (NotEnoughGpus, QueueRefused) as e:
                 raise SpawnException(str(e), reason="capacity", status_code=503) from None
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 raise SpawnException(
                     f"No GPUs came free for you within {format_duration(self.gpu_queue_timeout)} in the GPU queue. "
                     "Try again later or ask for fewer GPUs.",
@@ -341,7 +348,9 @@ class GPUDockerSpawner(DockerSpawner):
     async def end_session(self, reason: str) -> None:
         if self.ledger_url:
             try:
-                await asyncio.to_thread(hub_resources.session_store(self.ledger_url).end, self.user.name, self.name or "", reason)
+                await asyncio.to_thread(
+                    hub_resources.session_store(self.ledger_url).end, self.user.name, self.name or "", reason
+                )
             except Exception as e:
                 self.log.warning("Could not close the session of %s: %s", self._log_name, e)
 
@@ -349,12 +358,16 @@ class GPUDockerSpawner(DockerSpawner):
         """Spawn-page events: queue position, whose GPUs it waits for, the estimated wait."""
         if self.ledger is None:
             return
-        async for event in self.shared_gpu_queue().progress_events(self.user.name, self.name or "", lambda: self._spawn_pending):
+        async for event in self.shared_gpu_queue().progress_events(
+            self.user.name, self.name or "", lambda: self._spawn_pending
+        ):
             yield event
 
     async def stop(self, now=False):
         if self.ledger is not None:  # stopped while waiting for GPUs: leave the queue
-            await asyncio.to_thread(self.shared_gpu_queue().cancel, self.user.name, self.name or "", "server stopped while waiting")
+            await asyncio.to_thread(
+                self.shared_gpu_queue().cancel, self.user.name, self.name or "", "server stopped while waiting"
+            )
         try:
             await super().stop(now=now)
         finally:
@@ -391,7 +404,9 @@ class GPUDockerSpawner(DockerSpawner):
                 continue
             except NotFound:
                 pass
-            await self.docker("create_volume", volume, labels={"org.labgpu.managed": "true", "org.labgpu.kind": "group-share"})
+            await self.docker(
+                "create_volume", volume, labels={"org.labgpu.managed": "true", "org.labgpu.kind": "group-share"}
+            )
             container = await self.docker(
                 "create_container",
                 self.image,

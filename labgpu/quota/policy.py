@@ -12,9 +12,10 @@ import functools
 import math
 import os
 import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Callable, Iterable, Mapping, Sequence
+from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from pydantic_core import PydanticCustomError
@@ -71,7 +72,7 @@ def parse_duration(value: Any) -> float:
     if isinstance(value, bool):
         raise ValueError(f"must be a duration like 30m, 2h or 7d (got {value!r})")
     if isinstance(value, (int, float)):
-        if isinstance(value, float) and math.isnan(value) or value < 0:
+        if (isinstance(value, float) and math.isnan(value)) or value < 0:
             raise ValueError(f"must be a duration like 30m, 2h or 7d (got {value!r})")
         return float(value)
     if isinstance(value, str):
@@ -373,7 +374,7 @@ def _events_libyaml(text: str) -> Iterable[Any] | None:
         return None
     try:
         return list(yaml.parse(text, Loader=yaml.CSafeLoader))
-    except Exception:  # noqa: BLE001 - any refusal: ruamel.yaml decides and explains below
+    except Exception:
         return None
 
 
@@ -387,7 +388,9 @@ def _events_ruamel(text: str) -> list[Any]:
     except MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         what = " ".join(x for x in (e.context, e.problem) if x) or "invalid YAML"
-        raise _YamlProblem(mark.line + 1 if mark else 1, mark.column + 1 if mark else 1, f"invalid YAML: {what}") from None
+        raise _YamlProblem(
+            mark.line + 1 if mark else 1, mark.column + 1 if mark else 1, f"invalid YAML: {what}"
+        ) from None
     except YAMLError as e:
         position = getattr(e, "position", None)  # ReaderError: a character YAML forbids
         line, col = 1, 1
@@ -562,15 +565,17 @@ def _read_yaml(text: str, filename: str, events: list[Any] | None = None) -> _Do
                     raise _YamlProblem(line, col, "mapping keys must be plain names, not lists or mappings")
                 key = event.value if type(event).__name__ == "ScalarEvent" else str(value)
                 if key in frame[6] or key in frame[9]:
-                    first = keys.get(path + (key,))
+                    first = keys.get((*path, key))
                     at = f" (first at line {first[1]})" if first else ""
-                    what = ".".join(str(p) for p in path + (key,))
-                    problems.append(((filename, line, col), f"duplicate key {what}{at}; each key may appear once in a mapping"))
+                    what = ".".join(str(p) for p in (*path, key))
+                    problems.append(
+                        ((filename, line, col), f"duplicate key {what}{at}; each key may appear once in a mapping")
+                    )
                     frame[2] = _DUPLICATE
                     return
                 frame[2] = key
                 frame[9].add(key)
-                keys[path + (key,)] = (filename, line, col)
+                keys[(*path, key)] = (filename, line, col)
                 return
             key = frame[2]
             frame[2] = None
@@ -581,9 +586,9 @@ def _read_yaml(text: str, filename: str, events: list[Any] | None = None) -> _Do
                 return
             frame[6].add(key)
             container[key] = value
-            values[path + (key,)] = (filename, *where(event))
+            values[(*path, key)] = (filename, *where(event))
         else:
-            values[path + (len(container),)] = (filename, *where(event))
+            values[(*path, len(container))] = (filename, *where(event))
             container.append(value)
 
     for event in events:
@@ -611,10 +616,7 @@ def _read_yaml(text: str, filename: str, events: list[Any] | None = None) -> _Do
                 raise _YamlProblem(line, col, "mapping keys must be plain names, not lists or mappings")
             if stack:
                 frame = stack[-1]
-                if frame[7]:
-                    child_path = frame[1] + (frame[2],)
-                else:
-                    child_path = frame[1] + (len(frame[0]),)
+                child_path = frame[1] + (frame[2],) if frame[7] else frame[1] + (len(frame[0]),)
             else:
                 child_path = ()
             stack.append([{} if is_map else [], child_path, None, event.anchor, 1, [], set(), is_map, event, set()])
@@ -676,12 +678,17 @@ def _merge_documents(documents: Sequence[_Document], errors: list[tuple[Loc, str
                     _take_positions(doc, merged, path)
                 elif target[name] == entry:
                     continue
-                elif section in _ENTRY_SECTIONS or section == "gpus" and name == "models":
+                elif section in _ENTRY_SECTIONS or (section == "gpus" and name == "models"):
                     if section == "gpus" and isinstance(entry, dict) and isinstance(target[name], dict):
                         _merge_leaf_dict(doc, merged, path, target[name], entry, errors, atomic=True)
                     else:
                         errors.append(_conflict(doc, merged, path))
-                elif section == "gpus" and name == "exclude" and isinstance(entry, list) and isinstance(target[name], list):
+                elif (
+                    section == "gpus"
+                    and name == "exclude"
+                    and isinstance(entry, list)
+                    and isinstance(target[name], list)
+                ):
                     target[name] = target[name] + [x for x in entry if x not in target[name]]
                 elif isinstance(entry, dict) and isinstance(target[name], dict):
                     _merge_leaf_dict(doc, merged, path, target[name], entry, errors, atomic=False)
@@ -693,7 +700,7 @@ def _merge_documents(documents: Sequence[_Document], errors: list[tuple[Loc, str
 def _merge_leaf_dict(doc, merged, path, target: dict, entry: dict, errors, *, atomic: bool) -> None:
     target = dict(target)
     for key, value in entry.items():
-        sub = path + (key,)
+        sub = (*path, key)
         if key not in target:
             target[key] = value
             _take_positions(doc, merged, sub)
@@ -809,7 +816,9 @@ class Policy:
     known_models: Mapping[str, str] = field(default_factory=dict)  # GPU model name -> display name
     # Group combination -> (values, sources, extras) before the user's own entry, and image
     # lists -> choices; filled by resolve().
-    _group_cache: dict[tuple[str, ...], tuple[dict, dict, dict]] = field(default_factory=dict, compare=False, repr=False)
+    _group_cache: dict[tuple[str, ...], tuple[dict, dict, dict]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
     _image_cache: dict[Any, tuple] = field(default_factory=dict, compare=False, repr=False)
 
     def gpu_model_of(self, device_name: str) -> str | None:
@@ -986,7 +995,9 @@ def _pydantic_message(error: Mapping[str, Any], path: tuple) -> str:
     got = error.get("input")
     if kind == "extra_forbidden":
         allowed = ", ".join(_ALLOWED_KEYS.get(_mapping_kind(path[:-1]), ()))
-        return f"unknown key {str(path[-1])!r} in {'.'.join(map(str, path[:-1])) or 'the top level'} (allowed: {allowed})"
+        return (
+            f"unknown key {str(path[-1])!r} in {'.'.join(map(str, path[:-1])) or 'the top level'} (allowed: {allowed})"
+        )
     if kind == "missing":
         return f"{field_name} is required"
     simple = {
@@ -1037,7 +1048,13 @@ def _pydantic_message(error: Mapping[str, Any], path: tuple) -> str:
 
 def _strip_union_tags(loc: tuple) -> tuple:
     """Pydantic adds branch names (``bool``, ``str``, ``function-before[...]``) to union locations."""
-    return tuple(p for p in loc if not (isinstance(p, str) and (p in ("bool", "str", "int", "float", "list[str]", "constrained-str") or "[" in p)))
+    return tuple(
+        p
+        for p in loc
+        if not (
+            isinstance(p, str) and (p in ("bool", "str", "int", "float", "list[str]", "constrained-str") or "[" in p)
+        )
+    )
 
 
 def _locate(doc: _Document, path: tuple, *, key: bool) -> Loc:
@@ -1060,29 +1077,73 @@ def _cross_checks(spec: PolicyFile, errors: list[tuple[tuple, bool, str]]) -> No
     entries += [(("users", n), u) for n, u in spec.users.items()]
     for name in spec.images:
         if not _IMAGE_NAME_RE.match(name):
-            errors.append((("images", name), True, f"image name {name!r} must be lowercase letters, digits, . _ - (it appears in spawn forms and API requests)"))
+            errors.append(
+                (
+                    ("images", name),
+                    True,
+                    f"image name {name!r} must be lowercase letters, digits, . _ - (it appears in spawn forms and API requests)",
+                )
+            )
     for name in list(spec.users) + list(spec.groups):
         if not _NAME_RE.match(name):
-            errors.append(((("users" if name in spec.users else "groups"), name), True, f"{name!r} is not a valid user or group name (letters, digits, . _ @ + -, starting with a letter or digit)"))
+            errors.append(
+                (
+                    (("users" if name in spec.users else "groups"), name),
+                    True,
+                    f"{name!r} is not a valid user or group name (letters, digits, . _ @ + -, starting with a letter or digit)",
+                )
+            )
     for name in model_names:
         if not _NAME_RE.match(name):
-            errors.append((("gpus", "models", name), True, f"GPU model name {name!r} must be letters, digits, . _ - (e.g. A100)"))
+            errors.append(
+                (("gpus", "models", name), True, f"GPU model name {name!r} must be letters, digits, . _ - (e.g. A100)")
+            )
     for path, entry in entries:
         for i, image in enumerate(entry.images or []):
             if image not in spec.images:
                 known = ", ".join(image_names) or "none: add an images: section"
-                errors.append((path + ("images", i), False, f"unknown image {image!r} in {'.'.join(path)}.images (defined images: {known})"))
+                errors.append(
+                    (
+                        (*path, "images", i),
+                        False,
+                        f"unknown image {image!r} in {'.'.join(path)}.images (defined images: {known})",
+                    )
+                )
         for i, model in enumerate(entry.models or []):
             if model not in spec.gpus.models:
                 known = ", ".join(model_names) or "none: define them under gpus.models"
-                errors.append((path + ("models", i), False, f"unknown GPU model {model!r} in {'.'.join(path)}.models (defined models: {known}, or 'any')"))
+                errors.append(
+                    (
+                        (*path, "models", i),
+                        False,
+                        f"unknown GPU model {model!r} in {'.'.join(path)}.models (defined models: {known}, or 'any')",
+                    )
+                )
         if entry.gpus is not None and entry.gpus_total is not None and entry.gpus_total < entry.gpus:
-            errors.append((path + ("gpus_total",), False, f"{'.'.join(path)}.gpus_total ({entry.gpus_total}) is below gpus per server ({entry.gpus}); make it >= {entry.gpus}"))
+            errors.append(
+                (
+                    (*path, "gpus_total"),
+                    False,
+                    f"{'.'.join(path)}.gpus_total ({entry.gpus_total}) is below gpus per server ({entry.gpus}); make it >= {entry.gpus}",
+                )
+            )
         memory = entry.memory
         if memory is not None and memory.guarantee is not None and memory.guarantee > memory.limit:
-            errors.append((path + ("memory", "guarantee"), False, f"{'.'.join(path)}.memory.guarantee ({format_size(memory.guarantee)}) is above the limit ({format_size(memory.limit)})"))
+            errors.append(
+                (
+                    (*path, "memory", "guarantee"),
+                    False,
+                    f"{'.'.join(path)}.memory.guarantee ({format_size(memory.guarantee)}) is above the limit ({format_size(memory.limit)})",
+                )
+            )
         if memory is not None and entry.shm is not None and entry.shm > memory.limit:
-            errors.append((path + ("shm",), False, f"{'.'.join(path)}.shm ({format_size(entry.shm)}) is above the memory limit ({format_size(memory.limit)}); /dev/shm counts against memory"))
+            errors.append(
+                (
+                    (*path, "shm"),
+                    False,
+                    f"{'.'.join(path)}.shm ({format_size(entry.shm)}) is above the memory limit ({format_size(memory.limit)}); /dev/shm counts against memory",
+                )
+            )
     for name, group in spec.groups.items():
         seen: set[str] = set()
         for i, member in enumerate(group.members):
@@ -1090,9 +1151,21 @@ def _cross_checks(spec: PolicyFile, errors: list[tuple[tuple, bool, str]]) -> No
                 errors.append((("groups", name, "members", i), False, f"groups.{name}.members lists {member!r} twice"))
             seen.add(member)
             if not _NAME_RE.match(member):
-                errors.append((("groups", name, "members", i), False, f"groups.{name}.members: {member!r} is not a valid user name"))
+                errors.append(
+                    (
+                        ("groups", name, "members", i),
+                        False,
+                        f"groups.{name}.members: {member!r} is not a valid user name",
+                    )
+                )
         if group.pool is not None and group.gpus is not None and group.pool < group.gpus and group.pool > 0:
-            errors.append((("groups", name, "pool"), False, f"groups.{name}.pool ({group.pool}) is below gpus per server ({group.gpus}); no member could ever start such a server"))
+            errors.append(
+                (
+                    ("groups", name, "pool"),
+                    False,
+                    f"groups.{name}.pool ({group.pool}) is below gpus per server ({group.gpus}); no member could ever start such a server",
+                )
+            )
 
 
 def _valid_fields(model: type[BaseModel], entry: Any) -> Any:
@@ -1139,7 +1212,9 @@ def _valid_parts(data: Any) -> PolicyFile:
             if section == "gpus" and isinstance(data.get("gpus"), dict):
                 models = data["gpus"].get("models")
                 if isinstance(models, dict):
-                    parts["gpus"] = GpusConfig.model_construct(exclude=[], models={str(k): v for k, v in models.items()})
+                    parts["gpus"] = GpusConfig.model_construct(
+                        exclude=[], models={str(k): v for k, v in models.items()}
+                    )
     return PolicyFile.model_construct(**parts)
 
 
@@ -1215,7 +1290,12 @@ def load_policy_texts(texts: Sequence[tuple[str, str]]) -> Policy:
         if doc.data is None:
             continue  # an empty file (or only comments) sets nothing
         if not isinstance(doc.data, dict):
-            located.append((doc.values.get((), (filename, 1, 1)), f"a quota file must be a mapping with sections {', '.join(_ALLOWED_KEYS['top'])} (got {type(doc.data).__name__})"))
+            located.append(
+                (
+                    doc.values.get((), (filename, 1, 1)),
+                    f"a quota file must be a mapping with sections {', '.join(_ALLOWED_KEYS['top'])} (got {type(doc.data).__name__})",
+                )
+            )
             continue
         documents.append(doc)
     merged = _merge_documents(documents, located)
@@ -1230,7 +1310,12 @@ def load_policy_texts(texts: Sequence[tuple[str, str]]) -> Policy:
             if path[-2:-1] == ("memory",) and path[-1] == "limit" and path not in merged.keys:
                 path = path[:-1]  # written as the shorthand memory: 16G
             key = error["type"] == "extra_forbidden"
-            located.append((_locate(merged, path, key=key), _pydantic_message(error, path), ))
+            located.append(
+                (
+                    _locate(merged, path, key=key),
+                    _pydantic_message(error, path),
+                )
+            )
         spec = None
     checked = spec if spec is not None else _valid_parts(merged.data)
     cross: list[tuple[tuple, bool, str]] = []

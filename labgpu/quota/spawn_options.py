@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import html
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from labgpu.quota.policy import Limits, format_duration, format_size, parse_size
 
@@ -101,13 +102,17 @@ def _number(name: str, value: Any) -> float:
     return number
 
 
-def validate_user_options(limits: Limits, options: Mapping[str, Any] | None, *, gpus_in_use_by_user: int) -> SpawnRequest:
+def validate_user_options(
+    limits: Limits, options: Mapping[str, Any] | None, *, gpus_in_use_by_user: int
+) -> SpawnRequest:
     """Check ``options`` (form or JSON) against ``limits``; ``gpus_in_use_by_user`` counts the
     GPUs held by the user's *other* running servers. Raises SpawnOptionsError naming the limit."""
     if options is None:
         options = {}
     if not isinstance(options, Mapping):
-        raise SpawnOptionsError(f"Spawn options must be a JSON object of {', '.join(OPTION_KEYS)}, not {type(options).__name__}.")
+        raise SpawnOptionsError(
+            f"Spawn options must be a JSON object of {', '.join(OPTION_KEYS)}, not {type(options).__name__}."
+        )
     unknown = sorted(str(k) for k in options if k not in OPTION_KEYS)
     if unknown:
         raise SpawnOptionsError(

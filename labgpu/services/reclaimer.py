@@ -17,17 +17,17 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.error import HTTPError, URLError
 from urllib.parse import quote
 from urllib.request import Request, urlopen
 
-from labgpu.fairshare import scheduler
 from labgpu.db.ledger import Ledger
-from labgpu.quota.policy import FairshareConfig, Policy, resolve
 from labgpu.db.queue_store import QueueStore, ReclaimNotice
+from labgpu.fairshare import scheduler
 from labgpu.fairshare.scheduler import Reclaim, RunningAllocation, Warn
+from labgpu.quota.policy import FairshareConfig, Policy, resolve
 
 log = logging.getLogger("labgpu.reclaim")
 
@@ -51,9 +51,16 @@ def _ts(moment: datetime | None) -> float | None:
     return None if moment is None else moment.timestamp()
 
 
-def reclaim_round(ledger: Ledger, store: QueueStore, policy: Policy | None, busy_fraction: BusyFraction,
-                  stop_server: StopServer, settings: ReclaimSettings = ReclaimSettings(), *,
-                  dry_run: bool = False) -> list[Warn | Reclaim]:  # fmt: skip
+def reclaim_round(
+    ledger: Ledger,
+    store: QueueStore,
+    policy: Policy | None,
+    busy_fraction: BusyFraction,
+    stop_server: StopServer,
+    settings: ReclaimSettings = ReclaimSettings(),
+    *,
+    dry_run: bool = False,
+) -> list[Warn | Reclaim]:
     """One round: record busy GPUs, warn, and stop what is due; returns what it decided."""
     now = store.now()
     fairshare = policy.spec.fairshare if policy is not None else FairshareConfig()
@@ -67,34 +74,59 @@ def reclaim_round(ledger: Ledger, store: QueueStore, policy: Policy | None, busy
         max_runtime = float(limits.max_runtime) if limits and limits.max_runtime else None
         busy = busy_fraction(allocation.gpu_uuids, now.timestamp() - settings.busy_window, now.timestamp())
         busy_now = busy is None or busy >= settings.idle_threshold  # no data: counted as busy
-        notice = store.watch(allocation.user, allocation.server, allocation.since, len(allocation.gpu_uuids),
-                             busy_at=now if busy_now else None)  # fmt: skip
+        notice = store.watch(
+            allocation.user,
+            allocation.server,
+            allocation.since,
+            len(allocation.gpu_uuids),
+            busy_at=now if busy_now else None,
+        )
         if notice.reclaimed_at is not None:
             continue  # stopped already; the hub is releasing its GPUs
         running = RunningAllocation(
-            allocation.server_label, allocation.user, len(allocation.gpu_uuids), allocation.since.timestamp(),
-            max_runtime=max_runtime, last_busy_at=_ts(notice.last_busy_at), warned_at=_ts(notice.warned_at),
-        )  # fmt: skip
+            allocation.server_label,
+            allocation.user,
+            len(allocation.gpu_uuids),
+            allocation.since.timestamp(),
+            max_runtime=max_runtime,
+            last_busy_at=_ts(notice.last_busy_at),
+            warned_at=_ts(notice.warned_at),
+        )
         actions = scheduler.reclaim_decisions(
-            [running], {} if busy is None else {running.id: busy}, now.timestamp(), idle_timeout=idle_timeout,
-            max_runtime=max_runtime, someone_waiting=someone_waiting,
-            only_when_waiting=fairshare.reclaim_only_when_waiting, warn_before=settings.warn_before,
-            idle_threshold=settings.idle_threshold, runtime_idle_grace=settings.runtime_idle_grace,
-        )  # fmt: skip
+            [running],
+            {} if busy is None else {running.id: busy},
+            now.timestamp(),
+            idle_timeout=idle_timeout,
+            max_runtime=max_runtime,
+            someone_waiting=someone_waiting,
+            only_when_waiting=fairshare.reclaim_only_when_waiting,
+            warn_before=settings.warn_before,
+            idle_threshold=settings.idle_threshold,
+            runtime_idle_grace=settings.runtime_idle_grace,
+        )
         for action in actions:
             if isinstance(action, Warn):
                 log.warning("Warning %s: %s", allocation.server_label, action.message)
                 if not dry_run:
-                    reclaim_at = datetime.fromtimestamp(action.reclaim_at, timezone.utc)
+                    reclaim_at = datetime.fromtimestamp(action.reclaim_at, UTC)
                     store.record_warning(notice.id, reason=action.reason, reclaim_at=reclaim_at, message=action.message)
             else:
                 log.warning("Reclaiming %s: %s", allocation.server_label, action.message)
                 if not dry_run:
                     error = stop_server(allocation.user, allocation.server)
                     if error:
-                        log.error("Could not stop %s through the hub: %s (retrying next round)", allocation.server_label, error)
-                    store.record_reclaim(notice.id, reason=action.reason, message=action.message,
-                                         idle_for=action.idle_for, error=error or "")  # fmt: skip
+                        log.error(
+                            "Could not stop %s through the hub: %s (retrying next round)",
+                            allocation.server_label,
+                            error,
+                        )
+                    store.record_reclaim(
+                        notice.id,
+                        reason=action.reason,
+                        message=action.message,
+                        idle_for=action.idle_for,
+                        error=error or "",
+                    )
             done.append(action)
     return done
 
@@ -136,8 +168,9 @@ def telemetry_busy_fraction(ledger_url: str) -> BusyFraction:
     has_tables = "telemetry_gpu_sample" in inspect(engine).get_table_names()
     engine.dispose()
     if not has_tables:
-        log.warning("No telemetry in %s (is the poller running?): no GPU counts as idle, nothing is reclaimed",
-                    ledger_url)  # fmt: skip
+        log.warning(
+            "No telemetry in %s (is the poller running?): no GPU counts as idle, nothing is reclaimed", ledger_url
+        )
         return lambda gpu_uuids, since, until: None
     telemetry = TelemetryDB(ledger_url, migrate=False)  # the Ledger migrated the database
     return lambda gpu_uuids, since, until: telemetry.busy_fraction(gpu_uuids, since, until)
@@ -161,18 +194,25 @@ def announcement_for(store: QueueStore, user: str, *, recent: float = 86400.0) -
     for notice in store.notices_for(user, since=now - timedelta(seconds=recent)):
         name = f"Your server {notice.server!r}" if notice.server else "Your server"
         if notice.reclaimed_at is not None:
-            lines.append(f"{name} was stopped at {_at(notice.reclaimed_at)}: {notice.message} "
-                         "Your files in your home are kept; start it again when you need the GPUs.")  # fmt: skip
+            lines.append(
+                f"{name} was stopped at {_at(notice.reclaimed_at)}: {notice.message} "
+                "Your files in your home are kept; start it again when you need the GPUs."
+            )
         elif (notice.user, notice.server, notice.allocation_since) in held and _warning_standing(notice):
-            lines.append(f"{name} will be stopped at {_at(notice.reclaim_at)} unless its GPUs get busy: "  # type: ignore[arg-type]
-                         f"{notice.message}")  # fmt: skip
+            lines.append(
+                f"{name} will be stopped at {_at(notice.reclaim_at)} unless its GPUs get busy: "  # type: ignore[arg-type]
+                f"{notice.message}"
+            )
     return "<br>".join(html.escape(line) for line in lines)
 
 
 def _warning_standing(notice: ReclaimNotice) -> bool:
     """A warning stands until the GPUs get busy again after it."""
-    return (notice.warned_at is not None and notice.reclaim_at is not None
-            and (notice.last_busy_at is None or notice.last_busy_at <= notice.warned_at))  # fmt: skip
+    return (
+        notice.warned_at is not None
+        and notice.reclaim_at is not None
+        and (notice.last_busy_at is None or notice.last_busy_at <= notice.warned_at)
+    )
 
 
 def hub_announcement(ledger_url: str, fallback: str = "") -> Callable[[Any], str]:
@@ -195,9 +235,18 @@ def hub_announcement(ledger_url: str, fallback: str = "") -> Callable[[Any], str
     return announcement
 
 
-def run_forever(ledger: Ledger, store: QueueStore, policy: Callable[[], Policy | None], busy_fraction: BusyFraction,
-                stop_server: StopServer, settings: ReclaimSettings, interval: float, *, dry_run: bool = False,
-                once: bool = False) -> None:  # fmt: skip
+def run_forever(
+    ledger: Ledger,
+    store: QueueStore,
+    policy: Callable[[], Policy | None],
+    busy_fraction: BusyFraction,
+    stop_server: StopServer,
+    settings: ReclaimSettings,
+    interval: float,
+    *,
+    dry_run: bool = False,
+    once: bool = False,
+) -> None:
     """Run a round every ``interval`` seconds (the policy is re-read each round)."""
     while True:
         try:

@@ -16,9 +16,10 @@ import re
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Hashable, Iterable, Iterator, Mapping, NamedTuple, Protocol, Sequence
+from typing import Any, NamedTuple, Protocol
 
 from labgpu.hub.containers import LABEL_SERVER, LABEL_USER  # the labels the spawner writes (pure module)
 
@@ -29,7 +30,6 @@ DEFAULT_INTERVAL_S = 5.0
 MINUTE = 60
 HOUR = 3600
 DAY_S = 24 * HOUR
-
 
 
 # --------------------------------------------------------------------------------------------
@@ -72,7 +72,7 @@ class GpuReading:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> "GpuReading":
+    def from_json(cls, data: Mapping[str, Any]) -> GpuReading:
         fields = dict(data)
         fields["processes"] = tuple(ProcessReading(**p) for p in fields.get("processes", ()))
         return cls(**fields)
@@ -90,8 +90,7 @@ def health_problem(reading: GpuReading) -> str | None:
         )
     if reading.remap_pending:
         return (
-            f"GPU {reading.index} ({reading.uuid}) has memory row remapping pending: "
-            "reset it when idle (nvidia-smi -r)"
+            f"GPU {reading.index} ({reading.uuid}) has memory row remapping pending: reset it when idle (nvidia-smi -r)"
         )
     return None
 
@@ -124,9 +123,10 @@ class NvmlTelemetrySource:
             self._devices.append((index, handle, uuid, name))
         self._last_seen_us: dict[str, int] = {uuid: 0 for _, _, uuid, _ in self._devices}
         # Renamed from "throttle reasons" to "clock event reasons" in newer nvidia-ml-py.
-        self._clock_event_reasons = getattr(
-            pynvml, "nvmlDeviceGetCurrentClocksEventReasons", None
-        ) or pynvml.nvmlDeviceGetCurrentClocksThrottleReasons
+        self._clock_event_reasons = (
+            getattr(pynvml, "nvmlDeviceGetCurrentClocksEventReasons", None)
+            or pynvml.nvmlDeviceGetCurrentClocksThrottleReasons
+        )
 
     def read(self) -> list[GpuReading]:
         readings = []
@@ -142,9 +142,7 @@ class NvmlTelemetrySource:
         nv = self._nvml
         utilization = nv.nvmlDeviceGetUtilizationRates(handle)
         memory = nv.nvmlDeviceGetMemoryInfo(handle)
-        processes = {
-            p.pid: _mib(p.usedGpuMemory) for p in nv.nvmlDeviceGetComputeRunningProcesses(handle)
-        }
+        processes = {p.pid: _mib(p.usedGpuMemory) for p in nv.nvmlDeviceGetComputeRunningProcesses(handle)}
         sm_by_pid = self._process_utilization(handle, uuid)
         return GpuReading(
             uuid=uuid,
@@ -245,7 +243,9 @@ class ReplayTelemetrySource:
         ]
         # Seconds since the recording started, per tick: replaying at these offsets
         # reproduces the recorded timing.
-        self.offsets_s: list[float] = [float(tick.get("t", i * self.interval_s)) for i, tick in enumerate(trace["ticks"])]
+        self.offsets_s: list[float] = [
+            float(tick.get("t", i * self.interval_s)) for i, tick in enumerate(trace["ticks"])
+        ]
         if not self.ticks:
             raise ValueError(f"{self.path}: the trace has no ticks; record one with benchmarks/gpu_poller_check.py")
         self.loop = loop
@@ -271,7 +271,7 @@ def load_trace(path: Path) -> dict[str, Any]:
     except (OSError, ValueError) as error:
         raise ValueError(f"{path}: cannot read the NVML trace: {error}") from None
     if not isinstance(trace, dict) or trace.get("format") != TRACE_FORMAT:
-        raise ValueError(f"{path}: not an NVML trace (expected \"format\": \"{TRACE_FORMAT}\")")
+        raise ValueError(f'{path}: not an NVML trace (expected "format": "{TRACE_FORMAT}")')
     return trace
 
 
@@ -296,9 +296,7 @@ class RecordingSource:
             "format": TRACE_FORMAT,
             "recorded": dict(recorded),
             "interval_s": interval_s,
-            "ticks": [
-                {"t": round(t, 3), "gpus": [g.to_json() for g in readings]} for t, readings in self.ticks
-            ],
+            "ticks": [{"t": round(t, 3), "gpus": [g.to_json() for g in readings]} for t, readings in self.ticks],
         }
 
 
@@ -341,7 +339,9 @@ class ProcessAttributor:
     access), or a synthetic tree in tests; container labels are cached, since they never change
     for the life of a container, and a failed lookup is retried on the next tick."""
 
-    def __init__(self, label_lookup: LabelLookup | None, proc_root: str | os.PathLike[str] = "/proc", cache_size: int = 4096) -> None:
+    def __init__(
+        self, label_lookup: LabelLookup | None, proc_root: str | os.PathLike[str] = "/proc", cache_size: int = 4096
+    ) -> None:
         self.label_lookup = label_lookup
         self.proc_root = Path(proc_root)
         self.cache_size = cache_size
@@ -365,8 +365,11 @@ class ProcessAttributor:
             labels = self.label_lookup(container_id)
         except Exception as error:  # Docker down: record the container id, ask again next tick
             if container_id not in self._failing:
-                log.warning("Cannot read the labels of container %s (%s); recording its id and retrying each tick",
-                            container_id[:12], error)
+                log.warning(
+                    "Cannot read the labels of container %s (%s); recording its id and retrying each tick",
+                    container_id[:12],
+                    error,
+                )
                 self._failing.add(container_id)
             return Owner(CONTAINER, container_id)
         self._failing.discard(container_id)
@@ -555,7 +558,9 @@ class ProcessRecord:
 class TelemetryStore(Protocol):
     """What the poller needs from the ledger (labgpu.db.telemetry_store.TelemetryDB provides it)."""
 
-    def write_tick(self, ts: float, gpus: Sequence[tuple[GpuReading, float, str | None]], processes: Sequence[ProcessRecord]) -> None: ...
+    def write_tick(
+        self, ts: float, gpus: Sequence[tuple[GpuReading, float, str | None]], processes: Sequence[ProcessRecord]
+    ) -> None: ...
 
     def roll_up(self, now: float) -> None: ...
 
@@ -596,7 +601,9 @@ class Poller:
         sees each GPU (clearing what an earlier run left) and whenever one turns unhealthy or
         recovers; ``labgpu poller`` wires it to :meth:`labgpu.db.ledger.Ledger.set_gpu_health`."""
         if interval_s < MIN_INTERVAL_S:
-            raise ValueError(f"--interval must be >= {MIN_INTERVAL_S:g} s (got {interval_s:g}): NVML takes a driver lock")
+            raise ValueError(
+                f"--interval must be >= {MIN_INTERVAL_S:g} s (got {interval_s:g}): NVML takes a driver lock"
+            )
         self.source = source
         self.store = store
         self.attributor = attributor
@@ -712,7 +719,9 @@ def open_with_backoff(
                 )
                 last_error, since_reminder_s = text, 0.0
             elif since_reminder_s >= remind_every_s:
-                log.warning("Still cannot start GPU telemetry after %d attempts over %.0f s: %s", attempt, waited_s, text)
+                log.warning(
+                    "Still cannot start GPU telemetry after %d attempts over %.0f s: %s", attempt, waited_s, text
+                )
                 since_reminder_s = 0.0
             else:
                 log.debug("GPU telemetry attempt %d failed: %s; next in %.0f s", attempt, text, delay)

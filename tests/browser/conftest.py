@@ -5,7 +5,6 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import chromium_path, require
-from tests.e2e.conftest import hub, real_parts  # noqa: F401 (the same real hub)
 
 OUTPUT = Path(__file__).resolve().parents[2] / "test-output"
 

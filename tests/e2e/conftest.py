@@ -9,7 +9,9 @@ from tests.harness import WORKSPACE_IMAGE, HubProcess
 @pytest.fixture(scope="session")
 def real_parts():
     require(docker_available(), "the Docker engine", "start dockerd (scripts/setup.sh installs what the tests need)")
-    require(proxy_available(), "configurable-http-proxy", "apt-get install node-configurable-http-proxy (scripts/setup.sh)")
+    require(
+        proxy_available(), "configurable-http-proxy", "apt-get install node-configurable-http-proxy (scripts/setup.sh)"
+    )
     require(image_available(WORKSPACE_IMAGE), f"the workspace image {WORKSPACE_IMAGE}", "run scripts/build-images.sh")
 
 

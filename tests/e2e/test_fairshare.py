@@ -13,9 +13,9 @@ import time
 
 import pytest
 
-from labgpu.hub.containers import LABEL_USER
 from labgpu.db.ledger import Ledger
 from labgpu.db.queue_store import QueueStore
+from labgpu.hub.containers import LABEL_USER
 from tests.harness import REPO, WORKSPACE_IMAGE, HubProcess
 
 pytestmark = pytest.mark.e2e
@@ -125,8 +125,8 @@ def test_without_queueing_a_busy_gpu_is_a_clear_refusal(real_parts):
 
 
 def test_idle_gpu_server_is_warned_then_reclaimed_a_busy_one_is_not(real_parts):
-    from labgpu.services.telemetry import GpuReading
     from labgpu.db.telemetry_store import TelemetryDB
+    from labgpu.services.telemetry import GpuReading
 
     eight = REPO / "tests" / "data" / "a100x8-two-nvlink-islands.json"
     hub = HubProcess(
@@ -159,7 +159,11 @@ def test_idle_gpu_server_is_warned_then_reclaimed_a_busy_one_is_not(real_parts):
             """One poller tick: carol's GPU at 0%, dave's at 97%."""
             readings = [
                 (GpuReading(uuid=gpu, index=0, name="NVIDIA A100", utilization_gpu=0, memory_used_mib=0), 1.0, None),
-                (GpuReading(uuid=busy_gpu, index=1, name="NVIDIA A100", utilization_gpu=97, memory_used_mib=30000), 1.0, None),
+                (
+                    GpuReading(uuid=busy_gpu, index=1, name="NVIDIA A100", utilization_gpu=97, memory_used_mib=30000),
+                    1.0,
+                    None,
+                ),
             ]
             telemetry.write_tick(ts, readings, [])
 

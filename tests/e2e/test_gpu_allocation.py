@@ -8,8 +8,8 @@ import signal
 import docker
 import pytest
 
-from labgpu.hub.containers import LABEL_GPUS, LABEL_USER, WorkspaceSpec, container_config
 from labgpu.db.ledger import Ledger
+from labgpu.hub.containers import LABEL_GPUS, LABEL_USER, WorkspaceSpec, container_config
 from tests.harness import REPO, WORKSPACE_IMAGE, HubProcess
 
 pytestmark = pytest.mark.e2e

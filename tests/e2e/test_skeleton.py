@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from labgpu.hub.containers import LABEL_SERVER, LABEL_USER
 from labgpu.db.ledger import Ledger
 from labgpu.db.session_store import SessionStore
+from labgpu.hub.containers import LABEL_SERVER, LABEL_USER
 
 pytestmark = pytest.mark.e2e
 
@@ -40,8 +40,7 @@ def test_login_spawn_run_persist_and_stop(hub):
 
     # A cell in a real kernel: torch is there, we are not root, /dev/shm is 2 GiB.
     out = alice.run_code(
-        "import os, torch, shutil\n"
-        "print(torch.__version__, os.getuid(), shutil.disk_usage('/dev/shm').total)"
+        "import os, torch, shutil\nprint(torch.__version__, os.getuid(), shutil.disk_usage('/dev/shm').total)"
     )
     version, uid, shm = out.split()
     assert version.startswith("2.")
@@ -88,13 +87,17 @@ def test_two_users_two_containers_separate_homes(hub):
     assert a.id != b.id
 
     alice.run_code("open('/home/jovyan/secret.txt', 'w').write('alice only')")
-    seen = bob.run_code("import os; print(sorted(os.listdir('/home/jovyan')), os.path.exists('/home/jovyan/secret.txt'))")
+    seen = bob.run_code(
+        "import os; print(sorted(os.listdir('/home/jovyan')), os.path.exists('/home/jovyan/secret.txt'))"
+    )
     assert "secret.txt" not in seen and seen.strip().endswith("False")
     mounts = {m["Name"] for m in b.attrs["Mounts"] if m["Type"] == "volume"}
     assert mounts == {f"{hub.hub_id}-home-bob"}
 
     # Bob's credentials do not open Alice's server.
-    intrusion = bob.session.get(f"{hub.url}/user/alice/api/status", headers={"Authorization": f"token {bob.token}"}, timeout=30)
+    intrusion = bob.session.get(
+        f"{hub.url}/user/alice/api/status", headers={"Authorization": f"token {bob.token}"}, timeout=30
+    )
     assert intrusion.status_code == 403
     alice.stop_server()
     bob.stop_server()

@@ -1,6 +1,6 @@
 """Which GPUs a request gets (pure allocator, no Docker, NVML or database)."""
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -89,7 +89,7 @@ def test_allowed_models_filter_by_name():
 
 
 def test_refusal_says_how_many_are_free_and_who_holds_the_rest(box8):
-    since = datetime(2026, 11, 24, 9, 14, tzinfo=timezone.utc)
+    since = datetime(2026, 11, 24, 9, 14, tzinfo=UTC)
     now = since + timedelta(hours=1)
     held = [HeldGpu("GPU-3f2a9c1e-5b7d", "alice", "", since)]
     with pytest.raises(NotEnoughGpus) as refused:
@@ -102,7 +102,7 @@ def test_refusal_says_how_many_are_free_and_who_holds_the_rest(box8):
 
 
 def test_refusal_groups_gpus_by_holder_and_names_named_servers():
-    since = datetime(2026, 11, 20, 8, 0, tzinfo=timezone.utc)
+    since = datetime(2026, 11, 20, 8, 0, tzinfo=UTC)
     held = [HeldGpu(f"GPU-aaaa000{i}-x", "bob", "big", since) for i in range(3)]
     with pytest.raises(NotEnoughGpus) as refused:
         choose_gpus([], 1, held=held, now=since + timedelta(days=3))
@@ -147,8 +147,16 @@ def inventories(draw):
     for g in gpus:
         peers = frozenset(o["uuid"] for o in gpus if o["island"] == g["island"] and o is not g and g["island"] > 0)
         result.append(
-            Gpu(uuid=g["uuid"], index=g["index"], model=g["model"], memory_total=1, healthy=g["healthy"],
-                numa_node=g["numa"], switch_group=g["switch"], nvlink_peers=peers)
+            Gpu(
+                uuid=g["uuid"],
+                index=g["index"],
+                model=g["model"],
+                memory_total=1,
+                healthy=g["healthy"],
+                numa_node=g["numa"],
+                switch_group=g["switch"],
+                nvlink_peers=peers,
+            )
         )
     return result
 

@@ -51,6 +51,8 @@ def test_pack_fills_the_partly_used_mig_gpu_and_spread_the_emptiest(units):
 
 
 def test_slices_of_an_unhealthy_gpu_are_not_granted(units):
-    sick_parent = replace(ReplayInventory(DATA / "h100x2-one-mig.json").gpus()[0], healthy=False, health_reason="NVML: GPU is lost")
+    sick_parent = replace(
+        ReplayInventory(DATA / "h100x2-one-mig.json").gpus()[0], healthy=False, health_reason="NVML: GPU is lost"
+    )
     with pytest.raises(NotEnoughGpus, match="7 unhealthy"):
         choose_gpus(mig_units(sick_parent), 1, models=SLICE)

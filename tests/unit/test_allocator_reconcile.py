@@ -1,13 +1,13 @@
 """After a hub crash or restart: how the ledger and Docker's containers are made to agree (pure)."""
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from labgpu.gpus.allocator import Allocation, reconcile
 
-NOW = datetime(2026, 11, 24, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 EARLIER = NOW - timedelta(hours=2)
 
 
@@ -61,7 +61,10 @@ def test_a_spawn_still_starting_keeps_its_gpus_within_the_grace_period():
 def test_two_containers_on_one_gpu_the_ledger_holder_keeps_it_and_the_other_is_stopped():
     plan = reconcile(
         [alloc("alice", ["GPU-a"])],
-        [container("c-bob", "bob", ["GPU-a"], created="2026-11-24T08:00:00Z"), container("c-alice", "alice", ["GPU-a"])],
+        [
+            container("c-bob", "bob", ["GPU-a"], created="2026-11-24T08:00:00Z"),
+            container("c-alice", "alice", ["GPU-a"]),
+        ],
         now=NOW,
     )
     assert [s.container_id for s in plan.stops] == ["c-bob"]
@@ -72,8 +75,10 @@ def test_two_containers_on_one_gpu_the_ledger_holder_keeps_it_and_the_other_is_s
 def test_two_unrecorded_containers_on_one_gpu_the_older_one_wins():
     plan = reconcile(
         [],
-        [container("young", "bob", ["GPU-a"], created="2026-11-24T10:00:00Z"),
-         container("old", "alice", ["GPU-a", "GPU-b"], created="2026-11-24T08:00:00Z")],
+        [
+            container("young", "bob", ["GPU-a"], created="2026-11-24T10:00:00Z"),
+            container("old", "alice", ["GPU-a", "GPU-b"], created="2026-11-24T08:00:00Z"),
+        ],
         now=NOW,
     )
     assert [a.container_id for a in plan.adoptions] == ["old"]
@@ -119,7 +124,9 @@ def worlds(draw):
     # a ledger that never holds a GPU twice (the invariant the database enforces)
     allocations, taken = [], set()
     for user in draw(st.lists(st.sampled_from(USERS), unique=True, max_size=4)):
-        gpus = [g for g in draw(st.lists(st.sampled_from(GPU_IDS), unique=True, min_size=1, max_size=3)) if g not in taken]
+        gpus = [
+            g for g in draw(st.lists(st.sampled_from(GPU_IDS), unique=True, min_size=1, max_size=3)) if g not in taken
+        ]
         if gpus:
             taken.update(gpus)
             age = draw(st.sampled_from([timedelta(seconds=5), timedelta(hours=1)]))
@@ -147,7 +154,9 @@ def test_after_applying_the_plan_no_gpu_is_held_twice_and_ledger_matches_docker(
     held = [g for gpus in ledger.values() for g in gpus]
     assert len(held) == len(set(held)), "a GPU is held twice"
     stopped = {s.container_id for s in plan.stops}
-    survivors = [c for c in containers if c["state"] in ("running", "paused") and c["id"] not in stopped and c["org.labgpu.gpus"]]
+    survivors = [
+        c for c in containers if c["state"] in ("running", "paused") and c["id"] not in stopped and c["org.labgpu.gpus"]
+    ]
     assert len({(c["org.labgpu.user"], c["org.labgpu.server"]) for c in survivors}) == len(survivors)
     for c in survivors:  # every container left running is recorded with exactly its GPUs
         assert ledger.get((c["org.labgpu.user"], c["org.labgpu.server"])) == set(c["org.labgpu.gpus"].split(","))

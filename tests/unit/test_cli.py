@@ -25,7 +25,11 @@ def test_a_subcommand_with_a_missing_dependency_explains_and_the_others_work(mon
             raise ModuleNotFoundError("No module named 'pydantic'", name="pydantic")
         return real_import(name, *args, **kwargs)
 
-    for module in [m for m in list(__import__("sys").modules) if m.startswith("labgpu.cli.quotas") or m == "labgpu.quota.policy" or m.startswith("labgpu.quota.spawn_options")]:
+    for module in [
+        m
+        for m in list(__import__("sys").modules)
+        if m.startswith("labgpu.cli.quotas") or m == "labgpu.quota.policy" or m.startswith("labgpu.quota.spawn_options")
+    ]:
         monkeypatch.delitem(__import__("sys").modules, module)
     monkeypatch.setattr(builtins, "__import__", no_pydantic)
     assert cli.main(["quotas", "check"]) == 1

@@ -144,7 +144,9 @@ def test_cdi_device_names_including_mig():
 
 
 def test_user_env_cannot_claim_other_gpus():
-    create, _ = container_config(spec(gpu_uuids=("GPU-aaaa",), extra_create_kwargs={"environment": {"LABGPU_GPUS": "GPU-zzzz"}}))
+    create, _ = container_config(
+        spec(gpu_uuids=("GPU-aaaa",), extra_create_kwargs={"environment": {"LABGPU_GPUS": "GPU-zzzz"}})
+    )
     assert create["environment"]["LABGPU_GPUS"] == "GPU-aaaa"
 
 

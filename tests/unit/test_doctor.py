@@ -54,17 +54,20 @@ UUID_B = "GPU-0badc0de-0000-4000-8000-123456789abc"
 # --- driver vs CUDA runtime ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("driver", "cuda", "ok"), [
-    ("525.60.13", "12.0", True),
-    ("525.60.12", "12.0", False),
-    ("525.60.13", "12.8", True),  # minor-version compatibility: 12.x runs on the 12.0 floor
-    ("470.82.01", "12.1", False),
-    ("450.80.02", "11.8", True),
-    ("450.80.01", "11.8", False),
-    ("580.65.06", "13.0", True),
-    ("580.159.04", "13.2", True),
-    ("575.57.08", "13.0", False),
-])
+@pytest.mark.parametrize(
+    ("driver", "cuda", "ok"),
+    [
+        ("525.60.13", "12.0", True),
+        ("525.60.12", "12.0", False),
+        ("525.60.13", "12.8", True),  # minor-version compatibility: 12.x runs on the 12.0 floor
+        ("470.82.01", "12.1", False),
+        ("450.80.02", "11.8", True),
+        ("450.80.01", "11.8", False),
+        ("580.65.06", "13.0", True),
+        ("580.159.04", "13.2", True),
+        ("575.57.08", "13.0", False),
+    ],
+)
 def test_driver_floor_table(driver, cuda, ok):
     assert driver_supports_cuda(driver, cuda) is ok
 
@@ -100,7 +103,8 @@ def test_parse_version_rejects_non_versions(text):
 
 
 versions = st.lists(st.integers(min_value=0, max_value=999), min_size=1, max_size=3).map(
-    lambda parts: ".".join(map(str, parts)))
+    lambda parts: ".".join(map(str, parts))
+)
 
 
 @settings(max_examples=200, deadline=None)
@@ -117,8 +121,10 @@ def test_floor_of_a_minor_is_its_majors_floor():
 
 
 def test_proc_driver_version_is_parsed():
-    text = ("NVRM version: NVIDIA UNIX x86_64 Kernel Module  580.65.06  Sun Jul 27 06:54:38 UTC 2025\n"
-            "GCC version:  gcc version 12.2.0 (Debian 12.2.0-14)\n")
+    text = (
+        "NVRM version: NVIDIA UNIX x86_64 Kernel Module  580.65.06  Sun Jul 27 06:54:38 UTC 2025\n"
+        "GCC version:  gcc version 12.2.0 (Debian 12.2.0-14)\n"
+    )
     assert parse_proc_driver_version(text) == "580.65.06"
     assert parse_proc_driver_version("garbage") is None
 
@@ -131,7 +137,8 @@ def test_cudnn_versions_read_as_users_know_them():
 # --- assigned vs visible GPUs ----------------------------------------------------------------
 
 uuid_hex = st.text(alphabet="0123456789abcdef", min_size=32, max_size=32).map(
-    lambda h: f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}")
+    lambda h: f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+)
 
 
 @settings(max_examples=200, deadline=None)
@@ -151,12 +158,15 @@ def test_visible_match_ignores_order_case_and_prefix(hexes, rnd):
     assert not visible_matches_assigned(visible[1:], assigned)
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("GPU-1234", "entry 1: 'GPU-1234' is not a GPU UUID"),
-    (f"{UUID_A},,{UUID_B}", "entry 2 is empty"),
-    (f"{UUID_A},{UUID_A.upper()}", "entry 2 repeats"),
-    (f"{UUID_A},0", "entry 2: '0' is not a GPU UUID"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("GPU-1234", "entry 1: 'GPU-1234' is not a GPU UUID"),
+        (f"{UUID_A},,{UUID_B}", "entry 2 is empty"),
+        (f"{UUID_A},{UUID_A.upper()}", "entry 2 repeats"),
+        (f"{UUID_A},0", "entry 2: '0' is not a GPU UUID"),
+    ],
+)
 def test_bad_labgpu_gpus_names_the_entry(text, message):
     with pytest.raises(ValueError, match=message):
         parse_assigned_gpus(text)
@@ -185,6 +195,7 @@ def test_devices_pass_and_unset_assignment_skips():
 
 # --- autograd, matmul ------------------------------------------------------------------------
 
+
 def test_autograd_reference_values():
     # z = x^2 + 2xy + y^3: dz/dx = 2x + 2y = 10, dz/dy = 2x + 3y^2 = 31 at (2, 3).
     assert expected_autograd(2.0, 3.0) == (43.0, 10.0, 31.0)
@@ -193,20 +204,23 @@ def test_autograd_reference_values():
     assert wrong.status == "FAIL" and "expected z = 43, dz/dx = 10, dz/dy = 31" in wrong.detail
 
 
-@pytest.mark.parametrize(("model", "mode", "peak"), [
-    ("NVIDIA H100 80GB HBM3", "bf16", 989.4),
-    ("NVIDIA H100 PCIe", "bf16", 756.0),
-    ("NVIDIA H100 NVL", "tf32", 417.5),
-    ("NVIDIA H200", "bf16", 989.4),
-    ("NVIDIA GH200 480GB", "bf16", 989.4),
-    ("NVIDIA A100-SXM4-80GB", "tf32", 156.0),
-    ("NVIDIA L40S", "bf16", 362.0),
-    ("NVIDIA L4", "bf16", 121.0),
-    ("NVIDIA GeForce RTX 4090", "fp32", 82.6),
-    ("Tesla V100-SXM2-16GB", "bf16", None),
-    ("NVIDIA H100 80GB HBM3 MIG 1g.10gb", "bf16", None),
-    ("Some Future GPU", "bf16", None),
-])
+@pytest.mark.parametrize(
+    ("model", "mode", "peak"),
+    [
+        ("NVIDIA H100 80GB HBM3", "bf16", 989.4),
+        ("NVIDIA H100 PCIe", "bf16", 756.0),
+        ("NVIDIA H100 NVL", "tf32", 417.5),
+        ("NVIDIA H200", "bf16", 989.4),
+        ("NVIDIA GH200 480GB", "bf16", 989.4),
+        ("NVIDIA A100-SXM4-80GB", "tf32", 156.0),
+        ("NVIDIA L40S", "bf16", 362.0),
+        ("NVIDIA L4", "bf16", 121.0),
+        ("NVIDIA GeForce RTX 4090", "fp32", 82.6),
+        ("Tesla V100-SXM2-16GB", "bf16", None),
+        ("NVIDIA H100 80GB HBM3 MIG 1g.10gb", "bf16", None),
+        ("Some Future GPU", "bf16", None),
+    ],
+)
 def test_peak_table(model, mode, peak):
     assert peak_tflops(model, mode) == peak
 
@@ -223,8 +237,9 @@ def device(index, model, tflops, rel_error=1e-3):
 
 
 def test_matmul_report_names_the_slowest_gpu_and_its_share_of_peak():
-    result = judge_matmul("bf16", [device(0, "NVIDIA H100 80GB HBM3", 700.0),
-                                   device(1, "NVIDIA H100 80GB HBM3", 300.0)])
+    result = judge_matmul(
+        "bf16", [device(0, "NVIDIA H100 80GB HBM3", 700.0), device(1, "NVIDIA H100 80GB HBM3", 300.0)]
+    )
     assert result.status == "WARN"
     assert "300.0 TFLOP/s on GPU 1" in result.detail and "30% of the 989.4" in result.detail
     assert "slowest of 2 GPUs" in result.detail and "throttle" in result.fix
@@ -239,6 +254,7 @@ def test_wrong_matmul_results_fail_whatever_the_speed(error):
 
 
 # --- copies, /dev/shm ------------------------------------------------------------------------
+
 
 def test_copy_bandwidth_against_the_pcie_link():
     link = pcie_link_gbps(5, 16)
@@ -287,11 +303,20 @@ def test_cpu_limits_from_cgroups():
 
 # --- NCCL ------------------------------------------------------------------------------------
 
+
 def nccl_report(busbw=380.0, correct=True, ddp=True, world=2):
-    return {"world_size": world, "allreduce_correct": correct, "allreduce_got": [3.0, 3.0] if correct else [2.0, 3.0],
-            "allreduce_expected": 3.0, "ddp_grads_equal": ddp, "transports": ["P2P/CUMEM"],
-            "sizes": [{"bytes": 1 << 20, "algbw_gbps": 20.0, "busbw_gbps": 20.0},
-                      {"bytes": 256 << 20, "algbw_gbps": busbw * world / (2 * (world - 1)), "busbw_gbps": busbw}]}
+    return {
+        "world_size": world,
+        "allreduce_correct": correct,
+        "allreduce_got": [3.0, 3.0] if correct else [2.0, 3.0],
+        "allreduce_expected": 3.0,
+        "ddp_grads_equal": ddp,
+        "transports": ["P2P/CUMEM"],
+        "sizes": [
+            {"bytes": 1 << 20, "algbw_gbps": 20.0, "busbw_gbps": 20.0},
+            {"bytes": 256 << 20, "algbw_gbps": busbw * world / (2 * (world - 1)), "busbw_gbps": busbw},
+        ],
+    }
 
 
 def test_bus_bandwidth_formula():
@@ -321,13 +346,16 @@ def test_nccl_launch_command_runs_one_worker_per_gpu():
 
 
 def test_nccl_transports_from_its_log():
-    log = ("node:1:2 [0] NCCL INFO Channel 00/0 : 0[0] -> 1[1] via P2P/CUMEM/read\n"
-           "node:1:2 [1] NCCL INFO Channel 01/0 : 1[1] -> 0[0] via P2P/CUMEM/read\n"
-           "node:1:2 [0] NCCL INFO Channel 02/0 : 0[0] -> 1[1] via SHM/direct/direct\n")
+    log = (
+        "node:1:2 [0] NCCL INFO Channel 00/0 : 0[0] -> 1[1] via P2P/CUMEM/read\n"
+        "node:1:2 [1] NCCL INFO Channel 01/0 : 1[1] -> 0[0] via P2P/CUMEM/read\n"
+        "node:1:2 [0] NCCL INFO Channel 02/0 : 0[0] -> 1[1] via SHM/direct/direct\n"
+    )
     assert nccl_transports(log) == ["P2P/CUMEM/read", "SHM/direct/direct"]
 
 
 # --- the real doctor on this machine (no GPU; PyTorch absent from the hub's environment) -----
+
 
 def test_a_crashing_check_becomes_a_failure_not_a_traceback():
     def broken() -> CheckResult:
@@ -384,12 +412,19 @@ def test_workers_option_drives_the_shm_check(capsys):
 
 def test_command_line_prints_a_readable_report():
     env = {k: v for k, v in os.environ.items() if k != "LABGPU_GPUS"}
-    done = subprocess.run([sys.executable, "-m", "labgpu.doctor", "--quick"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "labgpu.doctor", "--quick"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     lines = done.stdout.strip().splitlines()
     assert lines[0].startswith("labgpu-doctor on ")
-    assert any(line.startswith("PASS  shm") or line.startswith("WARN  shm") or line.startswith("FAIL  shm")
-               for line in lines)
+    assert any(
+        line.startswith("PASS  shm") or line.startswith("WARN  shm") or line.startswith("FAIL  shm") for line in lines
+    )
     assert lines[-1].startswith("labgpu-doctor: ") and "SKIP" in lines[-1]
     assert "Traceback" not in done.stdout + done.stderr
     fails = int(re.search(r"(\d+) FAIL", lines[-1]).group(1))

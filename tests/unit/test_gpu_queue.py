@@ -2,17 +2,17 @@
 pools and per-user totals while dequeuing, waiting spawns, cancel, and the spawn-page status."""
 
 import asyncio
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from labgpu.gpus.allocator import NotEnoughGpus
-from labgpu.hub.gpu_queue import GpuQueue, QueuedSpawn, QueueRefused
-from labgpu.gpus.inventory import ReplayInventory
 from labgpu.db.ledger import Ledger
-from labgpu.quota.policy import load_policy_text
 from labgpu.db.queue_store import QueueStore
+from labgpu.gpus.allocator import NotEnoughGpus
+from labgpu.gpus.inventory import ReplayInventory
+from labgpu.hub.gpu_queue import GpuQueue, QueuedSpawn, QueueRefused
+from labgpu.quota.policy import load_policy_text
 
 DATA = Path(__file__).parent.parent / "data"
 
@@ -29,7 +29,7 @@ class Clock:
     """A clock the test moves by hand (the ledger and the queue share it)."""
 
     def __init__(self):
-        self.now = datetime(2026, 11, 24, 9, 14, tzinfo=timezone.utc)
+        self.now = datetime(2026, 11, 24, 9, 14, tzinfo=UTC)
 
     def __call__(self):
         return self.now

@@ -61,7 +61,9 @@ def test_static_yaml_with_sizes_groups_and_defaults(tmp_path):
 
 
 def test_static_from_config_dicts_makes_nvlink_symmetric():
-    source = StaticInventory([{"uuid": "GPU-a", "memory": "1G", "nvlink_peers": ["GPU-b"]}, {"uuid": "GPU-b", "memory": "1G"}])
+    source = StaticInventory(
+        [{"uuid": "GPU-a", "memory": "1G", "nvlink_peers": ["GPU-b"]}, {"uuid": "GPU-b", "memory": "1G"}]
+    )
     a, b = source.gpus()
     assert a.nvlink_peers == {"GPU-b"} and b.nvlink_peers == {"GPU-a"}
 
@@ -104,7 +106,9 @@ def test_replay_round_trips_what_gpu_to_dict_writes(tmp_path):
 @settings(max_examples=200, deadline=None)
 @given(st.integers(0, 2**44), st.sampled_from(["", "B", "K", "M", "G", "T", "KiB", "MiB", "GiB", "Gb", "m", "g"]))
 def test_memory_sizes_parse_to_bytes(number, unit):
-    factor = {"": 1, "B": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}[unit[:1].upper() if unit not in ("", "B") else unit]
+    factor = {"": 1, "B": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}[
+        unit[:1].upper() if unit not in ("", "B") else unit
+    ]
     assert parse_memory(f"{number}{unit}") == number * factor
 
 
@@ -153,31 +157,43 @@ class TwoGpuNvml:
 
     def nvmlInit(self): ...
     def nvmlShutdown(self): ...
-    def nvmlDeviceGetCount(self): return 2
+    def nvmlDeviceGetCount(self):
+        return 2
 
     def nvmlDeviceGetHandleByIndex(self, i):
         self.handle_lookups += 1
         return i
 
-    def nvmlDeviceGetUUID(self, h): return f"GPU-{h}111-aaaa" if isinstance(h, int) else h
-    def nvmlDeviceGetName(self, h): return "NVIDIA A100-SXM4-40GB"
+    def nvmlDeviceGetUUID(self, h):
+        return f"GPU-{h}111-aaaa" if isinstance(h, int) else h
+
+    def nvmlDeviceGetName(self, h):
+        return "NVIDIA A100-SXM4-40GB"
 
     def nvmlDeviceGetMemoryInfo(self, h):
         if self.lost and h == 1:
             raise pynvml.NVMLError(pynvml.NVML_ERROR_GPU_IS_LOST)
         return SimpleNamespace(total=40 * 1024**3)
 
-    def nvmlDeviceGetPciInfo(self, h): return SimpleNamespace(busId=self.bus[h])
-    def nvmlDeviceGetNumaNodeId(self, h): return 0
-    def nvmlDeviceGetTopologyCommonAncestor(self, a, b): return pynvml.NVML_TOPOLOGY_SINGLE
+    def nvmlDeviceGetPciInfo(self, h):
+        return SimpleNamespace(busId=self.bus[h])
+
+    def nvmlDeviceGetNumaNodeId(self, h):
+        return 0
+
+    def nvmlDeviceGetTopologyCommonAncestor(self, a, b):
+        return pynvml.NVML_TOPOLOGY_SINGLE
 
     def nvmlDeviceGetNvLinkState(self, h, link):
         if link >= 2:
             raise pynvml.NVMLError(pynvml.NVML_ERROR_INVALID_ARGUMENT)
         return 1
 
-    def nvmlDeviceGetNvLinkRemoteDeviceType(self, h, link): return pynvml.NVML_NVLINK_DEVICE_TYPE_GPU
-    def nvmlDeviceGetNvLinkRemotePciInfo(self, h, link): return SimpleNamespace(busId=b"0000:" + self.bus[1 - h][9:])
+    def nvmlDeviceGetNvLinkRemoteDeviceType(self, h, link):
+        return pynvml.NVML_NVLINK_DEVICE_TYPE_GPU
+
+    def nvmlDeviceGetNvLinkRemotePciInfo(self, h, link):
+        return SimpleNamespace(busId=b"0000:" + self.bus[1 - h][9:])
 
     def nvmlDeviceGetMigMode(self, h):
         if h == 0:
@@ -189,7 +205,12 @@ def test_nvml_reads_identity_topology_and_marks_only_the_failing_gpu_unhealthy()
     nvml = TwoGpuNvml()
     inventory = NvmlInventory(nvml)
     a, b = inventory.gpus()
-    assert (a.uuid, a.model, a.memory_total, a.pci_bus_id) == ("GPU-0111-aaaa", "NVIDIA A100-SXM4-40GB", 40 * 1024**3, "00000000:17:00.0")
+    assert (a.uuid, a.model, a.memory_total, a.pci_bus_id) == (
+        "GPU-0111-aaaa",
+        "NVIDIA A100-SXM4-40GB",
+        40 * 1024**3,
+        "00000000:17:00.0",
+    )
     assert a.switch_group == b.switch_group != "" and a.nvlink_peers == {b.uuid} and b.nvlink_peers == {a.uuid}
     assert a.healthy and b.healthy and not a.mig_enabled
     nvml.lost = True

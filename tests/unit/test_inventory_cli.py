@@ -5,8 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from labgpu.gpus.inventory import ReplayInventory
 from labgpu.db.ledger import Ledger
+from labgpu.gpus.inventory import ReplayInventory
 
 DATA = Path(__file__).parent.parent / "data"
 LABGPU = [sys.executable, "-m", "labgpu.cli"]

@@ -2,21 +2,21 @@
 
 import sqlite3
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from labgpu.db.ledger import Ledger
 from labgpu.gpus.allocator import NotEnoughGpus, reconcile
 from labgpu.gpus.inventory import ReplayInventory
-from labgpu.db.ledger import Ledger
 
 DATA = Path(__file__).parent.parent / "data"
 
 
 class Clock:
     def __init__(self):
-        self.now = datetime(2026, 11, 24, 9, 14, tzinfo=timezone.utc)
+        self.now = datetime(2026, 11, 24, 9, 14, tzinfo=UTC)
 
     def __call__(self):
         self.now += timedelta(seconds=1)
@@ -136,10 +136,22 @@ def test_reconcile_plan_applied_to_the_ledger(ledger, box8):
     ledger.allocate("alice", "", 2)  # her container is gone after the crash
     ledger.allocate("bob", "", 1)  # his is still running
     containers = [
-        {"id": "c-bob", "state": "running", "org.labgpu.user": "bob", "org.labgpu.server": "",
-         "org.labgpu.gpus": ledger.allocation_for("bob").gpu_uuids[0], "org.labgpu.hub": "labgpu"},
-        {"id": "c-dan", "state": "running", "org.labgpu.user": "dan", "org.labgpu.server": "x",
-         "org.labgpu.gpus": f"{box8[6].uuid},{box8[7].uuid}", "org.labgpu.hub": "labgpu"},
+        {
+            "id": "c-bob",
+            "state": "running",
+            "org.labgpu.user": "bob",
+            "org.labgpu.server": "",
+            "org.labgpu.gpus": ledger.allocation_for("bob").gpu_uuids[0],
+            "org.labgpu.hub": "labgpu",
+        },
+        {
+            "id": "c-dan",
+            "state": "running",
+            "org.labgpu.user": "dan",
+            "org.labgpu.server": "x",
+            "org.labgpu.gpus": f"{box8[6].uuid},{box8[7].uuid}",
+            "org.labgpu.hub": "labgpu",
+        },
     ]
     plan = reconcile(ledger.allocations(), containers, hub_id="labgpu", known_gpus={g.uuid for g in box8})
     result = ledger.apply_reconcile(plan)
@@ -182,7 +194,9 @@ def test_user_total_is_checked_inside_the_allocation_transaction(tmp_path):
 
     path = tmp_path / "ledger.sqlite"
     ledger = Ledger(path)
-    ledger.sync_inventory(ReplayInventory(Path(__file__).resolve().parent.parent / "data" / "a100x8-two-nvlink-islands.json").gpus())
+    ledger.sync_inventory(
+        ReplayInventory(Path(__file__).resolve().parent.parent / "data" / "a100x8-two-nvlink-islands.json").gpus()
+    )
     ledger.allocate("alice", "a", 2, user_total=3)
     with pytest.raises(UserTotalExceeded, match="already hold 2 of your total of 3. Ask for at most 1"):
         ledger.allocate("alice", "b", 2, user_total=3)

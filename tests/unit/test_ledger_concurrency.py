@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from labgpu.db.ledger import Ledger
 from labgpu.gpus.allocator import NotEnoughGpus
 from labgpu.gpus.inventory import ReplayInventory
-from labgpu.db.ledger import Ledger
 
 DATA = Path(__file__).parent.parent / "data"
 PROCESSES = 8
@@ -99,7 +99,9 @@ def test_200_concurrent_requests_for_8_gpus_every_one_answered_none_held_twice(l
     for event in events:
         for uuid in event.gpu_uuids:
             if event.action in ("grant", "adopt"):
-                assert uuid not in holder, f"{uuid} granted to allocation {event.allocation_id} while {holder.get(uuid)} held it"
+                assert uuid not in holder, (
+                    f"{uuid} granted to allocation {event.allocation_id} while {holder.get(uuid)} held it"
+                )
                 holder[uuid] = event.allocation_id
                 grants_per_gpu[uuid] += 1
             else:

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import event
 
+from labgpu.db.ledger import Ledger
 from labgpu.gpus.allocator import reconcile
 from labgpu.gpus.inventory import ReplayInventory
-from labgpu.db.ledger import Ledger
 
 DATA = Path(__file__).parent.parent / "data"
 

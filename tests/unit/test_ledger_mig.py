@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
+from labgpu.db.ledger import Ledger
 from labgpu.gpus.allocator import NotEnoughGpus
 from labgpu.gpus.inventory import ReplayInventory
-from labgpu.db.ledger import Ledger
 
 DATA = Path(__file__).parent.parent / "data"
 

@@ -4,9 +4,9 @@ import asyncio
 import random
 from pathlib import Path
 
+from labgpu.db.ledger import Ledger
 from labgpu.gpus.allocator import NotEnoughGpus
 from labgpu.gpus.inventory import ReplayInventory
-from labgpu.db.ledger import Ledger
 
 DATA = Path(__file__).parent.parent / "data"
 

@@ -75,7 +75,16 @@ def test_shipped_example_gives_alice_her_own_entry_over_her_group():
 
 @pytest.mark.parametrize(
     "text, size",
-    [("16G", 16 * G), ("16g", 16 * G), ("512Mi", 512 * 1024**2), ("1.5T", int(1.5 * 1024**4)), ("2GB", 2 * G), (1024, 1024), ("100", 100), ("4k", 4096)],
+    [
+        ("16G", 16 * G),
+        ("16g", 16 * G),
+        ("512Mi", 512 * 1024**2),
+        ("1.5T", int(1.5 * 1024**4)),
+        ("2GB", 2 * G),
+        (1024, 1024),
+        ("100", 100),
+        ("4k", 4096),
+    ],
 )
 def test_sizes_in_admin_units(text, size):
     assert parse_size(text) == size
@@ -89,7 +98,17 @@ def test_bad_sizes_say_what_is_expected(text):
 
 @pytest.mark.parametrize(
     "text, seconds",
-    [("2h", 7200), ("30m", 1800), ("1h30m", 5400), ("7d", 7 * 86400), ("1w", 7 * 86400), ("45s", 45), (90, 90), ("unlimited", float("inf")), ("never", float("inf"))],
+    [
+        ("2h", 7200),
+        ("30m", 1800),
+        ("1h30m", 5400),
+        ("7d", 7 * 86400),
+        ("1w", 7 * 86400),
+        ("45s", 45),
+        (90, 90),
+        ("unlimited", float("inf")),
+        ("never", float("inf")),
+    ],
 )
 def test_durations_in_admin_units(text, seconds):
     assert parse_duration(text) == seconds
@@ -279,19 +298,31 @@ def test_every_error_at_once_each_on_one_line_with_line_and_column():
         ("defaults: {idle_timeout: 10s}", "defaults.idle_timeout must be between 1m and 365d, or unlimited (got 10s)"),
         ("fairshare: {half_life: unlimited}", "fairshare.half_life cannot be unlimited here"),
         ("fairshare: {allow_queue: maybe}", "fairshare.allow_queue must be true or false (got 'maybe')"),
-        ("defaults: {models: [V100]}", "unknown GPU model 'V100' in defaults.models (defined models: A100, H100, or 'any')"),
-        ("groups: {lab: {shared_volume: /etc}}", "groups.lab.shared_volume must be true, false, or a Docker volume name"),
+        (
+            "defaults: {models: [V100]}",
+            "unknown GPU model 'V100' in defaults.models (defined models: A100, H100, or 'any')",
+        ),
+        (
+            "groups: {lab: {shared_volume: /etc}}",
+            "groups.lab.shared_volume must be true, false, or a Docker volume name",
+        ),
         ("gpus: {exclude: [3]}", "gpus.exclude.0 must be a text string (got 3)"),
         ("gpus: {exclude: [gpu3]}", "gpus.exclude.0 is not valid (got 'gpu3'; expected GPU UUIDs"),
         ("users: {alice: {gpus: 4, gpus_total: 2}}", "users.alice.gpus_total (2) is below gpus per server (4)"),
-        ("users: {alice: {memory: {limit: 8G, guarantee: 16G}}}", "users.alice.memory.guarantee (16G) is above the limit (8G)"),
+        (
+            "users: {alice: {memory: {limit: 8G, guarantee: 16G}}}",
+            "users.alice.memory.guarantee (16G) is above the limit (8G)",
+        ),
         ("users: {alice: {memory: 4G, shm: 8G}}", "users.alice.shm (8G) is above the memory limit (4G)"),
         ("users: {alice: [gpus]}", "users.alice must be a mapping of name: value"),
         ("users: {'bad name': {gpus: 1}}", "'bad name' is not a valid user or group name"),
         ("groups: {lab: {members: [bob, bob]}}", "groups.lab.members lists 'bob' twice"),
         ("images: {Bad: {image: x}}", "image name 'Bad' must be lowercase"),
         ("images: {x: {display: X}}", "images.x.image is required"),
-        ("surprise: 1", "unknown key 'surprise' in the top level (allowed: images, defaults, groups, users, gpus, fairshare)"),
+        (
+            "surprise: 1",
+            "unknown key 'surprise' in the top level (allowed: images, defaults, groups, users, gpus, fairshare)",
+        ),
         ("users: {alice: {gpus: 1}, alice: {gpus: 2}}", "duplicate key users.alice"),
         ("defaults: !!python/object {}", "YAML tags such as"),
         ("users: {alice: {gpus: 1}", "invalid YAML"),
@@ -326,7 +357,8 @@ def test_aliases_and_merge_keys_work_and_billion_laughs_is_refused():
     )
     assert resolve(p, "u", ["b"]).gpus == 1 and resolve(p, "u", ["b"]).memory == 64 * G
     bomb = "a: &a [x,x,x,x,x,x,x,x,x,x]\n" + "".join(
-        f"{c}: &{c} [*{p_},*{p_},*{p_},*{p_},*{p_},*{p_},*{p_},*{p_},*{p_},*{p_}]\n" for p_, c in zip("abcdefg", "bcdefgh")
+        f"{c}: &{c} [*{p_},*{p_},*{p_},*{p_},*{p_},*{p_},*{p_},*{p_},*{p_},*{p_}]\n"
+        for p_, c in zip("abcdefg", "bcdefgh", strict=False)
     )
     assert "too many values" in errors_of(bomb)[0]
 
@@ -348,7 +380,9 @@ def test_yaml_1_1_words_are_text_not_booleans():
 def test_files_in_a_directory_merge_and_conflicts_name_both_places(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # file names in messages are relative to where the admin is
     (tmp_path / "10-base.yaml").write_text(BASE + "defaults: {gpus: 1}\n")
-    (tmp_path / "20-vision.yaml").write_text("groups:\n  vision: {gpus: 2, members: [alice]}\nusers:\n  bob: {gpus: 2}\n")
+    (tmp_path / "20-vision.yaml").write_text(
+        "groups:\n  vision: {gpus: 2, members: [alice]}\nusers:\n  bob: {gpus: 2}\n"
+    )
     p = load_policy([tmp_path])
     assert resolve(p, "alice").gpus == 2 and resolve(p, "carol").gpus == 1
     (tmp_path / "30-more.yaml").write_text("users:\n  bob: {gpus: 3}\n  carol: {gpus: 2}\n")

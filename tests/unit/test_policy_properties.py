@@ -11,27 +11,55 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from labgpu.quota.policy import PolicyError, _events_libyaml, _events_ruamel, _parse_events, _read_fast, _read_yaml, load_policy_text, resolve
+from labgpu.quota.policy import (
+    PolicyError,
+    _events_libyaml,
+    _events_ruamel,
+    _parse_events,
+    _read_fast,
+    _read_yaml,
+    load_policy_text,
+    resolve,
+)
 
 EXAMPLE = (Path(__file__).resolve().parents[2] / "quotas" / "quotas.yaml").read_text()
 ERROR_LINE = re.compile(r"^q\.yaml:\d+:\d+: \S.*$")
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
-FIELDS = ["gpus", "gpus_total", "models", "memory", "cpus", "shm", "pids", "images", "named_servers",
-          "idle_timeout", "max_runtime", "share", "members", "pool", "shared_volume", "limit", "guarantee"]
+FIELDS = [
+    "gpus",
+    "gpus_total",
+    "models",
+    "memory",
+    "cpus",
+    "shm",
+    "pids",
+    "images",
+    "named_servers",
+    "idle_timeout",
+    "max_runtime",
+    "share",
+    "members",
+    "pool",
+    "shared_volume",
+    "limit",
+    "guarantee",
+]
 scalars = st.one_of(
     st.integers(min_value=-5, max_value=300),
     st.floats(allow_nan=True, allow_infinity=True),
     st.booleans(),
     st.none(),
-    st.sampled_from(["16G", "512Mi", "2h", "30m", "unlimited", "any", "pytorch", "A100", "-1G", "lots", "", "GPU-1", "1e3"]),
+    st.sampled_from(
+        ["16G", "512Mi", "2h", "30m", "unlimited", "any", "pytorch", "A100", "-1G", "lots", "", "GPU-1", "1e3"]
+    ),
     st.text(max_size=8),
 )
 values = st.recursive(
     scalars,
     lambda children: st.one_of(
         st.lists(children, max_size=4),
-        st.dictionaries(st.sampled_from(FIELDS + ["pytorch", "alice", "lab", "x"]), children, max_size=4),
+        st.dictionaries(st.sampled_from([*FIELDS, "pytorch", "alice", "lab", "x"]), children, max_size=4),
     ),
     max_leaves=20,
 )
@@ -39,9 +67,14 @@ entries = st.dictionaries(st.sampled_from(FIELDS), values, max_size=6)
 policies = st.fixed_dictionaries(
     {},
     optional={
-        "images": st.dictionaries(st.sampled_from(["pytorch", "tf", "Bad"]), st.one_of(values, st.fixed_dictionaries({"image": st.text(max_size=10)}))),
+        "images": st.dictionaries(
+            st.sampled_from(["pytorch", "tf", "Bad"]),
+            st.one_of(values, st.fixed_dictionaries({"image": st.text(max_size=10)})),
+        ),
         "defaults": st.one_of(entries, values),
-        "groups": st.dictionaries(st.sampled_from(["lab", "students", "bad name"]), st.one_of(entries, values), max_size=3),
+        "groups": st.dictionaries(
+            st.sampled_from(["lab", "students", "bad name"]), st.one_of(entries, values), max_size=3
+        ),
         "users": st.dictionaries(st.sampled_from(["alice", "bob", "demo"]), st.one_of(entries, values), max_size=3),
         "gpus": values,
         "fairshare": values,

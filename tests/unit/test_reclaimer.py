@@ -3,16 +3,18 @@ the poller's tables, and a real HTTP server standing in for the Hub API (it stop
 the way the hub does: the spawner's stop releases the GPUs in the ledger)."""
 
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
-from labgpu.gpus.inventory import ReplayInventory
 from labgpu.db.ledger import Ledger
-from labgpu.quota.policy import load_policy_text
 from labgpu.db.queue_store import QueueStore
+from labgpu.db.telemetry_store import TelemetryDB
+from labgpu.fairshare.scheduler import Reclaim, Warn
+from labgpu.gpus.inventory import ReplayInventory
+from labgpu.quota.policy import load_policy_text
 from labgpu.services.reclaimer import (
     ReclaimSettings,
     announcement_for,
@@ -20,9 +22,7 @@ from labgpu.services.reclaimer import (
     reclaim_round,
     telemetry_busy_fraction,
 )
-from labgpu.fairshare.scheduler import Reclaim, Warn
 from labgpu.services.telemetry import GpuReading
-from labgpu.db.telemetry_store import TelemetryDB
 
 DATA = Path(__file__).parent.parent / "data"
 TOKEN = "secret-service-token"
@@ -35,7 +35,7 @@ fairshare: {reclaim_only_when_waiting: %s}
 
 class Clock:
     def __init__(self):
-        self.now = datetime(2026, 11, 24, 9, 0, tzinfo=timezone.utc)
+        self.now = datetime(2026, 11, 24, 9, 0, tzinfo=UTC)
 
     def __call__(self):
         return self.now
@@ -103,8 +103,14 @@ def run(ledger, hub_url, clock, *, minutes, busy_users=(), waiting=True, only_wh
         clock.now += timedelta(minutes=1)
         if db is not None:
             holders = {u: a.user for a in ledger.allocations() for u in a.gpu_uuids}
-            readings = [(GpuReading(g.uuid, g.index, utilization_gpu=90 if holders.get(g.uuid) in busy_users else 0),
-                         60.0, None) for g in gpus]  # fmt: skip
+            readings = [
+                (
+                    GpuReading(g.uuid, g.index, utilization_gpu=90 if holders.get(g.uuid) in busy_users else 0),
+                    60.0,
+                    None,
+                )
+                for g in gpus
+            ]
             db.write_tick(clock.now.timestamp(), readings, [])
         if waiting:
             store.heartbeat([e.id for e in store.waiting()])
@@ -173,7 +179,7 @@ def test_a_refused_stop_is_recorded_and_retried(ledger, clock):
     store = QueueStore(ledger)
     store.enqueue("lea", "", 4)
     policy = load_policy_text(POLICY % "true")
-    idle = lambda uuids, since, until: 0.0  # noqa: E731
+    idle = lambda uuids, since, until: 0.0
     stop = hub_server_stopper("http://127.0.0.1:9/hub/api", TOKEN, timeout=2)  # nothing listens there
     for _ in range(15):
         clock.now += timedelta(minutes=5)

@@ -109,8 +109,11 @@ def test_a_bigger_share_tolerates_more_usage():
 
 
 def test_fifo_orders_by_arrival_and_fairshare_puts_the_light_user_first():
-    requests = [GpuRequest("r1", "heavy", 2, 0.0), GpuRequest("r2", "heavy", 2, 10.0),
-                GpuRequest("r3", "light", 1, 20.0)]
+    requests = [
+        GpuRequest("r1", "heavy", 2, 0.0),
+        GpuRequest("r2", "heavy", 2, 10.0),
+        GpuRequest("r3", "light", 1, 20.0),
+    ]
     usage = {"heavy": 100 * H, "light": 1 * H}
     assert [r.id for r in order_queue(requests, usage, {}, 30.0, "fifo")] == ["r1", "r2", "r3"]
     assert [r.id for r in order_queue(requests, usage, {}, 30.0, "fairshare")] == ["r3", "r1", "r2"]
@@ -143,9 +146,11 @@ def test_requests_that_fit_start_and_get_distinct_free_gpus():
 
 def test_group_pool_and_user_total_hold_back_a_request_but_not_others():
     holdings = [running("x", "ava", 3, group="vision")]
-    queue = [GpuRequest("a", "ava", 2, 0, "vision"),   # ava may hold 4: blocked
-             GpuRequest("b", "ben", 2, 1, "vision"),   # vision pool 4: 3 + 2 > 4, blocked
-             GpuRequest("c", "fay", 2, 2, "nlp")]
+    queue = [
+        GpuRequest("a", "ava", 2, 0, "vision"),  # ava may hold 4: blocked
+        GpuRequest("b", "ben", 2, 1, "vision"),  # vision pool 4: 3 + 2 > 4, blocked
+        GpuRequest("c", "fay", 2, 2, "nlp"),
+    ]
     grants = plan_dequeue(queue, 5, holdings, now=10, pools={"vision": 4}, user_totals={"ava": 4})
     assert [g.request_id for g in grants] == ["c"]
 
@@ -192,15 +197,20 @@ def head_earliest_start(needed, free, releases, now):
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.tuples(st.integers(1, 4), st.one_of(st.none(), st.floats(0.5, 48))), min_size=1, max_size=8),
-       st.lists(st.tuples(st.integers(1, 4), st.one_of(st.none(), st.floats(0.5, 48))), max_size=6),
-       st.integers(0, 8))
+@given(
+    st.lists(st.tuples(st.integers(1, 4), st.one_of(st.none(), st.floats(0.5, 48))), min_size=1, max_size=8),
+    st.lists(st.tuples(st.integers(1, 4), st.one_of(st.none(), st.floats(0.5, 48))), max_size=6),
+    st.integers(0, 8),
+)
 def test_backfill_never_delays_the_head_and_never_overcommits(held, asked, free):
     now = 0.25 * H
     total = free + sum(g for g, _ in held)
     holdings = [running(f"h{i}", f"u{i}", g, 0.0, None if r is None else r * H) for i, (g, r) in enumerate(held)]
-    queue = [GpuRequest(f"q{i}", f"w{i}", g, float(i), max_runtime=None if r is None else r * H)
-             for i, (g, r) in enumerate(asked) if g <= total]
+    queue = [
+        GpuRequest(f"q{i}", f"w{i}", g, float(i), max_runtime=None if r is None else r * H)
+        for i, (g, r) in enumerate(asked)
+        if g <= total
+    ]
     grants = plan_dequeue(queue, free, holdings, now)
     assert sum(g.gpus for g in grants) <= free
     started = {g.request_id for g in grants}
@@ -210,16 +220,18 @@ def test_backfill_never_delays_the_head_and_never_overcommits(held, asked, free)
     head = queue[blocked[0]]
     releases = [(max(a.expected_end, now), a.gpus) for a in holdings]
     ahead = [r for r in queue[: blocked[0]]]  # all started: they precede the head
-    behind = [r for r in queue[blocked[0]:] if r.id in started]
+    behind = [r for r in queue[blocked[0] :] if r.id in started]
     assert all(g.backfilled for g in grants if g.request_id in {r.id for r in behind})
 
     def grant_releases(requests):
         return [(now + (r.max_runtime if r.max_runtime is not None else math.inf), r.gpus) for r in requests]
 
-    without_backfill = head_earliest_start(head.gpus, free - sum(r.gpus for r in ahead),
-                                           releases + grant_releases(ahead), now)
-    with_backfill = head_earliest_start(head.gpus, free - sum(r.gpus for r in ahead + behind),
-                                        releases + grant_releases(ahead + behind), now)
+    without_backfill = head_earliest_start(
+        head.gpus, free - sum(r.gpus for r in ahead), releases + grant_releases(ahead), now
+    )
+    with_backfill = head_earliest_start(
+        head.gpus, free - sum(r.gpus for r in ahead + behind), releases + grant_releases(ahead + behind), now
+    )
     assert with_backfill <= without_backfill
 
 
@@ -229,8 +241,9 @@ def test_impossible_requests_are_refused_with_what_is_allowed():
     assert "this server has 4" in refusal_reason(request, 4, {}, {})
     assert refusal_reason(GpuRequest("r", "ben", 2, 0), 8, {}, {"ben": 4}) is None
     # An impossible request never blocks the queue behind it.
-    grants = plan_dequeue([request, GpuRequest("s", "fay", 1, 1)], 2, [running("x", "ava", 6)], now=0,
-                          pools={"robotics": 4})
+    grants = plan_dequeue(
+        [request, GpuRequest("s", "fay", 1, 1)], 2, [running("x", "ava", 6)], now=0, pools={"robotics": 4}
+    )
     assert [g.request_id for g in grants] == ["s"]
 
 
@@ -238,8 +251,7 @@ def test_impossible_requests_are_refused_with_what_is_allowed():
 
 
 def decide(allocation, busy, now, **kw):
-    options = dict(idle_timeout=H, max_runtime=None, someone_waiting=True, only_when_waiting=True,
-                   warn_before=15 * 60)
+    options = dict(idle_timeout=H, max_runtime=None, someone_waiting=True, only_when_waiting=True, warn_before=15 * 60)
     options.update(kw)
     return reclaim_decisions([allocation], {allocation.id: busy}, now, **options)
 
@@ -262,8 +274,9 @@ def test_idle_allocation_is_warned_then_reclaimed_after_the_warning_period():
 @given(st.floats(0.05, 1.0), st.floats(0, 30 * DAY), st.booleans(), st.booleans())
 def test_a_busy_allocation_is_never_reclaimed(busy_fraction, now, waiting, only_when_waiting):
     allocation = running("a", "ava", 2, 0.0, max_runtime=H, last_busy_at=0.0, warned_at=0.0)
-    actions = decide(allocation, busy_fraction, now, someone_waiting=waiting,
-                     only_when_waiting=only_when_waiting, max_runtime=H)
+    actions = decide(
+        allocation, busy_fraction, now, someone_waiting=waiting, only_when_waiting=only_when_waiting, max_runtime=H
+    )
     assert not any(isinstance(a, Reclaim) for a in actions)
 
 
@@ -311,7 +324,7 @@ def test_wait_estimate_counts_position_and_when_gpus_free_up():
     second = estimate_wait("b", queue, 0, holdings, now=H)
     assert second.position == 2 and second.earliest_start == 10 * H
     assert second.estimated_wait == pytest.approx(9 * H)
-    assert "4 GPUs (0 free now, 1 request ahead)" == second.waiting_for
+    assert second.waiting_for == "4 GPUs (0 free now, 1 request ahead)"
 
 
 def test_wait_is_unknown_when_gpus_are_held_without_a_limit():

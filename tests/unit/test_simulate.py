@@ -24,12 +24,17 @@ from labgpu.fairshare.simulator import (
 REPO = Path(__file__).resolve().parents[2]
 TRACES = REPO / "benchmarks" / "traces"
 
-HEADER = {"gpus": 2, "horizon_h": 24, "half_life_h": 168,
-          "groups": {"lab": {"share": 1, "pool": 2}},
-          "users": {"ava": {"group": "lab", "max_gpus": 2, "kind": "heavy"},
-                    "ben": {"group": "lab", "max_gpus": 2, "kind": "light"}},
-          "policy": {"idle_timeout_h": 1, "max_runtime_h": 24, "warn_before_h": 0.25,
-                     "reclaim_only_when_waiting": True}}
+HEADER = {
+    "gpus": 2,
+    "horizon_h": 24,
+    "half_life_h": 168,
+    "groups": {"lab": {"share": 1, "pool": 2}},
+    "users": {
+        "ava": {"group": "lab", "max_gpus": 2, "kind": "heavy"},
+        "ben": {"group": "lab", "max_gpus": 2, "kind": "light"},
+    },
+    "policy": {"idle_timeout_h": 1, "max_runtime_h": 24, "warn_before_h": 0.25, "reclaim_only_when_waiting": True},
+}
 
 
 def trace_of(*sessions, **header):
@@ -38,8 +43,10 @@ def trace_of(*sessions, **header):
 
 def test_idle_hog_is_reclaimed_only_under_fairshare_and_the_waiting_user_gets_in():
     # ava takes both GPUs, works 1 h, then sits idle 20 h; ben arrives at 2 h for 1 h of work.
-    trace = trace_of({"id": "hog", "at_h": 0, "user": "ava", "gpus": 2, "phases": [["busy", 1], ["idle", 20]]},
-                     {"id": "b", "at_h": 2, "user": "ben", "gpus": 1, "phases": [["busy", 1]]})
+    trace = trace_of(
+        {"id": "hog", "at_h": 0, "user": "ava", "gpus": 2, "phases": [["busy", 1], ["idle", 20]]},
+        {"id": "b", "at_h": 2, "user": "ben", "gpus": 1, "phases": [["busy", 1]]},
+    )
     fifo = simulate(trace, "fifo")
     fair = simulate(trace, "fairshare")
     assert fifo["light_mean_wait_h"] == pytest.approx(19.0)  # until ava's session ends at 21 h
@@ -58,8 +65,10 @@ def test_nothing_is_reclaimed_when_nobody_waits():
 
 def test_reclaimed_work_is_asked_for_again_when_its_owner_returns():
     # ava's session: busy 1 h, idle 5 h, busy 2 h. Reclaimed while idle, she resubmits at 6 h.
-    trace = trace_of({"id": "a", "at_h": 0, "user": "ava", "gpus": 2, "phases": [["busy", 1], ["idle", 5], ["busy", 2]]},
-                     {"id": "b", "at_h": 2, "user": "ben", "gpus": 2, "phases": [["busy", 1]]})
+    trace = trace_of(
+        {"id": "a", "at_h": 0, "user": "ava", "gpus": 2, "phases": [["busy", 1], ["idle", 5], ["busy", 2]]},
+        {"id": "b", "at_h": 2, "user": "ben", "gpus": 2, "phases": [["busy", 1]]},
+    )
     result = Simulation(trace, "fairshare").run()
     assert result.reclaims == 1
     assert len(result.waits_h["ava"]) == 2  # the original request and the resubmission
@@ -70,8 +79,12 @@ def test_reclaimed_work_is_asked_for_again_when_its_owner_returns():
 def test_fairshare_lets_the_light_user_ahead_of_a_heavy_users_queue():
     sessions = [{"id": f"h{i}", "at_h": 0.1 * i, "user": "ava", "gpus": 1, "phases": [["busy", 4]]} for i in range(4)]
     sessions.append({"id": "light", "at_h": 0.5, "user": "ben", "gpus": 1, "phases": [["busy", 1]]})
-    trace = trace_of(*sessions, gpus=1, groups={"lab": {"share": 1}},
-                     users={"ava": {"group": "lab", "kind": "heavy"}, "ben": {"group": "lab", "kind": "light"}})
+    trace = trace_of(
+        *sessions,
+        gpus=1,
+        groups={"lab": {"share": 1}},
+        users={"ava": {"group": "lab", "kind": "heavy"}, "ben": {"group": "lab", "kind": "light"}},
+    )
     assert simulate(trace, "fifo")["light_mean_wait_h"] == pytest.approx(16 - 0.5)
     assert simulate(trace, "fairshare")["light_mean_wait_h"] == pytest.approx(4 - 0.5)
 
@@ -83,7 +96,7 @@ def test_trace_errors_say_where_and_what_is_allowed():
         parse_trace(dump_trace(HEADER, [{"at_h": 1, "user": "ava", "gpus": 1, "phases": [["sleep", 1]]}]), "t.jsonl")
     with pytest.raises(TraceError, match=r"t.jsonl:1:2: not valid JSON"):
         parse_trace("{oops\n", "t.jsonl")
-    with pytest.raises(TraceError, match="no \"cluster\" line"):
+    with pytest.raises(TraceError, match='no "cluster" line'):
         parse_trace('{"type": "session", "user": "a", "gpus": 1, "at_h": 0, "phases": [["busy", 1]]}\n', "t.jsonl")
     with pytest.raises(TraceError, match="more than the cluster's 2"):
         parse_trace(dump_trace(HEADER, [{"at_h": 1, "user": "ava", "gpus": 3, "phases": [["busy", 1]]}]), "t.jsonl")
@@ -107,22 +120,27 @@ def test_committed_traces_load_and_deadline_week_has_three_times_the_sessions():
 
 
 def test_generator_is_seeded_and_reproduces_the_committed_traces(tmp_path):
-    subprocess.run([sys.executable, str(TRACES / "make_traces.py"), "--out", str(tmp_path)], check=True,
-                   capture_output=True)
+    subprocess.run(
+        [sys.executable, str(TRACES / "make_traces.py"), "--out", str(tmp_path)], check=True, capture_output=True
+    )
     for name in ("calm-week.jsonl", "deadline-week.jsonl"):
         assert (tmp_path / name).read_text() == (TRACES / name).read_text()
 
 
 def test_cli_prints_a_table_and_json_and_refuses_a_bad_trace_without_a_traceback(tmp_path):
     labgpu = [sys.executable, "-m", "labgpu.cli", "simulate"]
-    table = subprocess.run(labgpu + [str(TRACES / "calm-week.jsonl")], capture_output=True, text=True, check=True)
+    table = subprocess.run([*labgpu, str(TRACES / "calm-week.jsonl")], capture_output=True, text=True, check=True)
     assert "fairshare" in table.stdout and "p95 wait (h)" in table.stdout
-    as_json = subprocess.run(labgpu + [str(TRACES / "calm-week.jsonl"), "--policy", "fifo", "--json"],
-                             capture_output=True, text=True, check=True)
+    as_json = subprocess.run(
+        [*labgpu, str(TRACES / "calm-week.jsonl"), "--policy", "fifo", "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert json.loads(as_json.stdout)["results"][0]["policy"] == "fifo"
     bad = tmp_path / "bad.jsonl"
     bad.write_text(dump_trace(HEADER, [{"at_h": -1, "user": "ava", "gpus": 1, "phases": [["busy", 1]]}]))
-    refused = subprocess.run(labgpu + [str(bad)], capture_output=True, text=True)
+    refused = subprocess.run([*labgpu, str(bad)], capture_output=True, text=True)
     assert refused.returncode == 2
     assert "bad.jsonl:2: at_h must be a number >= 0 (got -1)" in refused.stderr
     assert "Traceback" not in refused.stderr

@@ -126,7 +126,12 @@ def test_form_submission_becomes_a_request_within_limits():
 
 def test_no_options_means_no_gpus_the_default_image_and_the_memory_limit():
     request = validate_user_options(DEMO, None, gpus_in_use_by_user=0)
-    assert (request.gpus, request.image_name, request.image, request.memory) == (0, "pytorch", "labgpu/workspace:local", 4 * G)
+    assert (request.gpus, request.image_name, request.image, request.memory) == (
+        0,
+        "pytorch",
+        "labgpu/workspace:local",
+        4 * G,
+    )
 
 
 def test_json_api_values_are_accepted_as_json_types():
@@ -144,7 +149,11 @@ def test_request_round_trips_through_saved_user_options():
     "options, in_use, message",
     [
         ({"gpus": 3}, 0, "You asked for 3 GPUs, but your limit is 2 GPUs per server (set by groups.vision)."),
-        ({"gpus": 2}, 2, "your other running servers already hold 2 GPUs of your total of 3 GPUs (set by groups.vision). Ask for at most 1"),
+        (
+            {"gpus": 2},
+            2,
+            "your other running servers already hold 2 GPUs of your total of 3 GPUs (set by groups.vision). Ask for at most 1",
+        ),
         ({"gpus": -1}, 0, "ask for 0 or more"),
         ({"gpus": True}, 0, "Option 'gpus' must be a whole number"),
         ({"gpus": "two"}, 0, "Option 'gpus' must be a whole number"),
@@ -158,7 +167,11 @@ def test_request_round_trips_through_saved_user_options():
         ({"cpus": "nan"}, 0, "must be a finite number"),
         ({"cpus": 0}, 0, "ask for more than 0"),
         ({"gpu_model": "L40S"}, 0, "GPU model 'L40S' is not one you may use. Allowed models: A100, H100."),
-        ({"privileged": True}, 0, "Unknown spawn option 'privileged'. Allowed options: gpus, image, memory, cpus, gpu_model."),
+        (
+            {"privileged": True},
+            0,
+            "Unknown spawn option 'privileged'. Allowed options: gpus, image, memory, cpus, gpu_model.",
+        ),
         ({"gpus": [1, 2]}, 0, "Option 'gpus' must be a single value"),
     ],
 )
@@ -190,13 +203,21 @@ def test_parse_form_refuses_repeated_fields_and_drops_empty_ones():
 # --- properties ------------------------------------------------------------------------------
 
 json_values = st.recursive(
-    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=12),
-              st.sampled_from(["1", "2", "64G", "65G", "tf", "jax", "pytorch", "A100", "any", "16", " 3 ", "1e3"])),
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(),
+        st.floats(),
+        st.text(max_size=12),
+        st.sampled_from(["1", "2", "64G", "65G", "tf", "jax", "pytorch", "A100", "any", "16", " 3 ", "1e3"]),
+    ),
     lambda c: st.one_of(st.lists(c, max_size=3), st.dictionaries(st.text(max_size=5), c, max_size=3)),
     max_leaves=8,
 )
 option_dicts = st.dictionaries(
-    st.one_of(st.sampled_from(["gpus", "image", "memory", "cpus", "gpu_model"]), st.text(max_size=8)), json_values, max_size=5
+    st.one_of(st.sampled_from(["gpus", "image", "memory", "cpus", "gpu_model"]), st.text(max_size=8)),
+    json_values,
+    max_size=5,
 )
 
 

@@ -115,7 +115,9 @@ def test_labels_are_looked_up_once_per_container_and_retried_after_failures(tmp_
 
 def test_busy_share_splits_device_utilization_by_sm_utilization():
     reading = GpuReading(
-        uuid="GPU-a", index=0, utilization_gpu=90,
+        uuid="GPU-a",
+        index=0,
+        utilization_gpu=90,
         processes=(ProcessReading(1, 100, sm_util=60), ProcessReading(2, 100, sm_util=30)),
     )
     shares = busy_shares(reading)
@@ -149,7 +151,7 @@ def test_hour_rollups_from_minutes_equal_hour_rollups_from_raw(samples):
     assert [(r.bucket, r.gpu, r.samples, r.util_max, r.memory_used_max_mib) for r in via_minutes] == [
         (r.bucket, r.gpu, r.samples, r.util_max, r.memory_used_max_mib) for r in direct
     ]
-    for a, b in zip(via_minutes, direct):
+    for a, b in zip(via_minutes, direct, strict=False):
         assert a.busy_s == pytest.approx(b.busy_s) and a.energy_j == pytest.approx(b.energy_j)
         assert a.unhealthy_s == pytest.approx(b.unhealthy_s)
     total_busy = sum(s.dt_s * (s.utilization_gpu or 0) / 100 for s in samples)
@@ -175,7 +177,9 @@ def test_owner_rollups_compose_and_never_count_a_gpu_second_twice(samples):
     minutes = rollup_owner_samples(samples, MINUTE)
     hours = merge_owner_rollups(minutes, HOUR)
     direct = rollup_owner_samples(samples, HOUR)
-    assert [(r.bucket, r.gpu, r.owner, r.samples) for r in hours] == [(r.bucket, r.gpu, r.owner, r.samples) for r in direct]
+    assert [(r.bucket, r.gpu, r.owner, r.samples) for r in hours] == [
+        (r.bucket, r.gpu, r.owner, r.samples) for r in direct
+    ]
     for r in direct:  # busy can never exceed the time the owner was on the GPU
         assert r.busy_s <= r.seconds + 1e-9
     distinct_ticks = {(s.gpu, s.owner, s.ts) for s in samples}
@@ -276,11 +280,16 @@ def test_poller_attributes_the_recorded_load_pid_and_rolls_up_once_a_minute(tmp_
 
 
 def test_an_nvml_error_on_one_gpu_marks_it_unhealthy_and_the_others_go_on(caplog):
-    good = lambda util: GpuReading(uuid="GPU-good", index=0, utilization_gpu=util)  # noqa: E731
+    good = lambda util: GpuReading(uuid="GPU-good", index=0, utilization_gpu=util)
     lost = GpuReading(uuid="GPU-lost", index=1, error="GPU is lost")
     back = GpuReading(uuid="GPU-lost", index=1, utilization_gpu=0)
     store = ListStore()
-    poller = Poller(ScriptedSource([[good(10), lost], [good(20), lost], [good(30), back]]), store, ProcessAttributor(None), interval_s=1)
+    poller = Poller(
+        ScriptedSource([[good(10), lost], [good(20), lost], [good(30), back]]),
+        store,
+        ProcessAttributor(None),
+        interval_s=1,
+    )
     with caplog.at_level(logging.WARNING, logger="labgpu.services.telemetry"):
         reports = [poller.tick(100.0 + i) for i in range(3)]
     assert [r.unhealthy for r in reports] == [["GPU-lost"], ["GPU-lost"], []]
@@ -300,21 +309,33 @@ def test_health_changes_reach_the_ledger_hook_once_each_and_are_retried_when_it_
         if not ledger_up["ok"]:
             raise RuntimeError("database is locked")
 
-    poller = Poller(ScriptedSource([[lost], [lost], [lost], [back]]), ListStore(), ProcessAttributor(None),
-                    interval_s=1, on_health_change=record)
+    poller = Poller(
+        ScriptedSource([[lost], [lost], [lost], [back]]),
+        ListStore(),
+        ProcessAttributor(None),
+        interval_s=1,
+        on_health_change=record,
+    )
     poller.tick(0.0)  # the ledger is busy: not recorded yet
     ledger_up["ok"] = True
     poller.tick(1.0)  # retried, recorded
     poller.tick(2.0)  # unchanged: no call
     poller.tick(3.0)  # recovered
     assert [(uuid, problem is None) for uuid, problem in calls] == [
-        ("GPU-lost", False), ("GPU-lost", False), ("GPU-lost", True)
+        ("GPU-lost", False),
+        ("GPU-lost", False),
+        ("GPU-lost", True),
     ]
 
 
 def test_a_gap_in_polling_is_not_counted_as_observed_time():
     store = ListStore()
-    poller = Poller(ScriptedSource([[GpuReading(uuid="g", index=0, utilization_gpu=100)]] * 3), store, ProcessAttributor(None), interval_s=5)
+    poller = Poller(
+        ScriptedSource([[GpuReading(uuid="g", index=0, utilization_gpu=100)]] * 3),
+        store,
+        ProcessAttributor(None),
+        interval_s=5,
+    )
     for ts in (0.0, 5.0, 3600.0):  # the poller was down for an hour
         poller.tick(ts)
     assert [gpus[0][1] for _, gpus, _ in store.ticks] == [5.0, 5.0, 10.0]

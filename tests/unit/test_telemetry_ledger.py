@@ -15,14 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from labgpu.gpus.allocator import NotEnoughGpus
 from labgpu.cli.main import main as labgpu_main
 from labgpu.cli.poller import workspace_labels
-from labgpu.hub.containers import LABEL_HUB, LABEL_SERVER, LABEL_USER
-from labgpu.gpus.inventory import Gpu
 from labgpu.db.ledger import MIGRATIONS_DIR, Base, Ledger, _alembic_config
-from labgpu.services.telemetry import CONTAINER, WORKSPACE, GpuReading, Poller, ProcessAttributor, open_with_backoff
 from labgpu.db.telemetry_store import GPU_SAMPLE, TelemetryDB
+from labgpu.gpus.allocator import NotEnoughGpus
+from labgpu.gpus.inventory import Gpu
+from labgpu.hub.containers import LABEL_HUB, LABEL_SERVER, LABEL_USER
+from labgpu.services.telemetry import CONTAINER, WORKSPACE, GpuReading, Poller, ProcessAttributor, open_with_backoff
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 H100_TRACE = DATA / "nvml-1xh100-load.json"
@@ -87,8 +87,13 @@ def test_a_gpu_the_poller_marks_unhealthy_is_refused_and_granted_again_after_rec
     path = tmp_path / "ledger.sqlite"
     with Ledger(path) as ledger:
         ledger.sync_inventory(two_gpus())
-        poller = Poller(ScriptedSource([[OK, LOST], [OK, LOST], [OK, BACK]]), TelemetryDB(f"sqlite:///{path}"),
-                        ProcessAttributor(None), interval_s=1, on_health_change=ledger.set_gpu_health)
+        poller = Poller(
+            ScriptedSource([[OK, LOST], [OK, LOST], [OK, BACK]]),
+            TelemetryDB(f"sqlite:///{path}"),
+            ProcessAttributor(None),
+            interval_s=1,
+            on_health_change=ledger.set_gpu_health,
+        )
         poller.tick(START)
         with pytest.raises(NotEnoughGpus) as refused:
             ledger.allocate("alice", n=2)
@@ -122,8 +127,13 @@ def test_a_restarted_poller_clears_what_an_earlier_run_left_when_the_gpu_is_fine
     with Ledger(path) as ledger:
         ledger.sync_inventory(two_gpus())
         ledger.set_gpu_health("GPU-bad", "GPU 1 (GPU-bad): Unknown Error")  # left by a poller that died
-        fresh = Poller(ScriptedSource([[OK, BACK]]), TelemetryDB(f"sqlite:///{path}"), ProcessAttributor(None),
-                       interval_s=1, on_health_change=ledger.set_gpu_health)
+        fresh = Poller(
+            ScriptedSource([[OK, BACK]]),
+            TelemetryDB(f"sqlite:///{path}"),
+            ProcessAttributor(None),
+            interval_s=1,
+            on_health_change=ledger.set_gpu_health,
+        )
         fresh.tick(START)
         assert ledger.allocate("alice", n=2).gpu_uuids == ("GPU-ok", "GPU-bad")
 
@@ -146,13 +156,20 @@ def test_labgpu_poller_writes_into_the_hubs_ledger_by_default(tmp_path, monkeypa
     monkeypatch.delenv("LABGPU_LEDGER", raising=False)
     monkeypatch.setenv("LABGPU_STATE_DIR", str(tmp_path / "state"))
     monkeypatch.setenv("LABGPU_DB_URL", f"sqlite:///{tmp_path / 'jupyterhub.sqlite'}")  # JupyterHub's, not ours
-    rc = labgpu_main(["poller", "--source", f"replay:{H100_TRACE}", "--once", "--labels", "none", "--proc-root", str(tmp_path)])
+    rc = labgpu_main(
+        ["poller", "--source", f"replay:{H100_TRACE}", "--once", "--labels", "none", "--proc-root", str(tmp_path)]
+    )
     assert rc == 0 and "1 GPUs" in capsys.readouterr().out
     assert not (tmp_path / "jupyterhub.sqlite").exists()
     with TelemetryDB(str(tmp_path / "state" / "ledger.sqlite")).reader.connect() as conn:
         assert len(conn.execute(GPU_SAMPLE.select()).all()) == 1
     monkeypatch.setenv("LABGPU_LEDGER", str(tmp_path / "elsewhere.sqlite"))
-    assert labgpu_main(["poller", "--source", f"replay:{H100_TRACE}", "--once", "--labels", "none", "--proc-root", str(tmp_path)]) == 0
+    assert (
+        labgpu_main(
+            ["poller", "--source", f"replay:{H100_TRACE}", "--once", "--labels", "none", "--proc-root", str(tmp_path)]
+        )
+        == 0
+    )
     assert (tmp_path / "elsewhere.sqlite").exists()
 
 
@@ -207,6 +224,7 @@ def test_a_changed_error_is_logged_again():
     handler = Collect()
     logging.getLogger("labgpu.services.telemetry").addHandler(handler)
     try:
+
         def open_source():
             error = next(errors, None)
             if error:
@@ -232,7 +250,10 @@ def test_the_poller_service_on_a_host_without_nvidia_driver_waits_quietly_and_st
         pass
     process = subprocess.Popen(
         [sys.executable, "-m", "labgpu.cli", "poller", "--db", str(tmp_path / "ledger.sqlite"), "--labels", "none"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
     )
     try:
         time.sleep(4)  # attempts at 0, 1 and 3 s

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from labgpu.cli.main import main as labgpu_main
+from labgpu.db.telemetry_store import GPU_ROLLUP, GPU_SAMPLE, HeldSpan, TelemetryDB
 from labgpu.services.telemetry import (
     HOUR,
     GpuReading,
@@ -17,7 +18,6 @@ from labgpu.services.telemetry import (
     ReplayTelemetrySource,
     Retention,
 )
-from labgpu.db.telemetry_store import GPU_ROLLUP, GPU_SAMPLE, HeldSpan, TelemetryDB
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 H100_TRACE = DATA / "nvml-1xh100-load.json"
@@ -87,7 +87,13 @@ def test_held_gpu_hours_come_from_the_ledger_allocations(replayed):
 def simulate(db: TelemetryDB, tmp_path: Path, hours: int, retention: Retention, step_s: float = 60.0) -> None:
     """The recorded trace looped for ``hours`` on a fast clock (one tick per ``step_s``)."""
     source = ReplayTelemetrySource(H100_TRACE, loop=True)
-    poller = Poller(source, db, alice_attributor(tmp_path / "proc", [source.recorded_on["load_pid"]]), interval_s=step_s, retention=retention)
+    poller = Poller(
+        source,
+        db,
+        alice_attributor(tmp_path / "proc", [source.recorded_on["load_pid"]]),
+        interval_s=step_s,
+        retention=retention,
+    )
     for i in range(int(hours * 3600 / step_s)):
         poller.tick(START + i * step_s)
 
@@ -100,14 +106,22 @@ def test_pruned_history_still_answers_from_rollups_with_the_same_figures(tmp_pat
     end = START + 30 * HOUR
     with pruned.engine.connect() as conn:
         oldest_raw = conn.execute(GPU_SAMPLE.select().order_by(GPU_SAMPLE.c.ts_ms).limit(1)).first().ts_ms / 1000
-        oldest_minute = conn.execute(GPU_ROLLUP.select().where(GPU_ROLLUP.c.resolution == 60).order_by(GPU_ROLLUP.c.bucket).limit(1)).first().bucket
+        oldest_minute = (
+            conn.execute(
+                GPU_ROLLUP.select().where(GPU_ROLLUP.c.resolution == 60).order_by(GPU_ROLLUP.c.bucket).limit(1)
+            )
+            .first()
+            .bucket
+        )
         hours = conn.execute(GPU_ROLLUP.select().where(GPU_ROLLUP.c.resolution == 3600)).all()
     assert end - 3 * HOUR <= oldest_raw  # raw kept 2 h (pruned at minute granularity)
     assert end - 8 * HOUR <= oldest_minute  # minute rollups kept 6 h (pruned by whole hours)
     assert len(hours) >= 29  # hour rollups kept for ever
     uuid = ReplayTelemetrySource(H100_TRACE).ticks[0][0].uuid
     for since, until in ((START, end), (START + 5 * HOUR, START + 7 * HOUR), (end - HOUR, end), (START, START + HOUR)):
-        assert pruned.busy_fraction([uuid], since, until) == pytest.approx(full.busy_fraction([uuid], since, until), abs=1e-6)
+        assert pruned.busy_fraction([uuid], since, until) == pytest.approx(
+            full.busy_fraction([uuid], since, until), abs=1e-6
+        )
         a, b = pruned.usage(since, until).by_user["alice"], full.usage(since, until).by_user["alice"]
         assert a.gpu_hours_busy == pytest.approx(b.gpu_hours_busy, rel=1e-6)
         assert a.gpu_hours_in_use == pytest.approx(b.gpu_hours_in_use, rel=1e-6)
@@ -147,8 +161,20 @@ def test_unhealthy_gpus_are_recorded_for_the_allocator_and_cleared_on_recovery(t
 
 def test_labgpu_poller_once_with_a_replay_source(tmp_path, capsys):
     db_url = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
-    rc = labgpu_main(["poller", "--db", db_url, "--source", f"replay:{H100_TRACE}", "--once", "--labels", "none",
-                      "--proc-root", str(tmp_path)])
+    rc = labgpu_main(
+        [
+            "poller",
+            "--db",
+            db_url,
+            "--source",
+            f"replay:{H100_TRACE}",
+            "--once",
+            "--labels",
+            "none",
+            "--proc-root",
+            str(tmp_path),
+        ]
+    )
     assert rc == 0
     assert "1 GPUs" in capsys.readouterr().out
     with TelemetryDB(db_url).engine.connect() as conn:
@@ -159,7 +185,18 @@ def test_labgpu_poller_refuses_a_too_short_interval_and_a_bad_trace(tmp_path, ca
     with pytest.raises(SystemExit):
         labgpu_main(["poller", "--interval", "0.2", "--once"])
     assert "--interval must be >= 1 s" in capsys.readouterr().err
-    rc = labgpu_main(["poller", "--db", f"sqlite:///{tmp_path / 'x.sqlite'}", "--source", f"replay:{tmp_path / 'none.json'}", "--once", "--labels", "none"])
+    rc = labgpu_main(
+        [
+            "poller",
+            "--db",
+            f"sqlite:///{tmp_path / 'x.sqlite'}",
+            "--source",
+            f"replay:{tmp_path / 'none.json'}",
+            "--once",
+            "--labels",
+            "none",
+        ]
+    )
     assert rc == 2
 
 
@@ -169,7 +206,12 @@ def test_telemetry_tables_live_beside_the_ledger_in_one_sqlite_file(tmp_path):
     path = tmp_path / "ledger.sqlite"
     with Ledger(path) as ledger:
         db = TelemetryDB(f"sqlite:///{path}")
-        poller = Poller(ScriptedSource([[GpuReading(uuid="GPU-l", index=0, utilization_gpu=40)]]), db, ProcessAttributor(None), interval_s=5)
+        poller = Poller(
+            ScriptedSource([[GpuReading(uuid="GPU-l", index=0, utilization_gpu=40)]]),
+            db,
+            ProcessAttributor(None),
+            interval_s=5,
+        )
         for i in range(30):
             poller.tick(START + i * 5)
         assert ledger.allocations() == []  # the ledger still opens and reads its own tables
@@ -187,9 +229,26 @@ def test_the_poller_process_runs_until_sigterm_and_leaves_its_samples(tmp_path):
 
     db_url = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
     process = subprocess.Popen(
-        [sys.executable, "-m", "labgpu.cli", "poller", "--db", db_url, "--source", f"replay:{H100_TRACE}",
-         "--interval", "1", "--labels", "none", "--proc-root", str(tmp_path)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        [
+            sys.executable,
+            "-m",
+            "labgpu.cli",
+            "poller",
+            "--db",
+            db_url,
+            "--source",
+            f"replay:{H100_TRACE}",
+            "--interval",
+            "1",
+            "--labels",
+            "none",
+            "--proc-root",
+            str(tmp_path),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
     )
     try:
         deadline = time.monotonic() + 20

@@ -4,15 +4,15 @@ import csv
 import io
 import subprocess
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from labgpu.cli.usage import usage_rows
-from labgpu.gpus.inventory import ReplayInventory
 from labgpu.db.ledger import Ledger
 from labgpu.db.queue_store import QueueStore
+from labgpu.gpus.inventory import ReplayInventory
 
 DATA = Path(__file__).parent.parent / "data"
 QUOTAS = """
@@ -33,7 +33,7 @@ class Clock:
 def history(tmp_path):
     """Five hours ago: alice holds 2 GPUs for 3 h; bob waits 30 min in the queue, then holds 4
     GPUs for 1 h; carol's 2 idle GPUs are reclaimed after 1 h idle."""
-    start = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(hours=5)
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=5)
     clock = Clock(start)
     path = tmp_path / "ledger.sqlite"
     with Ledger(path, clock=clock) as ledger:
@@ -61,8 +61,12 @@ def test_usage_per_user(history):
     path, start = history
     with Ledger(path) as ledger:
         store = QueueStore(ledger)
-        rows = {r.name: r for r in usage_rows(store, start - timedelta(days=1), start + timedelta(hours=6),
-                                                busy_hours={"alice": 3.0, "bob": 1.0})}  # fmt: skip
+        rows = {
+            r.name: r
+            for r in usage_rows(
+                store, start - timedelta(days=1), start + timedelta(hours=6), busy_hours={"alice": 3.0, "bob": 1.0}
+            )
+        }
         store.close()
     assert rows["alice"].gpu_hours_held == pytest.approx(6.0)  # 2 GPUs x 3 h
     assert rows["alice"].efficiency == pytest.approx(0.5)
@@ -89,10 +93,25 @@ def test_usage_command_by_group_as_csv(history, tmp_path):
     quotas = tmp_path / "quotas.yaml"
     quotas.write_text(QUOTAS)
     out = subprocess.run(
-        [sys.executable, "-m", "labgpu.cli", "usage", "--since", "1d", "--by", "group", "--csv",
-         "--db", str(path), "--quotas", str(quotas)],
-        capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "labgpu.cli",
+            "usage",
+            "--since",
+            "1d",
+            "--by",
+            "group",
+            "--csv",
+            "--db",
+            str(path),
+            "--quotas",
+            str(quotas),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     rows = {r["group"]: r for r in csv.DictReader(io.StringIO(out))}
     assert set(rows) == {"vision", "(no group)"}
     assert float(rows["vision"]["gpu_h_held"]) == pytest.approx(10.0)
@@ -101,6 +120,9 @@ def test_usage_command_by_group_as_csv(history, tmp_path):
 
 
 def test_usage_command_says_where_the_ledger_is_missing(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "labgpu.cli", "usage", "--db", str(tmp_path / "nope.sqlite")],
-                          capture_output=True, text=True)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "labgpu.cli", "usage", "--db", str(tmp_path / "nope.sqlite")],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 1 and "no ledger at" in done.stderr and "--db" in done.stderr

@@ -104,8 +104,15 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    for table in ("telemetry_state", "telemetry_owner_rollup", "telemetry_gpu_rollup", "telemetry_process_sample",
-                  "telemetry_gpu_sample", "telemetry_owner", "telemetry_gpu"):
+    for table in (
+        "telemetry_state",
+        "telemetry_owner_rollup",
+        "telemetry_gpu_rollup",
+        "telemetry_process_sample",
+        "telemetry_gpu_sample",
+        "telemetry_owner",
+        "telemetry_gpu",
+    ):
         op.drop_table(table)
     with op.batch_alter_table("gpus") as batch:
         batch.drop_column("health_override")
