@@ -1,11 +1,20 @@
 #!/usr/bin/env bash
-# Set up and run all the tests: unit, end-to-end (real Docker, JupyterHub, proxy) and browser
-# (Playwright + Chromium). With CI=true a missing real part fails the run instead of skipping.
-#   scripts/test.sh [pytest args...]
+# Set up and run all the checks: ruff (lint and format), mypy, then the tests: unit, end-to-end
+# (real Docker, JupyterHub, proxy) and browser (Playwright + Chromium). With CI=true a missing real
+# part fails the run instead of skipping.
+#   scripts/test.sh [pytest args...]     (pytest args skip the lint and type steps: a focused run)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 mkdir -p test-output
+if [ $# -eq 0 ]; then
+  echo "[test] ruff check" >&2
+  .venv/bin/ruff check .
+  echo "[test] ruff format --check" >&2
+  .venv/bin/ruff format --check .
+  echo "[test] mypy" >&2
+  .venv/bin/mypy
+fi
 set +e
 .venv/bin/python -m pytest -ra --junitxml=test-output/junit.xml "$@"
 rc=$?
