@@ -25,6 +25,8 @@ import docker
 import requests
 import websocket
 
+from labgpu.labels import hub_filter
+
 REPO = Path(__file__).resolve().parent.parent
 WORKSPACE_IMAGE = os.environ.get("LABGPU_IMAGE", "labgpu/workspace:local")
 NETWORK = os.environ.get("LABGPU_NETWORK", "labgpu")
@@ -138,7 +140,7 @@ class HubProcess:
                 os.killpg(self.proc.pid, signal.SIGKILL)
 
     def containers(self, **filters):
-        labels = [f"org.labgpu.hub={self.hub_id}"] + [f"{k}={v}" for k, v in filters.items()]
+        labels = [hub_filter(self.hub_id)] + [f"{k}={v}" for k, v in filters.items()]
         return self.docker.containers.list(all=True, filters={"label": labels})
 
     def volumes(self):

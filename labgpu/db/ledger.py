@@ -50,6 +50,7 @@ from labgpu.gpus.allocator import (
     grantable,
 )
 from labgpu.gpus.inventory import Gpu, MigDevice, mig_units
+from labgpu.labels import server_label
 
 __all__ = [
     "AuditEvent",
@@ -381,10 +382,6 @@ _DELETE_ALLOCATION = delete(_allocations).where(_allocations.c.id == bindparam("
 _GPU_COLUMNS = len(_gpus.c) - 2  # the columns of _GPUS_WITH_HOLDERS before the holder's
 
 
-def _server_label(user: str, server: str) -> str:
-    return f"{user}/{server}" if server else user
-
-
 class Ledger:
     """Who holds which GPU, in one SQLite file shared by every process of the hub.
 
@@ -692,7 +689,7 @@ class Ledger:
                 self._insert_allocation(conn, "grant", user, server, uuids, image, f"asked for {n} ({placement})", now)
             except IntegrityError as exc:  # a constraint caught what the lock should have prevented
                 raise LedgerError(
-                    f"could not record the allocation for {_server_label(user, server)}: {exc.orig}"
+                    f"could not record the allocation for {server_label(user, server)}: {exc.orig}"
                 ) from None
             return Allocation(user, server, uuids, now, image)
 
@@ -732,11 +729,11 @@ class Ledger:
                     continue
                 current = self._allocation(conn, row)
                 if set(current.gpu_uuids) != set(step.gpu_uuids):
-                    skipped.append(f"release of {_server_label(step.user, step.server)}: its GPUs changed meanwhile")
+                    skipped.append(f"release of {server_label(step.user, step.server)}: its GPUs changed meanwhile")
                     continue
                 released.append(self._delete_allocation(conn, row, step.reason, now))
             for step in plan.adoptions:
-                label = _server_label(step.user, step.server)
+                label = server_label(step.user, step.server)
                 if conn.execute(
                     select(_allocations.c.id).where(
                         _allocations.c.user == step.user, _allocations.c.server == step.server

@@ -19,6 +19,7 @@ from sqlalchemy import Float, Index, Integer, String, Text, UniqueConstraint, in
 from sqlalchemy.orm import Mapped, mapped_column
 
 from labgpu.db.ledger import AllocationEventRow, Base, Ledger, UtcDateTime, ledger_engine
+from labgpu.labels import server_label
 
 WAITING, GRANTED, CANCELLED, ABANDONED = "waiting", "granted", "cancelled", "abandoned"
 
@@ -113,7 +114,7 @@ class QueueEntry:
 
     @property
     def server_label(self) -> str:
-        return f"{self.user}/{self.server}" if self.server else self.user
+        return server_label(self.user, self.server)
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from sqlalchemy import Index, Integer, String, Text, insert, select, update
 from sqlalchemy.orm import Mapped, mapped_column
 
 from labgpu.db.ledger import Base, Ledger, UtcDateTime, ledger_engine
+from labgpu.labels import server_label
 
 # ============================================================================================
 # Table (migration: labgpu/db/migrations/versions/0005_sessions.py)
@@ -60,7 +61,7 @@ class Session:
 
     @property
     def server_label(self) -> str:
-        return f"{self.user}/{self.server}" if self.server else self.user
+        return server_label(self.user, self.server)
 
 
 def _session(row) -> Session:

@@ -13,14 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-# Label keys our containers carry, so that the ledger can be reconciled with Docker after a
-# crash (owner, server and, later, GPU UUIDs).
-LABEL_PREFIX = "org.labgpu."
-LABEL_MANAGED = LABEL_PREFIX + "managed"
-LABEL_HUB = LABEL_PREFIX + "hub"
-LABEL_USER = LABEL_PREFIX + "user"
-LABEL_SERVER = LABEL_PREFIX + "server"
-LABEL_GPUS = LABEL_PREFIX + "gpus"
+from labgpu.labels import LABEL_GPUS, LABEL_HUB, LABEL_MANAGED, LABEL_SERVER, LABEL_USER, gpus_value
 
 # Paths that give a container control over the host; never mounted into a workspace.
 FORBIDDEN_HOST_PATHS = (
@@ -136,12 +129,14 @@ def _parse_binds(binds: Mapping | list) -> Mapping:
 
 
 def workspace_labels(spec: WorkspaceSpec) -> dict[str, str]:
+    """The labels that let the hub reconcile its ledger with Docker after a crash, and the poller
+    attribute GPU processes: owner, server, hub and the granted GPUs."""
     return {
         LABEL_MANAGED: "true",
         LABEL_HUB: spec.hub_id,
         LABEL_USER: spec.user,
         LABEL_SERVER: spec.server,
-        LABEL_GPUS: ",".join(spec.gpu_uuids),
+        LABEL_GPUS: gpus_value(spec.gpu_uuids),
     }
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import docker
 from docker.errors import APIError, DockerException, NotFound
 
+from labgpu.labels import managed_labels
+
 
 class DockerUnavailable(RuntimeError):
     """The Docker engine cannot be reached; the message says what to check."""
@@ -25,7 +27,7 @@ def ensure_workspace_network(name: str) -> str:
                 name,
                 driver="bridge",
                 options={"com.docker.network.bridge.enable_icc": "false"},
-                labels={"org.labgpu.managed": "true"},
+                labels=managed_labels(),
             )
             network.reload()
     except (DockerException, APIError) as e:

@@ -15,7 +15,7 @@ from labgpu.db.ledger import Ledger, ReconcileResult
 from labgpu.db.session_store import SessionStore
 from labgpu.gpus.allocator import ReconcilePlan, reconcile
 from labgpu.gpus.inventory import Gpu, InventoryError, NvmlInventory, inventory_source
-from labgpu.hub.containers import LABEL_HUB
+from labgpu.labels import hub_filter
 from labgpu.quota.policy import PolicyStore
 
 log = logging.getLogger("labgpu")
@@ -100,7 +100,7 @@ def reconcile_with_docker(
     """Make the ledger agree with this hub's containers: adopt running ones, release the GPUs
     of vanished ones, stop a container that runs on a GPU the ledger gives to another server."""
     containers = []
-    for c in docker_client.containers.list(all=True, filters={"label": f"{LABEL_HUB}={hub_id}"}):
+    for c in docker_client.containers.list(all=True, filters={"label": hub_filter(hub_id)}):
         containers.append({"id": c.id, "state": c.status, "created": c.attrs.get("Created", ""), "labels": c.labels})
     known = {h.gpu.uuid for h in the_ledger.holdings()}
     plan = reconcile(the_ledger.allocations(), containers, hub_id=hub_id, known_gpus=known)

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
-from labgpu.hub.containers import LABEL_SERVER, LABEL_USER  # the labels the spawner writes (pure module)
+from labgpu.labels import LABEL_SERVER, LABEL_USER  # the labels the spawner writes
 
 log = logging.getLogger("labgpu.services.telemetry")
 

@@ -15,7 +15,7 @@ import pytest
 
 from labgpu.db.ledger import Ledger
 from labgpu.db.queue_store import QueueStore
-from labgpu.hub.containers import LABEL_USER
+from labgpu.labels import LABEL_USER
 from tests.harness import REPO, WORKSPACE_IMAGE, HubProcess
 
 pytestmark = pytest.mark.e2e

@@ -9,7 +9,8 @@ import docker
 import pytest
 
 from labgpu.db.ledger import Ledger
-from labgpu.hub.containers import LABEL_GPUS, LABEL_USER, WorkspaceSpec, container_config
+from labgpu.hub.containers import WorkspaceSpec, container_config
+from labgpu.labels import LABEL_GPUS, LABEL_USER
 from tests.harness import REPO, WORKSPACE_IMAGE, HubProcess
 
 pytestmark = pytest.mark.e2e

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from labgpu.hub.containers import LABEL_USER
+from labgpu.labels import LABEL_USER
 from tests.harness import WORKSPACE_IMAGE, HubProcess
 
 pytestmark = pytest.mark.e2e

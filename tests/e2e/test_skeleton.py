@@ -7,7 +7,7 @@ import pytest
 
 from labgpu.db.ledger import Ledger
 from labgpu.db.session_store import SessionStore
-from labgpu.hub.containers import LABEL_SERVER, LABEL_USER
+from labgpu.labels import LABEL_SERVER, LABEL_USER
 
 pytestmark = pytest.mark.e2e
 

@@ -6,6 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from labgpu.gpus.allocator import Allocation, reconcile
+from labgpu.labels import LABEL_GPUS, LABEL_HUB, LABEL_SERVER, LABEL_USER
 
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 EARLIER = NOW - timedelta(hours=2)
@@ -16,10 +17,10 @@ def container(cid, user, gpus, *, server="", state="running", hub="labgpu", crea
         "id": cid,
         "state": state,
         "created": created,
-        "org.labgpu.user": user,
-        "org.labgpu.server": server,
-        "org.labgpu.gpus": ",".join(gpus),
-        "org.labgpu.hub": hub,
+        LABEL_USER: user,
+        LABEL_SERVER: server,
+        LABEL_GPUS: ",".join(gpus),
+        LABEL_HUB: hub,
     }
 
 
@@ -110,7 +111,7 @@ def test_gpus_missing_from_the_inventory_are_reported_not_recorded():
 
 
 def test_nested_labels_form_is_accepted():
-    docker_form = {"id": "c1", "state": "running", "labels": {"org.labgpu.user": "alice", "org.labgpu.gpus": "GPU-a"}}
+    docker_form = {"id": "c1", "state": "running", "labels": {LABEL_USER: "alice", LABEL_GPUS: "GPU-a"}}
     plan = reconcile([], [docker_form], now=NOW)
     assert plan.adoptions[0].gpu_uuids == ("GPU-a",)
 
@@ -155,12 +156,12 @@ def test_after_applying_the_plan_no_gpu_is_held_twice_and_ledger_matches_docker(
     assert len(held) == len(set(held)), "a GPU is held twice"
     stopped = {s.container_id for s in plan.stops}
     survivors = [
-        c for c in containers if c["state"] in ("running", "paused") and c["id"] not in stopped and c["org.labgpu.gpus"]
+        c for c in containers if c["state"] in ("running", "paused") and c["id"] not in stopped and c[LABEL_GPUS]
     ]
-    assert len({(c["org.labgpu.user"], c["org.labgpu.server"]) for c in survivors}) == len(survivors)
+    assert len({(c[LABEL_USER], c[LABEL_SERVER]) for c in survivors}) == len(survivors)
     for c in survivors:  # every container left running is recorded with exactly its GPUs
-        assert ledger.get((c["org.labgpu.user"], c["org.labgpu.server"])) == set(c["org.labgpu.gpus"].split(","))
-    running_keys = {(c["org.labgpu.user"], c["org.labgpu.server"]) for c in survivors}
+        assert ledger.get((c[LABEL_USER], c[LABEL_SERVER])) == set(c[LABEL_GPUS].split(","))
+    running_keys = {(c[LABEL_USER], c[LABEL_SERVER]) for c in survivors}
     for key in ledger:  # every allocation left has a container, or is a spawn still in its grace period
         if key not in running_keys:
             assert key in plan.kept and grace > timedelta(0)

@@ -2,15 +2,8 @@
 
 import pytest
 
-from labgpu.hub.containers import (
-    LABEL_GPUS,
-    LABEL_HUB,
-    LABEL_SERVER,
-    LABEL_USER,
-    ContainerConfigError,
-    WorkspaceSpec,
-    container_config,
-)
+from labgpu.hub.containers import ContainerConfigError, WorkspaceSpec, container_config
+from labgpu.labels import LABEL_GPUS, LABEL_HUB, LABEL_SERVER, LABEL_USER
 
 
 def spec(**overrides):

@@ -21,7 +21,7 @@ from labgpu.db.ledger import MIGRATIONS_DIR, Base, Ledger, _alembic_config
 from labgpu.db.telemetry_store import GPU_SAMPLE, TelemetryDB
 from labgpu.gpus.allocator import NotEnoughGpus
 from labgpu.gpus.inventory import Gpu
-from labgpu.hub.containers import LABEL_HUB, LABEL_SERVER, LABEL_USER
+from labgpu.labels import LABEL_HUB, LABEL_SERVER, LABEL_USER
 from labgpu.services.telemetry import CONTAINER, WORKSPACE, GpuReading, Poller, ProcessAttributor, open_with_backoff
 
 DATA = Path(__file__).resolve().parent.parent / "data"
@@ -159,7 +159,7 @@ def test_labgpu_poller_writes_into_the_hubs_ledger_by_default(tmp_path, monkeypa
     rc = labgpu_main(
         ["poller", "--source", f"replay:{H100_TRACE}", "--once", "--labels", "none", "--proc-root", str(tmp_path)]
     )
-    assert rc == 0 and "1 GPUs" in capsys.readouterr().out
+    assert rc == 0 and "1 GPU, " in capsys.readouterr().out
     assert not (tmp_path / "jupyterhub.sqlite").exists()
     with TelemetryDB(str(tmp_path / "state" / "ledger.sqlite")).reader.connect() as conn:
         assert len(conn.execute(GPU_SAMPLE.select()).all()) == 1
