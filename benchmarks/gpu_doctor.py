@@ -26,7 +26,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from labgpu.doctor.checks import CheckResult, render_text
+from labgpu.doctor.report import render_text
+from labgpu.doctor.verdicts import CheckResult
 
 TARGET_FRACTION = 0.90
 
@@ -88,7 +89,7 @@ def run_doctor(args: list[str]) -> tuple[dict, float]:
         raise SystemExit(
             f"gpu_doctor: labgpu-doctor {' '.join(args)} printed no JSON (exit "
             f"{done.returncode}): {done.stderr[-2000:]}"
-        )
+        ) from None
     report["exit_code"] = done.returncode
     return report, wall
 

@@ -2,6 +2,6 @@
 
 import sys
 
-from labgpu.doctor.checks import main
+from labgpu.doctor.cli import main
 
 sys.exit(main())

@@ -1,7 +1,7 @@
 """The NCCL part of labgpu-doctor, one process per GPU under torchrun: checks an all-reduce sum
 and one DistributedDataParallel step, then times all-reduce at a few message sizes.
 
-Rank 0 writes a JSON report to --out (read by ``labgpu.doctor.check_nccl``). Falls back to the
+Rank 0 writes a JSON report to --out (read by ``labgpu.doctor.measure.check_nccl``). Falls back to the
 gloo backend on CPUs so the plumbing can be exercised on a machine without GPUs.
 """
 
@@ -14,7 +14,7 @@ import statistics
 import sys
 from typing import Any
 
-from labgpu.doctor.checks import bus_bandwidth
+from labgpu.doctor.verdicts import bus_bandwidth
 
 
 def _parse_sizes(text: str) -> list[int]:

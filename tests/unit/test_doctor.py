@@ -15,13 +15,20 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from labgpu.doctor import checks as doctor
-from labgpu.doctor.checks import (
+from labgpu.doctor.cli import main as doctor_main
+from labgpu.doctor.measure import nccl_launch_command, nccl_transports
+from labgpu.doctor.probe import (
+    cpus_from_cgroup,
+    default_workers,
+    parse_assigned_gpus,
+    parse_proc_driver_version,
+    probe_shm,
+)
+from labgpu.doctor.report import guarded
+from labgpu.doctor.verdicts import (
     CheckResult,
     bus_bandwidth,
-    cpus_from_cgroup,
     cudnn_version_text,
-    default_workers,
     driver_supports_cuda,
     expected_autograd,
     judge_autograd,
@@ -33,15 +40,10 @@ from labgpu.doctor.checks import (
     judge_throughput,
     judge_visible_devices,
     min_driver_for_cuda,
-    nccl_launch_command,
-    nccl_transports,
     normalize_gpu_uuid,
-    parse_assigned_gpus,
-    parse_proc_driver_version,
     parse_version,
     pcie_link_gbps,
     peak_tflops,
-    probe_shm,
     shm_enough,
     visible_matches_assigned,
 )
@@ -361,12 +363,12 @@ def test_a_crashing_check_becomes_a_failure_not_a_traceback():
     def broken() -> CheckResult:
         raise RuntimeError("CUDA error: an illegal memory access was encountered")
 
-    [result] = doctor.guarded("matmul", broken)
+    [result] = guarded("matmul", broken)
     assert result.status == "FAIL" and "illegal memory access" in result.detail
 
 
 def run_json(capsys, argv=()):
-    code = doctor.main(["--json", *argv])
+    code = doctor_main(["--json", *argv])
     return code, json.loads(capsys.readouterr().out)
 
 
@@ -407,7 +409,7 @@ def test_workers_option_drives_the_shm_check(capsys):
     _, report = run_json(capsys, ["--workers", "3"])
     shm = next(c for c in report["checks"] if c["name"] == "shm")
     assert shm["figures"]["workers"] == 3 and shm["figures"]["needed_bytes"] == 3 * 256 * 1024**2
-    assert doctor.main(["--workers", "0"]) == 2
+    assert doctor_main(["--workers", "0"]) == 2
 
 
 def test_command_line_prints_a_readable_report():
