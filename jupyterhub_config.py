@@ -49,6 +49,7 @@ from labgpu.hub import resources as hub_resources
 from labgpu.hub.docker_network import DockerUnavailable, ensure_workspace_network
 from labgpu.quota.policy import PolicyError, default_paths, jupyterhub_groups, split_paths
 from labgpu.services.reclaimer import hub_announcement
+from labgpu.units import gpus_text
 
 c = get_config()
 
@@ -163,7 +164,7 @@ except PolicyError as e:
 except (InventoryError, LedgerError) as e:
     refuse(str(e))
 print(
-    f"LabGPU Hub: {report.gpus} GPU(s); ledger {ledger_url}; "
+    f"LabGPU Hub: {gpus_text(report.gpus)}; ledger {ledger_url}; "
     f"reconciled with Docker: {len(report.plan.adoptions)} adopted, {len(report.plan.releases)} released, "
     f"{len(report.stopped)} conflicting container(s) stopped",
     file=sys.stderr,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import re
 import signal
@@ -13,8 +14,8 @@ import threading
 import time
 from collections.abc import Mapping
 
-from labgpu.hub.containers import LABEL_HUB, LABEL_SERVER, LABEL_USER
 from labgpu.hub.resources import default_ledger_path
+from labgpu.labels import LABEL_HUB, LABEL_SERVER, LABEL_USER
 from labgpu.services.telemetry import (
     DEFAULT_INTERVAL_S,
     MIN_INTERVAL_S,
@@ -26,21 +27,24 @@ from labgpu.services.telemetry import (
     TelemetrySource,
     open_with_backoff,
 )
+from labgpu.units import gpus_text, parse_duration
 
 log = logging.getLogger("labgpu.poller")
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
-_UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_SECONDS = re.compile(r"^\s*[0-9]+(?:\.[0-9]+)?\s*$")
 
 
 def parse_retention(text: str) -> float | None:
     """'48h', '30d', '90m', '3600' (seconds) or 'forever' -> seconds (None = forever)."""
     if text.strip().lower() in ("forever", "never", "none"):
         return None
-    match = _DURATION.match(text.lower())
-    if not match:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a duration: use e.g. 48h, 30d, 90m, 3600 or 'forever'")
-    return float(match.group(1)) * _UNIT_S[match.group(2)]
+    try:  # labgpu.units: the quota files' grammar, plus a bare number of seconds
+        seconds = parse_duration(float(text) if _SECONDS.match(text) else text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a duration: use e.g. 48h, 30d, 90m, 3600 or 'forever'"
+        ) from None
+    return None if math.isinf(seconds) else seconds
 
 
 def parse_interval(text: str) -> float:
@@ -128,7 +132,8 @@ def run_poller(args: argparse.Namespace) -> int:
         if args.once:
             report = poller.tick(time.time())
             print(
-                f"{report.gpus} GPUs, {report.processes} processes, unhealthy: {', '.join(report.unhealthy) or 'none'}"
+                f"{gpus_text(report.gpus)}, {report.processes} processes, "
+                f"unhealthy: {', '.join(report.unhealthy) or 'none'}"
             )
         else:
             poller.run(stop)

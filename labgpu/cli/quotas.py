@@ -12,11 +12,10 @@ from labgpu.quota.policy import (
     Policy,
     PolicyError,
     default_paths,
-    format_duration,
-    format_size,
     load_policy,
     resolve,
 )
+from labgpu.units import format_duration, format_size
 
 # Rows printed by `check` before it says how many more there are.
 SUMMARY_ROWS = 40

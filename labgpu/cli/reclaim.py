@@ -14,8 +14,9 @@ import sys
 from labgpu.db.ledger import Ledger
 from labgpu.db.queue_store import QueueStore
 from labgpu.hub.resources import default_ledger_path
-from labgpu.quota.policy import PolicyError, PolicyStore, default_paths, parse_duration, split_paths
+from labgpu.quota.policy import PolicyError, PolicyStore, default_paths, split_paths
 from labgpu.services.reclaimer import ReclaimSettings, hub_server_stopper, run_forever, telemetry_busy_fraction
+from labgpu.units import parse_duration
 
 
 def _seconds(text: str) -> float:

@@ -15,7 +15,8 @@ from pathlib import Path
 from labgpu.db.ledger import Ledger
 from labgpu.db.queue_store import GRANTED, QueueStore
 from labgpu.hub.resources import default_ledger_path
-from labgpu.quota.policy import PolicyError, load_policy, parse_duration, resolve, split_paths
+from labgpu.quota.policy import PolicyError, load_policy, resolve, split_paths
+from labgpu.units import parse_duration
 
 HOUR = 3600.0
 NO_GROUP = "(no group)"

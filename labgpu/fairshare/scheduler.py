@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from labgpu.units import format_minutes, gpus_text, plural
+
 SchedulingPolicy = Literal["fairshare", "fifo"]
 BackfillMode = Literal["easy", "first_fit"]
 ReclaimReason = Literal["idle", "max_runtime"]
@@ -433,14 +435,6 @@ def plan_dequeue(
 # ---------------------------------------------------------------------------------------
 
 
-def _duration(seconds: float) -> str:
-    minutes = round(seconds / 60)
-    if minutes < 60:
-        return f"{minutes} min"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes:02d} min" if minutes else f"{hours} h"
-
-
 def reclaim_decisions(
     allocations: Sequence[RunningAllocation],
     busy_fraction_by_allocation: Mapping[str, float],
@@ -498,17 +492,18 @@ def reclaim_decisions(
                         allocation.user,
                         reason,
                         max(due_at, now + warn_before),
-                        f"Your server has run {_duration(ran_for)} of its {_duration(limit or 0)} "
+                        f"Your server has run {format_minutes(ran_for)} of its {format_minutes(limit or 0)} "
                         f"limit; it will be stopped once its GPUs are idle. Save your work.",
                     )
                 )
             continue
         if now >= due_at and warned_long_enough:
             message = (
-                f"Stopped {allocation.user}'s server: its {allocation.gpus} GPU(s) were idle for {_duration(idle_for)}"
+                f"Stopped {allocation.user}'s server: its {gpus_text(allocation.gpus)} were idle "
+                f"for {format_minutes(idle_for)}"
                 if reason == "idle"
-                else f"Stopped {allocation.user}'s server: it ran {_duration(ran_for)}, past its "
-                f"{_duration(limit or 0)} limit, and its GPUs were idle"
+                else f"Stopped {allocation.user}'s server: it ran {format_minutes(ran_for)}, past its "
+                f"{format_minutes(limit or 0)} limit, and its GPUs were idle"
             )
             actions.append(
                 Reclaim(
@@ -523,9 +518,9 @@ def reclaim_decisions(
         elif not warning_valid:
             reclaim_at = max(due_at, now + warn_before)
             what = (
-                f"its GPUs have been idle for {_duration(idle_for)}"
+                f"its GPUs have been idle for {format_minutes(idle_for)}"
                 if reason == "idle"
-                else f"it has run {_duration(ran_for)} of its {_duration(limit or 0)} limit"
+                else f"it has run {format_minutes(ran_for)} of its {format_minutes(limit or 0)} limit"
             )
             actions.append(
                 Warn(
@@ -533,7 +528,7 @@ def reclaim_decisions(
                     allocation.user,
                     reason,
                     reclaim_at,
-                    f"Your server will be stopped in {_duration(reclaim_at - now)} because "
+                    f"Your server will be stopped in {format_minutes(reclaim_at - now)} because "
                     f"{what}. Use the GPUs (or save your work) to keep it.",
                 )
             )
@@ -569,10 +564,7 @@ def estimate_wait(
         free -= queued.gpus
         runtime = queued.max_runtime if queued.max_runtime is not None else INFINITY
         heapq.heappush(releases, (clock + runtime, queued.gpus))
-    waiting_for = (
-        f"{request.gpus} GPU{'s' if request.gpus != 1 else ''} "
-        f"({free_gpus} free now, {position} request{'s' if position != 1 else ''} ahead)"
-    )
+    waiting_for = f"{gpus_text(request.gpus)} ({free_gpus} free now, {plural(position, 'request')} ahead)"
     if clock == INFINITY:
         return WaitEstimate(position + 1, position, waiting_for, None, None)
     return WaitEstimate(position + 1, position, waiting_for, clock, clock - now)

@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from labgpu.gpus.inventory import Gpu
+from labgpu.units import gpus_text
 
 __all__ = [
     "ALIVE_STATES",
@@ -109,7 +110,7 @@ def not_enough_message(
         message += " (" + "; ".join(details) + ")"
     message += "."
     if total is not None and total < requested:
-        message += f" This hub has only {total}{kind} {'GPU' if total == 1 else 'GPUs'}; ask for at most {total}."
+        message += f" This hub has only {gpus_text(total, kind.strip())}; ask for at most {total}."
     elif not details:
         message += f" Try again later or ask for fewer {plural}."
     return message
@@ -148,8 +149,9 @@ class UserTotalExceeded(Exception):
     def __init__(self, requested: int, held_elsewhere: int, total: int):
         self.requested, self.held_elsewhere, self.total = requested, held_elsewhere, total
         super().__init__(
-            f"You asked for {requested} GPU{'s' if requested != 1 else ''}, but your other running servers "
-            f"already hold {held_elsewhere} of your total of {total}. Ask for at most {max(0, total - held_elsewhere)}, "
+            f"You asked for {gpus_text(requested)}, but your other running servers "
+            f"already hold {held_elsewhere} of your total of {total}. "
+            f"Ask for at most {max(0, total - held_elsewhere)}, "
             "or stop another server first."
         )
 

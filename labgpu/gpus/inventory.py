@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import re
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -18,6 +17,8 @@ from typing import Any, Protocol
 
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
+
+from labgpu.units import parse_size
 
 __all__ = [
     "Gpu",
@@ -114,9 +115,6 @@ class GpuInventorySource(Protocol):
 
 # --- plain-data form (static config, replay files) ---------------------------------------
 
-_MEMORY_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
-_MEMORY_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)(?:i?[bB])?\s*$")
-
 
 def parse_memory(value: Any) -> int:
     """``80G``, ``81920M``, ``80GiB`` or a number of bytes -> bytes."""
@@ -126,10 +124,10 @@ def parse_memory(value: Any) -> int:
         if value < 0:
             raise ValueError(f"memory must be >= 0 (got {value})")
         return value
-    match = _MEMORY_RE.match(str(value))
-    if not match:
-        raise ValueError(f"memory must be a size like 80G, 81920M or a number of bytes (got {value!r})")
-    return int(float(match.group(1)) * _MEMORY_UNITS[match.group(2).lower()])
+    try:
+        return parse_size(str(value))  # labgpu.units: the same grammar as the quota files
+    except ValueError:
+        raise ValueError(f"memory must be a size like 80G, 81920M or a number of bytes (got {value!r})") from None
 
 
 def gpu_to_dict(gpu: Gpu) -> dict[str, Any]:

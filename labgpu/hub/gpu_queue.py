@@ -26,6 +26,7 @@ from labgpu.fairshare import scheduler
 from labgpu.fairshare.scheduler import GpuRequest, RunningAllocation, Shares
 from labgpu.gpus.allocator import Allocation, NotEnoughGpus
 from labgpu.quota.policy import Limits, Policy, resolve
+from labgpu.units import format_minutes, gpus_text
 
 log = logging.getLogger("labgpu.queue")
 
@@ -160,15 +161,7 @@ def _clock_time(moment: datetime) -> str:
 def _wait_text(seconds: float | None) -> str:
     if seconds is None:
         return "estimated wait unknown (the GPUs are held without a time limit)"
-    minutes = max(1, round(seconds / 60))
-    if minutes < 60:
-        return f"estimated wait {minutes} min"
-    hours, minutes = divmod(minutes, 60)
-    return f"estimated wait {hours} h {minutes:02d} min" if minutes else f"estimated wait {hours} h"
-
-
-def _gpus(n: int) -> str:
-    return f"{n} GPU{'s' if n != 1 else ''}"
+    return f"estimated wait {format_minutes(max(60.0, seconds))}"  # never "0 min"
 
 
 class GpuQueue:
@@ -389,7 +382,7 @@ class GpuQueue:
             max_runtime=spawn.max_runtime,
         )
         self._live.add(entry.id)
-        log.info("GPU queue: %s waits for %s (entry %d)", entry.server_label, _gpus(spawn.gpus), entry.id)
+        log.info("GPU queue: %s waits for %s (entry %d)", entry.server_label, gpus_text(spawn.gpus), entry.id)
         granted = False
         try:
             while True:
@@ -453,7 +446,7 @@ class GpuQueue:
                 break
             count += h.gpus
             holders.append(f"{h.user} since {_clock_time(by_id[h.id].since)}")
-        what = f"waiting for {_gpus(mine.gpus)}"
+        what = f"waiting for {gpus_text(mine.gpus)}"
         if holders:
             shown = ", ".join(holders[:3]) + (f" and {len(holders) - 3} more" if len(holders) > 3 else "")
             what += f" held by {shown}"

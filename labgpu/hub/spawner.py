@@ -20,8 +20,9 @@ from labgpu.hub import gpu_queue
 from labgpu.hub import resources as hub_resources
 from labgpu.hub.containers import ContainerConfigError, WorkspaceSpec, container_config
 from labgpu.hub.gpu_queue import QueuedSpawn, QueueRefused
-from labgpu.quota.policy import Limits, format_duration, resolve
+from labgpu.quota.policy import Limits, resolve
 from labgpu.quota.spawn_options import SpawnOptionsError, SpawnRequest, options_form, parse_form, validate_user_options
+from labgpu.units import format_duration
 
 
 class GPUDockerSpawner(DockerSpawner):

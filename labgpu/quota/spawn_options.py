@@ -14,7 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from labgpu.quota.policy import Limits, format_duration, format_size, parse_size
+from labgpu.quota.policy import Limits
+from labgpu.units import format_duration, format_size, gpus_text, parse_size
 
 # Options a request may carry; anything else is refused.
 OPTION_KEYS = ("gpus", "image", "memory", "cpus", "gpu_model")
@@ -51,10 +52,6 @@ class SpawnRequest:
         if self.gpu_model is not None:
             options["gpu_model"] = self.gpu_model
         return options
-
-
-def _gpus_word(n: int) -> str:
-    return f"{n} GPU" if n == 1 else f"{n} GPUs"
 
 
 def _from(limits: Limits, name: str) -> str:
@@ -127,14 +124,15 @@ def validate_user_options(
         raise SpawnOptionsError(f"You asked for {gpus} GPUs; ask for 0 or more.")
     if gpus > limits.gpus:
         raise SpawnOptionsError(
-            f"You asked for {_gpus_word(gpus)}, but your limit is {_gpus_word(limits.gpus)} per server{_from(limits, 'gpus')}."
+            f"You asked for {gpus_text(gpus)}, but your limit is {gpus_text(limits.gpus)} per server"
+            f"{_from(limits, 'gpus')}."
         )
     in_use = max(0, int(gpus_in_use_by_user))
     if gpus and gpus + in_use > limits.gpus_total:
         left = max(0, limits.gpus_total - in_use)
         raise SpawnOptionsError(
-            f"You asked for {_gpus_word(gpus)}, but your other running servers already hold {_gpus_word(in_use)} "
-            f"of your total of {_gpus_word(limits.gpus_total)}{_from(limits, 'gpus_total')}. "
+            f"You asked for {gpus_text(gpus)}, but your other running servers already hold {gpus_text(in_use)} "
+            f"of your total of {gpus_text(limits.gpus_total)}{_from(limits, 'gpus_total')}. "
             f"Ask for at most {left}, or stop another server first."
         )
 
@@ -252,7 +250,7 @@ def _limits_note(limits: Limits, gpus_in_use_by_user: int) -> str:
     if limits.gpus:
         total = f", {limits.gpus_total} in total" if limits.gpus_total != limits.gpus else ""
         held = f" ({gpus_in_use_by_user} held by your other servers)" if gpus_in_use_by_user else ""
-        parts.append(f"up to {_gpus_word(limits.gpus)} per server{total}{held}")
+        parts.append(f"up to {gpus_text(limits.gpus)} per server{total}{held}")
     else:
         parts.append("no GPUs")
     parts.append(f"{format_size(limits.memory)} memory")
@@ -285,14 +283,14 @@ def options_form(
         prev_gpus = 0
     prev_gpus = prev_gpus if 0 <= prev_gpus <= gpu_max else 0
     gpu_options = "".join(
-        f'<option value="{n}"{" selected" if n == prev_gpus else ""}>{esc(_gpus_word(n))}</option>'
+        f'<option value="{n}"{" selected" if n == prev_gpus else ""}>{esc(gpus_text(n))}</option>'
         for n in range(gpu_max + 1)
     )
     gpu_hint = ""
     if gpu_max < limits.gpus:
         gpu_hint = (
-            f'<p class="help-block">Your other servers hold {_gpus_word(gpus_in_use_by_user)} of your '
-            f"{_gpus_word(limits.gpus_total)}; stop one to get more here.</p>"
+            f'<p class="help-block">Your other servers hold {gpus_text(gpus_in_use_by_user)} of your '
+            f"{gpus_text(limits.gpus_total)}; stop one to get more here.</p>"
         )
     rows.append(
         '<div class="form-group">'

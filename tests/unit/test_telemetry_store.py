@@ -176,7 +176,7 @@ def test_labgpu_poller_once_with_a_replay_source(tmp_path, capsys):
         ]
     )
     assert rc == 0
-    assert "1 GPUs" in capsys.readouterr().out
+    assert "1 GPU, " in capsys.readouterr().out
     with TelemetryDB(db_url).engine.connect() as conn:
         assert len(conn.execute(GPU_SAMPLE.select()).all()) == 1
 
