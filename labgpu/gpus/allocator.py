@@ -1,37 +1,35 @@
-"""Pure allocation logic: which free GPUs a request gets, and how the ledger and Docker agree.
+"""The allocator: which free GPUs a request gets, and why not when it cannot have them (pure).
 
 Plain data in, plain data out: no Docker, NVML or database here. ``labgpu.db.ledger`` calls
-:func:`choose_gpus` inside its transaction; the hub calls :func:`reconcile` on start with the
-ledger's allocations and Docker's containers, and the ledger applies the returned plan.
+:func:`choose_gpus` inside its transaction with the free units; :class:`NotEnoughGpus` and
+:class:`UserTotalExceeded` carry the message the user reads. Reconciling the ledger with
+Docker after a crash is ``labgpu.gpus.reconcile``'s concern.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from datetime import UTC, datetime
+from typing import Literal
 
-from labgpu.gpus.inventory import Gpu
+from labgpu.gpus.inventory import Gpu, short_uuid
+from labgpu.labels import server_label
 from labgpu.units import gpus_text
 
 __all__ = [
-    "ALIVE_STATES",
     "PLACEMENTS",
-    "Adoption",
     "Allocation",
-    "ContainerClaim",
-    "ContainerStop",
+    "GrantRule",
     "HeldGpu",
+    "HeldUnits",
     "NotEnoughGpus",
     "Placement",
-    "ReconcilePlan",
-    "Release",
+    "UserTotalExceeded",
+    "allocatable_unit",
     "choose_gpus",
-    "grantable",
     "model_allowed",
     "not_enough_message",
-    "reconcile",
 ]
 
 Placement = Literal["pack", "spread"]
@@ -51,7 +49,7 @@ class Allocation:
     @property
     def server_label(self) -> str:
         """``alice`` or ``alice/lab2``: how admins name a server."""
-        return f"{self.user}/{self.server}" if self.server else self.user
+        return server_label(self.user, self.server)
 
 
 @dataclass(frozen=True)
@@ -62,10 +60,6 @@ class HeldGpu:
     user: str
     server: str
     since: datetime
-
-
-def _short(uuid: str) -> str:
-    return uuid[:8] + "…" if len(uuid) > 9 else uuid
 
 
 def _clock(since: datetime, now: datetime) -> str:
@@ -95,10 +89,10 @@ def not_enough_message(
     message = f"Not enough free{kind} GPUs: you asked for {requested}, {free} {verb} free"
     by_holder: dict[tuple[str, str, datetime], list[str]] = {}
     for h in sorted(held, key=lambda h: (h.since, h.user, h.server, h.uuid)):
-        by_holder.setdefault((h.user, h.server, h.since), []).append(_short(h.uuid))
+        by_holder.setdefault((h.user, h.server, h.since), []).append(short_uuid(h.uuid))
     holders = list(by_holder.items())
     details = [
-        f"{', '.join(uuids)} held by {_label(user, server)} since {_clock(since, now)}"
+        f"{', '.join(uuids)} held by {server_label(user, server)} since {_clock(since, now)}"
         for (user, server, since), uuids in holders[:max_listed]
     ]
     if len(holders) > max_listed:
@@ -164,21 +158,68 @@ def model_allowed(model: str, models: Collection[str] | None) -> bool:
     return any(allowed.lower() in name for allowed in models)
 
 
-def grantable(gpu: Gpu, n: int, models: Collection[str] | None) -> bool:
-    """May this unit go to a request for n GPUs of these models (health aside)?
+# --- the one "is this GPU grantable" rule -----------------------------------------------------
 
-    A GPU in MIG mode is never granted whole. A MIG slice goes only to a one-GPU request whose
-    allowed models name MIG explicitly (``MIG 1g.10gb``), so nobody asking for "a GPU" gets a
-    slice, and never as one of several (CUDA uses one MIG device per process).
+
+def allocatable_unit(gpu: Gpu) -> bool:
+    """Is this a unit requests are granted: a whole GPU or a MIG slice? A GPU in MIG mode is
+    granted as its slices (see ``labgpu.gpus.inventory.mig_units``), never whole."""
+    return not gpu.mig_enabled
+
+
+@dataclass(frozen=True)
+class GrantRule:
+    """Which units one request may be granted: ``gpus`` of these ``models``, never a UUID an
+    admin excluded. The ledger's grant, the queue's free count and ``labgpu gpus`` all ask it.
+
+    A unit qualifies when the inventory still lists it, neither it nor (for a MIG slice) its
+    GPU is excluded, it is an allocatable unit, and its model is allowed; it is grantable when
+    it also is healthy. A MIG slice goes only to a one-GPU request whose allowed models name MIG
+    explicitly (``MIG 1g.10gb``), so nobody asking for "a GPU" gets a slice, and never as one
+    of several (CUDA uses one MIG device per process). Who holds what is :class:`HeldUnits`'.
     """
-    if gpu.mig_enabled:
-        return False
-    if gpu.mig_parent:
-        if n != 1 or not models:
+
+    gpus: int = 1
+    models: Collection[str] | None = None
+    exclude: Collection[str] = frozenset()
+
+    def qualifies(self, gpu: Gpu, present: bool = True) -> bool:
+        """Would this unit do for the request if it were healthy and free (what "the hub has N" counts)?"""
+        if not present or not allocatable_unit(gpu) or gpu.uuid in self.exclude:
             return False
-        name = gpu.model.lower()
-        return any("mig" in allowed.lower() and allowed.lower() in name for allowed in models)
-    return model_allowed(gpu.model, models)
+        if gpu.mig_parent:
+            if gpu.mig_parent in self.exclude or self.gpus != 1 or not self.models:
+                return False
+            name = gpu.model.lower()
+            return any("mig" in allowed.lower() and allowed.lower() in name for allowed in self.models)
+        return model_allowed(gpu.model, self.models)
+
+    def grantable(self, gpu: Gpu, present: bool = True) -> bool:
+        """May this unit go to the request now, if nobody holds it?"""
+        return gpu.healthy and self.qualifies(gpu, present)
+
+
+@dataclass(frozen=True)
+class HeldUnits:
+    """The units held now, and the MIG half of the rule: a GPU and its slices exclude each
+    other (held whole, none of its slices is free; one slice held, the GPU is not free whole)."""
+
+    uuids: frozenset[str] = frozenset()
+    whole: frozenset[str] = frozenset()  # GPUs held whole
+    sliced: frozenset[str] = frozenset()  # GPUs one of whose MIG slices is held
+
+    @classmethod
+    def of(cls, held: Iterable[Gpu]) -> HeldUnits:
+        held = list(held)
+        return cls(
+            frozenset(g.uuid for g in held),
+            frozenset(g.uuid for g in held if not g.mig_parent),
+            frozenset(g.mig_parent for g in held if g.mig_parent),
+        )
+
+    def free(self, gpu: Gpu) -> bool:
+        """Nobody holds this unit, nor the GPU it is a slice of, nor a slice of it."""
+        return gpu.uuid not in self.uuids and gpu.uuid not in self.sliced and gpu.mig_parent not in self.whole
 
 
 # --- choosing GPUs --------------------------------------------------------------------------
@@ -249,7 +290,7 @@ def _pick_group(
     """Best fit (pack) or worst fit (spread), ties broken by the looser levels, then by index."""
     sign = 1 if placement == "pack" else -1
 
-    def rank(group: list[Gpu]) -> tuple:
+    def rank(group: list[Gpu]) -> tuple[int, ...]:
         first = min(group, key=lambda g: g.index)
         outer = tuple(sign * sizes[lv][_group_key(keys, first, lv)] for lv in range(level + 1, len(_LEVELS)))
         return (sign * len(group), *outer, first.index)
@@ -262,8 +303,8 @@ def _fill(
 ) -> list[Gpu]:
     """No group holds n: take whole groups, largest first, so the fewest links are crossed."""
 
-    def rank(gpu: Gpu) -> tuple:
-        parts: list[Any] = []
+    def rank(gpu: Gpu) -> tuple[int | str, ...]:
+        parts: list[int | str] = []
         for level in reversed(range(len(_LEVELS))):
             key = _group_key(keys, gpu, level)
             parts += [-sizes[level][key], key]
@@ -304,10 +345,11 @@ def choose_gpus(
     total: int | None = None,
     now: datetime | None = None,
 ) -> list[Gpu]:
-    """N of the free, healthy GPUs (of an allowed model), best interconnect first, in index order.
+    """N of the free units that :class:`GrantRule` grants this request, best interconnect first,
+    in index order.
 
     Raises :class:`NotEnoughGpus` (whose message names who holds the rest) when fewer than N
-    qualify. MIG-enabled GPUs are not handed out whole (MIG slices are not allocated yet).
+    qualify.
     """
     if n < 0:
         raise ValueError(f"a request must be for 0 or more GPUs (got {n})")
@@ -315,235 +357,12 @@ def choose_gpus(
         raise ValueError(f"placement must be one of {', '.join(PLACEMENTS)} (got {placement!r})")
     if n == 0:
         return []
-    eligible = [g for g in free if g.healthy and grantable(g, n, models)]
-    sick = unhealthy + sum(1 for g in free if not g.healthy and grantable(g, n, models))
+    rule = GrantRule(n, models)
+    eligible = [g for g in free if rule.grantable(g)]
+    sick = unhealthy + sum(1 for g in free if not g.healthy and rule.qualifies(g))
     if len(eligible) < n:
         raise NotEnoughGpus(n, len(eligible), held, unhealthy=sick, total=total, models=models, now=now)
     eligible.sort(key=lambda g: (g.index, g.uuid))
     keys = _level_keys(eligible)
     chosen = _select(eligible, n, keys, placement, 0)
     return sorted(chosen, key=lambda g: (g.index, g.uuid))
-
-
-# --- reconciling the ledger with Docker -----------------------------------------------------
-
-LABEL_USER = "org.labgpu.user"
-LABEL_SERVER = "org.labgpu.server"
-LABEL_GPUS = "org.labgpu.gpus"
-LABEL_HUB = "org.labgpu.hub"
-
-# Container states in which the container holds its GPUs (Docker's ``State.Status``).
-ALIVE_STATES = frozenset({"running", "restarting", "paused"})
-
-
-@dataclass(frozen=True)
-class ContainerClaim:
-    """What a container's labels say: this server runs on these GPUs."""
-
-    container_id: str
-    user: str
-    server: str
-    gpu_uuids: tuple[str, ...]
-    state: str
-    hub: str = ""
-    created: str = ""  # Docker's creation time (ISO 8601 sorts), for deciding who came first
-
-    @classmethod
-    def from_docker(cls, container: Mapping[str, Any]) -> ContainerClaim:
-        """From a flat dict (labels plus ``id``, ``state``, ``created``) or one with ``labels``."""
-        labels = dict(container.get("labels") or {})
-        labels.update({k: v for k, v in container.items() if isinstance(k, str) and k.startswith("org.labgpu.")})
-        gpus = tuple(u.strip() for u in str(labels.get(LABEL_GPUS, "") or "").split(",") if u.strip())
-        return cls(
-            container_id=str(container.get("id", "")),
-            user=str(labels.get(LABEL_USER, "")),
-            server=str(labels.get(LABEL_SERVER, "")),
-            gpu_uuids=gpus,
-            state=str(container.get("state", "")).lower(),
-            hub=str(labels.get(LABEL_HUB, "")),
-            created=str(container.get("created", "")),
-        )
-
-    @property
-    def key(self) -> tuple[str, str]:
-        return (self.user, self.server)
-
-
-@dataclass(frozen=True)
-class Adoption:
-    """Record in the ledger that this running container holds these GPUs."""
-
-    user: str
-    server: str
-    gpu_uuids: tuple[str, ...]
-    container_id: str
-    reason: str
-
-
-@dataclass(frozen=True)
-class Release:
-    """Drop this allocation from the ledger."""
-
-    user: str
-    server: str
-    gpu_uuids: tuple[str, ...]
-    reason: str
-
-
-@dataclass(frozen=True)
-class ContainerStop:
-    """This container runs on GPUs the ledger gives to another server: the hub must stop it."""
-
-    container_id: str
-    user: str
-    server: str
-    reason: str
-
-
-@dataclass(frozen=True)
-class ReconcilePlan:
-    """What to change so that the ledger and Docker agree; apply releases before adoptions."""
-
-    releases: tuple[Release, ...] = ()
-    adoptions: tuple[Adoption, ...] = ()
-    stops: tuple[ContainerStop, ...] = ()
-    conflicts: tuple[str, ...] = ()  # one line each, for the hub's log
-    kept: tuple[tuple[str, str], ...] = ()  # (user, server) already in agreement or still starting
-
-    @property
-    def empty(self) -> bool:
-        return not (self.releases or self.adoptions or self.stops)
-
-
-def _label(user: str, server: str) -> str:
-    return f"{user}/{server}" if server else user
-
-
-def reconcile(
-    allocations: Iterable[Allocation],
-    containers: Iterable[Mapping[str, Any] | ContainerClaim],
-    *,
-    hub_id: str | None = None,
-    known_gpus: Collection[str] | None = None,
-    now: datetime | None = None,
-    pending_grace: timedelta = timedelta(0),
-) -> ReconcilePlan:
-    """Compare the ledger's allocations with Docker's containers and say what to change.
-
-    Running containers of this hub are adopted; allocations without a running container are
-    released (unless younger than ``pending_grace``: a spawn still starting); when two claim one
-    GPU, the ledger's holder keeps it (else the older container) and the other is stopped.
-    """
-    now = now or datetime.now(UTC)
-    allocations = list(allocations)
-    claims = [c if isinstance(c, ContainerClaim) else ContainerClaim.from_docker(c) for c in containers]
-    alive = [c for c in claims if c.state in ALIVE_STATES and (hub_id is None or c.hub == hub_id) and c.user]
-    ledger_by_key = {(a.user, a.server): a for a in allocations}
-    conflicts: list[str] = []
-    stops: list[ContainerStop] = []
-
-    def first_come(c: ContainerClaim) -> tuple:
-        return (c.created or "~", c.container_id)
-
-    # One live container per server: the ledger's GPUs (or the oldest) win, others are stopped.
-    by_key: dict[tuple[str, str], ContainerClaim] = {}
-    for claim in sorted(alive, key=first_come):
-        current = by_key.get(claim.key)
-        if current is None:
-            by_key[claim.key] = claim
-            continue
-        ledger = ledger_by_key.get(claim.key)
-        keep, drop = current, claim
-        if ledger and set(claim.gpu_uuids) == set(ledger.gpu_uuids) and set(current.gpu_uuids) != set(ledger.gpu_uuids):
-            keep, drop = claim, current
-        by_key[claim.key] = keep
-        reason = f"server {_label(*claim.key)} has two running containers; keeping {keep.container_id[:12]}"
-        conflicts.append(reason)
-        stops.append(ContainerStop(drop.container_id, drop.user, drop.server, reason))
-
-    def is_pending(allocation: Allocation) -> bool:
-        if pending_grace <= timedelta(0) or (allocation.user, allocation.server) in by_key:
-            return False
-        return now - allocation.since < pending_grace
-
-    ledger_holder = {uuid: (a.user, a.server) for a in allocations for uuid in a.gpu_uuids}
-    claimants: dict[str, list[ContainerClaim]] = {}
-    for claim in by_key.values():
-        for uuid in claim.gpu_uuids:
-            claimants.setdefault(uuid, []).append(claim)
-
-    losers: dict[tuple[str, str], str] = {}
-    for uuid, contenders in claimants.items():
-        holder = ledger_holder.get(uuid)
-        holder_alloc = ledger_by_key.get(holder) if holder else None
-        if holder and any(c.key == holder for c in contenders):
-            winner_key: tuple[str, str] | None = holder
-        elif holder_alloc is not None and is_pending(holder_alloc):
-            winner_key = None  # the ledger gave it to a server still starting
-        else:
-            winner_key = min(contenders, key=first_come).key
-        for claim in contenders:
-            if claim.key != winner_key and claim.key not in losers:
-                owner = _label(*winner_key) if winner_key else _label(*holder)  # type: ignore[misc]
-                losers[claim.key] = (
-                    f"{_short(uuid)} is held by {owner}, but container {claim.container_id[:12]} of "
-                    f"{_label(*claim.key)} runs on it"
-                )
-    for key, reason in losers.items():
-        claim = by_key.pop(key)
-        conflicts.append(reason + "; stopping that container")
-        stops.append(ContainerStop(claim.container_id, claim.user, claim.server, reason))
-
-    releases: list[Release] = []
-    adoptions: list[Adoption] = []
-    kept: list[tuple[str, str]] = []
-    for key, claim in sorted(by_key.items()):
-        known = claim.gpu_uuids if known_gpus is None else tuple(u for u in claim.gpu_uuids if u in known_gpus)
-        unknown = [u for u in claim.gpu_uuids if u not in known]
-        if unknown:
-            conflicts.append(
-                f"container {claim.container_id[:12]} of {_label(*key)} runs on GPUs the inventory does not "
-                f"list ({', '.join(unknown)}); recording only the known ones"
-            )
-        ledger = ledger_by_key.get(key)
-        if ledger is not None and set(ledger.gpu_uuids) == set(known):
-            kept.append(key)
-            continue
-        if ledger is not None:
-            reason = (
-                f"container {claim.container_id[:12]} of {_label(*key)} runs on "
-                f"{', '.join(map(_short, known)) or 'no GPUs'}, the ledger said "
-                f"{', '.join(map(_short, ledger.gpu_uuids)) or 'no GPUs'}; the container wins"
-            )
-            conflicts.append(reason)
-            releases.append(Release(ledger.user, ledger.server, ledger.gpu_uuids, "reconcile: " + reason))
-        if known:
-            adoptions.append(
-                Adoption(
-                    claim.user,
-                    claim.server,
-                    tuple(known),
-                    claim.container_id,
-                    "reconcile: adopted running container " + claim.container_id[:12],
-                )
-            )
-    for allocation in allocations:
-        key = (allocation.user, allocation.server)
-        if key in by_key:
-            continue
-        if key in losers:
-            releases.append(
-                Release(
-                    allocation.user,
-                    allocation.server,
-                    allocation.gpu_uuids,
-                    "reconcile: its container was stopped after a GPU conflict",
-                )
-            )
-        elif is_pending(allocation):
-            kept.append(key)
-        else:
-            releases.append(
-                Release(allocation.user, allocation.server, allocation.gpu_uuids, "reconcile: no running container")
-            )
-    return ReconcilePlan(tuple(releases), tuple(adoptions), tuple(stops), tuple(conflicts), tuple(kept))

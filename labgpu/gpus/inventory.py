@@ -32,6 +32,7 @@ __all__ = [
     "inventory_source",
     "mig_units",
     "parse_memory",
+    "short_uuid",
 ]
 
 
@@ -79,7 +80,12 @@ class Gpu:
     @property
     def short_uuid(self) -> str:
         """``GPU-3f2a…``: enough to tell GPUs apart in messages and tables."""
-        return self.uuid[:8] + "…" if len(self.uuid) > 9 else self.uuid
+        return short_uuid(self.uuid)
+
+
+def short_uuid(uuid: str) -> str:
+    """``GPU-3f2a…`` for ``GPU-3f2a9c1e-…``: enough to tell GPUs apart in messages and tables."""
+    return uuid[:8] + "…" if len(uuid) > 9 else uuid
 
 
 def mig_units(gpu: Gpu) -> list[Gpu]:

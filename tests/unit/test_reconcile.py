@@ -5,7 +5,8 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from labgpu.gpus.allocator import Allocation, reconcile
+from labgpu.gpus.allocator import Allocation
+from labgpu.gpus.reconcile import reconcile
 from labgpu.labels import LABEL_GPUS, LABEL_HUB, LABEL_SERVER, LABEL_USER
 
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
