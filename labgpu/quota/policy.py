@@ -784,12 +784,24 @@ def _more_generous(name: str, current: Any, candidate: Any) -> Any:
     return candidate if candidate > current else current
 
 
+def user_groups(policy: Policy, user: str, hub_groups: Iterable[str] = ()) -> tuple[str, ...]:
+    """Which of the policy's groups ``user`` is in: those whose ``members:`` list the user, and
+    those of ``hub_groups`` (the user's JupyterHub groups) that the policy defines; sorted.
+
+    The one answer to "which groups is this user in" for the spawner, the GPU queue, the
+    reclaimer and ``labgpu usage``: a hub group the policy does not know gives no limits."""
+    known = policy.spec.groups
+    listed = policy.member_groups.get(user, ())
+    return tuple(sorted({g for g in hub_groups if g in known}.union(listed)))
+
+
 def resolve(policy: Policy, user: str, groups: Iterable[str] = ()) -> Limits:
     """The limits for ``user`` in ``groups`` (the hub's groups; the policy's ``members`` lists
-    are added): field by field, user entry > most generous group > defaults > built-in."""
+    are added, see :func:`user_groups`): field by field, user entry > most generous group >
+    defaults > built-in."""
     spec = policy.spec
     entries = policy.entries
-    in_groups = tuple(sorted({g for g in groups if g in spec.groups} | set(policy.member_groups.get(user, ()))))
+    in_groups = user_groups(policy, user, groups)
     cached = policy._group_cache.get(in_groups)
     if cached is None:
         values, sources = _group_values(policy, in_groups)

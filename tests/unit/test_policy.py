@@ -22,6 +22,7 @@ from labgpu.quota.policy import (
     parse_size,
     resolve,
     split_paths,
+    user_groups,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -195,6 +196,20 @@ def test_members_lists_and_hub_groups_both_count_and_unknown_groups_are_ignored(
     assert resolve(p, "bob").groups == ("lab",)
     assert resolve(p, "bob", ["other", "oauth-only"]).groups == ("lab", "other")
     assert resolve(p, "carol", ["oauth-only"]).gpus == 0
+
+
+def test_a_user_is_in_the_groups_that_list_them_and_the_hub_groups_the_policy_defines():
+    p = policy(
+        """
+        groups:
+          lab: {members: [bob]}
+          other: {gpus: 1}
+        """
+    )
+    assert user_groups(p, "bob", ["other", "oauth-only"]) == ("lab", "other")
+    assert user_groups(p, "bob") == ("lab",)
+    assert user_groups(p, "carol", ["oauth-only"]) == ()
+    assert resolve(p, "bob", ["other"]).groups == user_groups(p, "bob", ["other"])
 
 
 def test_total_gpus_never_below_the_per_server_maximum():
@@ -454,7 +469,7 @@ def test_a_file_added_to_a_watched_directory_is_picked_up(tmp_path):
 def test_starting_with_a_bad_file_refuses_with_the_reasons(tmp_path):
     quotas = tmp_path / "quotas.yaml"
     quotas.write_text("defaults: {gpus: many}\n")
-    with pytest.raises(PolicyError, match="defaults.gpus must be a whole number"):
+    with pytest.raises(PolicyError, match=r"defaults\.gpus must be a whole number"):
         PolicyStore([quotas]).load()
 
 
@@ -463,5 +478,6 @@ def test_unknown_top_level_key_that_looks_like_a_pydantic_tag_is_reported_not_cr
     with pytest.raises(PolicyError) as err:
         load_policy_text('"0[x": 1\n')
     assert err.value.errors == (
-        "quotas.yaml:1:1: unknown key '0[x' in the top level (allowed: images, defaults, groups, users, gpus, fairshare)",
+        "quotas.yaml:1:1: unknown key '0[x' in the top level "
+        "(allowed: images, defaults, groups, users, gpus, fairshare)",
     )
