@@ -29,15 +29,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from labgpu.db.telemetry_store import GPU, GPU_SAMPLE, OWNER, PROCESS_SAMPLE, TelemetryDB
-from labgpu.services.telemetry import (
-    WORKSPACE,
-    NvmlTelemetrySource,
-    Poller,
-    ProcessAttributor,
-    RecordingSource,
-    ReplayTelemetrySource,
-    Retention,
-)
+from labgpu.gpus.sampling import NvmlTelemetrySource, RecordingSource, ReplayTelemetrySource
+from labgpu.gpus.telemetry import WORKSPACE, Retention
+from labgpu.services.attribution import ProcessAttributor
+from labgpu.services.poller import Poller
 
 FAKE_CONTAINER = "ab" * 32
 LOAD_CODE = r"""
@@ -74,7 +69,9 @@ def machine() -> dict:
     }
     try:
         info["cpu_model"] = next(
-            line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
         )
     except (OSError, StopIteration):
         info["cpu_model"] = platform.processor()
@@ -169,7 +166,8 @@ def main() -> int:
             (proc_root / str(load_pid)).mkdir(parents=True)
             (proc_root / str(load_pid) / "cgroup").write_text(f"0::/system.slice/docker-{FAKE_CONTAINER}.scope\n")
             print(
-                f"load ready: pid {load_pid} after {load_started - now:.1f} s; its real cgroup: {real_cgroup.strip()!r}",
+                f"load ready: pid {load_pid} after {load_started - now:.1f} s; "
+                f"its real cgroup: {real_cgroup.strip()!r}",
                 flush=True,
             )
             next_tick = time.monotonic()
@@ -185,7 +183,7 @@ def main() -> int:
     db.roll_up(time.time() + 60)
 
     # ---- what the poller recorded -------------------------------------------------------------
-    with db.engine.connect() as conn:
+    with db.reader.connect() as conn:
         gpu_rows = (
             conn.execute(GPU_SAMPLE.join(GPU, GPU.c.id == GPU_SAMPLE.c.gpu_id).select().order_by(GPU_SAMPLE.c.ts_ms))
             .mappings()

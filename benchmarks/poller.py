@@ -29,14 +29,10 @@ sys.path.insert(0, str(ROOT))
 import itertools
 
 from labgpu.db.telemetry_store import TelemetryDB
-from labgpu.services.telemetry import (
-    DAY_S,
-    GpuReading,
-    Poller,
-    ProcessAttributor,
-    ReplayTelemetrySource,
-    Retention,
-)
+from labgpu.gpus.sampling import ReplayTelemetrySource
+from labgpu.gpus.telemetry import DAY_S, GpuReading, Retention
+from labgpu.services.attribution import ProcessAttributor
+from labgpu.services.poller import Poller
 
 TRACE = ROOT / "tests" / "data" / "nvml-1xh100-load.json"
 START = 1_800_000_000.0  # a whole hour
@@ -46,7 +42,11 @@ GROWTH_TARGET_MB = 5.0
 
 def machine() -> dict:
     try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+        cpu = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
     except (OSError, StopIteration):
         cpu = platform.processor()
     return {
@@ -144,7 +144,7 @@ def growth(work: Path, gpus: int, days: int) -> dict:
             poller.tick(START + (day * per_day + i) * 5)
         sizes.append(db.size_bytes())
     daily = [(b - a) / gpus / 1e6 for a, b in itertools.pairwise(sizes)]
-    with db.engine.connect() as conn:
+    with db.reader.connect() as conn:
         rows = {
             table: conn.exec_driver_sql(f"SELECT COUNT(*) FROM {table}").scalar()
             for table in (
@@ -218,7 +218,8 @@ def main() -> int:
         st = grow["steady_state"]
         print(
             f"steady state per GPU: raw {st['raw_mb_per_gpu_per_day']:.2f} MB/day kept 2 days, rollups "
-            f"{st['rollup_mb_per_gpu_per_day']:.2f} MB/day; about {st['size_mb_per_gpu_after_30_days_estimate']:.1f} MB after 30 days"
+            f"{st['rollup_mb_per_gpu_per_day']:.2f} MB/day; "
+            f"about {st['size_mb_per_gpu_after_30_days_estimate']:.1f} MB after 30 days"
         )
     print(
         f"poller: cpu_ms_per_gpu_per_tick={worst_cpu:.3f} target<={CPU_TARGET_MS} "

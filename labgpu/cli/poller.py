@@ -1,6 +1,6 @@
 """`labgpu poller`: the GPU telemetry service (a JupyterHub managed service or a compose
 service with host PID access). Thin: parse options, build the source, store and attributor,
-then hand them to :class:`labgpu.services.telemetry.Poller`."""
+then hand them to :class:`labgpu.services.poller.Poller`."""
 
 from __future__ import annotations
 
@@ -12,21 +12,18 @@ import re
 import signal
 import threading
 import time
-from collections.abc import Mapping
 
-from labgpu.hub.resources import default_ledger_path
-from labgpu.labels import LABEL_HUB, LABEL_SERVER, LABEL_USER
-from labgpu.services.telemetry import (
+from labgpu.gpus.sampling import (
     DEFAULT_INTERVAL_S,
     MIN_INTERVAL_S,
     NvmlTelemetrySource,
-    Poller,
-    ProcessAttributor,
     ReplayTelemetrySource,
-    Retention,
     TelemetrySource,
-    open_with_backoff,
 )
+from labgpu.gpus.telemetry import Retention
+from labgpu.hub.resources import default_ledger_path
+from labgpu.services.attribution import ProcessAttributor, docker_label_lookup
+from labgpu.services.poller import Poller, open_with_backoff
 from labgpu.units import gpus_text, parse_duration
 
 log = logging.getLogger("labgpu.poller")
@@ -59,36 +56,6 @@ def parse_interval(text: str) -> float:
     return value
 
 
-def docker_label_lookup(hub_id: str):  # type: ignore[no-untyped-def]
-    """Container id -> labels through the Docker API (DOCKER_HOST or the local socket). Only
-    this hub's workspaces (``LABEL_HUB`` = ``hub_id``) keep their user and server labels; any
-    other container is recorded as a container. The client connects on first use, so a Docker
-    daemon that is down at boot only delays the attribution (the attributor records container
-    ids meanwhile and asks again)."""
-    import docker  # only when the poller runs for real
-    from docker.errors import NotFound
-
-    clients: list = []
-
-    def labels_of(container_id: str) -> Mapping[str, str] | None:
-        if not clients:
-            clients.append(docker.from_env())
-        try:
-            labels = clients[0].containers.get(container_id).labels or {}
-        except NotFound:
-            return None
-        return workspace_labels(labels, hub_id)
-
-    return labels_of
-
-
-def workspace_labels(labels: Mapping[str, str], hub_id: str) -> Mapping[str, str]:
-    """A container's labels, without its user and server when another hub (or nobody) runs it."""
-    if labels.get(LABEL_HUB) == hub_id:
-        return labels
-    return {k: v for k, v in labels.items() if k not in (LABEL_USER, LABEL_SERVER)}
-
-
 def open_source(spec: str) -> TelemetrySource:
     if spec == "nvml":
         return NvmlTelemetrySource()
@@ -119,9 +86,10 @@ def run_poller(args: argparse.Namespace) -> int:
     lookup = None if args.labels == "none" else docker_label_lookup(args.hub_id)
     db = args.db or default_ledger_path()
     ledger = Ledger(db)  # migrates the file to the newest schema (telemetry tables included)
+    telemetry = TelemetryDB(db, migrate=False)
     poller = Poller(
         source,
-        TelemetryDB(db),
+        telemetry,
         ProcessAttributor(lookup, args.proc_root),
         interval_s=args.interval,
         retention=Retention(args.keep_raw, args.keep_minutes, args.keep_hours),
@@ -139,6 +107,7 @@ def run_poller(args: argparse.Namespace) -> int:
             poller.run(stop)
     finally:
         source.close()
+        telemetry.close()
         ledger.close()
     return 0
 

@@ -1,85 +1,45 @@
-"""The GPU queue and reclaim notices in the ledger's SQLite file: the only code that reads or
-writes the ``gpu_queue`` and ``reclaim_notices`` tables (Alembic revision 0003).
+"""The GPU queue and reclaim notices: the only code that reads or writes the ``gpu_queue`` and
+``reclaim_notices`` tables (:mod:`labgpu.db.tables`, Alembic revision 0003), and the allocation
+history read from the ledger's audit.
 
-Kept beside :mod:`labgpu.db.ledger` (same declarative ``Base``, same engine settings, same file)
-so the allocation code stays untouched; every write is one ``BEGIN IMMEDIATE`` transaction.
-A queue entry is ``waiting`` until it is ``granted``, ``cancelled`` or ``abandoned``; rows are
-kept afterwards, for ``labgpu usage`` (queue waits).
+Opened beside a :class:`labgpu.db.ledger.Ledger`, on its file and with its clock; every write is
+one ``BEGIN IMMEDIATE`` transaction. A queue entry is ``waiting`` until it is ``granted``,
+``cancelled`` or ``abandoned``; rows are kept afterwards, for ``labgpu usage`` (queue waits).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Float, Index, Integer, String, Text, UniqueConstraint, insert, select, update
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy import insert, select, update
 
-from labgpu.db.ledger import AllocationEventRow, Base, Ledger, UtcDateTime, ledger_engine
+from labgpu.db.engine import Clock, Store, inserted_id
+from labgpu.db.ledger import Ledger
+from labgpu.db.tables import (
+    ABANDONED,
+    CANCELLED,
+    GRANTED,
+    WAITING,
+    AllocationEventRow,
+    QueueEntryRow,
+    ReclaimNoticeRow,
+)
 from labgpu.labels import server_label
 
-WAITING, GRANTED, CANCELLED, ABANDONED = "waiting", "granted", "cancelled", "abandoned"
-
-
-# ============================================================================================
-# Tables (migration: labgpu/db/migrations/versions/0003_gpu_queue.py)
-# ============================================================================================
-
-
-class QueueEntryRow(Base):
-    """A spawn waiting for GPUs: what it asked for and since when; kept after it ends."""
-
-    __tablename__ = "gpu_queue"
-    __table_args__ = (
-        Index("ix_gpu_queue_status", "status"),
-        Index("ix_gpu_queue_user_server", "user", "server"),
-    )
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    user: Mapped[str] = mapped_column(String(255))
-    server: Mapped[str] = mapped_column(String(255))
-    gpus: Mapped[int] = mapped_column(Integer)
-    groups: Mapped[str] = mapped_column(Text, default="[]")  # JSON: the user's hub groups
-    models: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON list, or NULL = any model
-    placement: Mapped[str] = mapped_column(String(16), default="pack")
-    image: Mapped[str | None] = mapped_column(Text, nullable=True)
-    exclude: Mapped[str] = mapped_column(Text, default="[]")  # JSON: GPU UUIDs never to grant
-    max_runtime: Mapped[float | None] = mapped_column(Float, nullable=True)
-    submitted_at: Mapped[datetime] = mapped_column(UtcDateTime)
-    heartbeat_at: Mapped[datetime] = mapped_column(UtcDateTime)  # last time a spawn was seen waiting
-    status: Mapped[str] = mapped_column(String(16), default=WAITING)
-    ended_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
-    reason: Mapped[str] = mapped_column(Text, default="")
-    gpu_uuids: Mapped[str] = mapped_column(Text, default="")  # comma-separated, once granted
-
-
-class ReclaimNoticeRow(Base):
-    """What the reclaimer knows about one allocation: when its GPUs were last busy, when its
-    owner was warned, and whether (and why) it was reclaimed."""
-
-    __tablename__ = "reclaim_notices"
-    __table_args__ = (
-        UniqueConstraint("user", "server", "allocation_since", name="uq_reclaim_notices_allocation"),
-        Index("ix_reclaim_notices_user", "user"),
-    )
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    user: Mapped[str] = mapped_column(String(255))
-    server: Mapped[str] = mapped_column(String(255))
-    allocation_since: Mapped[datetime] = mapped_column(UtcDateTime)
-    gpus: Mapped[int] = mapped_column(Integer)
-    last_busy_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
-    warned_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
-    reason: Mapped[str] = mapped_column(String(16), default="")  # idle | max_runtime
-    reclaim_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
-    message: Mapped[str] = mapped_column(Text, default="")
-    reclaimed_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
-    idle_for: Mapped[float] = mapped_column(Float, default=0.0)
-    error: Mapped[str] = mapped_column(Text, default="")
-
+__all__ = [
+    "ABANDONED",
+    "CANCELLED",
+    "GRANTED",
+    "WAITING",
+    "HeldInterval",
+    "QueueEntry",
+    "QueueStore",
+    "ReclaimNotice",
+]
 
 _queue = QueueEntryRow.__table__
 _notices = ReclaimNoticeRow.__table__
@@ -193,24 +153,15 @@ def _notice(row: Any) -> ReclaimNotice:
 # ============================================================================================
 
 
-class QueueStore:
+class QueueStore(Store):
     """Queue entries and reclaim notices in the ledger's database (migrated by the Ledger).
 
     Safe to use from several threads and processes at once, like the ledger.
     """
 
-    def __init__(self, ledger: Ledger, *, clock: Callable[[], datetime] | None = None):
+    def __init__(self, ledger: Ledger, *, clock: Clock | None = None) -> None:
+        super().__init__(ledger.url, clock=clock or ledger.now, migrate=False)
         self.ledger = ledger
-        self._write = ledger_engine(ledger.url, immediate=True)
-        self._read = ledger_engine(ledger.url, immediate=False)
-        self._clock = clock or getattr(ledger, "_clock", None) or (lambda: datetime.now(UTC))
-
-    def now(self) -> datetime:
-        return self._clock()
-
-    def close(self) -> None:
-        self._write.dispose()
-        self._read.dispose()
 
     # -- the queue ----------------------------------------------------------------------------
 
@@ -240,7 +191,7 @@ class QueueStore:
             max_runtime=max_runtime,
             heartbeat_at=now,
         )
-        with self._write.begin() as conn:
+        with self.writer.begin() as conn:
             row = conn.execute(
                 select(_queue)
                 .where(_queue.c.user == user, _queue.c.server == server, _queue.c.status == WAITING)
@@ -250,21 +201,29 @@ class QueueStore:
                 conn.execute(update(_queue).where(_queue.c.id == row.id).values(**values))
                 entry_id = row.id
             else:
-                entry_id = conn.execute(
-                    insert(_queue).values(
-                        user=user, server=server, submitted_at=now, status=WAITING, reason="", gpu_uuids="", **values
+                entry_id = inserted_id(
+                    conn.execute(
+                        insert(_queue).values(
+                            user=user,
+                            server=server,
+                            submitted_at=now,
+                            status=WAITING,
+                            reason="",
+                            gpu_uuids="",
+                            **values,
+                        )
                     )
-                ).inserted_primary_key[0]
+                )
             return _entry(conn.execute(select(_queue).where(_queue.c.id == entry_id)).one())
 
     def entry(self, entry_id: int) -> QueueEntry | None:
-        with self._read.connect() as conn:
+        with self.reader.connect() as conn:
             row = conn.execute(select(_queue).where(_queue.c.id == entry_id)).first()
             return _entry(row) if row else None
 
     def waiting(self) -> list[QueueEntry]:
         """Every waiting entry, oldest first."""
-        with self._read.connect() as conn:
+        with self.reader.connect() as conn:
             rows = conn.execute(
                 select(_queue).where(_queue.c.status == WAITING).order_by(_queue.c.submitted_at, _queue.c.id)
             )
@@ -272,7 +231,7 @@ class QueueStore:
 
     def waiting_for(self, user: str, server: str = "") -> QueueEntry | None:
         """This server's waiting entry, if any."""
-        with self._read.connect() as conn:
+        with self.reader.connect() as conn:
             row = conn.execute(
                 select(_queue).where(_queue.c.user == user, _queue.c.server == server, _queue.c.status == WAITING)
             ).first()
@@ -283,7 +242,7 @@ class QueueStore:
         query = select(_queue.c.id).where(_queue.c.status == WAITING)
         if fresh_within is not None:
             query = query.where(_queue.c.heartbeat_at >= self._clock() - timedelta(seconds=fresh_within))
-        with self._read.connect() as conn:
+        with self.reader.connect() as conn:
             return conn.execute(query.limit(1)).first() is not None
 
     def history(self, since: datetime | None = None) -> list[QueueEntry]:
@@ -291,14 +250,14 @@ class QueueStore:
         query = select(_queue).order_by(_queue.c.submitted_at, _queue.c.id)
         if since is not None:
             query = query.where(_queue.c.submitted_at >= since)
-        with self._read.connect() as conn:
+        with self.reader.connect() as conn:
             return [_entry(r) for r in conn.execute(query)]
 
     def heartbeat(self, entry_ids: Sequence[int]) -> None:
         """Mark these entries as still waited for by a spawn."""
         if not entry_ids:
             return
-        with self._write.begin() as conn:
+        with self.writer.begin() as conn:
             conn.execute(
                 update(_queue)
                 .where(_queue.c.id.in_(list(entry_ids)), _queue.c.status == WAITING)
@@ -315,7 +274,7 @@ class QueueStore:
 
     def cancel_server(self, user: str, server: str = "", reason: str = "cancelled") -> int:
         """Take this server's waiting entry (if any) out of the queue; how many were removed."""
-        with self._write.begin() as conn:
+        with self.writer.begin() as conn:
             result = conn.execute(
                 update(_queue)
                 .where(_queue.c.user == user, _queue.c.server == server, _queue.c.status == WAITING)
@@ -327,7 +286,7 @@ class QueueStore:
         """End the waiting entries no spawn has waited on for ``older_than`` seconds (their
         owner did not come back after a hub restart); returns them."""
         cutoff = self._clock() - timedelta(seconds=older_than)
-        with self._write.begin() as conn:
+        with self.writer.begin() as conn:
             rows = conn.execute(select(_queue).where(_queue.c.status == WAITING, _queue.c.heartbeat_at < cutoff)).all()
             if rows:
                 conn.execute(
@@ -338,7 +297,7 @@ class QueueStore:
             return [_entry(r) for r in rows]
 
     def _end(self, entry_id: int, status: str, reason: str, gpu_uuids: Sequence[str] = ()) -> bool:
-        with self._write.begin() as conn:
+        with self.writer.begin() as conn:
             result = conn.execute(
                 update(_queue)
                 .where(_queue.c.id == entry_id, _queue.c.status == WAITING)
@@ -352,7 +311,7 @@ class QueueStore:
         """Allocations overlapping [since, until) from the ledger's audit: grants/adoptions
         paired with their releases; ones granted before ``since`` start at ``since``."""
         until = until or self._clock()
-        with self._read.connect() as conn:
+        with self.reader.connect() as conn:
             rows = conn.execute(
                 select(
                     _events.c.at,
@@ -388,7 +347,7 @@ class QueueStore:
         query = select(_notices).order_by(_notices.c.id)
         if active_only:
             query = query.where(_notices.c.reclaimed_at.is_(None))
-        with self._read.connect() as conn:
+        with self.reader.connect() as conn:
             return [_notice(r) for r in conn.execute(query)]
 
     def notices_for(self, user: str, since: datetime | None = None) -> list[ReclaimNotice]:
@@ -396,7 +355,7 @@ class QueueStore:
         query = (
             select(_notices).where(_notices.c.user == user, _notices.c.warned_at.is_not(None)).order_by(_notices.c.id)
         )
-        with self._read.connect() as conn:
+        with self.reader.connect() as conn:
             found = [_notice(r) for r in conn.execute(query)]
         if since is None:
             return found
@@ -408,7 +367,7 @@ class QueueStore:
         """The notice row of this allocation, created on first sight (its GPUs counted as busy
         then, so a reclaimer started late never reclaims before a full idle timeout); with
         ``busy_at``, record that its GPUs were busy then."""
-        with self._write.begin() as conn:
+        with self.writer.begin() as conn:
             key = (
                 _notices.c.user == user,
                 _notices.c.server == server,
@@ -434,7 +393,7 @@ class QueueStore:
             return _notice(conn.execute(select(_notices).where(*key)).one())
 
     def record_warning(self, notice_id: int, *, reason: str, reclaim_at: datetime, message: str) -> None:
-        with self._write.begin() as conn:
+        with self.writer.begin() as conn:
             conn.execute(
                 update(_notices)
                 .where(_notices.c.id == notice_id)
@@ -443,7 +402,7 @@ class QueueStore:
 
     def record_reclaim(self, notice_id: int, *, reason: str, message: str, idle_for: float, error: str = "") -> None:
         """Record a reclamation (``error``: the hub refused to stop the server; retried next round)."""
-        with self._write.begin() as conn:
+        with self.writer.begin() as conn:
             values: dict[str, Any] = dict(reason=reason, error=error)
             if not error:
                 values.update(reclaimed_at=self._clock(), message=message, idle_for=idle_for)

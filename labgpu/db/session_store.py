@@ -1,50 +1,28 @@
-"""Workspace sessions in the ledger's SQLite file, for reproducibility: which image (reference
-and digest), which NVIDIA driver and CUDA version, which GPUs, from when to when. The only
-code that reads or writes the ``sessions`` table (Alembic revision 0005)."""
+"""Workspace sessions, for reproducibility: which image (reference and digest), which NVIDIA
+driver and CUDA version, which GPUs, from when to when. The only code that reads or writes the
+``sessions`` table (:mod:`labgpu.db.tables`, Alembic revision 0005); opened beside the ledger."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
+from typing import Any
 
-from sqlalchemy import Index, Integer, String, Text, insert, select, update
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy import insert, select, update
 
-from labgpu.db.ledger import Base, Ledger, UtcDateTime, ledger_engine
+from labgpu.db.engine import Clock, Store, inserted_id
+from labgpu.db.ledger import Ledger
+from labgpu.db.tables import SessionRow
 from labgpu.labels import server_label
-
-# ============================================================================================
-# Table (migration: labgpu/db/migrations/versions/0005_sessions.py)
-# ============================================================================================
-
-
-class SessionRow(Base):
-    """One run of a workspace container: what it ran on, for reproducing its results."""
-
-    __tablename__ = "sessions"
-    __table_args__ = (Index("ix_sessions_user_server", "user", "server"), Index("ix_sessions_started", "started_at"))
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    user: Mapped[str] = mapped_column(String(255))
-    server: Mapped[str] = mapped_column(String(255))
-    container_id: Mapped[str] = mapped_column(String(64))
-    image: Mapped[str] = mapped_column(Text)  # the reference the user chose
-    image_digest: Mapped[str] = mapped_column(Text)  # repo digest if pulled, else the image id
-    driver_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    cuda_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    torch_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    gpu_uuids: Mapped[str] = mapped_column(Text, default="")  # comma-separated
-    started_at: Mapped[datetime] = mapped_column(UtcDateTime)
-    ended_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
-    end_reason: Mapped[str] = mapped_column(Text, default="")
-
 
 _sessions = SessionRow.__table__
 
 
 @dataclass(frozen=True)
 class Session:
+    """One run of a workspace container (see :class:`labgpu.db.tables.SessionRow`)."""
+
     id: int
     user: str
     server: str
@@ -64,7 +42,7 @@ class Session:
         return server_label(self.user, self.server)
 
 
-def _session(row) -> Session:
+def _session(row: Any) -> Session:
     return Session(
         row.id,
         row.user,
@@ -82,17 +60,11 @@ def _session(row) -> Session:
     )
 
 
-class SessionStore:
+class SessionStore(Store):
     """Open and close sessions; list them for `labgpu usage --sessions`. Safe across processes."""
 
-    def __init__(self, ledger: Ledger, *, clock: Callable[[], datetime] | None = None):
-        self._write = ledger_engine(ledger.url, immediate=True)
-        self._read = ledger_engine(ledger.url, immediate=False)
-        self._clock = clock or (lambda: datetime.now(UTC))
-
-    def close(self) -> None:
-        self._write.dispose()
-        self._read.dispose()
+    def __init__(self, ledger: Ledger, *, clock: Clock | None = None) -> None:
+        super().__init__(ledger.url, clock=clock or ledger.now, migrate=False)
 
     def open(
         self,
@@ -109,7 +81,7 @@ class SessionStore:
     ) -> int:
         """Record a started workspace; a session of this server still open is closed first."""
         now = self._clock()
-        with self._write.begin() as conn:
+        with self.writer.begin() as conn:
             conn.execute(
                 update(_sessions)
                 .where(_sessions.c.user == user, _sessions.c.server == server, _sessions.c.ended_at.is_(None))
@@ -130,11 +102,11 @@ class SessionStore:
                     end_reason="",
                 )
             )
-            return int(result.inserted_primary_key[0])
+            return inserted_id(result)
 
     def end(self, user: str, server: str, reason: str) -> int:
         """Close this server's open session(s); returns how many were open."""
-        with self._write.begin() as conn:
+        with self.writer.begin() as conn:
             result = conn.execute(
                 update(_sessions)
                 .where(_sessions.c.user == user, _sessions.c.server == server, _sessions.c.ended_at.is_(None))
@@ -149,5 +121,5 @@ class SessionStore:
             query = query.where((_sessions.c.ended_at.is_(None)) | (_sessions.c.ended_at >= since))
         if user is not None:
             query = query.where(_sessions.c.user == user)
-        with self._read.connect() as conn:
+        with self.reader.connect() as conn:
             return [_session(r) for r in conn.execute(query).all()]

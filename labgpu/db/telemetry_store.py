@@ -1,38 +1,36 @@
-"""Telemetry tables in the SQLite ledger: raw samples, per-minute and per-hour rollups,
-GPU health, and the queries the scheduler asks (busy fraction, GPU-hours per user and group).
+"""The telemetry store: raw samples, per-minute and per-hour rollups, GPU health, and the
+queries the scheduler asks (busy fraction, GPU-hours per user and group).
 
-The tables are the ledger's (its declarative ``Base``, its engine settings, its file), created
-by Alembic revision 0004 (labgpu/db/migrations/versions/0004_telemetry.py) when a store or a
-:class:`labgpu.db.ledger.Ledger` opens the database; table names all start with ``telemetry_``.
-Rows are small on purpose (integer ids for GPUs and owners, integer milliseconds, tables
-without rowids keyed by what they are queried by) so the database stays bounded: see
-docs/telemetry.md and benchmarks/poller.py for the measured size per GPU per day.
+The only code that reads or writes the ``telemetry_*`` tables (:mod:`labgpu.db.tables`,
+Alembic revision 0004), in the ledger's file. It keeps what the poller produces, as plain data
+from :mod:`labgpu.gpus.telemetry`, and implements that module's ``TelemetryStore`` protocol, so
+the poller and the store share types without importing each other. Rows are small on purpose
+(integer ids for GPUs and owners, integer milliseconds, tables without rowids keyed by what
+they are queried by) so the database stays bounded: see docs/telemetry.md and
+benchmarks/poller.py for the measured size per GPU per day.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from sqlalchemy import (
-    Boolean,
-    Float,
-    Integer,
-    String,
-    UniqueConstraint,
-    and_,
-    delete,
-    func,
-    insert,
-    select,
-    update,
+from sqlalchemy import Table, and_, delete, func, insert, select, update
+from sqlalchemy.engine import Connection
+from sqlalchemy.sql.elements import ColumnElement
+
+from labgpu.db.engine import Clock, Store, inserted_id
+from labgpu.db.tables import (
+    TelemetryGpu,
+    TelemetryGpuRollup,
+    TelemetryGpuSample,
+    TelemetryOwner,
+    TelemetryOwnerRollup,
+    TelemetryProcessSample,
+    TelemetryState,
 )
-from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.orm import Mapped, mapped_column
-
-from labgpu.db.ledger import Base, ledger_engine, upgrade_to_head
-from labgpu.services.telemetry import (
+from labgpu.gpus.telemetry import (
     HOUR,
     MINUTE,
     GpuReading,
@@ -49,114 +47,6 @@ from labgpu.services.telemetry import (
     rollup_gpu_samples,
     rollup_owner_samples,
 )
-
-# ============================================================================================
-# Tables (migration: labgpu/db/migrations/versions/0004_telemetry.py; keep the two in step)
-# ============================================================================================
-
-
-class TelemetryGpu(Base):
-    """A GPU the poller has seen, by UUID, with its health: the allocator skips unhealthy ones."""
-
-    __tablename__ = "telemetry_gpu"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    uuid: Mapped[str] = mapped_column(String(96), unique=True)
-    gpu_index: Mapped[int] = mapped_column(Integer)
-    name: Mapped[str] = mapped_column(String(128), default="")
-    memory_total_mib: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    healthy: Mapped[bool] = mapped_column(Boolean, default=True)
-    problem: Mapped[str | None] = mapped_column(String(512), nullable=True)
-    problem_since: Mapped[float | None] = mapped_column(Float, nullable=True)
-    first_seen: Mapped[float] = mapped_column(Float)
-
-
-class TelemetryOwner(Base):
-    """Who a GPU process belonged to: one of our workspaces, another container, or the host."""
-
-    __tablename__ = "telemetry_owner"
-    __table_args__ = (UniqueConstraint("kind", "container_id", "user", "server", name="uq_telemetry_owner"),)
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    kind: Mapped[str] = mapped_column(String(16))
-    container_id: Mapped[str] = mapped_column(String(64), default="")
-    user: Mapped[str] = mapped_column(String(255), default="")
-    server: Mapped[str] = mapped_column(String(255), default="")
-
-
-class TelemetryGpuSample(Base):
-    """One raw per-GPU sample (kept ``Retention.raw_s``). Power is in deciwatts."""
-
-    __tablename__ = "telemetry_gpu_sample"
-    __table_args__ = {"sqlite_with_rowid": False}
-    gpu_id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    ts_ms: Mapped[int] = mapped_column(Integer, primary_key=True)
-    dt_ms: Mapped[int] = mapped_column(Integer)
-    util_gpu: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    util_memory: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    memory_used_mib: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    temperature_c: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    power_dw: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    throttle_reasons: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    ecc_uncorrected: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    healthy: Mapped[bool] = mapped_column(Boolean)
-
-
-class TelemetryProcessSample(Base):
-    """One raw per-process sample; ``busy_pm`` is the owner's share of the GPU in per mille."""
-
-    __tablename__ = "telemetry_process_sample"
-    __table_args__ = {"sqlite_with_rowid": False}
-    gpu_id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    ts_ms: Mapped[int] = mapped_column(Integer, primary_key=True)
-    pid: Mapped[int] = mapped_column(Integer, primary_key=True)
-    owner_id: Mapped[int] = mapped_column(Integer)
-    dt_ms: Mapped[int] = mapped_column(Integer)
-    memory_used_mib: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    sm_util: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    busy_pm: Mapped[int] = mapped_column(Integer)
-
-
-class TelemetryGpuRollup(Base):
-    """Per-GPU sums over a minute (resolution 60) or an hour (3600)."""
-
-    __tablename__ = "telemetry_gpu_rollup"
-    __table_args__ = {"sqlite_with_rowid": False}
-    resolution: Mapped[int] = mapped_column(Integer, primary_key=True)
-    gpu_id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    bucket: Mapped[int] = mapped_column(Integer, primary_key=True)
-    samples: Mapped[int] = mapped_column(Integer)
-    seconds: Mapped[float] = mapped_column(Float)
-    busy_s: Mapped[float] = mapped_column(Float)
-    util_max: Mapped[int] = mapped_column(Integer)
-    memory_used_max_mib: Mapped[int] = mapped_column(Integer)
-    memory_mib_s: Mapped[float] = mapped_column(Float)
-    temperature_max_c: Mapped[int] = mapped_column(Integer)
-    energy_j: Mapped[float] = mapped_column(Float)
-    unhealthy_s: Mapped[float] = mapped_column(Float)
-
-
-class TelemetryOwnerRollup(Base):
-    """Per-owner, per-GPU sums over a minute or an hour: GPU-seconds in use and busy."""
-
-    __tablename__ = "telemetry_owner_rollup"
-    __table_args__ = {"sqlite_with_rowid": False}
-    resolution: Mapped[int] = mapped_column(Integer, primary_key=True)
-    owner_id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    gpu_id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    bucket: Mapped[int] = mapped_column(Integer, primary_key=True)
-    samples: Mapped[int] = mapped_column(Integer)
-    seconds: Mapped[float] = mapped_column(Float)
-    busy_s: Mapped[float] = mapped_column(Float)
-    memory_used_max_mib: Mapped[int] = mapped_column(Integer)
-
-
-class TelemetryState(Base):
-    """Bookkeeping: how far each resolution is rolled up, and from when each is still kept.
-    Keys: rolled_60, rolled_3600 (rolled up until), kept_raw, kept_60, kept_3600 (kept from)."""
-
-    __tablename__ = "telemetry_state"
-    key: Mapped[str] = mapped_column(String(32), primary_key=True)
-    value: Mapped[float] = mapped_column(Float)
-
 
 GPU = TelemetryGpu.__table__
 OWNER = TelemetryOwner.__table__
@@ -203,16 +93,17 @@ class UsageReport:
     by_group: dict[str, Usage] = field(default_factory=dict)
 
 
-class TelemetryDB:
-    """The poller's and the scheduler's door to the telemetry tables."""
+class TelemetryDB(Store):
+    """The poller's and the scheduler's door to the telemetry tables.
 
-    def __init__(self, url_or_engine: str | Engine, migrate: bool = True) -> None:
-        # Writes start with BEGIN IMMEDIATE (a read-then-write rollup never fails on a snapshot
-        # the hub moved on from); queries read a snapshot without taking the write lock.
-        self.engine = ledger_engine(url_or_engine) if isinstance(url_or_engine, str) else url_or_engine
-        self.reader = ledger_engine(url_or_engine, immediate=False) if isinstance(url_or_engine, str) else url_or_engine
-        if migrate:  # the ledger's Alembic migrations, up to the telemetry tables and beyond
-            upgrade_to_head(self.engine)
+    Writes (the poller's ticks, rollups, pruning) start with ``BEGIN IMMEDIATE``, so a
+    read-then-write rollup never works on a snapshot the hub moved on from; queries read a
+    snapshot without taking the write lock. Opening it migrates the database, so the poller may
+    start before the hub.
+    """
+
+    def __init__(self, url_or_path: str | Path, migrate: bool = True, *, clock: Clock | None = None) -> None:
+        super().__init__(url_or_path, clock=clock, migrate=migrate)
         self._gpu_ids: dict[str, int] = {}
         self._owner_ids: dict[Owner, int] = {}
         self._problems: dict[str, str | None] = {}  # last health written per GPU UUID
@@ -228,7 +119,7 @@ class TelemetryDB:
         """All samples of one tick in one transaction, and each GPU's health."""
         ts_ms = round(ts * 1000)
         dt_by_uuid: dict[str, int] = {}
-        with self.engine.begin() as conn:
+        with self.writer.begin() as conn:
             gpu_rows = []
             for reading, dt_s, problem in gpus:
                 gpu_id = self._gpu_id(conn, reading, ts, problem)
@@ -271,18 +162,20 @@ class TelemetryDB:
         if gpu_id is None:
             gpu_id = conn.execute(select(GPU.c.id).where(GPU.c.uuid == reading.uuid)).scalar()
             if gpu_id is None:
-                gpu_id = conn.execute(
-                    insert(GPU).values(
-                        uuid=reading.uuid,
-                        gpu_index=reading.index,
-                        name=reading.name,
-                        memory_total_mib=reading.memory_total_mib,
-                        healthy=problem is None,
-                        problem=problem,
-                        problem_since=ts if problem else None,
-                        first_seen=ts,
+                gpu_id = inserted_id(
+                    conn.execute(
+                        insert(GPU).values(
+                            uuid=reading.uuid,
+                            gpu_index=reading.index,
+                            name=reading.name,
+                            memory_total_mib=reading.memory_total_mib,
+                            healthy=problem is None,
+                            problem=problem,
+                            problem_since=ts if problem else None,
+                            first_seen=ts,
+                        )
                     )
-                ).inserted_primary_key[0]
+                )
             self._gpu_ids[reading.uuid] = gpu_id
         if reading.uuid not in self._problems or self._problems[reading.uuid] != problem:
             # Health and static facts change rarely: write them only when they change.
@@ -308,11 +201,13 @@ class TelemetryDB:
             )
             owner_id = conn.execute(select(OWNER.c.id).where(where)).scalar()
             if owner_id is None:
-                owner_id = conn.execute(
-                    insert(OWNER).values(
-                        kind=owner.kind, container_id=owner.container_id, user=owner.user, server=owner.server
+                owner_id = inserted_id(
+                    conn.execute(
+                        insert(OWNER).values(
+                            kind=owner.kind, container_id=owner.container_id, user=owner.user, server=owner.server
+                        )
                     )
-                ).inserted_primary_key[0]
+                )
             self._owner_ids[owner] = owner_id
         return owner_id
 
@@ -321,7 +216,7 @@ class TelemetryDB:
     def roll_up(self, now: float) -> None:
         """Roll every finished minute of raw samples into minute rollups, and every finished
         hour of minute rollups into hour rollups; resumable after a restart."""
-        with self.engine.begin() as conn:
+        with self.writer.begin() as conn:
             state = self._state(conn)
             minute_end = bucket_start(now, MINUTE)
             minute_start = state.get("rolled_60")
@@ -372,7 +267,9 @@ class TelemetryDB:
         )
 
     def _roll_minutes(self, conn: Connection, start: int, end: int) -> None:
-        in_range = lambda t: and_(t.c.resolution == MINUTE, t.c.bucket >= start, t.c.bucket < end)
+        def in_range(table: Table) -> ColumnElement[bool]:
+            return and_(table.c.resolution == MINUTE, table.c.bucket >= start, table.c.bucket < end)
+
         gpu_rollups = [
             GpuRollup(
                 r.bucket,
@@ -440,7 +337,7 @@ class TelemetryDB:
     def prune(self, now: float, retention: Retention) -> None:
         """Delete what is past its retention, never what is not yet rolled up; record from when
         each resolution is complete, so queries read each span from exactly one resolution."""
-        with self.engine.begin() as conn:
+        with self.writer.begin() as conn:
             state = self._state(conn)
             if retention.raw_s is not None:
                 cutoff = min(bucket_start(now - retention.raw_s, MINUTE), state.get("rolled_60", 0))
@@ -477,7 +374,7 @@ class TelemetryDB:
     def busy_fraction(self, gpu_uuids: Iterable[str], since: float, until: float | None = None) -> float | None:
         """Share of [since, until) the given GPUs (an allocation's) spent running kernels,
         0..1, or None when nothing was recorded then (poller down, GPUs never seen)."""
-        until = time.time() if until is None else until
+        until = self.now().timestamp() if until is None else until
         seconds, busy = 0.0, 0.0
         with self.reader.connect() as conn:
             ids = self._ids_for(conn, gpu_uuids)

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from labgpu.db.ledger import Ledger
-from labgpu.gpus.allocator import NotEnoughGpus, reconcile
+from labgpu.gpus.allocator import NotEnoughGpus
 from labgpu.gpus.inventory import ReplayInventory
+from labgpu.gpus.reconcile import reconcile
 
 DATA = Path(__file__).parent.parent / "data"
 
@@ -41,9 +42,9 @@ def test_database_is_wal_with_the_schema_at_alembic_head(tmp_path):
     db = sqlite3.connect(path)
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     # its own version table: the ledger may share a database with JupyterHub's alembic_version
-    from labgpu.db.ledger import _head_revision
+    from labgpu.db.engine import head_revision
 
-    assert db.execute("SELECT version_num FROM labgpu_alembic_version").fetchall() == [(_head_revision(),)]
+    assert db.execute("SELECT version_num FROM labgpu_alembic_version").fetchall() == [(head_revision(),)]
     tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     assert {"gpus", "allocations", "allocation_gpus", "allocation_events"} <= tables
 
@@ -102,7 +103,7 @@ def test_unhealthy_excluded_and_vanished_gpus_are_not_granted(ledger, box8):
     assert change.became_unhealthy == (box8[0].uuid,) and change.gone == (box8[7].uuid,)
     granted = ledger.allocate("alice", "", 5, exclude={box8[1].uuid})
     assert {box8[0].uuid, box8[1].uuid, box8[7].uuid}.isdisjoint(granted.gpu_uuids)
-    with pytest.raises(NotEnoughGpus, match="you asked for 1, 0 are free .*1 unhealthy"):
+    with pytest.raises(NotEnoughGpus, match=r"you asked for 1, 0 are free .*1 unhealthy"):
         ledger.allocate("bob", "", 1, exclude={box8[1].uuid})
     assert [h.gpu.index for h in ledger.holdings()] == list(range(7))
     assert [h.present for h in ledger.holdings(include_gone=True)][-1] is False
@@ -198,7 +199,7 @@ def test_user_total_is_checked_inside_the_allocation_transaction(tmp_path):
         ReplayInventory(Path(__file__).resolve().parent.parent / "data" / "a100x8-two-nvlink-islands.json").gpus()
     )
     ledger.allocate("alice", "a", 2, user_total=3)
-    with pytest.raises(UserTotalExceeded, match="already hold 2 of your total of 3. Ask for at most 1"):
+    with pytest.raises(UserTotalExceeded, match=r"already hold 2 of your total of 3\. Ask for at most 1"):
         ledger.allocate("alice", "b", 2, user_total=3)
     # A retried spawn of the same server is not counted against itself.
     assert len(ledger.allocate("alice", "a", 3, user_total=3).gpu_uuids) == 3

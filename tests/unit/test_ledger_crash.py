@@ -11,8 +11,8 @@ import pytest
 from sqlalchemy import event
 
 from labgpu.db.ledger import Ledger
-from labgpu.gpus.allocator import reconcile
 from labgpu.gpus.inventory import ReplayInventory
+from labgpu.gpus.reconcile import reconcile
 
 DATA = Path(__file__).parent.parent / "data"
 
@@ -20,7 +20,7 @@ DATA = Path(__file__).parent.parent / "data"
 def hub_that_dies_mid_grant(path: str, inside) -> None:
     ledger = Ledger(path)
 
-    @event.listens_for(ledger._write, "after_cursor_execute")
+    @event.listens_for(ledger.writer, "after_cursor_execute")
     def stall(conn, cursor, statement, *args):
         if statement.startswith("INSERT INTO allocation_gpus"):
             inside.set()  # the grant is written but not committed, and the write lock is held

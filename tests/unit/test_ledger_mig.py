@@ -32,7 +32,7 @@ def test_slices_are_recorded_and_granted_to_mig_requests_only(ledger, gpus):
         ledger.allocate("bob", "", 1)  # the MIG GPU is not given out whole
     granted = [ledger.allocate(f"student{i}", "", 1, models=["MIG 1g.10gb"]) for i in range(7)]
     assert len({a.gpu_uuids for a in granted}) == 7 and all(a.gpu_uuids[0].startswith("MIG-") for a in granted)
-    with pytest.raises(NotEnoughGpus, match="Not enough free MIG 1g.10gb GPUs: you asked for 1, 0 are free"):
+    with pytest.raises(NotEnoughGpus, match=r"Not enough free MIG 1g\.10gb GPUs: you asked for 1, 0 are free"):
         ledger.allocate("student7", "", 1, models=["MIG 1g.10gb"])
 
 

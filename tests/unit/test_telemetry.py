@@ -12,7 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from labgpu.services.telemetry import (
+from labgpu.gpus.sampling import ReplayTelemetrySource
+from labgpu.gpus.telemetry import (
     CONTAINER,
     GONE,
     HOST,
@@ -23,19 +24,16 @@ from labgpu.services.telemetry import (
     GpuSample,
     Owner,
     OwnerSample,
-    Poller,
-    ProcessAttributor,
     ProcessReading,
-    ReplayTelemetrySource,
     busy_shares,
-    container_id_from_cgroup,
     health_problem,
     merge_gpu_rollups,
     merge_owner_rollups,
-    open_with_backoff,
     rollup_gpu_samples,
     rollup_owner_samples,
 )
+from labgpu.services.attribution import ProcessAttributor, container_id_from_cgroup
+from labgpu.services.poller import Poller, open_with_backoff
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 H100_TRACE = DATA / "nvml-1xh100-load.json"
@@ -280,7 +278,9 @@ def test_poller_attributes_the_recorded_load_pid_and_rolls_up_once_a_minute(tmp_
 
 
 def test_an_nvml_error_on_one_gpu_marks_it_unhealthy_and_the_others_go_on(caplog):
-    good = lambda util: GpuReading(uuid="GPU-good", index=0, utilization_gpu=util)
+    def good(util):
+        return GpuReading(uuid="GPU-good", index=0, utilization_gpu=util)
+
     lost = GpuReading(uuid="GPU-lost", index=1, error="GPU is lost")
     back = GpuReading(uuid="GPU-lost", index=1, utilization_gpu=0)
     store = ListStore()
@@ -290,7 +290,7 @@ def test_an_nvml_error_on_one_gpu_marks_it_unhealthy_and_the_others_go_on(caplog
         ProcessAttributor(None),
         interval_s=1,
     )
-    with caplog.at_level(logging.WARNING, logger="labgpu.services.telemetry"):
+    with caplog.at_level(logging.WARNING, logger="labgpu.services.poller"):
         reports = [poller.tick(100.0 + i) for i in range(3)]
     assert [r.unhealthy for r in reports] == [["GPU-lost"], ["GPU-lost"], []]
     assert [g[0].utilization_gpu for _, gpus, _ in store.ticks for g in gpus if g[0].uuid == "GPU-good"] == [10, 20, 30]
@@ -355,7 +355,7 @@ def test_nvml_init_failure_retries_with_growing_delays_and_a_clear_log_line(capl
             raise RuntimeError("NVML Shared Library Not Found")
         return ScriptedSource([])
 
-    with caplog.at_level(logging.ERROR, logger="labgpu.services.telemetry"):
+    with caplog.at_level(logging.ERROR, logger="labgpu.services.poller"):
         source = open_with_backoff(open_source, sleep=waits.append, first_delay_s=1, max_delay_s=3)
     assert isinstance(source, ScriptedSource)
     assert waits == [1, 2, 3]
@@ -367,7 +367,7 @@ def test_nvml_init_failure_retries_with_growing_delays_and_a_clear_log_line(capl
 def test_real_nvml_source_reads_every_gpu():
     pynvml = pytest.importorskip("pynvml")
     try:
-        from labgpu.services.telemetry import NvmlTelemetrySource
+        from labgpu.gpus.sampling import NvmlTelemetrySource
 
         source = NvmlTelemetrySource()
     except pynvml.NVMLError as error:

@@ -1,5 +1,5 @@
-"""The telemetry merged into the ledger: one Alembic history with one head creates its tables,
-the poller's health verdicts reach the allocator through Ledger.set_gpu_health, and
+"""The telemetry merged into the ledger: one Alembic history with one head creates every table
+exactly as the metadata declares it, the poller's health verdicts reach the allocator through Ledger.set_gpu_health, and
 `labgpu poller` finds the hub's ledger and survives a host without NVIDIA driver."""
 
 from __future__ import annotations
@@ -14,15 +14,22 @@ import time
 from pathlib import Path
 
 import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import inspect
+from sqlalchemy.engine import Connection
 
 from labgpu.cli.main import main as labgpu_main
-from labgpu.cli.poller import workspace_labels
-from labgpu.db.ledger import MIGRATIONS_DIR, Base, Ledger, _alembic_config
+from labgpu.db.engine import MIGRATIONS_DIR, VERSION_TABLE, alembic_config
+from labgpu.db.ledger import Ledger
+from labgpu.db.tables import Base
 from labgpu.db.telemetry_store import GPU_SAMPLE, TelemetryDB
 from labgpu.gpus.allocator import NotEnoughGpus
 from labgpu.gpus.inventory import Gpu
+from labgpu.gpus.telemetry import CONTAINER, WORKSPACE, GpuReading
 from labgpu.labels import LABEL_HUB, LABEL_SERVER, LABEL_USER
-from labgpu.services.telemetry import CONTAINER, WORKSPACE, GpuReading, Poller, ProcessAttributor, open_with_backoff
+from labgpu.services.attribution import ProcessAttributor, workspace_labels
+from labgpu.services.poller import Poller, open_with_backoff
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 H100_TRACE = DATA / "nvml-1xh100-load.json"
@@ -56,9 +63,9 @@ BACK = GpuReading(uuid="GPU-bad", index=1, utilization_gpu=0)
 def test_migrations_have_one_head_and_a_fresh_ledger_file_is_at_it(tmp_path):
     from alembic.script import ScriptDirectory
 
-    heads = ScriptDirectory.from_config(_alembic_config()).get_heads()
+    heads = ScriptDirectory.from_config(alembic_config()).get_heads()
     assert len(heads) == 1, f"{MIGRATIONS_DIR}/versions has several heads {heads}: chain the newest after the other"
-    TelemetryDB(f"sqlite:///{tmp_path / 'fresh.sqlite'}").engine.dispose()  # the poller opening first
+    TelemetryDB(f"sqlite:///{tmp_path / 'fresh.sqlite'}").close()  # the poller opening first
     with sqlite3.connect(tmp_path / "fresh.sqlite") as db:
         assert db.execute("SELECT version_num FROM labgpu_alembic_version").fetchall() == [(heads[0],)]
         tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
@@ -68,16 +75,43 @@ def test_migrations_have_one_head_and_a_fresh_ledger_file_is_at_it(tmp_path):
         assert "WITHOUT ROWID" in create["telemetry_gpu_sample"] and "WITHOUT ROWID" in create["telemetry_owner_rollup"]
 
 
-def test_the_migrated_schema_matches_the_telemetry_models(tmp_path):
-    from alembic.autogenerate import compare_metadata
-    from alembic.runtime.migration import MigrationContext
+def schema_drift(conn: Connection) -> list:
+    """Every difference between the tables' metadata and this database: tables, columns, types,
+    nullability, indexes and unique constraints (Alembic's autogenerate comparison), and primary
+    keys (which Alembic does not compare)."""
+    context = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE, "compare_type": True})
+    drift = list(compare_metadata(context, Base.metadata))
+    migrated = inspect(conn)
+    for table in Base.metadata.sorted_tables:
+        if migrated.has_table(table.name):
+            keys = migrated.get_pk_constraint(table.name)["constrained_columns"]
+            if keys != [column.name for column in table.primary_key]:
+                drift.append(("primary key", table.name, keys, [column.name for column in table.primary_key]))
+    return drift
 
-    Ledger(tmp_path / "ledger.sqlite").close()
-    engine = TelemetryDB(f"sqlite:///{tmp_path / 'ledger.sqlite'}").engine
-    with engine.connect() as conn:
-        diffs = compare_metadata(MigrationContext.configure(conn), Base.metadata)
-    ours = [d for d in diffs if "telemetry_" in repr(d) or "health_override" in repr(d)]
-    assert ours == []
+
+def test_a_database_migrated_to_head_has_every_table_column_index_and_key_of_the_metadata(tmp_path):
+    with Ledger(tmp_path / "ledger.sqlite") as ledger, ledger.reader.connect() as conn:
+        assert schema_drift(conn) == []
+    assert len(Base.metadata.tables) == 14  # the ledger's 4, queue and notices, sessions, telemetry's 7
+
+
+def test_the_schema_check_sees_what_a_migration_forgot_in_any_table(tmp_path):
+    with Ledger(tmp_path / "ledger.sqlite") as ledger, ledger.writer.begin() as conn:
+        conn.exec_driver_sql("ALTER TABLE sessions DROP COLUMN torch_version")
+        conn.exec_driver_sql("DROP INDEX ix_gpu_queue_status")
+        drift = schema_drift(conn)
+    assert [(d[2], d[3].name) for d in drift if d[0] == "add_column"] == [("sessions", "torch_version")]
+    assert [d[1].name for d in drift if d[0] == "add_index"] == ["ix_gpu_queue_status"]
+
+
+def test_importing_any_database_module_loads_every_table():
+    """The metadata is whole whichever module a process imports first (Alembic's env.py, a CLI
+    command, the poller): no table is missing from a schema check or an autogenerated migration."""
+    for module in ("labgpu.db.engine", "labgpu.db.session_store", "labgpu.db.migrations"):
+        script = f"import sys, {module}; print(sorted(sys.modules['labgpu.db.tables'].Base.metadata.tables))"
+        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+        assert out.strip() == str(sorted(Base.metadata.tables)), module
 
 
 # ---- health: the poller's verdict reaches the allocator ---------------------------------------
@@ -201,7 +235,7 @@ def test_nvml_failing_for_hours_logs_one_error_and_a_reminder_an_hour_not_a_line
             raise RuntimeError("NVML Shared Library Not Found")
         return ScriptedSource([])
 
-    with caplog.at_level(logging.DEBUG, logger="labgpu.services.telemetry"):
+    with caplog.at_level(logging.DEBUG, logger="labgpu.services.poller"):
         assert open_with_backoff(open_source, sleep=waits.append) is not None
     assert waits[:7] == [1, 2, 4, 8, 16, 32, 60] and max(waits) == 60  # backoff, capped at a minute
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
@@ -222,7 +256,7 @@ def test_a_changed_error_is_logged_again():
                 lines.append(record.getMessage())
 
     handler = Collect()
-    logging.getLogger("labgpu.services.telemetry").addHandler(handler)
+    logging.getLogger("labgpu.services.poller").addHandler(handler)
     try:
 
         def open_source():
@@ -233,7 +267,7 @@ def test_a_changed_error_is_logged_again():
 
         open_with_backoff(open_source, sleep=lambda s: None)
     finally:
-        logging.getLogger("labgpu.services.telemetry").removeHandler(handler)
+        logging.getLogger("labgpu.services.poller").removeHandler(handler)
     assert [line.split(":")[1].strip()[:20] for line in lines] == ["driver/library versi", "NVML Shared Library "]
 
 

@@ -9,15 +9,10 @@ import pytest
 
 from labgpu.cli.main import main as labgpu_main
 from labgpu.db.telemetry_store import GPU_ROLLUP, GPU_SAMPLE, HeldSpan, TelemetryDB
-from labgpu.services.telemetry import (
-    HOUR,
-    GpuReading,
-    Poller,
-    ProcessAttributor,
-    ProcessReading,
-    ReplayTelemetrySource,
-    Retention,
-)
+from labgpu.gpus.sampling import ReplayTelemetrySource
+from labgpu.gpus.telemetry import HOUR, GpuReading, ProcessReading, Retention
+from labgpu.services.attribution import ProcessAttributor
+from labgpu.services.poller import Poller
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 H100_TRACE = DATA / "nvml-1xh100-load.json"
@@ -104,7 +99,7 @@ def test_pruned_history_still_answers_from_rollups_with_the_same_figures(tmp_pat
     simulate(full, tmp_path, 30, Retention(None, None, None))
     simulate(pruned, tmp_path, 30, Retention(raw_s=2 * HOUR, minute_s=6 * HOUR, hour_s=None))
     end = START + 30 * HOUR
-    with pruned.engine.connect() as conn:
+    with pruned.reader.connect() as conn:
         oldest_raw = conn.execute(GPU_SAMPLE.select().order_by(GPU_SAMPLE.c.ts_ms).limit(1)).first().ts_ms / 1000
         oldest_minute = (
             conn.execute(
@@ -138,7 +133,7 @@ def test_rollups_resume_after_a_poller_restart_without_double_counting(tmp_path)
     for i in range(12 * 30, 12 * 70):  # restarted, runs past the hour
         second.tick(START + i * 5)
     db = TelemetryDB(url)
-    with db.engine.connect() as conn:
+    with db.reader.connect() as conn:
         hour = conn.execute(GPU_ROLLUP.select().where(GPU_ROLLUP.c.resolution == 3600)).all()
     assert len(hour) == 1 and hour[0].seconds == pytest.approx(3600) and hour[0].busy_s == pytest.approx(1800)
     assert db.busy_fraction(["GPU-r"], START, START + 3600) == pytest.approx(0.5)
@@ -177,7 +172,7 @@ def test_labgpu_poller_once_with_a_replay_source(tmp_path, capsys):
     )
     assert rc == 0
     assert "1 GPU, " in capsys.readouterr().out
-    with TelemetryDB(db_url).engine.connect() as conn:
+    with TelemetryDB(db_url).reader.connect() as conn:
         assert len(conn.execute(GPU_SAMPLE.select()).all()) == 1
 
 

@@ -1,0 +1,226 @@
+"""Where GPU telemetry comes from: NVML on this host, or a trace recorded on a real GPU and
+replayed through the same interface, so tests and benchmarks run the real poller without one.
+
+Beside :mod:`labgpu.gpus.inventory` (what GPUs there are), this reads what they are doing each
+tick (:class:`labgpu.gpus.telemetry.GpuReading`). NVML is imported only inside
+:class:`NvmlTelemetrySource`; :class:`RecordingSource` turns a real run into a trace.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+from labgpu.gpus.telemetry import GpuReading, ProcessReading
+
+MIN_INTERVAL_S = 1.0  # NVML takes a driver lock on every call: sampling faster slows everything
+DEFAULT_INTERVAL_S = 5.0
+
+
+class TelemetrySource(Protocol):
+    """Where readings come from: real NVML, or a recorded trace replayed through the same calls."""
+
+    def read(self) -> list[GpuReading]:
+        """One reading per GPU, in index order; a failing GPU gives a reading with ``error``."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class NvmlTelemetrySource:
+    """Reads every GPU through NVML (nvidia-ml-py). Handles are fetched once here, because
+    re-fetching them each tick is what made gpustat burn CPU; per-process utilization keeps
+    each GPU's ``lastSeenTimeStamp`` so every tick sees only new samples."""
+
+    def __init__(self) -> None:
+        import pynvml  # only here: the rest of the poller runs without NVML
+
+        self._nvml = pynvml
+        pynvml.nvmlInit()
+        self._devices: list[tuple[int, Any, str, str]] = []
+        for index in range(pynvml.nvmlDeviceGetCount()):
+            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            uuid = _text(pynvml.nvmlDeviceGetUUID(handle))
+            name = _text(pynvml.nvmlDeviceGetName(handle))
+            self._devices.append((index, handle, uuid, name))
+        self._last_seen_us: dict[str, int] = {uuid: 0 for _, _, uuid, _ in self._devices}
+        # Renamed from "throttle reasons" to "clock event reasons" in newer nvidia-ml-py.
+        self._clock_event_reasons = (
+            getattr(pynvml, "nvmlDeviceGetCurrentClocksEventReasons", None)
+            or pynvml.nvmlDeviceGetCurrentClocksThrottleReasons
+        )
+
+    def read(self) -> list[GpuReading]:
+        readings = []
+        for index, handle, uuid, name in self._devices:
+            try:
+                readings.append(self._read_device(index, handle, uuid, name))
+            except self._nvml.NVMLError as error:
+                # One GPU failing (fallen off the bus, XID) must not stop the others.
+                readings.append(GpuReading(uuid=uuid, index=index, name=name, error=str(error)))
+        return readings
+
+    def _read_device(self, index: int, handle: Any, uuid: str, name: str) -> GpuReading:
+        nv = self._nvml
+        utilization = nv.nvmlDeviceGetUtilizationRates(handle)
+        memory = nv.nvmlDeviceGetMemoryInfo(handle)
+        processes = {p.pid: _mib(p.usedGpuMemory) for p in nv.nvmlDeviceGetComputeRunningProcesses(handle)}
+        sm_by_pid = self._process_utilization(handle, uuid)
+        return GpuReading(
+            uuid=uuid,
+            index=index,
+            name=name,
+            memory_total_mib=_mib(memory.total),
+            utilization_gpu=int(utilization.gpu),
+            utilization_memory=int(utilization.memory),
+            memory_used_mib=_mib(memory.used),
+            temperature_c=self._optional(nv.nvmlDeviceGetTemperature, handle, nv.NVML_TEMPERATURE_GPU),
+            power_w=_watts(self._optional(nv.nvmlDeviceGetPowerUsage, handle)),
+            throttle_reasons=self._optional(self._clock_event_reasons, handle),
+            ecc_uncorrected=self._optional(
+                nv.nvmlDeviceGetTotalEccErrors,
+                handle,
+                nv.NVML_MEMORY_ERROR_TYPE_UNCORRECTED,
+                nv.NVML_VOLATILE_ECC,
+            ),
+            remap_pending=self._remap_pending(handle),
+            processes=tuple(
+                ProcessReading(
+                    pid=pid,
+                    used_memory_mib=used,
+                    sm_util=sm_by_pid.get(pid, (None, None))[0],
+                    mem_util=sm_by_pid.get(pid, (None, None))[1],
+                )
+                for pid, used in sorted(processes.items())
+            ),
+        )
+
+    def _process_utilization(self, handle: Any, uuid: str) -> dict[int, tuple[int, int]]:
+        """Per-PID (smUtil, memUtil) sampled since the last call; NVML raises NotFound when no
+        process ran a kernel since then (an idle GPU), which is no error."""
+        nv = self._nvml
+        try:
+            samples = nv.nvmlDeviceGetProcessUtilization(handle, self._last_seen_us[uuid])
+        except nv.NVMLError as error:
+            if isinstance(error, (nv.NVMLError_GpuIsLost, nv.NVMLError_Unknown)):
+                raise
+            return {}
+        by_pid: dict[int, tuple[int, int]] = {}
+        for sample in samples:
+            self._last_seen_us[uuid] = max(self._last_seen_us[uuid], int(sample.timeStamp))
+            sm, mem = by_pid.get(sample.pid, (0, 0))
+            by_pid[sample.pid] = (max(sm, int(sample.smUtil)), max(mem, int(sample.memUtil)))
+        return by_pid
+
+    def _remap_pending(self, handle: Any) -> bool | None:
+        nv = self._nvml
+        remapped = self._optional(nv.nvmlDeviceGetRemappedRows, handle)
+        if remapped is not None:  # (correctable, uncorrectable, pending, failure)
+            return bool(remapped[2] or remapped[3])
+        pending = self._optional(nv.nvmlDeviceGetRetiredPagesPendingStatus, handle)
+        return None if pending is None else bool(pending)
+
+    def _optional(self, call: Callable[..., Any], *args: Any) -> Any:
+        """A figure not every GPU reports (NotSupported, NoPermission) is None; a lost GPU
+        still raises, so the whole reading becomes an error."""
+        nv = self._nvml
+        try:
+            return call(*args)
+        except (nv.NVMLError_GpuIsLost, nv.NVMLError_Unknown):
+            raise
+        except nv.NVMLError:
+            return None
+
+    def close(self) -> None:
+        self._nvml.nvmlShutdown()
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _mib(value: int | None) -> int | None:
+    return None if value is None else int(value) // (1024 * 1024)
+
+
+def _watts(milliwatts: int | None) -> float | None:
+    return None if milliwatts is None else milliwatts / 1000.0
+
+
+TRACE_FORMAT = "labgpu-nvml-trace/1"
+
+
+class ReplayTelemetrySource:
+    """Replays a trace recorded on a real GPU (tests/data/nvml-*.json), one recorded tick per
+    :meth:`read`, so tests and benchmarks run the real poller without a GPU. With ``loop`` the
+    trace starts over at its end; without it, reading past the end raises EOFError."""
+
+    def __init__(self, path: str | os.PathLike[str], loop: bool = True) -> None:
+        self.path = Path(path)
+        trace = load_trace(self.path)
+        self.recorded_on: Mapping[str, Any] = trace["recorded"]
+        self.interval_s: float = float(trace.get("interval_s", DEFAULT_INTERVAL_S))
+        self.ticks: list[list[GpuReading]] = [
+            [GpuReading.from_json(g) for g in tick["gpus"]] for tick in trace["ticks"]
+        ]
+        # Seconds since the recording started, per tick: replaying at these offsets
+        # reproduces the recorded timing.
+        self.offsets_s: list[float] = [
+            float(tick.get("t", i * self.interval_s)) for i, tick in enumerate(trace["ticks"])
+        ]
+        if not self.ticks:
+            raise ValueError(f"{self.path}: the trace has no ticks; record one with benchmarks/gpu_poller_check.py")
+        self.loop = loop
+        self.position = 0
+
+    def read(self) -> list[GpuReading]:
+        if self.position >= len(self.ticks):
+            if not self.loop:
+                raise EOFError(f"{self.path}: trace ended after {len(self.ticks)} ticks")
+            self.position = 0
+        tick = self.ticks[self.position]
+        self.position += 1
+        return tick
+
+    def close(self) -> None:
+        pass
+
+
+def load_trace(path: Path) -> dict[str, Any]:
+    """Read a recorded trace, saying which file and what is wrong when it is not one."""
+    try:
+        trace = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{path}: cannot read the NVML trace: {error}") from None
+    if not isinstance(trace, dict) or trace.get("format") != TRACE_FORMAT:
+        raise ValueError(f'{path}: not an NVML trace (expected "format": "{TRACE_FORMAT}")')
+    return trace
+
+
+class RecordingSource:
+    """Wraps a source and keeps every tick it returns, so a real GPU run also yields a trace."""
+
+    def __init__(self, inner: TelemetrySource) -> None:
+        self.inner = inner
+        self.ticks: list[tuple[float, list[GpuReading]]] = []
+        self._started = time.monotonic()
+
+    def read(self) -> list[GpuReading]:
+        readings = self.inner.read()
+        self.ticks.append((time.monotonic() - self._started, readings))
+        return readings
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def trace(self, recorded: Mapping[str, Any], interval_s: float) -> dict[str, Any]:
+        return {
+            "format": TRACE_FORMAT,
+            "recorded": dict(recorded),
+            "interval_s": interval_s,
+            "ticks": [{"t": round(t, 3), "gpus": [g.to_json() for g in readings]} for t, readings in self.ticks],
+        }
