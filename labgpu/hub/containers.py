@@ -77,7 +77,7 @@ class WorkspaceSpec:
     extra_host_config: Mapping[str, Any] = field(default_factory=dict)
 
 
-def _deep_merge(base: dict, extra: Mapping) -> dict:
+def _deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
     for key, value in extra.items():
         if isinstance(value, Mapping) and isinstance(base.get(key), dict):
             _deep_merge(base[key], value)
@@ -115,7 +115,7 @@ def volume_binds(volumes: Mapping[str, str | Mapping[str, str]]) -> dict[str, di
     return binds
 
 
-def _parse_binds(binds: Mapping | list) -> Mapping:
+def _parse_binds(binds: Mapping[str, Any] | list[str]) -> Mapping[str, Any]:
     """Accept docker-py's dict form or the CLI's ["src:dst[:mode]", ...] form."""
     if isinstance(binds, Mapping):
         return binds
@@ -163,6 +163,23 @@ def gpu_environment(gpu_uuids: tuple[str, ...]) -> dict[str, str]:
         # No GPUs granted: make sure no runtime hook exposes any.
         env["NVIDIA_VISIBLE_DEVICES"] = "void"
     return env
+
+
+def render_templates(obj: Any, namespace: Mapping[str, Any]) -> Any:
+    """Format every string in ``obj`` (dict keys and values, list and tuple items) with
+    ``namespace``, as DockerSpawner does with ``extra_create_kwargs`` and ``extra_host_config``
+    (``{username}``, ``{servername}``, ...). A string that is not a valid template (a literal
+    ``{``) is left as it is. (DockerSpawner's ``_render_templates`` does the same, but is private.)"""
+    if isinstance(obj, str):
+        try:
+            return obj.format(**namespace)
+        except (ValueError, KeyError, IndexError):
+            return obj
+    if isinstance(obj, dict):
+        return {render_templates(k, namespace): render_templates(v, namespace) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(render_templates(item, namespace) for item in obj)
+    return obj
 
 
 def container_config(spec: WorkspaceSpec) -> tuple[dict[str, Any], dict[str, Any]]:

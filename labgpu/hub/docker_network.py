@@ -38,5 +38,5 @@ def ensure_workspace_network(name: str) -> str:
     configs = (network.attrs.get("IPAM") or {}).get("Config") or []
     for config in configs:
         if config.get("Gateway"):
-            return config["Gateway"]
+            return str(config["Gateway"])
     raise DockerUnavailable(f"Docker network {name!r} has no gateway address; recreate it as a bridge network")

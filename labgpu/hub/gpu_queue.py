@@ -8,6 +8,12 @@ allocations and their history, orders the queue with :func:`labgpu.fairshare.sch
 :func:`labgpu.fairshare.scheduler.plan_dequeue` (group pools, per-user totals, EASY backfill). Only the
 hub process grants; entries survive a hub restart and keep their place when their owner
 spawns again, and are abandoned if nobody comes back for ``abandon_after`` seconds.
+
+The tunables (``poll_interval``, ``abandon_after``, ``progress_interval``) are the spawner's
+``gpu_queue_*`` traits. A user's groups (for pools and shares) are
+:func:`labgpu.quota.policy.user_groups` of the groups their spawn brought (recorded with the
+queue entry, so they survive a restart); a user who is not waiting (a GPU holder) is in the
+groups whose ``members`` list them. The queue keeps no map of its own.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -24,8 +30,8 @@ from labgpu.db.ledger import Ledger
 from labgpu.db.queue_store import GRANTED, QueueEntry, QueueStore
 from labgpu.fairshare import scheduler
 from labgpu.fairshare.scheduler import GpuRequest, RunningAllocation, Shares
-from labgpu.gpus.allocator import Allocation, NotEnoughGpus
-from labgpu.quota.policy import Limits, Policy, resolve
+from labgpu.gpus.allocator import Allocation, GrantRule, HeldUnits, NotEnoughGpus, Placement
+from labgpu.quota.policy import Limits, Policy, resolve, user_groups
 from labgpu.units import format_minutes, gpus_text
 
 log = logging.getLogger("labgpu.queue")
@@ -48,7 +54,7 @@ class QueuedSpawn:
     gpus: int
     groups: tuple[str, ...] = ()
     models: tuple[str, ...] | None = None
-    placement: str = "pack"
+    placement: Placement = "pack"
     image: str | None = None
     exclude: tuple[str, ...] = ()
     max_runtime: float | None = None
@@ -76,20 +82,25 @@ class QueueStatus:
 @dataclass
 class PolicyView:
     """The quota policy as the scheduler needs it, per user; without a policy everyone has a
-    share of 1, no pool, no total and no max runtime."""
+    share of 1, no pool, no total and no max runtime. ``hub_groups``: the groups that came with
+    the requests being looked at (a queue entry records its spawn's)."""
 
     policy: Policy | None
-    known_groups: dict[str, tuple[str, ...]] = field(default_factory=dict)  # user -> hub groups seen
-    _limits: dict[tuple[str, tuple[str, ...]], Limits] = field(default_factory=dict)
+    hub_groups: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    _limits: dict[str, Limits] = field(default_factory=dict)
+
+    def groups(self, user: str) -> tuple[str, ...]:
+        """The policy's groups ``user`` is in (:func:`labgpu.quota.policy.user_groups`)."""
+        if self.policy is None:
+            return ()
+        return user_groups(self.policy, user, self.hub_groups.get(user, ()))
 
     def limits(self, user: str) -> Limits | None:
         if self.policy is None:
             return None
-        groups = self.known_groups.get(user, ())
-        key = (user, groups)
-        if key not in self._limits:
-            self._limits[key] = resolve(self.policy, user, groups)
-        return self._limits[key]
+        if user not in self._limits:
+            self._limits[user] = resolve(self.policy, user, self.groups(user))
+        return self._limits[user]
 
     def group(self, user: str) -> str | None:
         """The group a user's GPUs are charged to: the first of their groups with a pool, else
@@ -174,22 +185,24 @@ class GpuQueue:
         *,
         poll_interval: float = 5.0,
         abandon_after: float = 900.0,
+        progress_interval: float = 3.0,
         clock: Callable[[], datetime] | None = None,
     ):
         self.ledger = ledger
         self.store = QueueStore(ledger, clock=clock)
         self.policy = policy
-        self.poll_interval = poll_interval
-        self.abandon_after = abandon_after
-        self.known_groups: dict[str, tuple[str, ...]] = {}
+        self.poll_interval = poll_interval  # seconds between dequeue passes while someone waits
+        self.abandon_after = abandon_after  # seconds before an entry nobody waits for is dropped
+        self.progress_interval = progress_interval  # seconds between spawn-page updates
         self._live: set[int] = set()  # entries a spawn of this process is waiting on
         self._lock: asyncio.Lock | None = None
         self._wakeup: asyncio.Event | None = None
 
     # -- plain data for the scheduler -----------------------------------------------------
 
-    def view(self) -> PolicyView:
-        return PolicyView(self.policy(), dict(self.known_groups))
+    def view(self, requests: Iterable[QueueEntry | QueuedSpawn] = ()) -> PolicyView:
+        """The policy in force, with the hub groups these queue entries or spawns came with."""
+        return PolicyView(self.policy(), {r.user: tuple(r.groups) for r in requests})
 
     def _snapshot(
         self, view: PolicyView, entries: Sequence[QueueEntry]
@@ -214,19 +227,11 @@ class GpuQueue:
                 )
             )
         policy = view.policy
-        excluded = set(policy.spec.gpus.exclude) if policy is not None else set()
+        # The scheduler counts whole GPUs: what a plain one-GPU request could be granted.
+        rule = GrantRule(exclude=frozenset(policy.spec.gpus.exclude) if policy is not None else frozenset())
         gpus = self.ledger.holdings()
-        held_parents = {h.gpu.mig_parent for h in gpus if h.allocation and h.gpu.mig_parent}
-        free = sum(
-            1
-            for h in gpus
-            if h.allocation is None
-            and h.gpu.healthy
-            and not h.gpu.mig_enabled
-            and not h.gpu.mig_parent
-            and h.gpu.uuid not in excluded
-            and h.gpu.uuid not in held_parents
-        )
+        holds = HeldUnits.of(h.gpu for h in gpus if h.allocation)
+        free = sum(1 for h in gpus if rule.grantable(h.gpu, h.present) and holds.free(h.gpu))
         half_life = view.half_life()
         intervals: dict[str, list[tuple[float, float | None, float]]] = {}
         for held in self.store.held_intervals(now - timedelta(seconds=10 * half_life), now):
@@ -271,7 +276,7 @@ class GpuQueue:
         entries = [e for e in self.store.waiting() if e.id in allowed]
         if not entries:
             return []
-        view = self.view()
+        view = self.view(entries)
         requests, holdings, free, _, usage = self._snapshot(view, entries)
         ordered = self._ordered(view, requests, holdings, usage)
         users = [r.user for r in requests] + [h.user for h in holdings]
@@ -288,8 +293,8 @@ class GpuQueue:
                     entry.server,
                     entry.gpus,
                     models=entry.models,
-                    placement=entry.placement,
-                    image=entry.image,  # type: ignore[arg-type]
+                    placement="spread" if entry.placement == "spread" else "pack",
+                    image=entry.image,
                     exclude=entry.exclude,
                 )
             except NotEnoughGpus:
@@ -331,8 +336,8 @@ class GpuQueue:
 
     def refusal(self, spawn: QueuedSpawn) -> str | None:
         """Why this request can never start here (so it is refused rather than queued)."""
-        view = self.view()
-        total = sum(1 for h in self.ledger.holdings() if not h.gpu.mig_enabled and not h.gpu.mig_parent)
+        view = self.view([spawn])
+        total = sum(1 for h in self.ledger.holdings() if GrantRule().qualifies(h.gpu, h.present))
         request = GpuRequest("new", spawn.user, spawn.gpus, 0.0, group=view.group(spawn.user))
         reason = scheduler.refusal_reason(request, total, view.pools([spawn.user]), view.user_totals([spawn.user]))
         return None if reason is None else reason.replace(f"{spawn.user} asked", "You asked", 1)
@@ -341,19 +346,21 @@ class GpuQueue:
         """GPUs for this spawn: at once if they are free and nobody waits, else after waiting
         in the queue (if allowed; otherwise NotEnoughGpus as before). Raises QueueRefused for a
         request that can never be met; cancelling the task takes it out of the queue."""
-        self.known_groups[spawn.user] = tuple(spawn.groups)
         if allow_queue is None:
             allow_queue = self.view().allow_queue()
-        allocate = lambda: self.ledger.allocate(
-            spawn.user,
-            spawn.server,
-            spawn.gpus,
-            models=spawn.models,
-            placement=spawn.placement,  # type: ignore[arg-type]
-            image=spawn.image,
-            exclude=spawn.exclude,
-            user_total=spawn.user_total,
-        )
+
+        def allocate() -> Allocation:
+            return self.ledger.allocate(
+                spawn.user,
+                spawn.server,
+                spawn.gpus,
+                models=spawn.models,
+                placement=spawn.placement,
+                image=spawn.image,
+                exclude=spawn.exclude,
+                user_total=spawn.user_total,
+            )
+
         if spawn.gpus == 0 or not allow_queue:
             return await asyncio.to_thread(allocate)
         if not await asyncio.to_thread(self.store.someone_waiting):
@@ -365,7 +372,6 @@ class GpuQueue:
 
     async def wait(self, spawn: QueuedSpawn) -> Allocation:
         """Queue this spawn and wait until a dequeue pass grants it GPUs."""
-        self.known_groups[spawn.user] = tuple(spawn.groups)
         why_not = await asyncio.to_thread(self.refusal, spawn)
         if why_not:
             raise QueueRefused(why_not)
@@ -418,8 +424,16 @@ class GpuQueue:
                 self.ledger.release(spawn.user, spawn.server, reason)
 
     def cancel(self, user: str, server: str = "", reason: str = "cancelled by the user") -> bool:
-        """Take this server's waiting entry out of the queue (its waiting spawn then fails)."""
+        """Take this server's waiting entry out of the queue (its waiting spawn then fails).
+        Blocking, and wakes waiting spawns: call it on the event loop's thread, or use :meth:`leave`."""
         removed = self.store.cancel_server(user, server, reason) > 0
+        if removed and self._wakeup is not None:
+            self.notify()
+        return removed
+
+    async def leave(self, user: str, server: str = "", reason: str = "cancelled by the user") -> bool:
+        """:meth:`cancel` from a coroutine: the ledger off the event loop, the wake-up on it."""
+        removed = await asyncio.to_thread(self.store.cancel_server, user, server, reason) > 0
         if removed and self._wakeup is not None:
             self.notify()
         return removed
@@ -432,7 +446,7 @@ class GpuQueue:
         mine = next((e for e in entries if (e.user, e.server) == (user, server)), None)
         if mine is None:
             return None
-        view = self.view()
+        view = self.view(entries)
         requests, holdings, free, by_id, usage = self._snapshot(view, entries)
         ordered = self._ordered(view, requests, holdings, usage)
         now = _ts(self.store.now())
@@ -459,9 +473,10 @@ class GpuQueue:
         return QueueStatus(estimate.position, estimate.ahead, mine.gpus, free, what, estimate.estimated_wait, message)
 
     async def progress_events(
-        self, user: str, server: str, pending: Callable[[], bool], *, interval: float = 3.0
+        self, user: str, server: str, pending: Callable[[], bool], *, interval: float | None = None
     ) -> AsyncIterator[dict[str, Any]]:
-        """JupyterHub progress events for the spawn page while this server waits for GPUs."""
+        """JupyterHub progress events for the spawn page while this server waits for GPUs, one
+        look every ``interval`` seconds (default: ``progress_interval``)."""
         last = None
         queued = False
         while pending():
@@ -475,7 +490,7 @@ class GpuQueue:
                 if status.message != last:
                     last = status.message
                     yield {"progress": max(5, 40 - 5 * status.ahead), "message": status.message}
-            await asyncio.sleep(interval)
+            await asyncio.sleep(self.progress_interval if interval is None else interval)
 
 
 # ---------------------------------------------------------------------------------------
@@ -485,21 +500,27 @@ class GpuQueue:
 _queues: dict[str, GpuQueue] = {}
 
 
-def queue_for(ledger: Ledger, policy: Callable[[], Policy | None] = lambda: None, **options: Any) -> GpuQueue:
-    """The GpuQueue of this process for this ledger (created on first use with ``options``);
-    ``policy`` returns the policy in force and is refreshed on every call."""
+def queue_for(
+    ledger: Ledger,
+    policy: Callable[[], Policy | None] = lambda: None,
+    *,
+    poll_interval: float | None = None,
+    abandon_after: float | None = None,
+    progress_interval: float | None = None,
+) -> GpuQueue:
+    """The GpuQueue of this process for this ledger (created on first use); ``policy`` (a
+    function returning the policy in force) and the tunables given are updated on every call."""
     queue = _queues.get(ledger.url)
     if queue is None:
-        queue = _queues[ledger.url] = GpuQueue(ledger, policy, **options)
+        queue = _queues[ledger.url] = GpuQueue(ledger, policy)
     queue.policy = policy
+    if poll_interval is not None:
+        queue.poll_interval = poll_interval
+    if abandon_after is not None:
+        queue.abandon_after = abandon_after
+    if progress_interval is not None:
+        queue.progress_interval = progress_interval
     return queue
-
-
-async def wait_for_gpus(
-    ledger: Ledger, spawn: QueuedSpawn, policy: Callable[[], Policy | None] = lambda: None, **options: Any
-) -> Allocation:
-    """Queue ``spawn`` and wait for its GPUs (see :meth:`GpuQueue.wait`)."""
-    return await queue_for(ledger, policy, **options).wait(spawn)
 
 
 def notify_released(ledger: Ledger) -> None:

@@ -3,29 +3,43 @@ homes, group shared folders, a real /dev/shm, labels and hardening.
 
 The spawner only gathers inputs (traits, the user, the policy, the ledger) and talks to
 Docker; what the container looks like is decided by :func:`labgpu.hub.containers.container_config`.
+
+Nothing here blocks the hub's event loop: Docker calls go through DockerSpawner's executor
+(``self.docker(...)``), and ledger, session and quota-file work through :meth:`GPUDockerSpawner.blocking`,
+a small executor of our own, so that a long image pull never delays a ledger read.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, ClassVar, TypeVar
 
 from docker.errors import APIError, NotFound
 from dockerspawner import DockerSpawner
 from jupyterhub.spawner import SpawnException
 from jupyterhub.traitlets import ByteSpecification
-from traitlets import CaselessStrEnum, Integer, List, Unicode, default, validate
+from traitlets import CaselessStrEnum, Float, Integer, List, Unicode, default, validate
 
+from labgpu.db.ledger import Ledger
 from labgpu.gpus.allocator import NotEnoughGpus, UserTotalExceeded
 from labgpu.hub import gpu_queue
 from labgpu.hub import resources as hub_resources
-from labgpu.hub.containers import ContainerConfigError, WorkspaceSpec, container_config
+from labgpu.hub.containers import ContainerConfigError, WorkspaceSpec, container_config, render_templates
 from labgpu.hub.gpu_queue import QueuedSpawn, QueueRefused
-from labgpu.quota.policy import Limits, resolve
+from labgpu.hub.shared_folders import ensure_shared_volumes, shared_folder_binds
+from labgpu.labels import server_label, version_label
+from labgpu.quota.policy import Limits, PolicyStore, resolve, user_groups
 from labgpu.quota.spawn_options import SpawnOptionsError, SpawnRequest, options_form, parse_form, validate_user_options
 from labgpu.units import format_duration
 
+T = TypeVar("T")
 
-class GPUDockerSpawner(DockerSpawner):
+
+class GPUDockerSpawner(DockerSpawner):  # type: ignore[misc]  # DockerSpawner ships no types
     """Spawn each user's JupyterLab in its own hardened Docker container.
 
     Registered as the ``labgpu`` spawner: ``c.JupyterHub.spawner_class = "labgpu"``.
@@ -116,44 +130,98 @@ class GPUDockerSpawner(DockerSpawner):
         """,
     ).tag(config=True)
 
+    gpu_queue_poll_interval = Float(
+        5.0,
+        help="""Seconds between dequeue passes while a spawn waits in the GPU queue. A release of
+        GPUs by this hub triggers a pass at once; this interval catches releases made elsewhere
+        (``labgpu gpus release``, the reclaimer) and keeps waiting entries' heartbeats fresh.""",
+    ).tag(config=True)
+
+    gpu_queue_abandon_after = Float(
+        900.0,
+        help="""Seconds after which a queue entry nobody waits for any more is abandoned (e.g. it
+        was left by a hub that crashed and its owner did not come back). An owner who spawns
+        again within this time keeps their place in the queue.""",
+    ).tag(config=True)
+
+    gpu_queue_progress_interval = Float(
+        3.0,
+        help="Seconds between updates of the queue position shown on a waiting user's spawn page.",
+    ).tag(config=True)
+
     spawn_request: SpawnRequest | None = None
     limits: Limits | None = None
     _configured_start_timeout: int | None = None
     gpu_uuids: tuple[str, ...] = ()
+    # Shared by every spawner of the hub, like DockerSpawner's executor (which runs Docker calls).
+    _blocking_executor: ClassVar[ThreadPoolExecutor | None] = None
+    _host_cpus: ClassVar[int | None] = None
+
+    @validate("gpu_queue_poll_interval", "gpu_queue_progress_interval")
+    def _validate_interval(self, proposal: Any) -> float:
+        if proposal.value <= 0:
+            raise ValueError(f"{proposal.trait.name} must be more than 0 seconds (got {proposal.value!r})")
+        return float(proposal.value)
 
     @validate("run_as_uid")
-    def _validate_uid(self, proposal):
-        uid = proposal.value
+    def _validate_uid(self, proposal: Any) -> str:
+        uid = str(proposal.value)
         if not uid.isdigit() or int(uid) == 0:
             raise ValueError(f"run_as_uid must be a non-zero numeric uid (got {uid!r})")
         return uid
 
     @default("remove")
-    def _default_remove(self):
+    def _default_remove(self) -> bool:
         # A fresh container every start: GPU, image and limit changes always apply, and the
         # home volume keeps the user's data.
         return True
 
     @default("image")
-    def _default_image(self):
+    def _default_image(self) -> str:
         return "labgpu/workspace:local"
+
+    # --- off the event loop -----------------------------------------------------------------
+
+    @property
+    def blocking_executor(self) -> ThreadPoolExecutor:
+        """Threads for the ledger (SQLite), the session store, NVML and the quota files."""
+        cls = type(self)
+        if cls._blocking_executor is None:
+            cls._blocking_executor = ThreadPoolExecutor(4, thread_name_prefix="labgpu-ledger")
+        return cls._blocking_executor
+
+    async def blocking(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a blocking call in :attr:`blocking_executor` and wait for it without blocking the hub."""
+        return await asyncio.wrap_future(self.blocking_executor.submit(functools.partial(fn, *args, **kwargs)))
+
+    @property
+    def server_label(self) -> str:
+        """``alice`` or ``alice/lab2``: this server, as logs and messages name it."""
+        return server_label(self.user.name, self.name or "")
 
     # --- the quota policy -------------------------------------------------------------------
 
     @property
-    def policy_store(self):
+    def policy_store(self) -> PolicyStore | None:
         return hub_resources.policy_store(self.quota_files) if self.quota_files else None
 
     @property
-    def ledger(self):
+    def ledger(self) -> Ledger | None:
         return hub_resources.ledger(self.ledger_url) if self.ledger_url else None
 
-    def resolve_limits(self) -> Limits | None:
+    def user_groups(self) -> tuple[str, ...]:
+        """The policy's groups this user is in (:func:`labgpu.quota.policy.user_groups`: their
+        JupyterHub groups the policy defines, and the groups whose ``members`` list them)."""
+        store = self.policy_store
+        hub_groups = [g.name for g in self.user.groups]
+        return user_groups(store.policy, self.user.name, hub_groups) if store is not None else ()
+
+    async def resolve_limits(self) -> Limits | None:
         """This user's limits under the policy in force (re-read first if a file changed)."""
         store = self.policy_store
         if store is None:
             return None
-        result = store.refresh()
+        result = await self.blocking(store.refresh)
         if result.errors:
             self.log.error(
                 "Quota files changed but are invalid; the last good policy stays in force:\n  %s",
@@ -161,15 +229,14 @@ class GPUDockerSpawner(DockerSpawner):
             )
         elif result.applied:
             self.log.info("Quota policy reloaded from %s", ", ".join(self.quota_files))
-        return resolve(store.policy, self.user.name, [g.name for g in self.user.groups])
+        return resolve(store.policy, self.user.name, self.user_groups())
 
-    def gpus_held_elsewhere(self) -> int:
+    async def gpus_held_elsewhere(self) -> int:
         """GPUs held by this user's *other* servers (the ledger is the truth when there is one)."""
         if self.ledger is not None:
+            allocations = await self.blocking(self.ledger.allocations)
             return sum(
-                len(a.gpu_uuids)
-                for a in self.ledger.allocations()
-                if a.user == self.user.name and a.server != (self.name or "")
+                len(a.gpu_uuids) for a in allocations if a.user == self.user.name and a.server != (self.name or "")
             )
         return sum(
             s.spawn_request.gpus
@@ -178,28 +245,29 @@ class GPUDockerSpawner(DockerSpawner):
         )
 
     @default("options_form")
-    def _default_options_form(self):
+    def _default_options_form(self) -> Callable[[GPUDockerSpawner], Awaitable[str]]:
         return lambda spawner: spawner.render_options_form()
 
-    def render_options_form(self) -> str:
-        limits = self.resolve_limits()
+    async def render_options_form(self) -> str:
+        """The spawn page's form: only what this user's limits allow (empty: no policy, no form)."""
+        limits = await self.resolve_limits()
         if limits is None:
             return ""
         return options_form(
-            limits, gpus_in_use_by_user=self.gpus_held_elsewhere(), previous=self.orm_spawner.user_options
+            limits, gpus_in_use_by_user=await self.gpus_held_elsewhere(), previous=self.orm_spawner.user_options
         )
 
-    def options_from_form(self, formdata):
+    def options_from_form(self, formdata: dict[str, list[str]]) -> dict[str, str]:
         return parse_form(formdata)
 
     @default("apply_user_options")
-    def _default_apply_user_options(self):
+    def _default_apply_user_options(self) -> Callable[[GPUDockerSpawner, dict[str, Any]], Awaitable[None]]:
         return lambda spawner, user_options: spawner.apply_policy(user_options)
 
-    def apply_policy(self, user_options: dict) -> None:
+    async def apply_policy(self, user_options: dict[str, Any]) -> None:
         """Hold ``user_options`` (form, REST API, or a choice saved from an earlier spawn) to the
         user's limits and apply them; refuse with HTTP 400 naming the limit, never clamp."""
-        limits = self.resolve_limits()
+        limits = await self.resolve_limits()
         if limits is None:
             if user_options:
                 raise SpawnException(
@@ -218,7 +286,7 @@ class GPUDockerSpawner(DockerSpawner):
                     status_code=400,
                 )
         try:
-            request = validate_user_options(limits, user_options, gpus_in_use_by_user=self.gpus_held_elsewhere())
+            request = validate_user_options(limits, user_options, gpus_in_use_by_user=await self.gpus_held_elsewhere())
         except SpawnOptionsError as e:
             raise SpawnException(str(e), reason="quota", status_code=400) from None
         if request.gpus and self.ledger is None:
@@ -237,16 +305,16 @@ class GPUDockerSpawner(DockerSpawner):
         # JupyterHub reads start_timeout before start() runs: a spawn that may wait in the GPU
         # queue gets the queue's wait on top of the normal start time.
         if self._configured_start_timeout is None:
-            self._configured_start_timeout = self.start_timeout
+            self._configured_start_timeout = int(self.start_timeout)  # type: ignore[has-type]
         may_queue = request.gpus > 0 and self.queue_allowed()
         self.start_timeout = self._configured_start_timeout + (self.gpu_queue_timeout if may_queue else 0)
 
-    async def check_allowed(self, image):
+    async def check_allowed(self, image: str) -> str:
         # The policy already chose and checked the image (DockerSpawner would look the policy's
         # image *name* up in allowed_images).
         if self.spawn_request is not None:
-            return self.image
-        return await super().check_allowed(image)
+            return str(self.image)
+        return str(await super().check_allowed(image))
 
     # --- GPUs -------------------------------------------------------------------------------
 
@@ -270,10 +338,18 @@ class GPUDockerSpawner(DockerSpawner):
 
     def shared_gpu_queue(self) -> gpu_queue.GpuQueue:
         """This process's GPU queue for the ledger (shared by every spawner of the hub)."""
-        store = self.policy_store
-        return gpu_queue.queue_for(self.ledger, lambda: store.policy if store is not None else None)
+        store, the_ledger = self.policy_store, self.ledger
+        if the_ledger is None:
+            raise RuntimeError("no GPU queue without a ledger (ledger_url is empty)")
+        return gpu_queue.queue_for(
+            the_ledger,
+            lambda: store.policy if store is not None else None,
+            poll_interval=self.gpu_queue_poll_interval,
+            abandon_after=self.gpu_queue_abandon_after,
+            progress_interval=self.gpu_queue_progress_interval,
+        )
 
-    async def start(self):
+    async def start(self) -> tuple[str, int]:
         self.gpu_uuids = ()
         wanted = self.spawn_request.gpus if self.spawn_request else 0
         the_ledger = self.ledger
@@ -284,7 +360,7 @@ class GPUDockerSpawner(DockerSpawner):
                 self.user.name,
                 server,
                 wanted,
-                groups=tuple(g.name for g in self.user.groups),
+                groups=self.user_groups(),
                 models=self.gpu_patterns(),
                 placement=self.gpu_placement,
                 image=self.image,
@@ -312,12 +388,12 @@ class GPUDockerSpawner(DockerSpawner):
                 ) from None
             self.gpu_uuids = allocation.gpu_uuids
         try:
-            ip_port = await super().start()
+            ip_port: tuple[str, int] = await super().start()
         except BaseException:
             await self.release_gpus("failed start")
             raise
         if the_ledger is not None and self.gpu_uuids:
-            await asyncio.to_thread(the_ledger.attach_container, self.user.name, server, self.container_id)
+            await self.blocking(the_ledger.attach_container, self.user.name, server, self.container_id)
         # Recorded beside the spawn, not before it: the user's server is ready either way.
         self._session_task = asyncio.ensure_future(self.record_session())
         return ip_port
@@ -331,110 +407,90 @@ class GPUDockerSpawner(DockerSpawner):
             image = await self.docker("inspect_image", self.image)
             digests = image.get("RepoDigests") or []
             labels = (image.get("Config") or {}).get("Labels") or {}
-            await asyncio.to_thread(
-                hub_resources.session_store(self.ledger_url).open,
-                self.user.name,
-                self.name or "",
-                container_id=self.container_id,
-                image=self.image,
-                image_digest=digests[0] if digests else image.get("Id", ""),
-                driver_version=hub_resources.host_driver_version(),
-                cuda_version=labels.get("org.labgpu.version.cuda"),
-                torch_version=labels.get("org.labgpu.version.torch"),
-                gpu_uuids=self.gpu_uuids,
-            )
+            url, user, server = self.ledger_url, self.user.name, self.name or ""
+            session = {
+                "container_id": self.container_id,
+                "image": self.image,
+                "image_digest": digests[0] if digests else image.get("Id", ""),
+                "cuda_version": labels.get(version_label("cuda")),
+                "torch_version": labels.get(version_label("torch")),
+                "gpu_uuids": self.gpu_uuids,
+            }
+
+            def record() -> None:  # SQLite and NVML: in the executor
+                hub_resources.session_store(url).open(
+                    user, server, driver_version=hub_resources.host_driver_version(), **session
+                )
+
+            await self.blocking(record)
         except Exception as e:
-            self.log.warning("Could not record the session of %s: %s", self._log_name, e)
+            self.log.warning("Could not record the session of %s: %s", self.server_label, e)
 
     async def end_session(self, reason: str) -> None:
         if self.ledger_url:
+            url, user, server = self.ledger_url, self.user.name, self.name or ""
             try:
-                await asyncio.to_thread(
-                    hub_resources.session_store(self.ledger_url).end, self.user.name, self.name or "", reason
-                )
+                await self.blocking(lambda: hub_resources.session_store(url).end(user, server, reason))
             except Exception as e:
-                self.log.warning("Could not close the session of %s: %s", self._log_name, e)
+                self.log.warning("Could not close the session of %s: %s", self.server_label, e)
 
-    async def progress(self):
+    async def progress(self) -> AsyncIterator[dict[str, Any]]:
         """Spawn-page events: queue position, whose GPUs it waits for, the estimated wait."""
         if self.ledger is None:
             return
         async for event in self.shared_gpu_queue().progress_events(
-            self.user.name, self.name or "", lambda: self._spawn_pending
+            self.user.name, self.name or "", lambda: self.pending == "spawn"
         ):
             yield event
 
-    async def stop(self, now=False):
+    async def stop(self, now: bool = False) -> None:
         if self.ledger is not None:  # stopped while waiting for GPUs: leave the queue
-            await asyncio.to_thread(
-                self.shared_gpu_queue().cancel, self.user.name, self.name or "", "server stopped while waiting"
-            )
+            await self.shared_gpu_queue().leave(self.user.name, self.name or "", "server stopped while waiting")
         try:
             await super().stop(now=now)
         finally:
             await self.release_gpus("stopped")
             await self.end_session("stopped")
 
-    async def poll(self):
-        status = await super().poll()
-        if status is not None and self.ledger is not None and not self._spawn_pending:
+    async def poll(self) -> int | None:
+        status: int | None = await super().poll()
+        if status is not None and self.ledger is not None and self.pending != "spawn":
             await self.release_gpus(f"container gone ({status})")
             await self.end_session(f"container gone ({status})")
         return status
 
     async def release_gpus(self, reason: str) -> None:
         if self.ledger is not None:
-            released = await asyncio.to_thread(self.ledger.release, self.user.name, self.name or "", reason)
+            released = await self.blocking(self.ledger.release, self.user.name, self.name or "", reason)
             if released is not None and released.gpu_uuids:
-                self.log.info("Released %s of %s: %s", ", ".join(released.gpu_uuids), self._log_name, reason)
+                self.log.info("Released %s of %s: %s", ", ".join(released.gpu_uuids), self.server_label, reason)
                 gpu_queue.notify_released(self.ledger)  # waiting spawns try at once
         self.gpu_uuids = ()
 
     def shared_folders(self) -> dict[str, dict[str, str]]:
         """The user's groups' shared volumes, each at <home>/shared/<group>."""
-        shared = self.limits.shared_volumes if self.limits else {}
-        return {volume: {"bind": f"{self.home_mount}/shared/{group}", "mode": "rw"} for group, volume in shared.items()}
+        return shared_folder_binds(self.limits.shared_volumes if self.limits else {}, self.home_mount)
 
-    async def ensure_shared_volumes(self) -> None:
-        """Create a group's shared volume on first use, owned by the workspace user (a new Docker
-        volume mounted where the image has no directory is root's, and the user could not write).
-        A volume that exists already is the admin's: it is used as it is."""
-        for volume in self.shared_folders():
-            try:
-                await self.docker("inspect_volume", volume)
-                continue
-            except NotFound:
-                pass
-            await self.docker(
-                "create_volume", volume, labels={"org.labgpu.managed": "true", "org.labgpu.kind": "group-share"}
-            )
-            container = await self.docker(
-                "create_container",
-                self.image,
-                command=["sh", "-c", f"chown {self.run_as_uid}:{self.run_as_gid} /share && chmod 2775 /share"],
-                user="0",
-                network_disabled=True,
-                host_config=self.client.create_host_config(
-                    binds={volume: {"bind": "/share", "mode": "rw"}},
-                    cap_drop=["ALL"],
-                    cap_add=["CHOWN", "FOWNER"],
-                    network_mode="none",
-                ),
-            )
-            try:
-                await self.docker("start", container["Id"])
-                result = await self.docker("wait", container["Id"], timeout=60)
-                if result.get("StatusCode") != 0:
-                    raise SpawnException(
-                        f"Could not prepare the shared folder volume {volume!r}; ask the hub's admin.",
-                        reason="docker",
-                        status_code=500,
-                    )
-            finally:
-                await self.docker("remove_container", container["Id"], force=True)
+    async def admin_extras(self, value: Any) -> dict[str, Any]:
+        """An admin's ``extra_create_kwargs`` / ``extra_host_config``: called with the spawner if
+        callable (and awaited if that returns an awaitable), then templated as DockerSpawner does."""
+        if callable(value):
+            value = value(self)
+        if inspect.isawaitable(value):
+            value = await value
+        return dict(render_templates(value or {}, self.template_namespace()))
 
-    def workspace_spec(self, environment: dict, command: list[str] | None) -> WorkspaceSpec:
-        """Gather this spawn's inputs into the plain description the builder takes."""
+    def workspace_spec(
+        self,
+        environment: dict[str, str],
+        command: list[str] | None,
+        *,
+        host_cpus: int | None = None,
+        extra_create_kwargs: Mapping[str, Any] | None = None,
+        extra_host_config: Mapping[str, Any] | None = None,
+    ) -> WorkspaceSpec:
+        """Gather this spawn's inputs into the plain description the builder takes (no I/O:
+        what needs Docker or an admin's callable is fetched by :meth:`create_object`)."""
         volumes = {self.format_volume_name(self.home_volume, self): {"bind": self.home_mount, "mode": "rw"}}
         volumes.update(self.shared_folders())
         volumes.update(self.volume_binds)
@@ -455,35 +511,47 @@ class GPUDockerSpawner(DockerSpawner):
             mem_reservation=int(self.mem_guarantee) if self.mem_guarantee else None,
             cpu_limit=float(self.cpu_limit) if self.cpu_limit else None,
             pids_limit=self.pids_limit,
-            host_cpus=self.docker_host_cpus(),
+            host_cpus=host_cpus,
             network=self.network_name,
             publish_on=None if self.use_internal_ip else self.host_ip,
             auto_remove=self.remove,
-            extra_create_kwargs=self._render_templates(self._eval_if_callable(self.extra_create_kwargs)),
-            extra_host_config=self._render_templates(self._eval_if_callable(self.extra_host_config)),
+            extra_create_kwargs=extra_create_kwargs or {},
+            extra_host_config=extra_host_config or {},
             gpu_uuids=tuple(self.gpu_uuids),
             gpu_driver=self.gpu_driver,
         )
 
-    _host_cpus: int | None = None
-
-    def docker_host_cpus(self) -> int | None:
-        """CPUs of the Docker host (Docker refuses a CPU limit above it), asked once."""
+    async def docker_host_cpus(self) -> int | None:
+        """CPUs of the Docker host (Docker refuses a CPU limit above it), asked once per hub."""
         cls = type(self)
         if cls._host_cpus is None:
             try:
-                cls._host_cpus = int(self.client.info().get("NCPU") or 0) or None
+                info = await self.docker("info")
+                cls._host_cpus = int(info.get("NCPU") or 0) or None
             except (APIError, ValueError):
                 return None
         return cls._host_cpus
 
-    async def create_object(self):
+    async def create_object(self) -> dict[str, Any]:
         """Create the container from :func:`container_config` (replaces DockerSpawner's)."""
         try:
-            await self.ensure_shared_volumes()
+            await ensure_shared_volumes(
+                self.docker,
+                self.client.create_host_config,
+                self.shared_folders(),
+                image=self.image,
+                uid=self.run_as_uid,
+                gid=self.run_as_gid,
+            )
         except APIError as e:
             raise self._docker_failure("prepare the shared folders of", e) from None
-        spec = self.workspace_spec(self.get_env(), await self.get_command())
+        spec = self.workspace_spec(
+            self.get_env(),
+            await self.get_command(),
+            host_cpus=await self.docker_host_cpus() if self.cpu_limit else None,
+            extra_create_kwargs=await self.admin_extras(self.extra_create_kwargs),
+            extra_host_config=await self.admin_extras(self.extra_host_config),
+        )
         try:
             create_kwargs, host_config = container_config(spec)
         except ContainerConfigError as e:
@@ -497,17 +565,17 @@ class GPUDockerSpawner(DockerSpawner):
         create_kwargs["host_config"] = self.client.create_host_config(**host_config)
         self.log.debug("Creating %s with %s", spec.name, create_kwargs)
         try:
-            return await self.docker("create_container", **create_kwargs)
+            return dict(await self.docker("create_container", **create_kwargs))
         except APIError as e:
             raise self._docker_failure("create", e) from None
 
-    async def start_object(self):
+    async def start_object(self) -> None:
         try:
             await super().start_object()
         except APIError as e:
             raise self._docker_failure("start", e) from None
 
-    async def pull_image(self, image):
+    async def pull_image(self, image: str) -> None:
         try:
             await super().pull_image(image)
         except NotFound:
@@ -533,6 +601,6 @@ class GPUDockerSpawner(DockerSpawner):
         return SpawnException(
             f"Docker could not {action} your workspace: {detail}",
             reason="docker",
-            log_message=f"docker {action} failed for {self.user.name}/{self.name or ''}: {detail}",
+            log_message=f"docker {action} failed for {self.server_label}: {detail}",
             status_code=500,
         )
