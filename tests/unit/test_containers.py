@@ -153,3 +153,101 @@ def test_cpu_limit_above_the_host_means_all_cpus():
     assert host["nano_cpus"] == 2_000_000_000
     _, host = container_config(spec(cpu_limit=1.5, host_cpus=2))
     assert host["nano_cpus"] == 1_500_000_000
+
+
+# --- the whole output, as kubespawner's test_objects checks make_pod's -------------------------
+
+
+def test_a_cpu_workspace_is_exactly_this_container():
+    create, host = container_config(
+        spec(
+            name="labgpu-bob-notes",
+            user="bob",
+            server="notes",
+            command=["jupyterhub-singleuser"],
+            mem_limit=4 * 1024**3,
+            cpu_limit=2.0,
+            host_cpus=16,
+            publish_on=None,
+            network="labgpu",
+        )
+    )
+    assert create == {
+        "image": "labgpu/workspace:local",
+        "name": "labgpu-bob-notes",
+        "environment": {"JUPYTERHUB_API_TOKEN": "secret", "LABGPU_GPUS": "", "NVIDIA_VISIBLE_DEVICES": "void"},
+        "labels": {
+            "org.labgpu.managed": "true",
+            "org.labgpu.hub": "labgpu",
+            "org.labgpu.user": "bob",
+            "org.labgpu.server": "notes",
+            "org.labgpu.gpus": "",
+        },
+        "ports": {"8888/tcp": None},
+        "command": ["jupyterhub-singleuser"],
+        "user": "1000:100",
+        "volumes": ["/home/jovyan"],
+    }
+    assert host == {
+        "auto_remove": True,
+        "binds": {"labgpu-home-alice": {"bind": "/home/jovyan", "mode": "rw"}},
+        "shm_size": 2 * 1024**3,
+        "pids_limit": 4096,
+        "init": True,
+        "network_mode": "labgpu",
+        "mem_limit": 4 * 1024**3,
+        "nano_cpus": 2_000_000_000,
+        "security_opt": ["no-new-privileges:true"],
+        "cap_drop": ["ALL"],
+        "privileged": False,
+    }
+
+
+def test_a_two_gpu_workspace_is_exactly_this_container():
+    create, host = container_config(
+        spec(
+            gpu_uuids=("GPU-aaaa", "GPU-bbbb"),
+            mem_limit=64 * 1024**3,
+            mem_reservation=32 * 1024**3,
+            cpu_limit=32.0,
+            host_cpus=16,
+            shm_size=8 * 1024**3,
+            extra_create_kwargs={"working_dir": "/home/jovyan/work"},
+        )
+    )
+    assert create == {
+        "image": "labgpu/workspace:local",
+        "name": "labgpu-alice",
+        "environment": {
+            "JUPYTERHUB_API_TOKEN": "secret",
+            "LABGPU_GPUS": "GPU-aaaa,GPU-bbbb",
+            "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
+        },
+        "labels": {
+            "org.labgpu.managed": "true",
+            "org.labgpu.hub": "labgpu",
+            "org.labgpu.user": "alice",
+            "org.labgpu.server": "",
+            "org.labgpu.gpus": "GPU-aaaa,GPU-bbbb",
+        },
+        "ports": {"8888/tcp": None},
+        "working_dir": "/home/jovyan/work",
+        "user": "1000:100",
+        "volumes": ["/home/jovyan"],
+    }
+    assert host == {
+        "auto_remove": True,
+        "binds": {"labgpu-home-alice": {"bind": "/home/jovyan", "mode": "rw"}},
+        "shm_size": 8 * 1024**3,
+        "pids_limit": 4096,
+        "init": True,
+        "network_mode": "bridge",
+        "mem_limit": 64 * 1024**3,
+        "mem_reservation": 32 * 1024**3,
+        "nano_cpus": 16_000_000_000,  # 32 asked, the host has 16
+        "device_requests": [{"driver": "nvidia", "device_ids": ["GPU-aaaa", "GPU-bbbb"], "capabilities": [["gpu"]]}],
+        "port_bindings": {8888: ("127.0.0.1",)},
+        "security_opt": ["no-new-privileges:true"],
+        "cap_drop": ["ALL"],
+        "privileged": False,
+    }
