@@ -46,9 +46,9 @@ import docker
 from labgpu.db.ledger import LedgerError
 from labgpu.gpus.inventory import InventoryError
 from labgpu.hub import resources as hub_resources
+from labgpu.hub.announcement import hub_announcement
 from labgpu.hub.docker_network import DockerUnavailable, ensure_workspace_network
 from labgpu.quota.policy import PolicyError, default_paths, jupyterhub_groups, split_paths
-from labgpu.services.reclaimer import hub_announcement
 from labgpu.units import gpus_text
 
 c = get_config()

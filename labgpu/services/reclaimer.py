@@ -3,28 +3,28 @@ the GPUs, not at HTTP activity, and runs as a JupyterHub managed service (`labgp
 
 Every round it reads the ledger's allocations and each one's busy fraction from the
 telemetry (the poller's samples), asks :func:`labgpu.fairshare.scheduler.reclaim_decisions` what is
-due, records warnings in the ledger (``reclaim_notices``: the hub shows them on every hub page
-through ``c.JupyterHub.template_vars["announcement"] = hub_announcement(...)``, and logs them),
-and stops reclaimed servers through the Hub REST API with the service's token. The home
+due under each holder's limits (resolved with the groups the hub puts the user in, read from
+the Hub REST API, and the policy's member lists), records warnings in the ledger
+(``reclaim_notices``, which :mod:`labgpu.hub.announcement` shows on every hub page) and logs
+them, and stops reclaimed servers through the Hub REST API with the service's token. The home
 volume outlives the container; the spawner's stop releases the GPUs and wakes the queue.
 A GPU that is busy, or that telemetry has no data for, is never reclaimed.
 """
 
 from __future__ import annotations
 
-import html
+import json
 import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from datetime import UTC, datetime
 from urllib.error import HTTPError, URLError
 from urllib.parse import quote
 from urllib.request import Request, urlopen
 
 from labgpu.db.ledger import Ledger
-from labgpu.db.queue_store import QueueStore, ReclaimNotice
+from labgpu.db.queue_store import QueueStore
 from labgpu.fairshare import scheduler
 from labgpu.fairshare.scheduler import Reclaim, RunningAllocation, Warn
 from labgpu.quota.policy import FairshareConfig, Policy, resolve
@@ -33,6 +33,12 @@ log = logging.getLogger("labgpu.reclaim")
 
 BusyFraction = Callable[[Sequence[str], float, float], "float | None"]  # (GPU UUIDs, since, until) -> 0..1 or None
 StopServer = Callable[[str, str], "str | None"]  # (user, server) -> None on success, else what went wrong
+GroupsOf = Callable[[str], Sequence[str]]  # user -> the groups the hub puts them in
+
+
+def no_hub_groups(user: str) -> Sequence[str]:
+    """Without the Hub API (a dry run without a token): only the policy's member lists count."""
+    return ()
 
 
 @dataclass(frozen=True)
@@ -60,16 +66,23 @@ def reclaim_round(
     settings: ReclaimSettings = ReclaimSettings(),
     *,
     dry_run: bool = False,
+    groups_of: GroupsOf = no_hub_groups,
 ) -> list[Warn | Reclaim]:
-    """One round: record busy GPUs, warn, and stop what is due; returns what it decided."""
+    """One round: record busy GPUs, warn, and stop what is due; returns what it decided.
+    ``groups_of`` gives each holder's hub groups (asked once per user and round)."""
     now = store.now()
     fairshare = policy.spec.fairshare if policy is not None else FairshareConfig()
     someone_waiting = store.someone_waiting(fresh_within=settings.waiting_fresh)
+    hub_groups: dict[str, Sequence[str]] = {}
     done: list[Warn | Reclaim] = []
     for allocation in ledger.allocations():
         if not allocation.gpu_uuids:
             continue
-        limits = resolve(policy, allocation.user) if policy is not None else None
+        limits = None
+        if policy is not None:
+            if allocation.user not in hub_groups:
+                hub_groups[allocation.user] = groups_of(allocation.user)
+            limits = resolve(policy, allocation.user, hub_groups[allocation.user])
         idle_timeout = float(limits.idle_timeout) if limits and limits.idle_timeout else fairshare.reclaim_idle_after
         max_runtime = float(limits.max_runtime) if limits and limits.max_runtime else None
         busy = busy_fraction(allocation.gpu_uuids, now.timestamp() - settings.busy_window, now.timestamp())
@@ -136,6 +149,14 @@ def reclaim_round(
 # ---------------------------------------------------------------------------------------
 
 
+def _hub_api(api_url: str, token: str, method: str, path: str, timeout: float) -> tuple[int, bytes]:
+    """One Hub REST API call with the service's token: (HTTP status, body); raises HTTPError
+    for an error status, URLError/OSError when the hub does not answer."""
+    request = Request(api_url.rstrip("/") + path, method=method, headers={"Authorization": f"token {token}"})
+    with urlopen(request, timeout=timeout) as response:
+        return response.status, response.read()
+
+
 def hub_server_stopper(api_url: str, token: str, timeout: float = 30.0) -> StopServer:
     """Stop servers with DELETE /users/{user}/server or /users/{user}/servers/{name} (the
     token needs the ``servers`` scope, e.g. through a role for the service)."""
@@ -144,16 +165,42 @@ def hub_server_stopper(api_url: str, token: str, timeout: float = 30.0) -> StopS
         path = f"/users/{quote(user, safe='')}/server"
         if server:
             path += f"s/{quote(server, safe='')}"
-        request = Request(api_url.rstrip("/") + path, method="DELETE", headers={"Authorization": f"token {token}"})
         try:
-            with urlopen(request, timeout=timeout) as response:
-                return None if response.status in (200, 202, 204) else f"HTTP {response.status}"
+            status, _ = _hub_api(api_url, token, "DELETE", path, timeout)
         except HTTPError as e:
             return f"HTTP {e.code} from {path}: {e.read().decode(errors='replace')[:300]}"
         except (URLError, OSError) as e:
             return f"hub API at {api_url} unreachable: {e}"
+        return None if status in (200, 202, 204) else f"HTTP {status}"
 
     return stop_server
+
+
+def hub_user_groups(api_url: str, token: str, timeout: float = 30.0) -> GroupsOf:
+    """The groups the hub puts a user in (GET /users/{name} -> "groups"; the token needs
+    ``read:users``). When the hub does not answer, the groups it last gave for that user, else
+    none (the policy's member lists still count), with a warning in the log."""
+    known: dict[str, tuple[str, ...]] = {}
+
+    def groups_of(user: str) -> Sequence[str]:
+        path = f"/users/{quote(user, safe='')}"
+        try:
+            _, body = _hub_api(api_url, token, "GET", path, timeout)
+            groups = tuple(str(g) for g in json.loads(body).get("groups") or ())
+        except (OSError, ValueError, AttributeError) as e:  # HTTPError and URLError are OSErrors
+            fallback = known.get(user, ())
+            log.warning(
+                "Could not read %s's groups from the hub at %s (%s); using %s",
+                user,
+                api_url,
+                e,
+                f"the last known: {', '.join(fallback)}" if fallback else "the quota files' member lists only",
+            )
+            return fallback
+        known[user] = groups
+        return groups
+
+    return groups_of
 
 
 def telemetry_busy_fraction(ledger_url: str) -> BusyFraction:
@@ -161,7 +208,7 @@ def telemetry_busy_fraction(ledger_url: str) -> BusyFraction:
     so never reclaimed) while the poller has recorded nothing for those GPUs."""
     from sqlalchemy import inspect
 
-    from labgpu.db.ledger import ledger_engine
+    from labgpu.db.engine import ledger_engine
     from labgpu.db.telemetry_store import TelemetryDB
 
     engine = ledger_engine(ledger_url, immediate=False)
@@ -176,65 +223,6 @@ def telemetry_busy_fraction(ledger_url: str) -> BusyFraction:
     return lambda gpu_uuids, since, until: telemetry.busy_fraction(gpu_uuids, since, until)
 
 
-# ---------------------------------------------------------------------------------------
-# What users see on the hub's pages
-# ---------------------------------------------------------------------------------------
-
-
-def _at(moment: datetime) -> str:
-    return moment.astimezone().strftime("%H:%M")
-
-
-def announcement_for(store: QueueStore, user: str, *, recent: float = 86400.0) -> str:
-    """HTML for the hub's announcement bar: this user's pending warnings and the servers
-    reclaimed in the last ``recent`` seconds ('' when there is nothing to say)."""
-    now = store.now()
-    held = {(a.user, a.server, a.since) for a in store.ledger.allocations()}
-    lines = []
-    for notice in store.notices_for(user, since=now - timedelta(seconds=recent)):
-        name = f"Your server {notice.server!r}" if notice.server else "Your server"
-        if notice.reclaimed_at is not None:
-            lines.append(
-                f"{name} was stopped at {_at(notice.reclaimed_at)}: {notice.message} "
-                "Your files in your home are kept; start it again when you need the GPUs."
-            )
-        elif (notice.user, notice.server, notice.allocation_since) in held and _warning_standing(notice):
-            lines.append(
-                f"{name} will be stopped at {_at(notice.reclaim_at)} unless its GPUs get busy: "  # type: ignore[arg-type]
-                f"{notice.message}"
-            )
-    return "<br>".join(html.escape(line) for line in lines)
-
-
-def _warning_standing(notice: ReclaimNotice) -> bool:
-    """A warning stands until the GPUs get busy again after it."""
-    return (
-        notice.warned_at is not None
-        and notice.reclaim_at is not None
-        and (notice.last_busy_at is None or notice.last_busy_at <= notice.warned_at)
-    )
-
-
-def hub_announcement(ledger_url: str, fallback: str = "") -> Callable[[Any], str]:
-    """A ``c.JupyterHub.template_vars["announcement"]`` value: the current user's reclaim
-    notices (JupyterHub calls it with the user, or None on the login page)."""
-    stores: dict[str, QueueStore] = {}
-
-    def announcement(user: Any) -> str:
-        if user is None:
-            return fallback
-        if "store" not in stores:
-            stores["store"] = QueueStore(Ledger(ledger_url))
-        try:
-            text = announcement_for(stores["store"], user.name)
-        except Exception as e:  # never break a hub page over a notice
-            log.warning("Could not read reclaim notices for %s: %s", user.name, e)
-            text = ""
-        return "<br>".join(t for t in (fallback, text) if t)
-
-    return announcement
-
-
 def run_forever(
     ledger: Ledger,
     store: QueueStore,
@@ -246,11 +234,14 @@ def run_forever(
     *,
     dry_run: bool = False,
     once: bool = False,
+    groups_of: GroupsOf = no_hub_groups,
 ) -> None:
     """Run a round every ``interval`` seconds (the policy is re-read each round)."""
     while True:
         try:
-            reclaim_round(ledger, store, policy(), busy_fraction, stop_server, settings, dry_run=dry_run)
+            reclaim_round(
+                ledger, store, policy(), busy_fraction, stop_server, settings, dry_run=dry_run, groups_of=groups_of
+            )
         except Exception:
             log.exception("Reclaim round failed; trying again in %.0f s", interval)
         if once:

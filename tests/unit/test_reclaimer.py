@@ -2,6 +2,7 @@
 the poller's tables, and a real HTTP server standing in for the Hub API (it stops the server
 the way the hub does: the spawner's stop releases the GPUs in the ledger)."""
 
+import json
 import threading
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -14,15 +15,16 @@ from labgpu.db.queue_store import QueueStore
 from labgpu.db.telemetry_store import TelemetryDB
 from labgpu.fairshare.scheduler import Reclaim, Warn
 from labgpu.gpus.inventory import ReplayInventory
+from labgpu.gpus.telemetry import GpuReading
+from labgpu.hub.announcement import announcement_for
 from labgpu.quota.policy import load_policy_text
 from labgpu.services.reclaimer import (
     ReclaimSettings,
-    announcement_for,
     hub_server_stopper,
+    hub_user_groups,
     reclaim_round,
     telemetry_busy_fraction,
 )
-from labgpu.services.telemetry import GpuReading
 
 DATA = Path(__file__).parent.parent / "data"
 TOKEN = "secret-service-token"
@@ -42,15 +44,32 @@ class Clock:
 
 
 class FakeHubApi(BaseHTTPRequestHandler):
-    """DELETE /hub/api/users/{user}/server[s/{name}]: checks the token, releases like the hub."""
+    """DELETE /hub/api/users/{user}/server[s/{name}]: checks the token, releases like the hub.
+    GET /hub/api/users/{user}: the user model with the hub's groups of that user."""
 
     ledger: Ledger
     deleted: list
+    groups: dict
+
+    def authorized(self):
+        if self.headers.get("Authorization") == f"token {TOKEN}":
+            return True
+        self.send_response(403)
+        self.end_headers()
+        return False
+
+    def do_GET(self):
+        if not self.authorized():
+            return
+        user = self.path.split("/")[4]
+        body = json.dumps({"kind": "user", "name": user, "groups": self.groups.get(user, [])}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(body)
 
     def do_DELETE(self):
-        if self.headers.get("Authorization") != f"token {TOKEN}":
-            self.send_response(403)
-            self.end_headers()
+        if not self.authorized():
             return
         parts = self.path.split("/")  # ['', 'hub', 'api', 'users', user, 'server' | 'servers', name?]
         user, server = parts[4], (parts[6] if parts[5] == "servers" else "")
@@ -61,6 +80,10 @@ class FakeHubApi(BaseHTTPRequestHandler):
 
     def log_message(self, *args):
         pass
+
+
+def always_idle(gpu_uuids, since, until):
+    return 0.0
 
 
 @pytest.fixture
@@ -77,7 +100,7 @@ def ledger(tmp_path, clock):
 
 @pytest.fixture
 def hub(ledger):
-    handler = type("Hub", (FakeHubApi,), {"ledger": ledger, "deleted": []})
+    handler = type("Hub", (FakeHubApi,), {"ledger": ledger, "deleted": [], "groups": {}})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -179,11 +202,41 @@ def test_a_refused_stop_is_recorded_and_retried(ledger, clock):
     store = QueueStore(ledger)
     store.enqueue("lea", "", 4)
     policy = load_policy_text(POLICY % "true")
-    idle = lambda uuids, since, until: 0.0
     stop = hub_server_stopper("http://127.0.0.1:9/hub/api", TOKEN, timeout=2)  # nothing listens there
     for _ in range(15):
         clock.now += timedelta(minutes=5)
         store.heartbeat([e.id for e in store.waiting()])
-        reclaim_round(ledger, store, policy, idle, stop)
+        reclaim_round(ledger, store, policy, always_idle, stop)
     notice = store.notices()[0]
     assert notice.reclaimed_at is None and "unreachable" in notice.error
+
+
+def test_a_hub_group_with_a_longer_idle_timeout_keeps_its_members_servers(ledger, hub, clock):
+    handler, url = hub
+    handler.groups["alice"] = ["long-jobs"]  # from the hub (e.g. OAuth), not in the quota file's members
+    ledger.allocate("alice", "", 2)
+    ledger.allocate("bob", "", 2)
+    store = QueueStore(ledger)
+    store.enqueue("lea", "", 4)
+    policy = load_policy_text((POLICY % "true") + "groups: {long-jobs: {idle_timeout: 3h}}\n")
+    actions = []
+    for _ in range(15):  # 75 minutes idle
+        clock.now += timedelta(minutes=5)
+        store.heartbeat([e.id for e in store.waiting()])
+        actions += reclaim_round(
+            ledger, store, policy, always_idle, hub_server_stopper(url, TOKEN), groups_of=hub_user_groups(url, TOKEN)
+        )
+    assert [(type(a).__name__, a.user) for a in actions] == [("Warn", "bob"), ("Reclaim", "bob")]
+    assert handler.deleted == [("bob", "")]
+    assert ledger.allocation_for("alice") is not None
+
+
+def test_hub_groups_fall_back_to_the_last_answer_when_the_hub_does_not_answer(hub):
+    handler, url = hub
+    handler.groups["alice"] = ["long-jobs"]
+    groups_of = hub_user_groups(url, TOKEN)
+    assert groups_of("alice") == ("long-jobs",)
+    assert groups_of("bob") == ()
+    assert hub_user_groups(url, "wrong-token")("alice") == ()  # 403: the quota files' member lists only
+    handler.groups.clear()
+    assert groups_of("alice") == ()  # the hub answered: alice left the group
