@@ -1,5 +1,5 @@
-"""`labgpu gpus [--db URL] [--source nvml|static:FILE|replay:FILE] [--json]`: the GPU inventory
-and who holds each GPU, as the ledger records it."""
+"""`labgpu gpus`: list the GPUs (from the inventory source, or as the ledger recorded them) and,
+with a ledger, which user/server holds each GPU and since when. Reads only."""
 
 from __future__ import annotations
 
@@ -10,28 +10,17 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy.engine import make_url
-
+from labgpu.cli.options import add_ledger_option, missing_ledger, no_ledger_message
+from labgpu.cli.table import format_table
 from labgpu.db.ledger import Ledger
-from labgpu.gpus.allocator import Allocation
+from labgpu.gpus.allocator import Allocation, HeldUnits, allocatable_unit
 from labgpu.gpus.inventory import Gpu, InventoryError, gpu_to_dict, inventory_source, mig_units
 from labgpu.hub.resources import default_ledger_path
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "gpus",
-        help="list the GPUs and who holds each one",
-        description="List the GPUs (from the inventory source, or as the ledger recorded them) and, "
-        "with a ledger, which user/server holds each GPU and since when. Reads only.",
-    )
-    parser.add_argument(
-        "--db",
-        default=None,
-        metavar="URL",
-        help="the ledger: an SQLAlchemy URL or an SQLite file path (default: $LABGPU_LEDGER, "
-        "else ledger.sqlite in $LABGPU_STATE_DIR or ./.state, when it exists)",
-    )
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser("gpus", help="list the GPUs and who holds each one", description=__doc__)
+    add_ledger_option(parser)
     parser.add_argument(
         "--source",
         default=os.environ.get("LABGPU_GPU_SOURCE"),
@@ -41,14 +30,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.set_defaults(func=run_gpus)
-
-
-def _sqlite_file(url: str) -> Path | None:
-    text = url if "://" in url else f"sqlite:///{url}"
-    parsed = make_url(text)
-    if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
-        return Path(parsed.database)
-    return None
 
 
 def _memory(size: int) -> str:
@@ -89,12 +70,9 @@ def run_gpus(args: argparse.Namespace) -> int:
     if args.db is None and Path(default_ledger_path()).exists():
         args.db = default_ledger_path()
     if args.db:
-        path = _sqlite_file(args.db)
-        if path is not None and not path.exists():
-            print(
-                f"labgpu gpus: no ledger at {path}; pass the hub's --db URL (or set $LABGPU_LEDGER / $LABGPU_STATE_DIR)",
-                file=sys.stderr,
-            )
+        missing = missing_ledger(args.db)
+        if missing is not None:
+            print(no_ledger_message("gpus", missing), file=sys.stderr)
             return 1
         with Ledger(args.db) as ledger:
             holdings = ledger.holdings(include_gone=True)
@@ -107,8 +85,8 @@ def run_gpus(args: argparse.Namespace) -> int:
         except InventoryError as error:
             print(f"labgpu gpus: {error}", file=sys.stderr)
             return 1
-        units = [unit for gpu in sorted(gpus, key=lambda g: g.index) for unit in (gpu, *mig_units(gpu))]
-        rows = [(unit, True, holders.get(unit.uuid)) for unit in units]
+        listed = [unit for gpu in sorted(gpus, key=lambda g: g.index) for unit in (gpu, *mig_units(gpu))]
+        rows = [(unit, True, holders.get(unit.uuid)) for unit in listed]
 
     if args.json:
         print(
@@ -150,12 +128,11 @@ def run_gpus(args: argparse.Namespace) -> int:
                 _since(allocation, now) if allocation else "",
             ]
         )
-    widths = [max(len(row[col]) for row in table) for col in range(len(table[0]))]
-    for row in table:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)).rstrip())
+    print(format_table(table))
     # What can be granted: whole GPUs and MIG slices (a GPU in MIG mode is its slices).
-    units = [(gpu, a) for gpu, present, a in rows if present and not gpu.mig_enabled]
-    free = sum(1 for gpu, a in units if gpu.healthy and not a)
+    units = [(gpu, a) for gpu, present, a in rows if present and allocatable_unit(gpu)]
+    holds = HeldUnits.of(gpu for gpu, _, a in rows if a)
+    free = sum(1 for gpu, _ in units if gpu.healthy and holds.free(gpu))
     slices = sum(1 for gpu, _ in units if gpu.mig_parent)
     summary = f"{free} of {len(units)} GPUs free" + (f" (counting {slices} MIG slices)" if slices else "")
     islands = _islands([gpu for gpu, present, _ in rows if present])

@@ -26,7 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _unavailable(subparsers: argparse._SubParsersAction, name: str, error: ImportError) -> None:
+def _unavailable(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser], name: str, error: ImportError
+) -> None:
     missing = error.name or str(error)
 
     def explain(args: argparse.Namespace) -> int:
@@ -39,12 +41,14 @@ def _unavailable(subparsers: argparse._SubParsersAction, name: str, error: Impor
 
     parser = subparsers.add_parser(name, help=f"(unavailable: {missing} is not installed)", add_help=False)
     parser.add_argument("rest", nargs=argparse.REMAINDER)
-    parser.set_defaults(func=explain)
+    parser.set_defaults(func=explain, unavailable=True)  # whatever options follow, it explains
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and not getattr(args, "unavailable", False):
+        parser.parse_args(argv)  # argparse's own error for what it does not know
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

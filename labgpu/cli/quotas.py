@@ -7,6 +7,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from labgpu.cli.table import format_table
 from labgpu.quota.policy import (
     Limits,
     Policy,
@@ -21,10 +22,15 @@ from labgpu.units import format_duration, format_size
 SUMMARY_ROWS = 40
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser("quotas", help="check quota files, show a user's limits")
     commands = parser.add_subparsers(dest="quotas_command", metavar="ACTION")
-    parser.set_defaults(func=lambda args: (parser.print_help(), 2)[1])
+
+    def show_help(args: argparse.Namespace) -> int:  # `labgpu quotas` without an action
+        parser.print_help()
+        return 2
+
+    parser.set_defaults(func=show_help)
 
     check = commands.add_parser(
         "check",
@@ -75,11 +81,6 @@ def _row(who: str, limits: Limits) -> list[str]:
     ]
 
 
-def _table(rows: list[list[str]]) -> str:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)).rstrip() for row in rows)
-
-
 def run_check(args: argparse.Namespace) -> int:
     policy = _load(args.files)
     if policy is None:
@@ -99,7 +100,7 @@ def run_check(args: argparse.Namespace) -> int:
     print(
         f"OK: {', '.join(policy.files)}: {len(spec.images)} images, {len(spec.groups)} groups, {len(users)} users named"
     )
-    print(_table(rows))
+    print(format_table(rows))
     if len(users) > len(shown):
         print(f"... and {len(users) - len(shown)} more users (labgpu quotas show USER)")
     return 0
@@ -138,5 +139,5 @@ def run_show(args: argparse.Namespace) -> int:
         rows.append(["pool", f"{pool} GPUs for the whole group", f"groups.{group}"])
     for group, volume in limits.shared_volumes.items():
         rows.append(["shared_volume", volume, f"groups.{group}"])
-    print(_table(rows))
+    print(format_table(rows))
     return 0

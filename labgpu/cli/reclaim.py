@@ -1,7 +1,10 @@
-"""`labgpu reclaim`: take idle GPUs back (warn, then stop the server through the Hub API).
+"""`labgpu reclaim`: every --interval, look at each allocation's GPU busy fraction (the poller's
+telemetry) and apply the quota policy's idle_timeout / max_runtime / fairshare rules: warn the
+owner (shown on the hub's pages), then stop the server through the Hub REST API. Busy GPUs, and
+GPUs without telemetry, are never reclaimed.
 
 Meant to run as a JupyterHub managed service, which passes JUPYTERHUB_API_URL and
-JUPYTERHUB_API_TOKEN; see labgpu/services/reclaimer.py and docs/gpu-queue.md for the hub config.
+JUPYTERHUB_API_TOKEN; docs/gpu-queue.md shows the hub configuration.
 """
 
 from __future__ import annotations
@@ -11,60 +14,44 @@ import logging
 import os
 import sys
 
+from labgpu.cli.options import add_ledger_option, add_quotas_option, duration_seconds, ledger_url, quota_paths
 from labgpu.db.ledger import Ledger
 from labgpu.db.queue_store import QueueStore
-from labgpu.hub.resources import default_ledger_path
-from labgpu.quota.policy import PolicyError, PolicyStore, default_paths, split_paths
-from labgpu.services.reclaimer import ReclaimSettings, hub_server_stopper, run_forever, telemetry_busy_fraction
-from labgpu.units import parse_duration
+from labgpu.quota.policy import Policy, PolicyError, PolicyStore
+from labgpu.services.reclaimer import (
+    ReclaimSettings,
+    hub_server_stopper,
+    hub_user_groups,
+    no_hub_groups,
+    run_forever,
+    telemetry_busy_fraction,
+)
 
 
-def _seconds(text: str) -> float:
-    try:
-        return float(parse_duration(text))
-    except (ValueError, TypeError) as e:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a duration (e.g. 90s, 15m, 2h): {e}") from None
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
-        "reclaim",
-        help="warn about and reclaim idle GPUs (a JupyterHub managed service)",
-        description="Every --interval, look at each allocation's GPU busy fraction (the poller's telemetry) "
-        "and apply the quota policy's idle_timeout / max_runtime / fairshare rules: warn the owner "
-        "(shown on the hub's pages), then stop the server through the Hub REST API. Busy GPUs, and GPUs "
-        "without telemetry, are never reclaimed.",
+        "reclaim", help="warn about and reclaim idle GPUs (a JupyterHub managed service)", description=__doc__
     )
-    parser.add_argument(
-        "--db",
-        default=None,
-        metavar="URL",
-        help="the ledger (default: $LABGPU_LEDGER, else ledger.sqlite in $LABGPU_STATE_DIR)",
-    )
-    parser.add_argument(
-        "--quotas",
-        default=None,
-        metavar="PATHS",
-        help="quota files or directories, comma-separated (default: $LABGPU_QUOTAS)",
-    )
+    add_ledger_option(parser)
+    add_quotas_option(parser, "; 'none' for no policy (the fairshare defaults for everyone)")
     parser.add_argument(
         "--api-url",
         default=os.environ.get("JUPYTERHUB_API_URL", "http://127.0.0.1:8081/hub/api"),
         help="the Hub API (default: $JUPYTERHUB_API_URL, set for managed services)",
     )
     parser.add_argument(
-        "--interval", type=_seconds, default=60.0, metavar="DURATION", help="time between rounds (default 1m)"
+        "--interval", type=duration_seconds, default=60.0, metavar="DURATION", help="time between rounds (default 1m)"
     )
     parser.add_argument(
         "--warn-before",
-        type=_seconds,
+        type=duration_seconds,
         default=900.0,
         metavar="DURATION",
         help="warn this long before stopping a server (default 15m)",
     )
     parser.add_argument(
         "--busy-window",
-        type=_seconds,
+        type=duration_seconds,
         default=300.0,
         metavar="DURATION",
         help="busy fraction measured over this window each round (default 5m)",
@@ -91,7 +78,7 @@ def run_reclaim(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    paths = split_paths(args.quotas) if args.quotas else default_paths()
+    paths = quota_paths(args)
     store_of_policy = None
     if paths != ["none"]:
         store_of_policy = PolicyStore(paths)
@@ -101,7 +88,7 @@ def run_reclaim(args: argparse.Namespace) -> int:
             print(f"labgpu reclaim: {e}", file=sys.stderr)
             return 1
 
-    def policy():
+    def policy() -> Policy | None:
         if store_of_policy is None:
             return None
         result = store_of_policy.refresh()
@@ -111,8 +98,7 @@ def run_reclaim(args: argparse.Namespace) -> int:
             )
         return store_of_policy.policy
 
-    url = args.db or default_ledger_path()
-    ledger = Ledger(url)
+    ledger = Ledger(ledger_url(args))
     settings = ReclaimSettings(
         warn_before=args.warn_before, idle_threshold=args.idle_threshold, busy_window=args.busy_window
     )
@@ -126,5 +112,6 @@ def run_reclaim(args: argparse.Namespace) -> int:
         args.interval,
         dry_run=args.dry_run,
         once=args.once,
+        groups_of=hub_user_groups(args.api_url, token) if token else no_hub_groups,
     )
     return 0

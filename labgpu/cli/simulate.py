@@ -1,5 +1,7 @@
-"""`labgpu simulate TRACE`: replay a demand trace under fifo and/or fairshare and print
-waits, fairness, GPU busy fraction and reclaimed idle GPU-hours (admins' "what if")."""
+"""`labgpu simulate TRACE`: replay a JSON Lines demand trace (see labgpu/fairshare/trace.py
+and benchmarks/traces/) through the real queue, backfill and reclamation code under fifo and/or
+fairshare, and print waits, fairness, GPU busy fraction and reclaimed idle GPU-hours (an admin's
+"what if")."""
 
 from __future__ import annotations
 
@@ -7,15 +9,13 @@ import argparse
 import json
 import sys
 
-from labgpu.fairshare.simulator import POLICIES, TraceError, format_table, load_trace, simulate
+from labgpu.fairshare.simulator import POLICIES, format_table, simulate
+from labgpu.fairshare.trace import TraceError, load_trace
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
-        "simulate",
-        help="replay a demand trace through the scheduler on a virtual clock",
-        description="Replay a JSON Lines demand trace (see labgpu/fairshare/simulator.py and "
-        "benchmarks/traces/) through the real queue, backfill and reclamation code.",
+        "simulate", help="replay a demand trace through the scheduler on a virtual clock", description=__doc__
     )
     parser.add_argument("trace", help="trace file, e.g. benchmarks/traces/deadline-week.jsonl")
     parser.add_argument(

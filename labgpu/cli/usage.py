@@ -1,21 +1,29 @@
-"""`labgpu usage [--since 30d] [--by user|group] [--csv]`: GPU-hours held and busy, efficiency,
-queue waits and reclaimed GPU-hours per user or group, from the ledger (allocation audit, GPU
-queue, reclaim notices) and the poller's telemetry in the same database."""
+"""`labgpu usage`: GPU accounting from the ledger, per user or per group: GPU-hours held
+(allocations), busy (the poller's telemetry in the same database, if any), efficiency = busy /
+held, spawns that waited in the GPU queue (mean and longest wait), and servers reclaimed for
+idleness with the idle GPU-hours they held."""
 
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
+from functools import partial
 
+from labgpu.cli.options import (
+    add_ledger_option,
+    add_quotas_option,
+    ledger_url,
+    missing_ledger,
+    no_ledger_message,
+    quota_paths,
+)
+from labgpu.cli.table import format_table, write_csv
 from labgpu.db.ledger import Ledger
 from labgpu.db.queue_store import GRANTED, QueueStore
-from labgpu.hub.resources import default_ledger_path
-from labgpu.quota.policy import PolicyError, load_policy, resolve, split_paths
+from labgpu.quota.policy import PolicyError, load_policy, user_groups
 from labgpu.units import parse_duration
 
 HOUR = 3600.0
@@ -46,13 +54,18 @@ class UsageRow:
         return self.wait_hours_total / self.queued if self.queued else None
 
 
+def no_groups(user: str) -> Sequence[str]:
+    """--by user: no groups are looked up."""
+    return ()
+
+
 def usage_rows(
     store: QueueStore,
     since: datetime,
     until: datetime,
     *,
     by: str = "user",
-    groups_of: Callable[[str], Sequence[str]] = lambda user: (),
+    groups_of: Callable[[str], Sequence[str]] = no_groups,
     busy_hours: dict[str, float] | None = None,
 ) -> list[UsageRow]:
     """Figures per user (or per group: a user in several groups counts in each) over
@@ -110,16 +123,20 @@ def _busy_hours(ledger_url: str, since: datetime, until: datetime) -> dict[str, 
     return {user: usage.gpu_hours_busy for user, usage in report.by_user.items()}
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "usage",
         help="GPU-hours held and busy, efficiency, queue waits, reclaims per user or group",
-        description="GPU accounting from the ledger: GPU-hours held (allocations), busy (the poller's "
-        "telemetry, if any), efficiency = busy / held, spawns that waited in the GPU queue (mean and "
-        "longest wait), and servers reclaimed for idleness with the idle GPU-hours they held.",
+        description=__doc__,
     )
     parser.add_argument("--since", default="30d", metavar="DURATION", help="period ending now (default 30d)")
-    parser.add_argument("--by", choices=("user", "group"), default="user", help="one row per user (default) or group")
+    parser.add_argument(
+        "--by",
+        choices=("user", "group"),
+        default="user",
+        help="one row per user (default) or group: the groups whose members lists in the quota files name the "
+        "user (this command has no hub token, so groups the hub alone gives, e.g. from OAuth, do not count)",
+    )
     parser.add_argument("--csv", action="store_true", help="print CSV instead of a table")
     parser.add_argument(
         "--sessions",
@@ -127,18 +144,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="list workspace sessions instead: image and digest, driver, CUDA and torch versions, "
         "GPUs, start and end (what to cite to reproduce a result)",
     )
-    parser.add_argument(
-        "--db",
-        default=None,
-        metavar="URL",
-        help="the ledger (default: $LABGPU_LEDGER, else ledger.sqlite in $LABGPU_STATE_DIR)",
-    )
-    parser.add_argument(
-        "--quotas",
-        default=None,
-        metavar="PATHS",
-        help="quota files, comma-separated, for --by group (default: $LABGPU_QUOTAS)",
-    )
+    add_ledger_option(parser)
+    add_quotas_option(parser, ", for --by group")
     parser.set_defaults(func=run_usage)
 
 
@@ -147,19 +154,11 @@ def _fmt(value: float | None, pattern: str = "{:.1f}") -> str:
 
 
 def _print_table(header: list[str], table: list[list[str]], as_csv: bool) -> None:
+    """Figures right-aligned under their header, the name column left; or CSV."""
     if as_csv:
-        writer = csv.writer(sys.stdout)
-        writer.writerow([h.lower().replace(" ", "_").replace("-", "_") for h in header])
-        writer.writerows(table)
-        return
-    widths = [max(len(line[i]) for line in [header, *table]) for i in range(len(header))]
-    for line in [header, *table]:
-        print(
-            "  ".join(
-                cell.ljust(w) if i == 0 else cell.rjust(w)
-                for i, (cell, w) in enumerate(zip(line, widths, strict=False))
-            )
-        )
+        write_csv(header, table)
+    else:
+        print(format_table([header, *table], right_aligned=range(1, len(header))))
 
 
 def print_sessions(url: str, period: float, as_csv: bool) -> int:
@@ -200,24 +199,21 @@ def run_usage(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"labgpu usage: --since {e}", file=sys.stderr)
         return 2
-    url = args.db or default_ledger_path()
-    if "://" not in url and not Path(url).exists():
-        print(
-            f"labgpu usage: no ledger at {url}; pass --db (or set $LABGPU_LEDGER / $LABGPU_STATE_DIR)", file=sys.stderr
-        )
+    url = ledger_url(args)
+    missing = missing_ledger(url)
+    if missing is not None:
+        print(no_ledger_message("usage", missing), file=sys.stderr)
         return 1
     if args.sessions:
         return print_sessions(url, period, args.csv)
-    groups_of: Callable[[str], Sequence[str]] = lambda user: ()
+    groups_of: Callable[[str], Sequence[str]] = no_groups
     if args.by == "group":
-        from labgpu.quota.policy import default_paths
-
         try:
-            policy = load_policy(split_paths(args.quotas) if args.quotas else default_paths())
+            # The groups whose members lists name the user: no hub token here for the hub's groups.
+            groups_of = partial(user_groups, load_policy(quota_paths(args)))
         except PolicyError as e:
             print(f"labgpu usage: --by group needs the quota policy: {e}", file=sys.stderr)
             return 1
-        groups_of = lambda user: resolve(policy, user).groups
     with Ledger(url) as ledger:
         store = QueueStore(ledger)
         until = store.now()

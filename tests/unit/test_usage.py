@@ -126,3 +126,11 @@ def test_usage_command_says_where_the_ledger_is_missing(tmp_path):
         text=True,
     )
     assert done.returncode == 1 and "no ledger at" in done.stderr and "--db" in done.stderr
+
+
+def test_usage_help_says_groups_come_from_the_quota_files_alone():
+    done = subprocess.run(
+        [sys.executable, "-m", "labgpu.cli", "usage", "--help"], capture_output=True, text=True, check=True
+    )
+    help_text = " ".join(done.stdout.split())
+    assert "members lists in the quota files" in help_text and "no hub token" in help_text
