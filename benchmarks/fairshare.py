@@ -12,7 +12,6 @@ the simulator (median of repeated runs). Writes benchmarks/results/fairshare.{js
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import statistics
 import sys
@@ -26,7 +25,8 @@ sys.path.insert(0, str(REPO / "benchmarks" / "traces"))
 from machine_info import machine_info
 from make_traces import make_trace
 
-from labgpu.fairshare.simulator import format_table, load_trace, parse_trace, simulate
+from labgpu.fairshare.simulator import format_table, simulate
+from labgpu.fairshare.trace import load_trace, parse_trace
 
 TRACE = REPO / "benchmarks" / "traces" / "deadline-week.jsonl"
 RESULTS = REPO / "benchmarks" / "results"
@@ -100,11 +100,7 @@ def main() -> int:
         "criteria": {k: {"better": how, "fairshare_wins": verdict[k]} for k, how, _ in CRITERIA},
         "criteria_won": won,
         "simulator_time": timings,
-        "gpu_choice": (
-            "labgpu.gpus.allocator.choose_gpus"
-            if importlib.util.find_spec("labgpu.gpus.allocator")
-            else "first free ids (labgpu.gpus.allocator absent)"
-        ),
+        "gpu_choice": "labgpu.gpus.allocator.choose_gpus",
         "robustness": {
             "seeds": seeds,
             "all_three_won": all_three,

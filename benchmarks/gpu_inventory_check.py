@@ -30,7 +30,8 @@ from machine_info import machine_info
 
 from labgpu.db.ledger import Ledger
 from labgpu.gpus.allocator import NotEnoughGpus, choose_gpus
-from labgpu.gpus.inventory import InventoryError, NvmlInventory, gpu_to_dict
+from labgpu.gpus.inventory import InventoryError, gpu_to_dict
+from labgpu.gpus.nvml import NvmlInventory
 
 RESULTS = REPO / "benchmarks" / "results"
 

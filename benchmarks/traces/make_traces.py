@@ -21,7 +21,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from labgpu.fairshare.simulator import dump_trace
+from labgpu.fairshare.trace import dump_trace
 
 GROUPS = {"vision": {"share": 1, "pool": 6}, "nlp": {"share": 1, "pool": 6}, "robotics": {"share": 1, "pool": 4}}
 HEAVY = {"ava": "vision", "eli": "nlp", "ivan": "robotics"}

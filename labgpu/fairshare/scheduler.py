@@ -30,32 +30,35 @@ UNGROUPED = "(no group)"
 
 
 @dataclass(frozen=True)
-class GpuRequest:
+class GpuClaim:
+    """GPUs a user waits for or holds: the request's or allocation's id, who, how many."""
+
+    id: str
+    user: str
+    gpus: int
+
+
+@dataclass(frozen=True)
+class GpuRequest(GpuClaim):
     """A spawn waiting in the queue: who asks for how many GPUs, since when.
 
     ``max_runtime`` (seconds, from the user's policy or chosen on the spawn page) bounds how
     long the server may hold its GPUs; backfill relies on it, None means unbounded.
     """
 
-    id: str
-    user: str
-    gpus: int
     submitted_at: float
     group: str | None = None
     max_runtime: float | None = None
 
 
 @dataclass(frozen=True)
-class RunningAllocation:
+class RunningAllocation(GpuClaim):
     """GPUs held by a running server, with what reclamation needs to know about it.
 
     ``last_busy_at`` is the last time telemetry saw any of its GPUs above the idle threshold
     (None: never busy since start); ``warned_at`` is when its owner was last warned.
     """
 
-    id: str
-    user: str
-    gpus: int
     started_at: float
     group: str | None = None
     max_runtime: float | None = None
@@ -158,7 +161,7 @@ def decayed_usage(previous_usage: float, since: float, now: float, half_life: fl
     elapsed = now - since
     if elapsed < 0:
         raise ValueError(f"now ({now}) is before since ({since})")
-    decay = 2.0 ** (-elapsed / half_life)
+    decay = math.pow(2.0, -elapsed / half_life)
     accrued = gpus_held * half_life / math.log(2) * (1.0 - decay)
     return previous_usage * decay + accrued
 
@@ -186,7 +189,7 @@ def fairshare_factor(usage: float, share: float, total_usage: float, total_share
         return 1.0
     normalized_usage = usage / total_usage
     normalized_share = share / total_shares
-    return 2.0 ** (-normalized_usage / normalized_share)
+    return math.pow(2.0, -normalized_usage / normalized_share)
 
 
 def normalized_shares(shares: Shares, users: Iterable[str]) -> dict[str, float]:
@@ -239,7 +242,7 @@ def fairshare_factors(usage: Mapping[str, float], shares: Shares, users: Iterabl
                 continue
             own = max(0.0, usage.get(user, 0.0)) / total_usage
             effective = own + (group_usage / total_usage - own) * in_group
-            factors[user] = 2.0 ** (-effective / normalized_share)
+            factors[user] = math.pow(2.0, -effective / normalized_share)
     return factors
 
 
@@ -319,13 +322,12 @@ def _limit_blocked(
     user_totals: Mapping[str, int],
     extra: int = 0,
 ) -> bool:
-    if request.group is not None and request.group in pools:
-        if group_held.get(request.group, 0) + request.gpus + extra > pools[request.group]:
-            return True
-    if request.user in user_totals:
-        if user_held.get(request.user, 0) + request.gpus + extra > user_totals[request.user]:
-            return True
-    return False
+    """Would granting ``request`` (plus ``extra`` GPUs) exceed its group's pool or its user's total?"""
+    asked = request.gpus + extra
+    group = request.group
+    over_pool = group is not None and group in pools and group_held.get(group, 0) + asked > pools[group]
+    over_total = request.user in user_totals and user_held.get(request.user, 0) + asked > user_totals[request.user]
+    return over_pool or over_total
 
 
 def _shadow(needed: int, free_now: int, running: Iterable[tuple[float, int]], now: float) -> tuple[float, int]:

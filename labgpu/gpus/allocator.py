@@ -29,7 +29,6 @@ __all__ = [
     "allocatable_unit",
     "choose_gpus",
     "model_allowed",
-    "not_enough_message",
 ]
 
 Placement = Literal["pack", "spread"]
@@ -70,48 +69,11 @@ def _clock(since: datetime, now: datetime) -> str:
     return local_since.strftime("%Y-%m-%d %H:%M")
 
 
-def not_enough_message(
-    requested: int,
-    free: int,
-    held: Sequence[HeldGpu] = (),
-    *,
-    unhealthy: int = 0,
-    total: int | None = None,
-    models: Collection[str] | None = None,
-    now: datetime | None = None,
-    max_listed: int = 4,
-) -> str:
-    """``Not enough free GPUs: you asked for 2, 1 is free (GPU-3f2a… held by alice since 09:14).``"""
-    now = now or datetime.now(UTC)
-    kind = f" {'/'.join(sorted(models))}" if models else ""
-    plural = "GPU" if requested == 1 else "GPUs"
-    verb = "is" if free == 1 else "are"
-    message = f"Not enough free{kind} GPUs: you asked for {requested}, {free} {verb} free"
-    by_holder: dict[tuple[str, str, datetime], list[str]] = {}
-    for h in sorted(held, key=lambda h: (h.since, h.user, h.server, h.uuid)):
-        by_holder.setdefault((h.user, h.server, h.since), []).append(short_uuid(h.uuid))
-    holders = list(by_holder.items())
-    details = [
-        f"{', '.join(uuids)} held by {server_label(user, server)} since {_clock(since, now)}"
-        for (user, server, since), uuids in holders[:max_listed]
-    ]
-    if len(holders) > max_listed:
-        rest = sum(len(uuids) for _, uuids in holders[max_listed:])
-        details.append(f"{rest} more held by {len(holders) - max_listed} other servers")
-    if unhealthy:
-        details.append(f"{unhealthy} unhealthy")
-    if details:
-        message += " (" + "; ".join(details) + ")"
-    message += "."
-    if total is not None and total < requested:
-        message += f" This hub has only {gpus_text(total, kind.strip())}; ask for at most {total}."
-    elif not details:
-        message += f" Try again later or ask for fewer {plural}."
-    return message
-
-
 class NotEnoughGpus(Exception):
-    """A request for N GPUs cannot be met now; ``str()`` is the message for the user."""
+    """A request for N GPUs cannot be met now; ``str()`` is the message for the user:
+    ``Not enough free GPUs: you asked for 2, 1 is free (GPU-3f2a… held by alice since 09:14).``"""
+
+    MAX_LISTED = 4  # holders named in the message; the others are counted
 
     def __init__(
         self,
@@ -130,10 +92,37 @@ class NotEnoughGpus(Exception):
         self.unhealthy = unhealthy
         self.total = total
         self.models = tuple(sorted(models)) if models else None
-        self.message = not_enough_message(
-            requested, free, held, unhealthy=unhealthy, total=total, models=models, now=now
-        )
+        self.message = self._message(now or datetime.now(UTC))
         super().__init__(self.message)
+
+    def _message(self, now: datetime) -> str:
+        requested, free, total = self.requested, self.free, self.total
+        kind = f" {'/'.join(self.models)}" if self.models else ""
+        plural = "GPU" if requested == 1 else "GPUs"
+        verb = "is" if free == 1 else "are"
+        message = f"Not enough free{kind} GPUs: you asked for {requested}, {free} {verb} free"
+        by_holder: dict[tuple[str, str, datetime], list[str]] = {}
+        for h in sorted(self.held, key=lambda h: (h.since, h.user, h.server, h.uuid)):
+            by_holder.setdefault((h.user, h.server, h.since), []).append(short_uuid(h.uuid))
+        holders = list(by_holder.items())
+        listed = self.MAX_LISTED
+        details = [
+            f"{', '.join(uuids)} held by {server_label(user, server)} since {_clock(since, now)}"
+            for (user, server, since), uuids in holders[:listed]
+        ]
+        if len(holders) > listed:
+            rest = sum(len(uuids) for _, uuids in holders[listed:])
+            details.append(f"{rest} more held by {len(holders) - listed} other servers")
+        if self.unhealthy:
+            details.append(f"{self.unhealthy} unhealthy")
+        if details:
+            message += " (" + "; ".join(details) + ")"
+        message += "."
+        if total is not None and total < requested:
+            message += f" This hub has only {gpus_text(total, kind.strip())}; ask for at most {total}."
+        elif not details:
+            message += f" Try again later or ask for fewer {plural}."
+        return message
 
 
 class UserTotalExceeded(Exception):

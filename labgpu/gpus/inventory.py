@@ -1,17 +1,22 @@
-"""GPU inventory: which GPUs this host has, behind one interface with three sources.
+"""GPU inventory: the :class:`Gpu` model, its plain-data forms, and the sources that list GPUs.
 
-``NvmlInventory`` asks the driver (the real one), ``StaticInventory`` reads a list from the
-configuration (a hub that cannot see the GPUs), ``ReplayInventory`` replays recorded
-snapshots (tests). GPUs are identified by UUID: NVML's indices change across reboots.
+Every source answers ``gpus()`` with the same ``Gpu`` objects: ``NvmlInventory``
+(``labgpu.gpus.nvml``) asks the driver, ``StaticInventory`` reads a list from the configuration
+(a hub that cannot see the GPUs), ``ReplayInventory`` replays recorded snapshots (tests). GPUs
+are identified by UUID: NVML's indices change across reboots.
+
+A GPU's fields are listed once, in the dataclass: the dict/YAML form (:func:`gpu_to_dict`, the
+static reader) and the flat form a table row stores (:func:`gpu_to_row`, :func:`gpu_from_row`)
+are derived from ``dataclasses.fields(Gpu)``, so a new field travels everywhere by itself.
 """
 
 from __future__ import annotations
 
-import contextlib
 import io
+import json
 import threading
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -25,10 +30,12 @@ __all__ = [
     "GpuInventorySource",
     "InventoryError",
     "MigDevice",
-    "NvmlInventory",
     "ReplayInventory",
     "StaticInventory",
+    "gpu_from_row",
     "gpu_to_dict",
+    "gpu_to_row",
+    "gpus_from_dicts",
     "inventory_source",
     "mig_units",
     "parse_memory",
@@ -96,16 +103,14 @@ def mig_units(gpu: Gpu) -> list[Gpu]:
     if not gpu.mig_enabled:
         return []
     return [
-        Gpu(
+        replace(
+            gpu,
             uuid=mig.uuid,
-            index=gpu.index,
             model=mig.name or f"{gpu.model} MIG",
             memory_total=mig.memory_total,
-            healthy=gpu.healthy,
-            health_reason=gpu.health_reason,
-            pci_bus_id=gpu.pci_bus_id,
-            numa_node=gpu.numa_node,
-            switch_group=gpu.switch_group,
+            mig_enabled=False,
+            mig_devices=(),
+            nvlink_peers=frozenset(),
             mig_parent=gpu.uuid,
             mig_index=mig.index,
         )
@@ -123,45 +128,44 @@ class GpuInventorySource(Protocol):
 
 
 def parse_memory(value: Any) -> int:
-    """``80G``, ``81920M``, ``80GiB`` or a number of bytes -> bytes."""
-    if isinstance(value, bool):
-        raise ValueError(f"memory must be a size like 80G or a number of bytes (got {value!r})")
-    if isinstance(value, int):
-        if value < 0:
-            raise ValueError(f"memory must be >= 0 (got {value})")
-        return value
+    """``80G``, ``81920M``, ``80GiB`` or a number of bytes -> bytes (``labgpu.units``' size grammar)."""
     try:
-        return parse_size(str(value))  # labgpu.units: the same grammar as the quota files
+        return parse_size(value)
     except ValueError:
         raise ValueError(f"memory must be a size like 80G, 81920M or a number of bytes (got {value!r})") from None
+
+
+_FIELDS = tuple(f.name for f in fields(Gpu))
+_TEXT_FIELDS = frozenset(f.name for f in fields(Gpu) if f.type == "str")
+_FLAG_FIELDS = frozenset(f.name for f in fields(Gpu) if f.type == "bool")
+# What a hand-written GPU mapping may hold: the fields, plus ``memory`` (for ``memory_total``)
+# and ``nvlink_group`` (shorthand for NVLink peers, see gpus_from_dicts).
+_MAPPING_KEYS = frozenset(_FIELDS) | {"memory", "nvlink_group"}
 
 
 def gpu_to_dict(gpu: Gpu) -> dict[str, Any]:
     """The JSON/YAML form of a GPU (what ``ReplayInventory`` and ``StaticInventory`` read)."""
     data = asdict(gpu)
+    data["mig_devices"] = list(data["mig_devices"])
     data["nvlink_peers"] = sorted(gpu.nvlink_peers)
-    data["mig_devices"] = [asdict(m) for m in gpu.mig_devices]
     return data
 
 
-_GPU_FIELDS = {
-    "uuid",
-    "index",
-    "model",
-    "memory_total",
-    "memory",
-    "healthy",
-    "health_reason",
-    "mig_enabled",
-    "mig_devices",
-    "pci_bus_id",
-    "numa_node",
-    "switch_group",
-    "nvlink_peers",
-    "nvlink_group",
-    "mig_parent",
-    "mig_index",
-}
+def gpu_to_row(gpu: Gpu) -> dict[str, Any]:
+    """The flat form a table row stores: one scalar per field, MIG devices and NVLink peers as JSON text."""
+    data = gpu_to_dict(gpu)
+    return {**data, "mig_devices": json.dumps(data["mig_devices"]), "nvlink_peers": json.dumps(data["nvlink_peers"])}
+
+
+def gpu_from_row(row: Mapping[str, Any]) -> Gpu:
+    """The GPU a :func:`gpu_to_row` row holds; other keys (a table's other columns) are ignored
+    and a NULL text or flag reads as empty or false."""
+    values = {name: row[name] for name in _FIELDS if name in row}
+    values.update({name: values[name] or "" for name in _TEXT_FIELDS & values.keys()})
+    values.update({name: bool(values[name]) for name in _FLAG_FIELDS & values.keys()})
+    values["mig_devices"] = tuple(MigDevice(**m) for m in json.loads(values.get("mig_devices") or "[]"))
+    values["nvlink_peers"] = frozenset(json.loads(values.get("nvlink_peers") or "[]"))
+    return Gpu(**values)
 
 
 def _where(source: str, node: Any, key: Any = None) -> str:
@@ -183,11 +187,11 @@ def _gpu_from_mapping(entry: Any, position: int, source: str, path: str) -> tupl
     here = f"{path}[{position}]"
     if not isinstance(entry, Mapping):
         raise InventoryError(f"{_where(source, entry)}: {here} must be a mapping with uuid, model, memory")
-    unknown = sorted(set(entry) - _GPU_FIELDS)
+    unknown = sorted(set(entry) - _MAPPING_KEYS)
     if unknown:
         raise InventoryError(
             f"{_where(source, entry, unknown[0])}: {here}.{unknown[0]} is not a GPU field; "
-            f"allowed: {', '.join(sorted(_GPU_FIELDS))}"
+            f"allowed: {', '.join(sorted(_MAPPING_KEYS))}"
         )
     uuid = entry.get("uuid")
     if not isinstance(uuid, str) or not uuid.strip() or "," in uuid:
@@ -232,22 +236,22 @@ def _gpu_from_mapping(entry: Any, position: int, source: str, path: str) -> tupl
                 name=str(mig.get("name", "")),
             )
         )
-    gpu = Gpu(
+    # Fields without a rule of their own are taken as written (text fields as text).
+    values = {name: entry[name] for name in _FIELDS if name in entry}
+    values.update({name: str(values[name] or "") for name in _TEXT_FIELDS & values.keys()})
+    values.update(
         uuid=uuid.strip(),
         index=index,
         model=str(entry.get("model", "unknown")),
         memory_total=memory_total,
         healthy=healthy,
-        health_reason=str(entry.get("health_reason", "") or ("" if healthy else "marked unhealthy")),
+        health_reason=values.get("health_reason") or ("" if healthy else "marked unhealthy"),
         mig_enabled=bool(entry.get("mig_enabled", bool(migs))),
         mig_devices=tuple(migs),
-        pci_bus_id=str(entry.get("pci_bus_id", "")),
         numa_node=numa,
-        switch_group=str(entry.get("switch_group", "") or ""),
         nvlink_peers=frozenset(peers),
-        mig_parent=str(entry.get("mig_parent", "") or ""),
-        mig_index=entry.get("mig_index"),
     )
+    gpu = Gpu(**values)
     return gpu, str(entry.get("nvlink_group", "") or "")
 
 
@@ -306,12 +310,12 @@ def _load_document(path: Path) -> Any:
 class StaticInventory:
     """GPUs listed in the configuration, for a hub that cannot see the GPUs itself."""
 
-    def __init__(self, entries: Iterable[Mapping[str, Any]] | Sequence[Gpu], source: str = "<config>"):
-        entries = list(entries)
-        if entries and all(isinstance(e, Gpu) for e in entries):
-            self._gpus = list(entries)  # type: ignore[arg-type]
+    def __init__(self, entries: Iterable[Mapping[str, Any]] | Iterable[Gpu], source: str = "<config>"):
+        listed = list(entries)
+        if listed and all(isinstance(e, Gpu) for e in listed):
+            self._gpus: list[Gpu] = [e for e in listed if isinstance(e, Gpu)]
         else:
-            self._gpus = gpus_from_dicts(entries, source)
+            self._gpus = gpus_from_dicts(listed, source)
 
     @classmethod
     def from_file(cls, path: str | Path) -> StaticInventory:
@@ -360,215 +364,12 @@ class ReplayInventory:
         return list(snapshot)
 
 
-# --- NVML -----------------------------------------------------------------------------------
-
-
-def _text(value: Any) -> str:
-    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
-
-
-def _normal_bus_id(bus_id: str) -> str:
-    """NVML reports ``00000000:17:00.0``; remote NVLink PCI info may use other zero padding."""
-    bus_id = bus_id.strip().lower()
-    if ":" in bus_id:
-        domain, rest = bus_id.split(":", 1)
-        return f"{int(domain, 16):08x}:{rest}"
-    return bus_id
-
-
-class NvmlInventory:
-    """The host's GPUs as NVML reports them, with cached handles (NVML calls take a driver lock).
-
-    Identity and topology are read once; health and MIG state are re-read on every ``gpus()``.
-    An NVML error on one GPU marks that GPU unhealthy instead of failing the whole inventory.
-    """
-
-    def __init__(self, nvml: Any = None):
-        if nvml is None:
-            try:
-                import pynvml as nvml  # nvidia-ml-py
-            except ImportError:  # pragma: no cover - it is a dependency
-                raise InventoryError("nvidia-ml-py is not installed; pip install nvidia-ml-py") from None
-        self._nvml = nvml
-        self._lock = threading.Lock()
-        self._handles: list[tuple[int, Any, str]] | None = None  # (index, handle, uuid)
-        self._static: dict[str, dict[str, Any]] = {}
-        self._topology: dict[str, tuple[str, frozenset[str]]] = {}
-
-    def _init(self) -> None:
-        nvml = self._nvml
-        try:
-            nvml.nvmlInit()
-            count = nvml.nvmlDeviceGetCount()
-        except nvml.NVMLError as exc:
-            raise InventoryError(
-                f"NVML is not available on this host ({exc}); is the NVIDIA driver loaded? "
-                "Where the hub cannot see the GPUs, use a static inventory (--source static:FILE)."
-            ) from None
-        handles = []
-        for index in range(count):
-            try:
-                handle = nvml.nvmlDeviceGetHandleByIndex(index)
-                uuid = _text(nvml.nvmlDeviceGetUUID(handle))
-            except nvml.NVMLError as exc:
-                # Without a UUID the GPU cannot be tracked; it is reported as a placeholder.
-                handles.append((index, None, f"unknown-index-{index}"))
-                self._static[f"unknown-index-{index}"] = {"error": str(exc)}
-                continue
-            handles.append((index, handle, uuid))
-            self._static[uuid] = self._read_static(handle)
-        self._handles = handles
-        self._topology = self._read_topology()
-
-    def _read_static(self, handle: Any) -> dict[str, Any]:
-        """Name, memory size, PCI bus id and NUMA node: fixed while the driver is loaded."""
-        nvml = self._nvml
-        info: dict[str, Any] = {}
-        try:
-            info["model"] = _text(nvml.nvmlDeviceGetName(handle))
-            info["memory_total"] = int(nvml.nvmlDeviceGetMemoryInfo(handle).total)
-            info["pci_bus_id"] = _normal_bus_id(_text(nvml.nvmlDeviceGetPciInfo(handle).busId))
-        except nvml.NVMLError as exc:
-            info["error"] = str(exc)
-        try:
-            info["numa_node"] = int(nvml.nvmlDeviceGetNumaNodeId(handle))
-        except (nvml.NVMLError, AttributeError):
-            info["numa_node"] = None
-        return info
-
-    def _read_topology(self) -> dict[str, tuple[str, frozenset[str]]]:
-        """PCIe switch groups (common ancestor at most a multi-level switch) and NVLink peers."""
-        nvml = self._nvml
-        assert self._handles is not None
-        usable = [(i, h, u) for i, h, u in self._handles if h is not None and "error" not in self._static[u]]
-        by_bus = {self._static[u]["pci_bus_id"]: u for _, _, u in usable}
-        switch_level = getattr(nvml, "NVML_TOPOLOGY_MULTIPLE", 20)
-        # Union-find over "shares a PCIe switch".
-        parent = {u: u for _, _, u in usable}
-
-        def find(u: str) -> str:
-            while parent[u] != u:
-                parent[u] = parent[parent[u]]
-                u = parent[u]
-            return u
-
-        for a in range(len(usable)):
-            for b in range(a + 1, len(usable)):
-                try:
-                    level = nvml.nvmlDeviceGetTopologyCommonAncestor(usable[a][1], usable[b][1])
-                except (nvml.NVMLError, AttributeError):
-                    continue
-                if level <= switch_level:
-                    parent[find(usable[a][2])] = find(usable[b][2])
-        members: dict[str, list[str]] = {}
-        for _, _, u in usable:
-            members.setdefault(find(u), []).append(u)
-        switch_group = {}
-        for group in members.values():
-            name = "pcie-" + min(self._static[u]["pci_bus_id"] for u in group) if len(group) > 1 else ""
-            for u in group:
-                switch_group[u] = name
-
-        peers: dict[str, set[str]] = {u: set() for _, _, u in usable}
-        on_nvswitch: set[str] = set()
-        max_links = getattr(nvml, "NVML_NVLINK_MAX_LINKS", 18)
-        switch_type = getattr(nvml, "NVML_NVLINK_DEVICE_TYPE_SWITCH", 2)
-        for _, handle, uuid in usable:
-            for link in range(max_links):
-                try:
-                    if nvml.nvmlDeviceGetNvLinkState(handle, link) != 1:
-                        continue
-                except (nvml.NVMLError, AttributeError):
-                    # NotSupported (no NVLink) or InvalidArgument (no such link): stop probing.
-                    break
-                try:
-                    remote_type = nvml.nvmlDeviceGetNvLinkRemoteDeviceType(handle, link)
-                except (nvml.NVMLError, AttributeError):
-                    remote_type = None
-                if remote_type == switch_type:
-                    on_nvswitch.add(uuid)
-                    continue
-                try:
-                    remote_bus = _normal_bus_id(_text(nvml.nvmlDeviceGetNvLinkRemotePciInfo(handle, link).busId))
-                except nvml.NVMLError:
-                    continue
-                peer = by_bus.get(remote_bus)
-                if peer and peer != uuid:
-                    peers[uuid].add(peer)
-                    peers[peer].add(uuid)
-        # Every GPU on the NVSwitch fabric reaches every other one at full NVLink bandwidth.
-        for uuid in on_nvswitch:
-            peers[uuid] |= on_nvswitch - {uuid}
-        return {u: (switch_group[u], frozenset(peers[u])) for _, _, u in usable}
-
-    def _read_gpu(self, index: int, handle: Any, uuid: str) -> Gpu:
-        nvml = self._nvml
-        static = self._static.get(uuid, {})
-        switch_group, peers = self._topology.get(uuid, ("", frozenset()))
-        base = dict(
-            uuid=uuid,
-            index=index,
-            model=static.get("model", "unknown"),
-            memory_total=static.get("memory_total", 0),
-            pci_bus_id=static.get("pci_bus_id", ""),
-            numa_node=static.get("numa_node"),
-            switch_group=switch_group,
-            nvlink_peers=peers,
-        )
-        if handle is None or "error" in static:
-            return Gpu(**base, healthy=False, health_reason=f"NVML: {static.get('error', 'no handle')}")
-        try:
-            # A cheap call that fails with GPU_IS_LOST / Unknown when the GPU fell off the bus.
-            nvml.nvmlDeviceGetMemoryInfo(handle)
-            mig_enabled, mig_devices = self._read_mig(handle)
-        except nvml.NVMLError as exc:
-            return Gpu(**base, healthy=False, health_reason=f"NVML: {exc}")
-        return Gpu(**base, mig_enabled=mig_enabled, mig_devices=mig_devices)
-
-    def _read_mig(self, handle: Any) -> tuple[bool, tuple[MigDevice, ...]]:
-        nvml = self._nvml
-        try:
-            current, _pending = nvml.nvmlDeviceGetMigMode(handle)
-        except (nvml.NVMLError, AttributeError):
-            return False, ()  # not MIG-capable (NotSupported) or not allowed to ask: a whole GPU
-        if current != getattr(nvml, "NVML_DEVICE_MIG_ENABLE", 1):
-            return False, ()
-        devices = []
-        for mig_index in range(nvml.nvmlDeviceGetMaxMigDeviceCount(handle)):
-            try:
-                mig = nvml.nvmlDeviceGetMigDeviceHandleByIndex(handle, mig_index)
-            except nvml.NVMLError_NotFound:
-                continue  # an empty slot
-            devices.append(
-                MigDevice(
-                    uuid=_text(nvml.nvmlDeviceGetUUID(mig)),
-                    index=mig_index,
-                    memory_total=int(nvml.nvmlDeviceGetMemoryInfo(mig).total),
-                    name=_text(nvml.nvmlDeviceGetName(mig)),
-                )
-            )
-        return True, tuple(devices)
-
-    def gpus(self) -> list[Gpu]:
-        with self._lock:
-            if self._handles is None:
-                self._init()
-            assert self._handles is not None
-            return [self._read_gpu(index, handle, uuid) for index, handle, uuid in self._handles]
-
-    def close(self) -> None:
-        """Release NVML (the handles die with it)."""
-        with self._lock:
-            if self._handles is not None:
-                with contextlib.suppress(self._nvml.NVMLError):
-                    self._nvml.nvmlShutdown()
-                self._handles = None
-
-
 def inventory_source(spec: str) -> GpuInventorySource:
     """``nvml``, ``static:FILE`` or ``replay:FILE`` -> a source (the CLI's and config's syntax)."""
     kind, _, argument = spec.partition(":")
     if kind == "nvml" and not argument:
+        from labgpu.gpus.nvml import NvmlInventory  # here: labgpu.gpus.nvml builds on this module
+
         return NvmlInventory()
     if kind == "static" and argument:
         return StaticInventory.from_file(argument)

@@ -23,6 +23,7 @@ __all__ = [
     "Adoption",
     "ContainerClaim",
     "ContainerStop",
+    "LedgerStep",
     "ReconcilePlan",
     "Release",
     "reconcile",
@@ -66,24 +67,25 @@ class ContainerClaim:
 
 
 @dataclass(frozen=True)
-class Adoption:
-    """Record in the ledger that this running container holds these GPUs."""
+class LedgerStep:
+    """One change the plan makes to the ledger: this server's allocation of these GPUs, and why."""
 
     user: str
     server: str
     gpu_uuids: tuple[str, ...]
-    container_id: str
     reason: str
 
 
 @dataclass(frozen=True)
-class Release:
+class Release(LedgerStep):
     """Drop this allocation from the ledger."""
 
-    user: str
-    server: str
-    gpu_uuids: tuple[str, ...]
-    reason: str
+
+@dataclass(frozen=True)
+class Adoption(LedgerStep):
+    """Record in the ledger that this running container holds these GPUs."""
+
+    container_id: str
 
 
 @dataclass(frozen=True)
@@ -218,8 +220,8 @@ def reconcile(
                     claim.user,
                     claim.server,
                     tuple(known),
-                    claim.container_id,
                     "reconcile: adopted running container " + claim.container_id[:12],
+                    container_id=claim.container_id,
                 )
             )
     for allocation in allocations:

@@ -13,7 +13,8 @@ from typing import Any
 
 from labgpu.db.ledger import Ledger, ReconcileResult
 from labgpu.db.session_store import SessionStore
-from labgpu.gpus.inventory import Gpu, InventoryError, NvmlInventory, inventory_source
+from labgpu.gpus.inventory import Gpu, InventoryError, inventory_source
+from labgpu.gpus.nvml import NvmlInventory
 from labgpu.gpus.reconcile import ReconcilePlan, reconcile
 from labgpu.labels import hub_filter
 from labgpu.quota.policy import PolicyStore

@@ -1,21 +1,22 @@
-"""GPU inventory sources: static config, replay files and NVML, behind one interface."""
+"""GPU inventory: static config and replay files behind one interface, and the plain-data forms of a GPU
+(the NVML source has its own file, test_inventory_nvml.py)."""
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
-import pynvml
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from labgpu.gpus.inventory import (
     InventoryError,
-    NvmlInventory,
     ReplayInventory,
     StaticInventory,
+    gpu_from_row,
     gpu_to_dict,
+    gpu_to_row,
     inventory_source,
+    mig_units,
     parse_memory,
 )
 
@@ -103,6 +104,22 @@ def test_replay_round_trips_what_gpu_to_dict_writes(tmp_path):
     assert ReplayInventory(path).gpus() == original
 
 
+def test_every_gpu_and_mig_slice_survives_a_table_row_and_its_extra_columns():
+    gpus = ReplayInventory(DATA / "a100x8-two-nvlink-islands.json").gpus()
+    gpus += ReplayInventory(DATA / "h100x2-one-mig.json").gpus()
+    units = [unit for gpu in gpus for unit in (gpu, *mig_units(gpu))]
+    assert any(u.mig_parent for u in units) and any(u.nvlink_peers for u in units)
+    for unit in units:
+        row = gpu_to_row(unit)
+        assert all(isinstance(v, (str, int, bool, type(None))) for v in row.values())
+        assert gpu_from_row({**row, "present": True, "holder": "alice"}) == unit
+
+
+def test_a_row_with_null_text_reads_as_empty_text():
+    row = {**gpu_to_row(StaticInventory([{"uuid": "GPU-a", "memory": "1G"}]).gpus()[0]), "switch_group": None}
+    assert gpu_from_row(row).switch_group == ""
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.integers(0, 2**44), st.sampled_from(["", "B", "K", "M", "G", "T", "KiB", "MiB", "GiB", "Gb", "m", "g"]))
 def test_memory_sizes_parse_to_bytes(number, unit):
@@ -119,102 +136,3 @@ def test_memory_parser_never_crashes_on_what_admins_type(text):
         assert parse_memory(text) >= 0
     except ValueError as error:
         assert "memory must be" in str(error)
-
-
-# -- NVML ------------------------------------------------------------------------------------
-
-
-def test_nvml_without_a_driver_is_a_clear_error_not_a_traceback():
-    try:
-        pynvml.nvmlInit()
-    except pynvml.NVMLError:
-        pass
-    else:  # pragma: no cover - only on a GPU machine
-        pynvml.nvmlShutdown()
-        pytest.skip("this machine has an NVIDIA driver; benchmarks/gpu_inventory_check.py covers it")
-    with pytest.raises(InventoryError) as error:
-        NvmlInventory().gpus()
-    assert "NVML is not available on this host" in str(error.value)
-    assert "--source static:FILE" in str(error.value)
-
-
-class TwoGpuNvml:
-    """Stand-in for pynvml on this GPU-less machine: two GPUs on one PCIe switch, NVLinked,
-    where GPU 1 falls off the bus after start-up. Raises pynvml's real exception classes.
-    (The real driver is exercised by benchmarks/gpu_inventory_check.py on a GPU machine.)"""
-
-    NVMLError = pynvml.NVMLError
-    NVMLError_NotSupported = pynvml.NVMLError_NotSupported
-    NVMLError_NotFound = pynvml.NVMLError_NotFound
-    NVML_TOPOLOGY_MULTIPLE = pynvml.NVML_TOPOLOGY_MULTIPLE
-    NVML_NVLINK_MAX_LINKS = 4
-    NVML_NVLINK_DEVICE_TYPE_SWITCH = pynvml.NVML_NVLINK_DEVICE_TYPE_SWITCH
-
-    def __init__(self):
-        self.lost = False
-        self.handle_lookups = 0
-        self.bus = {0: b"00000000:17:00.0", 1: b"00000000:18:00.0"}
-
-    def nvmlInit(self): ...
-    def nvmlShutdown(self): ...
-    def nvmlDeviceGetCount(self):
-        return 2
-
-    def nvmlDeviceGetHandleByIndex(self, i):
-        self.handle_lookups += 1
-        return i
-
-    def nvmlDeviceGetUUID(self, h):
-        return f"GPU-{h}111-aaaa" if isinstance(h, int) else h
-
-    def nvmlDeviceGetName(self, h):
-        return "NVIDIA A100-SXM4-40GB"
-
-    def nvmlDeviceGetMemoryInfo(self, h):
-        if self.lost and h == 1:
-            raise pynvml.NVMLError(pynvml.NVML_ERROR_GPU_IS_LOST)
-        return SimpleNamespace(total=40 * 1024**3)
-
-    def nvmlDeviceGetPciInfo(self, h):
-        return SimpleNamespace(busId=self.bus[h])
-
-    def nvmlDeviceGetNumaNodeId(self, h):
-        return 0
-
-    def nvmlDeviceGetTopologyCommonAncestor(self, a, b):
-        return pynvml.NVML_TOPOLOGY_SINGLE
-
-    def nvmlDeviceGetNvLinkState(self, h, link):
-        if link >= 2:
-            raise pynvml.NVMLError(pynvml.NVML_ERROR_INVALID_ARGUMENT)
-        return 1
-
-    def nvmlDeviceGetNvLinkRemoteDeviceType(self, h, link):
-        return pynvml.NVML_NVLINK_DEVICE_TYPE_GPU
-
-    def nvmlDeviceGetNvLinkRemotePciInfo(self, h, link):
-        return SimpleNamespace(busId=b"0000:" + self.bus[1 - h][9:])
-
-    def nvmlDeviceGetMigMode(self, h):
-        if h == 0:
-            raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
-        return [0, 0]
-
-
-def test_nvml_reads_identity_topology_and_marks_only_the_failing_gpu_unhealthy():
-    nvml = TwoGpuNvml()
-    inventory = NvmlInventory(nvml)
-    a, b = inventory.gpus()
-    assert (a.uuid, a.model, a.memory_total, a.pci_bus_id) == (
-        "GPU-0111-aaaa",
-        "NVIDIA A100-SXM4-40GB",
-        40 * 1024**3,
-        "00000000:17:00.0",
-    )
-    assert a.switch_group == b.switch_group != "" and a.nvlink_peers == {b.uuid} and b.nvlink_peers == {a.uuid}
-    assert a.healthy and b.healthy and not a.mig_enabled
-    nvml.lost = True
-    a, b = inventory.gpus()
-    assert a.healthy and not b.healthy and b.health_reason == "NVML: GPU is lost"
-    assert b.uuid == "GPU-1111-aaaa"  # still tracked by UUID, so its holder is still known
-    assert nvml.handle_lookups == 2  # handles are cached, not fetched on every call

@@ -9,17 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from labgpu.fairshare.simulator import (
-    Simulation,
-    TraceError,
-    dump_trace,
-    jain_index,
-    load_trace,
-    parse_trace,
-    percentile,
-    simulate,
-    weighted_max_min,
-)
+from labgpu.fairshare.simulator import Simulation, jain_index, percentile, simulate, weighted_max_min
+from labgpu.fairshare.trace import TraceError, dump_trace, load_trace, parse_trace
 
 REPO = Path(__file__).resolve().parents[2]
 TRACES = REPO / "benchmarks" / "traces"
