@@ -126,7 +126,7 @@ def test_without_queueing_a_busy_gpu_is_a_clear_refusal(real_parts):
 
 def test_idle_gpu_server_is_warned_then_reclaimed_a_busy_one_is_not(real_parts):
     from labgpu.db.telemetry_store import TelemetryDB
-    from labgpu.services.telemetry import GpuReading
+    from labgpu.gpus.telemetry import GpuReading
 
     eight = REPO / "tests" / "data" / "a100x8-two-nvlink-islands.json"
     hub = HubProcess(
