@@ -13,6 +13,7 @@ import signal
 import threading
 import time
 
+from labgpu.cli.options import add_ledger_option, ledger_url
 from labgpu.gpus.sampling import (
     DEFAULT_INTERVAL_S,
     MIN_INTERVAL_S,
@@ -20,8 +21,8 @@ from labgpu.gpus.sampling import (
     ReplayTelemetrySource,
     TelemetrySource,
 )
+from labgpu.gpus.simulated import SimulatedTelemetrySource, simulated_gpus
 from labgpu.gpus.telemetry import Retention
-from labgpu.hub.resources import default_ledger_path
 from labgpu.services.attribution import ProcessAttributor, docker_label_lookup
 from labgpu.services.poller import Poller, open_with_backoff
 from labgpu.units import gpus_text, parse_duration
@@ -56,12 +57,21 @@ def parse_interval(text: str) -> float:
     return value
 
 
-def open_source(spec: str) -> TelemetrySource:
+def open_source(spec: str, hub_id: str = "labgpu", proc_root: str = "/proc") -> TelemetrySource:
     if spec == "nvml":
         return NvmlTelemetrySource()
     if spec.startswith("replay:"):
         return ReplayTelemetrySource(spec.removeprefix("replay:"))
-    raise ValueError(f"--source {spec!r}: use 'nvml' or 'replay:PATH' (a trace from tests/data/)")
+    if spec.startswith("simulated:"):
+        # Demo and tests only (the hub refuses simulated GPUs in production mode): GPUs are busy
+        # while a process marked LABGPU_SIM_BUSY=1 runs in the workspace that holds them.
+        from labgpu.services.simulated_load import MarkedProcessScanner
+
+        gpus = simulated_gpus(spec.removeprefix("simulated:"))
+        return SimulatedTelemetrySource(gpus, MarkedProcessScanner(docker_label_lookup(hub_id), proc_root))
+    raise ValueError(
+        f"--source {spec!r}: use 'nvml', 'replay:PATH' (a trace from tests/data/) or 'simulated:PRESET' (e.g. 4xH100)"
+    )
 
 
 def run_poller(args: argparse.Namespace) -> int:
@@ -75,16 +85,16 @@ def run_poller(args: argparse.Namespace) -> int:
     if args.source.startswith("replay:") or args.once:
         # A replay file or a one-off check: no point retrying, say what is wrong and stop.
         try:
-            source: TelemetrySource | None = open_source(args.source)
+            source: TelemetrySource | None = open_source(args.source, args.hub_id, args.proc_root)
         except Exception as error:
             log.error("Cannot read GPU telemetry from %s: %s", args.source, error)
             return 2
     else:
-        source = open_with_backoff(lambda: open_source(args.source), stop)
+        source = open_with_backoff(lambda: open_source(args.source, args.hub_id, args.proc_root), stop)
     if source is None:
         return 0
     lookup = None if args.labels == "none" else docker_label_lookup(args.hub_id)
-    db = args.db or default_ledger_path()
+    db = ledger_url(args)
     ledger = Ledger(db)  # migrates the file to the newest schema (telemetry tables included)
     telemetry = TelemetryDB(db, migrate=False)
     poller = Poller(
@@ -119,12 +129,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         description="Sample every GPU and GPU process each tick, attribute processes to users "
         "through container labels, and keep raw samples plus minute and hour rollups.",
     )
-    parser.add_argument(
-        "--db",
-        default=None,
-        help="the ledger: a SQLite file or SQLAlchemy URL (default: $LABGPU_LEDGER, else "
-        "ledger.sqlite in $LABGPU_STATE_DIR or ./.state: the hub's own ledger)",
-    )
+    add_ledger_option(parser)
     parser.add_argument(
         "--hub-id",
         default=os.environ.get("LABGPU_HUB_ID", "labgpu"),
@@ -138,7 +143,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help="seconds between ticks, >= 1 (default %(default)s)",
     )
     parser.add_argument(
-        "--source", default="nvml", help="'nvml' (the GPUs of this host) or 'replay:PATH' (a recorded trace)"
+        "--source",
+        default="nvml",
+        help="'nvml' (the GPUs of this host), 'replay:PATH' (a recorded trace) or 'simulated:PRESET' "
+        "(simulated GPUs, demo and tests only: busy while a LABGPU_SIM_BUSY=1 process runs in the workspace)",
     )
     parser.add_argument("--once", action="store_true", help="take one tick, print a summary and exit")
     parser.add_argument(

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from labgpu.gpus.inventory import Gpu, InventoryError
+from labgpu.gpus.telemetry import GpuReading, ProcessReading
 
 SIMULATED_SUFFIX = " (simulated)"
 _NAMESPACE = uuid.UUID("6f1c7d2e-8a4b-4c3e-9d55-1abc0de51a7e")
@@ -117,3 +119,60 @@ def _preset_error(preset: str, why: str) -> str:
         f"simulated GPU preset {preset!r}: {why}. Write terms like 4xH100 or 2xA100-NVLink+2xL4 "
         f"(models: {known}; at most {MAX_SIMULATED_GPUS} GPUs)"
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Telemetry of simulated GPUs: busy while a marked process of the holding workspace runs
+# --------------------------------------------------------------------------------------------
+
+BUSY_ENV = "LABGPU_SIM_BUSY"  # a process started with LABGPU_SIM_BUSY=1 keeps its GPUs "busy"
+BUSY_UTILIZATION = 97  # what a busy simulated GPU reports (an H100 under a matmul loop: 97-99 %)
+BUSY_MEMORY_MIB = 1024  # GPU memory each marked process "uses"
+
+
+class SimulatedTelemetrySource:
+    """The poller's source for simulated GPUs, with the real NVML source's interface.
+
+    ``busy_pids`` returns, per GPU UUID, the host PIDs of the marked processes in the workspace
+    that holds it (:func:`labgpu.services.simulated_load.marked_pids_by_gpu` reads them from
+    the real /proc of the real containers). A GPU with such a process reads as busy, and the
+    process is listed on it, so the poller attributes it to its user through /proc/PID/cgroup
+    exactly as with NVML; every other GPU reads idle. Nothing is random: tests and the demo see
+    the reclaimer act on what they did.
+    """
+
+    def __init__(self, gpus: list[Gpu], busy_pids: Callable[[], Mapping[str, Sequence[int]]]) -> None:
+        self.gpus = [g for g in gpus if not g.mig_enabled]
+        self.busy_pids = busy_pids
+
+    def read(self) -> list[GpuReading]:
+        busy = self.busy_pids()
+        readings = []
+        for gpu in self.gpus:
+            pids = sorted(set(busy.get(gpu.uuid, ())))
+            total_mib = gpu.memory_total // 1024**2
+            used_mib = min(total_mib, BUSY_MEMORY_MIB * len(pids))
+            readings.append(
+                GpuReading(
+                    uuid=gpu.uuid,
+                    index=gpu.index,
+                    name=gpu.model,
+                    memory_total_mib=total_mib,
+                    utilization_gpu=BUSY_UTILIZATION if pids else 0,
+                    utilization_memory=40 if pids else 0,
+                    memory_used_mib=used_mib,
+                    temperature_c=71 if pids else 34,
+                    power_w=550.0 if pids else 70.0,
+                    throttle_reasons=0,
+                    ecc_uncorrected=0,
+                    remap_pending=False,
+                    processes=tuple(
+                        ProcessReading(pid, BUSY_MEMORY_MIB, BUSY_UTILIZATION // len(pids), 40 // len(pids))
+                        for pid in pids
+                    ),
+                )
+            )
+        return readings
+
+    def close(self) -> None:
+        pass

@@ -49,3 +49,40 @@ def test_a_bad_preset_is_refused_with_the_grammar_and_the_known_models(preset, w
         simulated_gpus(preset)
     assert why in str(refused.value)
     assert "Write terms like 4xH100 or 2xA100-NVLink+2xL4 (models: H200, H100, A100" in str(refused.value)
+
+
+# --- telemetry: busy while a marked process of the holding workspace runs -----------------------
+
+CONTAINER_A = "a" * 64
+CONTAINER_B = "b" * 64
+
+
+def fake_proc(root, pid, container, environ):
+    d = root / str(pid)
+    d.mkdir()
+    (d / "cgroup").write_text(f"12:memory:/docker/{container}\n" if container else "0::/user.slice\n")
+    (d / "environ").write_bytes(b"\0".join(e.encode() for e in environ) + b"\0")
+
+
+def test_a_marked_process_makes_the_gpus_of_its_workspace_busy_and_is_listed_on_them(tmp_path):
+    from labgpu.gpus.simulated import SimulatedTelemetrySource
+    from labgpu.services.simulated_load import MarkedProcessScanner
+
+    gpus = simulated_gpus("4xH100")
+    labels = {
+        CONTAINER_A: {"org.labgpu.gpus": f"{gpus[0].uuid},{gpus[1].uuid}"},
+        CONTAINER_B: {"org.labgpu.gpus": gpus[2].uuid},
+    }
+    fake_proc(tmp_path, 100, CONTAINER_A, ["HOME=/home/jovyan", "LABGPU_SIM_BUSY=1"])
+    fake_proc(tmp_path, 101, CONTAINER_A, ["HOME=/home/jovyan"])  # unmarked: JupyterLab itself
+    fake_proc(tmp_path, 200, CONTAINER_B, ["LABGPU_SIM_BUSY=0"])  # not the marker
+    fake_proc(tmp_path, 300, None, ["LABGPU_SIM_BUSY=1"])  # a host process holds no GPU
+    lookups = []
+    scanner = MarkedProcessScanner(lambda cid: lookups.append(cid) or labels.get(cid), tmp_path)
+    readings = SimulatedTelemetrySource(gpus, scanner).read()
+    assert [r.utilization_gpu for r in readings] == [97, 97, 0, 0]
+    assert [[p.pid for p in r.processes] for r in readings] == [[100], [100], [], []]
+    assert readings[0].memory_used_mib == 1024 and readings[2].memory_used_mib == 0
+    assert all(r.name.endswith("(simulated)") and r.error is None for r in readings)
+    SimulatedTelemetrySource(gpus, scanner).read()
+    assert sorted(set(lookups)) == [CONTAINER_A, CONTAINER_B] and len(lookups) == 2  # labels cached
