@@ -1,7 +1,10 @@
 """`labgpu usage`: GPU accounting from the ledger, per user or per group: GPU-hours held
 (allocations), busy (the poller's telemetry in the same database, if any), efficiency = busy /
 held, spawns that waited in the GPU queue (mean and longest wait), and servers reclaimed for
-idleness with the idle GPU-hours they held."""
+idleness with the idle GPU-hours they held.
+
+A user's groups are those whose members lists in the quota files name the user: this command has
+no hub token, so a group the hub alone gives (from OAuth, say) does not count here."""
 
 from __future__ import annotations
 
@@ -130,13 +133,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description=__doc__,
     )
     parser.add_argument("--since", default="30d", metavar="DURATION", help="period ending now (default 30d)")
-    parser.add_argument(
-        "--by",
-        choices=("user", "group"),
-        default="user",
-        help="one row per user (default) or group: the groups whose members lists in the quota files name the "
-        "user (this command has no hub token, so groups the hub alone gives, e.g. from OAuth, do not count)",
-    )
+    parser.add_argument("--by", choices=("user", "group"), default="user", help="one row per user (default) or group")
     parser.add_argument("--csv", action="store_true", help="print CSV instead of a table")
     parser.add_argument(
         "--sessions",
