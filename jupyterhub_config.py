@@ -1,44 +1,70 @@
-"""LabGPU Hub configuration. Every deployment knob is an environment variable.
+"""LabGPU Hub configuration. Every deployment knob is an environment variable; this table lists
+every variable this file reads (tests/e2e/test_hub_config.py checks that it stays complete).
 
-LABGPU_MODE             demo (default): local accounts from LABGPU_DEMO_USERS, password
-                        LABGPU_DEMO_PASSWORD; production: needs LABGPU_AUTHENTICATOR and a
-                        cookie secret, or the hub refuses to start
-LABGPU_BIND_URL         public URL the proxy listens on (http://127.0.0.1:8000)
-LABGPU_HUB_PORT         port of the hub's own API (8081), on the workspace network's gateway
-LABGPU_PROXY_API_PORT   port of the proxy's REST API on 127.0.0.1 (8001)
-LABGPU_STATE_DIR        where the hub keeps its database and secrets (./.state)
-LABGPU_HUB_ID           name of this hub in container labels, container and volume names (labgpu)
-LABGPU_IMAGE            workspace image (labgpu/workspace:local)
-LABGPU_NETWORK          Docker network for workspaces, created if missing (labgpu)
-LABGPU_SHM_SIZE         /dev/shm size in workspaces (2G)
-LABGPU_MEM_LIMIT        memory limit per workspace (unset: none)
-LABGPU_CPU_LIMIT        CPUs per workspace (unset: none)
-LABGPU_QUOTAS           quota policy files or directories, comma-separated (quotas/quotas.yaml);
-                        "none" turns the policy off
-LABGPU_LEDGER           SQLite file of who holds which GPU (LABGPU_STATE_DIR/ledger.sqlite)
-LABGPU_GPU_SOURCE       auto (NVML if a driver answers, else no GPUs), nvml, static:FILE,
-                        replay:FILE or none
-LABGPU_GPU_DRIVER       nvidia (DeviceRequests by UUID) or cdi (CDI device names)
-LABGPU_GPU_PLACEMENT    pack or spread, for multi-GPU servers
-LABGPU_START_TIMEOUT    seconds a workspace may take to start (300)
-LABGPU_QUEUE_TIMEOUT    seconds a GPU spawn may wait in the fair-share queue (86400; 0: never queue)
-LABGPU_POLLER           auto (run the NVML poller when the hub has GPUs), on or off
-LABGPU_POLLER_INTERVAL  seconds between telemetry samples (5)
-LABGPU_RECLAIM          auto (run the idle-GPU reclaimer when the hub has GPUs), on or off
-LABGPU_RECLAIM_INTERVAL, LABGPU_RECLAIM_WARN, LABGPU_RECLAIM_WINDOW
-                        reclaimer round, warning lead time, busy window (1m, 15m, 5m)
-LABGPU_ADMIN_USERS      comma-separated admin user names
-LABGPU_DEMO_USERS       demo mode: comma-separated user names (demo)
-LABGPU_DEMO_PASSWORD    demo mode: the shared password (demo)
-LABGPU_AUTHENTICATOR    production: a JupyterHub authenticator name (github, generic-oauth, ...)
-LABGPU_ALLOWED_USERS    production: comma-separated user names allowed in (or allow_all below)
-LABGPU_ALLOW_ALL        production: "true" lets every authenticated user in
-JUPYTERHUB_COOKIE_SECRET  production: hex cookie secret (or a file LABGPU_STATE_DIR/cookie_secret)
+variable                    default                          meaning
+--------------------------  -------------------------------  ---------------------------------------------
+The hub, its database and the proxy
+LABGPU_MODE                 demo                             demo: local accounts from LABGPU_DEMO_USERS with
+                                                             the password LABGPU_DEMO_PASSWORD, localhost
+                                                             only; production: needs LABGPU_AUTHENTICATOR
+                                                             and a cookie secret, or the hub refuses to start
+LABGPU_BIND_URL             http://127.0.0.1:8000            public URL the proxy listens on
+LABGPU_HUB_PORT             8081                             port of the hub's own API, on the workspace
+                                                             network's gateway
+LABGPU_PROXY_API_PORT       8001                             port of the proxy's REST API on 127.0.0.1
+LABGPU_PROXY_COMMAND        configurable-http-proxy          the proxy's command line, comma-separated
+LABGPU_STATE_DIR            ./.state                         the hub's database, secrets and ledger
+LABGPU_DB_URL               sqlite:///STATE_DIR/jupyterhub.sqlite
+                                                             JupyterHub's database (an SQLAlchemy URL)
+LABGPU_HUB_ID               labgpu                           this hub's name in container labels, container
+                                                             and volume names
+LABGPU_CONFIG_DIR           jupyterhub_config.d (beside      the admin's own settings: its *.py files are
+                            this file)                       loaded in name order after ours (see the end
+                                                             of this file; missing directory: none)
+Workspaces
+LABGPU_IMAGE                labgpu/workspace:local           the workspace image when the quotas name none
+LABGPU_NETWORK              labgpu                           Docker network for workspaces (created if missing)
+LABGPU_SHM_SIZE             2G                               /dev/shm size in workspaces
+LABGPU_MEM_LIMIT            (none)                           memory limit per workspace
+LABGPU_CPU_LIMIT            (none)                           CPUs per workspace
+LABGPU_START_TIMEOUT        300                              seconds a workspace may take to start
+Quotas, GPUs and the queue
+LABGPU_QUOTAS               quotas/quotas.yaml               quota files or directories, comma-separated;
+                                                             "none" turns the policy off
+LABGPU_LEDGER               STATE_DIR/ledger.sqlite          SQLite file of who holds which GPU
+LABGPU_GPU_SOURCE           auto                             auto (NVML if a driver answers, else no GPUs),
+                                                             nvml, static:FILE, replay:FILE or none
+LABGPU_GPU_DRIVER           nvidia                           nvidia (DeviceRequests by UUID) or cdi
+LABGPU_GPU_PLACEMENT        pack                             pack or spread, for multi-GPU servers
+LABGPU_QUEUE_TIMEOUT        86400                            seconds a GPU spawn may wait in the fair-share
+                                                             queue (0: never queue)
+LABGPU_QUEUE_POLL_INTERVAL  5s                               time between dequeue passes while someone waits
+LABGPU_QUEUE_ABANDON_AFTER  15m                              a queue entry nobody waits for is dropped after
+Services (started by the hub)
+LABGPU_POLLER               auto                             the NVML poller: auto (when the hub has GPUs),
+                                                             on or off
+LABGPU_POLLER_INTERVAL      5                                seconds between telemetry samples
+LABGPU_RECLAIM              auto                             the idle-GPU reclaimer: auto, on or off
+LABGPU_RECLAIM_INTERVAL     1m                               reclaimer round
+LABGPU_RECLAIM_WARN         15m                              warning lead time before a reclaim
+LABGPU_RECLAIM_WINDOW       5m                               busy window
+DOCKER_HOST                 (the local socket)               the Docker engine; passed on to the services
+Users and logging in
+LABGPU_ADMIN_USERS          (none; demo: the first user)     comma-separated admin user names
+LABGPU_DEMO_USERS           demo                             demo mode: comma-separated user names
+LABGPU_DEMO_PASSWORD        demo                             demo mode: the shared password
+LABGPU_AUTHENTICATOR        (none)                           production: a JupyterHub authenticator name
+                                                             (github, generic-oauth, ldap, ...); its own
+                                                             settings (OAUTH_CLIENT_ID, ...) are read by it
+LABGPU_ALLOWED_USERS        (none)                           production: comma-separated user names allowed in
+LABGPU_ALLOW_ALL            false                            production: "true" lets every authenticated user in
+JUPYTERHUB_COOKIE_SECRET    (STATE_DIR/cookie_secret)        production: hex cookie secret
 """
 
 import os
 import shutil
 import sys
+import traceback
 from pathlib import Path
 
 import docker
@@ -48,8 +74,8 @@ from labgpu.gpus.inventory import InventoryError
 from labgpu.hub import resources as hub_resources
 from labgpu.hub.announcement import hub_announcement
 from labgpu.hub.docker_network import DockerUnavailable, ensure_workspace_network
-from labgpu.quota.policy import PolicyError, default_paths, jupyterhub_groups, split_paths
-from labgpu.units import gpus_text
+from labgpu.quota import PolicyError, default_paths, jupyterhub_groups, split_paths
+from labgpu.units import gpus_text, parse_duration
 
 c = get_config()
 
@@ -65,6 +91,15 @@ def env_list(name, default=""):
 def refuse(message):
     print(f"LabGPU Hub will not start: {message}", file=sys.stderr)
     sys.exit(1)
+
+
+def env_seconds(name, default):
+    """A duration (``5s``, ``15m``, ``1h30m`` or a number of seconds) from the environment."""
+    text = env(name, default)
+    try:
+        return parse_duration(float(text) if text.replace(".", "", 1).isdigit() else text)
+    except ValueError as e:
+        refuse(f"{name} {e}")
 
 
 mode = env("LABGPU_MODE", "demo")
@@ -180,6 +215,8 @@ if quota_files:
 c.GPUDockerSpawner.http_timeout = 120
 c.GPUDockerSpawner.start_timeout = int(env("LABGPU_START_TIMEOUT", "300"))
 c.GPUDockerSpawner.gpu_queue_timeout = int(env("LABGPU_QUEUE_TIMEOUT", "86400"))
+c.GPUDockerSpawner.gpu_queue_poll_interval = env_seconds("LABGPU_QUEUE_POLL_INTERVAL", "5s")
+c.GPUDockerSpawner.gpu_queue_abandon_after = env_seconds("LABGPU_QUEUE_ABANDON_AFTER", "15m")
 
 
 # --- services: GPU telemetry and idle-GPU reclamation -----------------------------------------
@@ -247,3 +284,26 @@ if wanted("LABGPU_RECLAIM"):
 # Reclaim warnings ("your server will be stopped at 14:05 unless its GPUs get busy") appear in
 # the announcement bar of every hub page.
 c.JupyterHub.template_vars = {"announcement": hub_announcement(ledger_url)}
+
+
+# --- the admin's own settings ------------------------------------------------------------------
+# Every *.py file of LABGPU_CONFIG_DIR, in name order (like TLJH's jupyterhub_config.d): an extra
+# service, an authenticator's options, a different spawner setting. JupyterHub's load_subconfig
+# runs each with a `c` of its own and merges it into ours, last: a value set there replaces
+# ours, and .append() on a list (c.JupyterHub.services) adds to ours. A missing directory means
+# no extra settings; a broken file stops the hub with its name and line.
+def load_admin_settings(directory):
+    for path in sorted(directory.glob("*.py")):
+        try:
+            load_subconfig(path.name, path=str(directory))
+        except Exception as e:
+            frames = [f for f in traceback.extract_tb(e.__traceback__) if f.filename == str(path)]
+            line = frames[-1].lineno if frames else getattr(e, "lineno", None)
+            where = f"{path}:{line}" if line else str(path)
+            refuse(f"{where}: {type(e).__name__}: {e} (a file of LABGPU_CONFIG_DIR; fix it or move it away)")
+        print(f"LabGPU Hub: loaded the admin's settings from {path}", file=sys.stderr)
+
+
+config_dir = Path(env("LABGPU_CONFIG_DIR") or Path(__file__).parent / "jupyterhub_config.d").resolve()
+if config_dir.is_dir():
+    load_admin_settings(config_dir)

@@ -18,8 +18,10 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import docker
 import requests
@@ -30,6 +32,22 @@ from labgpu.labels import hub_filter
 REPO = Path(__file__).resolve().parent.parent
 WORKSPACE_IMAGE = os.environ.get("LABGPU_IMAGE", "labgpu/workspace:local")
 NETWORK = os.environ.get("LABGPU_NETWORK", "labgpu")
+
+
+T = TypeVar("T")
+
+
+def wait_until(predicate: Callable[[], T], timeout: float, what: str, *, interval: float = 0.2) -> T:
+    """Call ``predicate`` until it returns something truthy, and return that; raise TimeoutError
+    naming ``what`` after ``timeout`` seconds. ``predicate`` may raise to stop waiting early."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -99,7 +117,7 @@ class HubProcess:
 
     def start(self, timeout: float = 60) -> HubProcess:
         jupyterhub = Path(sys.executable).with_name("jupyterhub")
-        self._log = open(self.log_path, "ab")
+        self._log = open(self.log_path, "ab")  # noqa: SIM115  # the hub's output for its life; closed in stop()
         self.proc = subprocess.Popen(
             [str(jupyterhub), "-f", str(self.config)],
             cwd=self.state_dir,
@@ -108,17 +126,21 @@ class HubProcess:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise HubFailed(f"hub exited with {self.proc.returncode}:\n{self.log_tail()}")
-            try:
-                if requests.get(f"{self.url}/hub/health", timeout=2).status_code == 200:
-                    return self
-            except requests.RequestException:
-                pass
-            time.sleep(0.2)
-        raise HubFailed(f"hub not up after {timeout}s:\n{self.log_tail()}")
+        try:
+            wait_until(self.healthy, timeout, "the hub to answer /hub/health")
+        except TimeoutError:
+            raise HubFailed(f"hub not up after {timeout}s:\n{self.log_tail()}") from None
+        return self
+
+    def healthy(self) -> bool:
+        """Does the hub answer its health check? Raises HubFailed if its process has exited."""
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise HubFailed(f"hub exited with {self.proc.returncode}:\n{self.log_tail()}")
+        try:
+            return requests.get(f"{self.url}/hub/health", timeout=2).status_code == 200
+        except requests.RequestException:
+            return False
 
     def log_tail(self, lines: int = 60) -> str:
         try:
@@ -138,6 +160,7 @@ class HubProcess:
         if self.proc:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
+            self._log.close()
 
     def containers(self, **filters):
         labels = [hub_filter(self.hub_id)] + [f"{k}={v}" for k, v in filters.items()]
@@ -200,27 +223,27 @@ class HubClient:
         return self.api("POST", path, json=options or {})
 
     def wait_ready(self, name: str = "", timeout: float = 180) -> dict:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+
+        def ready() -> dict | None:
             model = self.server_model(name)
-            if model and model.get("ready"):
-                return model
             if model is None:  # the spawn failed and the hub forgot the server
                 raise HubFailed(f"{self.user}'s server stopped before it was ready:\n{self.hub.log_tail()}")
-            time.sleep(0.2)
-        raise HubFailed(f"{self.user}'s server not ready after {timeout}s:\n{self.hub.log_tail()}")
+            return model if model.get("ready") else None
+
+        try:
+            return wait_until(ready, timeout, f"{self.user}'s server to be ready")
+        except TimeoutError:
+            raise HubFailed(f"{self.user}'s server not ready after {timeout}s:\n{self.hub.log_tail()}") from None
 
     def stop_server(self, name: str = "", timeout: float = 60) -> None:
         path = f"/users/{self.user}/servers/{name}" if name else f"/users/{self.user}/server"
         r = self.api("DELETE", path)
         if r.status_code not in (202, 204):
             raise HubFailed(f"stop failed: HTTP {r.status_code} {r.text}")
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.server_model(name) is None:
-                return
-            time.sleep(0.2)
-        raise HubFailed(f"{self.user}'s server did not stop in {timeout}s")
+        try:
+            wait_until(lambda: self.server_model(name) is None, timeout, f"{self.user}'s server to stop")
+        except TimeoutError:
+            raise HubFailed(f"{self.user}'s server did not stop in {timeout}s") from None
 
     @property
     def token(self) -> str:

@@ -11,7 +11,7 @@ spawns again, and are abandoned if nobody comes back for ``abandon_after`` secon
 
 The tunables (``poll_interval``, ``abandon_after``, ``progress_interval``) are the spawner's
 ``gpu_queue_*`` traits. A user's groups (for pools and shares) are
-:func:`labgpu.quota.policy.user_groups` of the groups their spawn brought (recorded with the
+:func:`labgpu.quota.user_groups` of the groups their spawn brought (recorded with the
 queue entry, so they survive a restart); a user who is not waiting (a GPU holder) is in the
 groups whose ``members`` list them. The queue keeps no map of its own.
 """
@@ -31,7 +31,7 @@ from labgpu.db.queue_store import GRANTED, QueueEntry, QueueStore
 from labgpu.fairshare import scheduler
 from labgpu.fairshare.scheduler import GpuRequest, RunningAllocation, Shares
 from labgpu.gpus.allocator import Allocation, GrantRule, HeldUnits, NotEnoughGpus, Placement
-from labgpu.quota.policy import Limits, Policy, resolve, user_groups
+from labgpu.quota import Limits, Policy, resolve, user_groups
 from labgpu.units import format_minutes, gpus_text
 
 log = logging.getLogger("labgpu.queue")
@@ -90,7 +90,7 @@ class PolicyView:
     _limits: dict[str, Limits] = field(default_factory=dict)
 
     def groups(self, user: str) -> tuple[str, ...]:
-        """The policy's groups ``user`` is in (:func:`labgpu.quota.policy.user_groups`)."""
+        """The policy's groups ``user`` is in (:func:`labgpu.quota.user_groups`)."""
         if self.policy is None:
             return ()
         return user_groups(self.policy, user, self.hub_groups.get(user, ()))

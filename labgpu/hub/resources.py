@@ -17,7 +17,7 @@ from labgpu.gpus.inventory import Gpu, InventoryError, inventory_source
 from labgpu.gpus.nvml import NvmlInventory
 from labgpu.gpus.reconcile import ReconcilePlan, reconcile
 from labgpu.labels import hub_filter
-from labgpu.quota.policy import PolicyStore
+from labgpu.quota import PolicyStore
 
 log = logging.getLogger("labgpu")
 

@@ -32,8 +32,17 @@ from labgpu.hub.containers import ContainerConfigError, WorkspaceSpec, container
 from labgpu.hub.gpu_queue import QueuedSpawn, QueueRefused
 from labgpu.hub.shared_folders import ensure_shared_volumes, shared_folder_binds
 from labgpu.labels import server_label, version_label
-from labgpu.quota.policy import Limits, PolicyStore, resolve, user_groups
-from labgpu.quota.spawn_options import SpawnOptionsError, SpawnRequest, options_form, parse_form, validate_user_options
+from labgpu.quota import (
+    Limits,
+    PolicyStore,
+    SpawnOptionsError,
+    SpawnRequest,
+    options_form,
+    parse_form,
+    resolve,
+    user_groups,
+    validate_user_options,
+)
 from labgpu.units import format_duration
 
 T = TypeVar("T")
@@ -210,7 +219,7 @@ class GPUDockerSpawner(DockerSpawner):  # type: ignore[misc]  # DockerSpawner sh
         return hub_resources.ledger(self.ledger_url) if self.ledger_url else None
 
     def user_groups(self) -> tuple[str, ...]:
-        """The policy's groups this user is in (:func:`labgpu.quota.policy.user_groups`: their
+        """The policy's groups this user is in (:func:`labgpu.quota.user_groups`: their
         JupyterHub groups the policy defines, and the groups whose ``members`` list them)."""
         store = self.policy_store
         hub_groups = [g.name for g in self.user.groups]

@@ -16,7 +16,7 @@ import pytest
 from labgpu.db.ledger import Ledger
 from labgpu.db.queue_store import QueueStore
 from labgpu.labels import LABEL_USER
-from tests.harness import REPO, WORKSPACE_IMAGE, HubProcess
+from tests.harness import REPO, WORKSPACE_IMAGE, HubProcess, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -49,16 +49,6 @@ def progress_messages(client, until: str, timeout: float = 60) -> list[str]:
     raise AssertionError(f"never saw {until!r} in the progress stream: {seen}")
 
 
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_spawn_waits_in_the_queue_with_progress_and_gets_the_gpu_when_it_is_released(real_parts):
     hub = HubProcess(
         users=["alice", "bob"],
@@ -87,14 +77,14 @@ def test_spawn_waits_in_the_queue_with_progress_and_gets_the_gpu_when_it_is_rele
 
         # He queues again; alice stops; within a dequeue pass bob is granted her GPU.
         assert bob.start_server(options={"gpus": 1}).status_code == 202
-        wait_for(lambda: store.waiting(), 30, "bob's queue entry")
+        wait_until(lambda: store.waiting(), 30, "bob's queue entry")
         ledger.release("alice", "", "stopped")
-        granted = wait_for(
+        granted = wait_until(
             lambda: [e for e in store.history() if e.user == "bob" and e.status == "granted"], 30, "the grant"
         )
         assert granted[-1].gpu_uuids == (gpu,)
         # Here the container then cannot start (no NVIDIA runtime): a clear error, GPU freed.
-        wait_for(lambda: bob.server_model() is None, 60, "the failed start to end")
+        wait_until(lambda: bob.server_model() is None, 60, "the failed start to end")
         events = [(e.action, e.reason) for e in ledger.audit() if e.user == "bob"]
         assert events[-2:] == [("grant", events[-2][1]), ("release", "failed start")]
         assert ledger.allocation_for("bob") is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.harness import REPO, HubProcess
+from tests.harness import REPO, HubProcess, free_port, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -89,3 +90,52 @@ def test_production_mode_with_real_auth_starts_and_offers_only_that_login(real_p
         assert "client_id=test-client" in r.headers["Location"]
     finally:
         hub.cleanup()
+
+
+def test_every_environment_variable_the_config_reads_is_in_its_table():
+    source = (REPO / "jupyterhub_config.py").read_text()
+    table, code = source.split('"""', 2)[1], source.split('"""', 2)[2]
+    read = set(re.findall(r"""["']((?:LABGPU|JUPYTERHUB|DOCKER)_[A-Z_]+)["']""", code))
+    documented = set(re.findall(r"^((?:LABGPU|JUPYTERHUB|DOCKER)_[A-Z_]+)\s", table, re.MULTILINE))
+    assert read - documented == set(), "read by jupyterhub_config.py but missing from its table"
+    assert {"LABGPU_DB_URL", "LABGPU_PROXY_COMMAND", "LABGPU_CONFIG_DIR", "LABGPU_LEDGER"} <= documented
+
+
+def test_a_file_in_the_admins_config_dir_adds_a_service(real_parts, tmp_path):
+    config_dir, site = tmp_path / "jupyterhub_config.d", tmp_path / "site"
+    config_dir.mkdir()
+    (site / "services" / "lab-notes").mkdir(parents=True)
+    (site / "services" / "lab-notes" / "index.html").write_text("<h1>Lab notes</h1>")
+    port = free_port()
+    (config_dir / "10-lab-notes.py").write_text(
+        "import sys\n"
+        "c.JupyterHub.services.append({\n"
+        "    'name': 'lab-notes',\n"
+        f"    'url': 'http://127.0.0.1:{port}',\n"
+        f"    'command': [sys.executable, '-m', 'http.server', '--bind', '127.0.0.1', '{port}'],\n"
+        f"    'cwd': '{site}',\n"
+        "})\n"
+    )
+    hub = HubProcess(users=["alice"], extra_env={"LABGPU_CONFIG_DIR": str(config_dir)})
+    try:
+        hub.start()
+        services = hub.client("alice").api("GET", "/services").json()  # alice is the demo admin
+        assert "lab-notes" in services
+        page = wait_until(
+            lambda: (r := requests.get(f"{hub.url}/services/lab-notes/", timeout=5)).ok and r.text,
+            timeout=30,
+            what="the lab-notes service to answer through the proxy",
+        )
+        assert page == "<h1>Lab notes</h1>"
+        assert f"loaded the admin's settings from {config_dir / '10-lab-notes.py'}" in hub.log_tail(200)
+    finally:
+        hub.cleanup()
+
+
+def test_a_broken_file_in_the_admins_config_dir_stops_the_hub_naming_it(real_parts, tmp_path):
+    config_dir = tmp_path / "conf.d"
+    config_dir.mkdir()
+    (config_dir / "20-typo.py").write_text("c.JupyterHub.services.append({'name': 'x'})\nc.Spawner.nope = undefined\n")
+    done = run_hub_expecting_refusal({"LABGPU_CONFIG_DIR": str(config_dir)}, tmp_path)
+    assert done.returncode == 1
+    assert f"LabGPU Hub will not start: {config_dir / '20-typo.py'}:2: NameError" in done.stderr

@@ -54,7 +54,7 @@ def test_doctor_cpu_path_passes_and_says_there_is_no_gpu(client):
 
 
 def test_doctor_flags_dockers_64mb_shm_with_the_fix(client):
-    status, out = doctor(client, "--json", shm="64m")
+    _, out = doctor(client, "--json", shm="64m")
     shm = next(c for c in json.loads(out)["checks"] if c["name"] == "shm")
     assert shm["status"] in ("FAIL", "WARN")
     assert shm["fix"]

@@ -12,7 +12,7 @@ from labgpu.db.queue_store import QueueStore
 from labgpu.gpus.allocator import NotEnoughGpus
 from labgpu.gpus.inventory import ReplayInventory
 from labgpu.hub.gpu_queue import GpuQueue, QueuedSpawn, QueueRefused
-from labgpu.quota.policy import load_policy_text
+from labgpu.quota import load_policy_text
 
 DATA = Path(__file__).parent.parent / "data"
 
