@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from labgpu.gpus.allocator import NotEnoughGpus, choose_gpus
+from labgpu.gpus.allocator import GrantRule, HeldUnits, NotEnoughGpus, choose_gpus
 from labgpu.gpus.inventory import ReplayInventory, mig_units
 
 DATA = Path(__file__).parent.parent / "data"
@@ -56,3 +56,19 @@ def test_slices_of_an_unhealthy_gpu_are_not_granted(units):
     )
     with pytest.raises(NotEnoughGpus, match="7 unhealthy"):
         choose_gpus(mig_units(sick_parent), 1, models=SLICE)
+
+
+def test_excluding_a_mig_gpu_excludes_its_slices_and_a_gone_unit_never_qualifies(units):
+    mig_gpu, slices = units[0], [u for u in units if u.mig_parent]
+    assert all(GrantRule(1, SLICE).qualifies(s) for s in slices)
+    assert not any(GrantRule(1, SLICE, exclude={mig_gpu.uuid}).qualifies(s) for s in slices)
+    assert not GrantRule(1, SLICE).qualifies(slices[0], present=False)
+
+
+def test_a_gpu_and_its_slices_exclude_each_other_while_held(units):
+    whole, slices = units[-1], [u for u in units if u.mig_parent]
+    one_slice_held = HeldUnits.of([slices[0]])
+    assert not one_slice_held.free(slices[0]) and one_slice_held.free(slices[1]) and one_slice_held.free(whole)
+    assert not one_slice_held.free(units[0])  # the MIG GPU itself, should MIG mode be switched off
+    held_whole = HeldUnits.of([replace(units[0], mig_enabled=False)])
+    assert not any(held_whole.free(s) for s in slices)
