@@ -127,7 +127,7 @@ def test_long_waiting_heavy_user_eventually_rises_above_a_newcomer_with_some_usa
 
 
 def test_unknown_policy_is_refused_with_the_allowed_names():
-    with pytest.raises(ValueError, match="fairshare.*fifo"):
+    with pytest.raises(ValueError, match=r"fairshare.*fifo"):
         order_queue([], {}, {}, 0.0, "lottery")  # type: ignore[arg-type]
 
 
