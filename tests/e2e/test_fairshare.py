@@ -178,7 +178,7 @@ def test_idle_gpu_server_is_warned_then_reclaimed_a_busy_one_is_not(real_parts):
         assert "will be stopped" not in dave.session.get(f"{hub.url}/hub/home", timeout=10).text
         assert ledger.allocation_for("dave").gpu_uuids == (busy_gpu,)
         dave.stop_server()
-        telemetry.engine.dispose()
+        telemetry.close()
         ledger.close()
     finally:
         hub.cleanup()
