@@ -26,12 +26,12 @@ from traitlets import CaselessStrEnum, Float, Integer, List, Unicode, default, v
 
 from labgpu.db.ledger import Ledger
 from labgpu.gpus.allocator import NotEnoughGpus, UserTotalExceeded
-from labgpu.hub import gpu_queue
+from labgpu.hub import gpu_queue, sessions
 from labgpu.hub import resources as hub_resources
 from labgpu.hub.containers import ContainerConfigError, WorkspaceSpec, container_config, render_templates
 from labgpu.hub.gpu_queue import QueuedSpawn, QueueRefused
 from labgpu.hub.shared_folders import ensure_shared_volumes, shared_folder_binds
-from labgpu.labels import server_label, version_label
+from labgpu.labels import server_label
 from labgpu.quota import (
     Limits,
     PolicyStore,
@@ -413,33 +413,24 @@ class GPUDockerSpawner(DockerSpawner):  # type: ignore[misc]  # DockerSpawner sh
         if not self.ledger_url:
             return
         try:
-            image = await self.docker("inspect_image", self.image)
-            digests = image.get("RepoDigests") or []
-            labels = (image.get("Config") or {}).get("Labels") or {}
-            url, user, server = self.ledger_url, self.user.name, self.name or ""
-            session = {
-                "container_id": self.container_id,
-                "image": self.image,
-                "image_digest": digests[0] if digests else image.get("Id", ""),
-                "cuda_version": labels.get(version_label("cuda")),
-                "torch_version": labels.get(version_label("torch")),
-                "gpu_uuids": self.gpu_uuids,
-            }
-
-            def record() -> None:  # SQLite and NVML: in the executor
-                hub_resources.session_store(url).open(
-                    user, server, driver_version=hub_resources.host_driver_version(), **session
-                )
-
-            await self.blocking(record)
+            image_info = await self.docker("inspect_image", self.image)
+            await self.blocking(
+                sessions.open_session,
+                self.ledger_url,
+                self.user.name,
+                self.name or "",
+                container_id=self.container_id,
+                image=self.image,
+                image_info=image_info,
+                gpu_uuids=self.gpu_uuids,
+            )
         except Exception as e:
             self.log.warning("Could not record the session of %s: %s", self.server_label, e)
 
     async def end_session(self, reason: str) -> None:
         if self.ledger_url:
-            url, user, server = self.ledger_url, self.user.name, self.name or ""
             try:
-                await self.blocking(lambda: hub_resources.session_store(url).end(user, server, reason))
+                await self.blocking(sessions.close_session, self.ledger_url, self.user.name, self.name or "", reason)
             except Exception as e:
                 self.log.warning("Could not close the session of %s: %s", self.server_label, e)
 

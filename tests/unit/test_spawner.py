@@ -124,6 +124,7 @@ def ledger_url(tmp_path):
     ledger.sync_inventory(ReplayInventory(DATA / "a100x8-two-nvlink-islands.json").gpus())
     yield url
     gpu_queue._queues.pop(ledger.url, None)
+    hub_resources._session_stores.pop(url, None)
     hub_resources._ledgers.pop(url, None)
     ledger.close()
 
@@ -304,6 +305,22 @@ def test_state_keeps_the_container_and_nothing_the_ledger_owns(make_spawner):
     restarted.load_state(state)
     assert (restarted.container_id, restarted.container_name) == ("abc123", "jupyter-alice")
     assert restarted.gpu_uuids == ()
+
+
+async def test_a_started_workspace_records_what_it_runs_on_until_it_stops(make_spawner, ledger_url):
+    spawner = make_spawner(ledger_url=ledger_url)
+    spawner.object_id, spawner.gpu_uuids = "c42", ("GPU-aaaa",)
+    await spawner.record_session()
+    (session,) = hub_resources.session_store(ledger_url).sessions()
+    assert (session.user, session.container_id, session.image_digest, session.gpu_uuids) == (
+        "alice",
+        "c42",
+        "sha256:0123",  # no registry digest: the image id
+        ("GPU-aaaa",),
+    )
+    await spawner.end_session("stopped")
+    (session,) = hub_resources.session_store(ledger_url).sessions()
+    assert session.ended_at is not None and session.end_reason == "stopped"
 
 
 # --- off the event loop --------------------------------------------------------------------------
