@@ -33,8 +33,13 @@ LABGPU_QUOTAS               quotas/quotas.yaml               quota files or dire
                                                              "none" turns the policy off
 LABGPU_LEDGER               STATE_DIR/ledger.sqlite          SQLite file of who holds which GPU
 LABGPU_GPU_SOURCE           auto                             auto (NVML if a driver answers, else no GPUs),
-                                                             nvml, static:FILE, replay:FILE or none
-LABGPU_GPU_DRIVER           nvidia                           nvidia (DeviceRequests by UUID) or cdi
+                                                             nvml, static:FILE, replay:FILE, none, or
+                                                             simulated:PRESET (demo mode only)
+LABGPU_DEMO_GPUS            (none)                           demo mode: simulated GPUs, e.g. 4xH100 or
+                                                             2xA100-NVLink+2xL4 (= LABGPU_GPU_SOURCE=
+                                                             simulated:PRESET); production refuses them
+LABGPU_GPU_DRIVER           nvidia                           nvidia (DeviceRequests by UUID) or cdi;
+                                                             simulated GPUs always use "simulated"
 LABGPU_GPU_PLACEMENT        pack                             pack or spread, for multi-GPU servers
 LABGPU_QUEUE_TIMEOUT        86400                            seconds a GPU spawn may wait in the fair-share
                                                              queue (0: never queue)
@@ -186,11 +191,28 @@ c.JupyterHub.allow_named_servers = True  # how many: the quota policy's named_se
 quotas = env("LABGPU_QUOTAS")
 quota_files = [] if quotas == "none" else (split_paths(quotas) if quotas else default_paths({}))
 ledger_url = hub_resources.default_ledger_path({**os.environ, "LABGPU_STATE_DIR": str(state_dir)})
+gpu_source = env("LABGPU_GPU_SOURCE", "auto")
+if env("LABGPU_DEMO_GPUS"):
+    if gpu_source != "auto":
+        refuse("set either LABGPU_DEMO_GPUS or LABGPU_GPU_SOURCE, not both")
+    gpu_source = f"simulated:{env('LABGPU_DEMO_GPUS')}"
+simulated_gpus = gpu_source.startswith("simulated:")
+if simulated_gpus and mode == "production":
+    refuse(
+        f"simulated GPUs ({gpu_source}) are for the demo and tests only: production mode schedules real GPUs. "
+        "Unset LABGPU_DEMO_GPUS / LABGPU_GPU_SOURCE (NVML is the default) or use LABGPU_MODE=demo"
+    )
+gpu_driver = env("LABGPU_GPU_DRIVER", "simulated" if simulated_gpus else "nvidia")
+if simulated_gpus != (gpu_driver == "simulated"):
+    refuse(
+        f"LABGPU_GPU_DRIVER={gpu_driver} does not fit LABGPU_GPU_SOURCE={gpu_source}: simulated GPUs need the "
+        "'simulated' driver and real GPUs 'nvidia' or 'cdi' (leave LABGPU_GPU_DRIVER unset to get the right one)"
+    )
 try:
     report = hub_resources.prepare_hub(
         quota_files=quota_files,
         ledger_url=ledger_url,
-        gpu_source=env("LABGPU_GPU_SOURCE", "auto"),
+        gpu_source=gpu_source,
         hub_id=hub_id,
         docker_client=docker.from_env(),
     )
@@ -199,14 +221,15 @@ except PolicyError as e:
 except (InventoryError, LedgerError) as e:
     refuse(str(e))
 print(
-    f"LabGPU Hub: {gpus_text(report.gpus)}; ledger {ledger_url}; "
+    f"LabGPU Hub: {gpus_text(report.gpus)}{' (SIMULATED: demo mode, no real devices)' if simulated_gpus else ''}; "
+    f"ledger {ledger_url}; "
     f"reconciled with Docker: {len(report.plan.adoptions)} adopted, {len(report.plan.releases)} released, "
     f"{len(report.stopped)} conflicting container(s) stopped",
     file=sys.stderr,
 )
 c.GPUDockerSpawner.quota_files = quota_files
 c.GPUDockerSpawner.ledger_url = ledger_url
-c.GPUDockerSpawner.gpu_driver = env("LABGPU_GPU_DRIVER", "nvidia")
+c.GPUDockerSpawner.gpu_driver = gpu_driver
 c.GPUDockerSpawner.gpu_placement = env("LABGPU_GPU_PLACEMENT", "pack")
 if quota_files:
     # Groups listed in the quota file become JupyterHub groups (others may come from the
@@ -250,6 +273,8 @@ if wanted("LABGPU_POLLER"):
                 hub_id,
                 "--interval",
                 env("LABGPU_POLLER_INTERVAL", "5"),
+                # Simulated GPUs: busy while a LABGPU_SIM_BUSY=1 process runs in the workspace.
+                *(["--source", gpu_source] if simulated_gpus else []),
             ],
             "environment": service_env,
             "cwd": str(state_dir),

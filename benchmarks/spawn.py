@@ -5,8 +5,9 @@ proxy and Docker engine, measured in one run with the two hubs interleaved.
 
 Both hubs give the workspace the same limits (4G memory, 2 CPUs, 2G /dev/shm: BENCH_QUOTAS
 for ours, the same numbers in benchmarks/plain_dockerspawner_config.py for plain
-DockerSpawner), so the ratio measures the spawners, not the limits. Each sample: POST /hub/api/users/<u>/server until the hub reports the server ready (the
-hub has reached the user's Jupyter server), as the spawn page would wait. Metric: the ratio
+DockerSpawner), so the ratio measures the spawners, not the limits. Each sample: POST
+/hub/api/users/<u>/server until the hub reports the server ready (the hub has reached the
+user's Jupyter server), as the spawn page would wait. Metric: the ratio
 of the medians (ours / plain). Target: <= 1.05.
 """
 

@@ -365,7 +365,8 @@ class ReplayInventory:
 
 
 def inventory_source(spec: str) -> GpuInventorySource:
-    """``nvml``, ``static:FILE`` or ``replay:FILE`` -> a source (the CLI's and config's syntax)."""
+    """``nvml``, ``static:FILE``, ``replay:FILE`` or ``simulated:PRESET`` -> a source (the CLI's and
+    config's syntax)."""
     kind, _, argument = spec.partition(":")
     if kind == "nvml" and not argument:
         from labgpu.gpus.nvml import NvmlInventory  # here: labgpu.gpus.nvml builds on this module
@@ -375,4 +376,10 @@ def inventory_source(spec: str) -> GpuInventorySource:
         return StaticInventory.from_file(argument)
     if kind == "replay" and argument:
         return ReplayInventory(argument)
-    raise InventoryError(f"GPU inventory source {spec!r} is not one of: nvml, static:FILE, replay:FILE")
+    if kind == "simulated" and argument:
+        from labgpu.gpus.simulated import SimulatedInventory  # it builds on this module
+
+        return SimulatedInventory(argument)
+    raise InventoryError(
+        f"GPU inventory source {spec!r} is not one of: nvml, static:FILE, replay:FILE, simulated:PRESET (e.g. 4xH100)"
+    )

@@ -70,7 +70,8 @@ class WorkspaceSpec:
     # GPUs this server was granted (UUIDs, or MIG device UUIDs), in the allocator's order.
     gpu_uuids: tuple[str, ...] = ()
     # "nvidia": DeviceRequest with explicit DeviceIDs (NVIDIA Container Toolkit);
-    # "cdi": CDI device names (Docker 25+ with CDI on), for GPUs and MIG devices alike.
+    # "cdi": CDI device names (Docker 25+ with CDI on), for GPUs and MIG devices alike;
+    # "simulated": no device request (demo and tests: labgpu.gpus.simulated), only the env and labels.
     gpu_driver: str = "nvidia"
     cdi_vendor_class: str = "nvidia.com/gpu"
     extra_create_kwargs: Mapping[str, Any] = field(default_factory=dict)
@@ -150,13 +151,20 @@ def gpu_device_requests(gpu_uuids: tuple[str, ...], driver: str, cdi_vendor_clas
         return [{"driver": "nvidia", "device_ids": list(gpu_uuids), "capabilities": [["gpu"]]}]
     if driver == "cdi":
         return [{"driver": "cdi", "device_ids": [f"{cdi_vendor_class}={u}" for u in gpu_uuids]}]
-    raise ContainerConfigError(f"gpu_driver must be 'nvidia' or 'cdi' (got {driver!r})")
+    if driver == "simulated":
+        return []  # simulated GPUs: nothing to attach
+    raise ContainerConfigError(f"gpu_driver must be 'nvidia', 'cdi' or 'simulated' (got {driver!r})")
 
 
-def gpu_environment(gpu_uuids: tuple[str, ...]) -> dict[str, str]:
+def gpu_environment(gpu_uuids: tuple[str, ...], driver: str = "nvidia") -> dict[str, str]:
     """What the workspace is told about its GPUs (the doctor checks the devices against it)."""
     env = {"LABGPU_GPUS": ",".join(gpu_uuids)}
-    if gpu_uuids:
+    if gpu_uuids and driver == "simulated":
+        # No device is attached; the doctor reports the GPUs as simulated and checks the env
+        # against the grant. The image's own NVIDIA_VISIBLE_DEVICES (often "all") never leaks.
+        env["NVIDIA_VISIBLE_DEVICES"] = ",".join(gpu_uuids)
+        env["LABGPU_GPUS_SIMULATED"] = "1"
+    elif gpu_uuids:
         # CUDA's default order differs from NVML's; PCI order matches `nvidia-smi`.
         env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
     else:
@@ -210,7 +218,7 @@ def container_config(spec: WorkspaceSpec) -> tuple[dict[str, Any], dict[str, Any
         create_kwargs["command"] = list(spec.command)
     _deep_merge(create_kwargs, spec.extra_create_kwargs)
     # What the workspace is told about its GPUs and its labels always match the grant.
-    create_kwargs["environment"].update(gpu_environment(spec.gpu_uuids))
+    create_kwargs["environment"].update(gpu_environment(spec.gpu_uuids, spec.gpu_driver))
     create_kwargs["labels"].update(workspace_labels(spec))
     if ":" not in user:
         user = f"{user}:{spec.run_as_gid}"

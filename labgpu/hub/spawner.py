@@ -114,10 +114,12 @@ class GPUDockerSpawner(DockerSpawner):  # type: ignore[misc]  # DockerSpawner sh
     ).tag(config=True)
 
     gpu_driver = CaselessStrEnum(
-        ["nvidia", "cdi"],
+        ["nvidia", "cdi", "simulated"],
         default_value="nvidia",
         help="""How GPUs reach a container: "nvidia" = DeviceRequests with the GPUs' UUIDs (NVIDIA
-        Container Toolkit); "cdi" = CDI device names nvidia.com/gpu=<UUID> (Docker 25+ with CDI).""",
+        Container Toolkit); "cdi" = CDI device names nvidia.com/gpu=<UUID> (Docker 25+ with CDI);
+        "simulated" = no device, only LABGPU_GPUS / NVIDIA_VISIBLE_DEVICES and the labels (simulated
+        GPUs, LABGPU_GPU_SOURCE=simulated:PRESET: the demo and tests; production mode refuses it).""",
     ).tag(config=True)
 
     gpu_placement = CaselessStrEnum(
@@ -438,6 +440,8 @@ class GPUDockerSpawner(DockerSpawner):  # type: ignore[misc]  # DockerSpawner sh
         """Spawn-page events: queue position, whose GPUs it waits for, the estimated wait."""
         if self.ledger is None:
             return
+        if self.gpu_driver == "simulated" and self.spawn_request and self.spawn_request.gpus:
+            yield {"message": "This hub's GPUs are simulated (demo): your workspace gets their IDs, not devices."}
         async for event in self.shared_gpu_queue().progress_events(
             self.user.name, self.name or "", lambda: self.pending == "spawn"
         ):

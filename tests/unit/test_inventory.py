@@ -91,7 +91,7 @@ def test_static_file_errors_say_file_line_column_field_and_what_is_allowed(tmp_p
 
 
 def test_unknown_source_and_missing_file_are_clear_errors(tmp_path):
-    with pytest.raises(InventoryError, match="is not one of: nvml, static:FILE, replay:FILE"):
+    with pytest.raises(InventoryError, match="is not one of: nvml, static:FILE, replay:FILE, simulated:PRESET"):
         inventory_source("docker")
     with pytest.raises(InventoryError, match="cannot read the GPU inventory file"):
         inventory_source(f"static:{tmp_path / 'nope.yaml'}")

@@ -86,3 +86,36 @@ def test_a_marked_process_makes_the_gpus_of_its_workspace_busy_and_is_listed_on_
     assert all(r.name.endswith("(simulated)") and r.error is None for r in readings)
     SimulatedTelemetrySource(gpus, scanner).read()
     assert sorted(set(lookups)) == [CONTAINER_A, CONTAINER_B] and len(lookups) == 2  # labels cached
+
+
+# --- the container: the grant's env and labels, no device request ---------------------------------
+
+
+def test_a_simulated_grant_reaches_the_container_as_env_and_labels_without_a_device_request():
+    from labgpu.hub.containers import WorkspaceSpec, container_config
+
+    uuids = tuple(g.uuid for g in simulated_gpus("2xH100"))
+    create, host = container_config(
+        WorkspaceSpec(
+            name="labgpu-alice",
+            image="labgpu/workspace:local",
+            user="alice",
+            server="",
+            hub_id="labgpu",
+            environment={},
+            gpu_uuids=uuids,
+            gpu_driver="simulated",
+        )
+    )
+    assert "device_requests" not in host
+    env = create["environment"]
+    assert env["LABGPU_GPUS"] == ",".join(uuids) == env["NVIDIA_VISIBLE_DEVICES"]
+    assert env["LABGPU_GPUS_SIMULATED"] == "1"
+    assert create["labels"]["org.labgpu.gpus"] == ",".join(uuids)
+    # A CPU server on a simulated hub is a plain CPU server.
+    cpu, _ = container_config(
+        WorkspaceSpec(
+            name="labgpu-bob", image="i", user="bob", server="", hub_id="labgpu", environment={}, gpu_driver="simulated"
+        )
+    )
+    assert cpu["environment"]["NVIDIA_VISIBLE_DEVICES"] == "void" and "LABGPU_GPUS_SIMULATED" not in cpu["environment"]
