@@ -23,7 +23,7 @@ sys.path.insert(0, str(REPO))
 
 from machine_info import machine_info
 
-from labgpu.quota.policy import PolicyError, load_policy_text, resolve
+from labgpu.quota import PolicyError, load_policy_text, resolve
 
 TARGET_MS = 50.0
 USERS = 1000

@@ -59,7 +59,7 @@ def add_quotas_option(parser: argparse.ArgumentParser, purpose: str = "") -> Non
 
 def quota_paths(args: argparse.Namespace) -> list[str]:
     """The quota files named by ``--quotas``, else $LABGPU_QUOTAS, else the repository's example."""
-    from labgpu.quota.policy import default_paths, split_paths
+    from labgpu.quota import default_paths, split_paths
 
     return split_paths(args.quotas) if args.quotas else default_paths()
 

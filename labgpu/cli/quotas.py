@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from labgpu.cli.table import format_table
-from labgpu.quota.policy import (
+from labgpu.quota import (
     Limits,
     Policy,
     PolicyError,

@@ -17,7 +17,7 @@ import sys
 from labgpu.cli.options import add_ledger_option, add_quotas_option, duration_seconds, ledger_url, quota_paths
 from labgpu.db.ledger import Ledger
 from labgpu.db.queue_store import QueueStore
-from labgpu.quota.policy import Policy, PolicyError, PolicyStore
+from labgpu.quota import Policy, PolicyError, PolicyStore
 from labgpu.services.reclaimer import (
     ReclaimSettings,
     hub_server_stopper,

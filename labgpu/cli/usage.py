@@ -26,7 +26,7 @@ from labgpu.cli.options import (
 from labgpu.cli.table import format_table, write_csv
 from labgpu.db.ledger import Ledger
 from labgpu.db.queue_store import GRANTED, QueueStore
-from labgpu.quota.policy import PolicyError, load_policy, user_groups
+from labgpu.quota import PolicyError, load_policy, user_groups
 from labgpu.units import parse_duration
 
 HOUR = 3600.0

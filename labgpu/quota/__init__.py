@@ -1,30 +1,29 @@
-"""Quotas: the admins' YAML files -> per-user :class:`Limits` (schema, reading with file:line:col
-errors, merge, resolve, a hot-reloading store) and validation of what a user asks to spawn.
+"""Quotas: the admins' YAML files -> per-user :class:`Limits`, and what a user may ask to spawn.
+
+One module per concern: :mod:`~labgpu.quota.schema` (sections, fields and the rules between them),
+:mod:`~labgpu.quota.reader` (YAML -> data, with positions when a file is wrong),
+:mod:`~labgpu.quota.load` (files -> one validated :class:`Policy`, or ``file:line:col`` errors),
+:mod:`~labgpu.quota.limits` (:class:`Policy` -> a user's :class:`Limits`; :func:`user_groups`),
+:mod:`~labgpu.quota.store` (the policy in force, hot-reloaded), :mod:`~labgpu.quota.errors`
+(:class:`PolicyError`) and :mod:`~labgpu.quota.spawn_options` (the spawn form and ``user_options``).
 
 Import from here: ``from labgpu.quota import Limits, PolicyStore, resolve, user_groups``.
 """
 
-from labgpu.quota.policy import (
+from labgpu.quota.errors import PolicyError
+from labgpu.quota.limits import (
     BUILTIN,
     BUILTIN_DEFAULTS,
-    DEFAULT_QUOTAS_PATH,
     ImageChoice,
     Limits,
     Policy,
-    PolicyError,
-    PolicyFile,
-    PolicyStore,
-    ReloadResult,
-    default_paths,
+    build_policy,
     jupyterhub_groups,
-    load_policy,
-    load_policy_text,
-    load_policy_texts,
-    quota_files,
     resolve,
-    split_paths,
     user_groups,
 )
+from labgpu.quota.load import load_policy, load_policy_text, load_policy_texts, quota_files
+from labgpu.quota.schema import FairshareConfig, GpusConfig, PolicyFile
 from labgpu.quota.spawn_options import (
     SpawnOptionsError,
     SpawnRequest,
@@ -32,11 +31,14 @@ from labgpu.quota.spawn_options import (
     parse_form,
     validate_user_options,
 )
+from labgpu.quota.store import DEFAULT_QUOTAS_PATH, PolicyStore, ReloadResult, default_paths, split_paths
 
 __all__ = [
     "BUILTIN",
     "BUILTIN_DEFAULTS",
     "DEFAULT_QUOTAS_PATH",
+    "FairshareConfig",
+    "GpusConfig",
     "ImageChoice",
     "Limits",
     "Policy",
@@ -46,6 +48,7 @@ __all__ = [
     "ReloadResult",
     "SpawnOptionsError",
     "SpawnRequest",
+    "build_policy",
     "default_paths",
     "jupyterhub_groups",
     "load_policy",

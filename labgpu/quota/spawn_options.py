@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from labgpu.quota.policy import Limits
+from labgpu.quota.limits import Limits
 from labgpu.units import format_duration, format_size, gpus_text, parse_size
 
 # Options a request may carry; anything else is refused.

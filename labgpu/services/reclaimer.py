@@ -27,7 +27,7 @@ from labgpu.db.ledger import Ledger
 from labgpu.db.queue_store import QueueStore
 from labgpu.fairshare import scheduler
 from labgpu.fairshare.scheduler import Reclaim, RunningAllocation, Warn
-from labgpu.quota.policy import FairshareConfig, Policy, resolve
+from labgpu.quota import FairshareConfig, Policy, resolve
 
 log = logging.getLogger("labgpu.reclaim")
 

@@ -9,21 +9,18 @@ from pathlib import Path
 
 import pytest
 
-from labgpu.quota.policy import (
+from labgpu.quota import (
     PolicyError,
     PolicyStore,
-    format_duration,
-    format_size,
     jupyterhub_groups,
     load_policy,
     load_policy_text,
     load_policy_texts,
-    parse_duration,
-    parse_size,
     resolve,
     split_paths,
     user_groups,
 )
+from labgpu.units import format_duration, format_size, parse_duration, parse_size
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "quotas" / "quotas.yaml"
@@ -376,6 +373,20 @@ def test_aliases_and_merge_keys_work_and_billion_laughs_is_refused():
         for p_, c in zip("abcdefg", "bcdefgh", strict=False)
     )
     assert "too many values" in errors_of(bomb)[0]
+
+
+def test_deep_nesting_and_aliases_to_unfinished_anchors_are_refused_with_their_place():
+    assert (
+        errors_of("defaults: " + "[" * 150 + "]" * 150 + "\n")[0].startswith("quotas/quotas.yaml:1:")
+        and "nests too deeply (more than 100 levels)" in errors_of("a: " + "[" * 150 + "]" * 150)[0]
+    )
+    assert errors_of("a: &x [*x]\n") == ["quotas/quotas.yaml:1:8: alias *x refers to no finished anchor &x"]
+    assert errors_of("a: *nope\n") == ["quotas/quotas.yaml:1:4: alias *nope refers to no finished anchor &nope"]
+
+
+def test_the_non_specific_tag_makes_text_as_yaml_says():
+    assert "defaults.gpus must be a whole number (got '2')" in errors_of("defaults: {gpus: ! 2}\n")[0]
+    assert resolve(load_policy_text("defaults: {gpus: 2}  # no tags here!\n"), "u").gpus == 2
 
 
 def test_flow_mapping_with_colons_in_image_reference_is_accepted():

@@ -11,16 +11,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from labgpu.quota.policy import (
-    PolicyError,
-    _events_libyaml,
-    _events_ruamel,
-    _parse_events,
-    _read_fast,
-    _read_yaml,
-    load_policy_text,
-    resolve,
-)
+from labgpu.quota import PolicyError, load_policy_text, resolve
+from labgpu.quota.reader import NeedsDetail, read_fast, read_located
 
 EXAMPLE = (Path(__file__).resolve().parents[2] / "quotas" / "quotas.yaml").read_text()
 ERROR_LINE = re.compile(r"^q\.yaml:\d+:\d+: \S.*$")
@@ -122,19 +114,19 @@ def test_edits_of_the_shipped_example_never_crash(position, inserted, deleted):
 
 
 @SETTINGS
-@given(policies)
-def test_fast_reader_reads_the_same_data_as_the_one_that_tracks_positions(data):
-    text = yaml.safe_dump(data, allow_unicode=True)
-    events = _parse_events(text)
-    assert _read_fast(events) == _read_yaml(text, "q.yaml", events).data
+@given(policies, st.sampled_from(["block", "flow"]))
+def test_libyaml_and_ruamel_yaml_read_the_same_data(data, style):
+    # The hub reads with libyaml when it can and explains errors with ruamel.yaml's positions:
+    # a file must mean the same to both.
+    text = yaml.safe_dump(data, default_flow_style=(style == "flow"), allow_unicode=True)
+    assert read_fast(text) == read_located(text, "q.yaml").data
 
 
 @SETTINGS
-@given(policies, st.sampled_from(["block", "flow"]))
-def test_libyaml_and_ruamel_yaml_read_the_same_data(data, style):
-    # The hub reads with libyaml when it can and explains errors with ruamel.yaml: a file must
-    # mean the same to both.
-    text = yaml.safe_dump(data, default_flow_style=(style == "flow"), allow_unicode=True)
-    fast = _events_libyaml(text)
-    if fast is not None:
-        assert _read_fast(fast) == _read_fast(_events_ruamel(text))
+@given(st.one_of(st.text(max_size=200), st.text(alphabet="[]{}&*<:!,- \nab1", max_size=60)))
+def test_whatever_the_fast_path_reads_the_path_with_positions_reads_the_same(text):
+    try:
+        fast = read_fast(text)
+    except NeedsDetail:
+        return
+    assert read_located(text, "q.yaml").data == fast

@@ -17,7 +17,7 @@ from labgpu.fairshare.scheduler import Reclaim, Warn
 from labgpu.gpus.inventory import ReplayInventory
 from labgpu.gpus.telemetry import GpuReading
 from labgpu.hub.announcement import announcement_for
-from labgpu.quota.policy import load_policy_text
+from labgpu.quota import load_policy_text
 from labgpu.services.reclaimer import (
     ReclaimSettings,
     hub_server_stopper,
