@@ -1,35 +1,42 @@
-"""The GPU queue and idle reclamation against the real hub, Docker and SQLite ledger.
+"""The GPU queue, idle reclamation and limits with real spawns on simulated GPUs.
 
-This machine has no GPU and no NVIDIA runtime: GPUs come from a recorded one-H100 inventory,
-and a server that holds a GPU is stood in for by an allocation written to the real ledger
-(a container with a GPU cannot start here). Everything else is real: the hub, its spawner,
-the queue in the ledger, the progress stream, the reclaimer service and the Hub API stops.
+This machine has no GPU and no NVIDIA runtime, so the hub runs on simulated GPUs
+(``LABGPU_DEMO_GPUS``, labgpu/gpus/simulated.py): every GPU server here is a real workspace
+container started by the real hub, granted real ledger GPUs, with their UUIDs in its env and
+labels and no device request. The poller reads a simulated GPU as busy while a process marked
+``LABGPU_SIM_BUSY=1`` runs in the workspace holding it, found through the real /proc.
 """
 
 from __future__ import annotations
 
 import json
+import signal
 import time
 
 import pytest
 
 from labgpu.db.ledger import Ledger
 from labgpu.db.queue_store import QueueStore
-from labgpu.labels import LABEL_USER
-from tests.harness import REPO, WORKSPACE_IMAGE, HubProcess, wait_until
+from labgpu.gpus.simulated import simulated_gpus
+from labgpu.labels import LABEL_GPUS, LABEL_USER
+from tests.harness import WORKSPACE_IMAGE, HubProcess, wait_until
 
 pytestmark = pytest.mark.e2e
 
-ONE_H100 = REPO / "tests" / "data" / "h100x1.json"
 
-
-def quotas(extra: str = "") -> str:
+def quotas(fairshare: str = "allow_queue: true", defaults: str = "gpus: 1, gpus_total: 1") -> str:
     return f"""
 images:
   pytorch: {{image: "{WORKSPACE_IMAGE}", display: "PyTorch workspace"}}
-defaults: {{gpus: 1, gpus_total: 1, memory: 2G, cpus: 1, shm: 1G, images: [pytorch], idle_timeout: 1m}}
-fairshare: {{allow_queue: true{extra}}}
+defaults: {{{defaults}, memory: 2G, cpus: 1, shm: 1G, images: [pytorch], idle_timeout: 1m}}
+fairshare: {{{fairshare}}}
 """
+
+
+def simulated_hub(users, preset="1xH100", **kwargs) -> HubProcess:
+    extra_env = {"LABGPU_DEMO_GPUS": preset, "LABGPU_QUEUE_TIMEOUT": "180", "LABGPU_QUEUE_POLL_INTERVAL": "2s"}
+    extra_env.update(kwargs.pop("extra_env", {}))
+    return HubProcess(users=users, extra_env=extra_env, **kwargs)
 
 
 def progress_messages(client, until: str, timeout: float = 60) -> list[str]:
@@ -49,82 +56,110 @@ def progress_messages(client, until: str, timeout: float = 60) -> list[str]:
     raise AssertionError(f"never saw {until!r} in the progress stream: {seen}")
 
 
-def test_spawn_waits_in_the_queue_with_progress_and_gets_the_gpu_when_it_is_released(real_parts):
-    hub = HubProcess(
-        users=["alice", "bob"],
-        quotas=quotas(),
-        extra_env={"LABGPU_GPU_SOURCE": f"replay:{ONE_H100}", "LABGPU_QUEUE_TIMEOUT": "120"},
-    )
+def workspace(hub: HubProcess, user: str):
+    (container,) = hub.containers(**{LABEL_USER: user})
+    container.reload()
+    return container
+
+
+def granted_env(container) -> dict[str, str]:
+    return dict(e.split("=", 1) for e in container.attrs["Config"]["Env"])
+
+
+def test_second_user_queues_with_its_position_and_starts_when_the_first_stops(real_parts):
+    hub = simulated_hub(["alice", "bob"], quotas=quotas())
     try:
         hub.start()
+        (gpu,) = [g.uuid for g in simulated_gpus("1xH100")]
+        alice, bob = hub.client("alice"), hub.client("bob")
+        assert alice.start_server(options={"gpus": 1}).status_code in (201, 202)
+        alice.wait_ready()
+        # Alice's real workspace holds the simulated GPU: its UUID in env and labels, no device.
+        container = workspace(hub, "alice")
+        env = granted_env(container)
+        assert env["LABGPU_GPUS"] == gpu == env["NVIDIA_VISIBLE_DEVICES"] and env["LABGPU_GPUS_SIMULATED"] == "1"
+        assert container.labels[LABEL_GPUS] == gpu
+        assert not container.attrs["HostConfig"].get("DeviceRequests")
+
+        # Bob asks for the busy GPU: his spawn waits in the queue, and the spawn page says where.
+        assert bob.start_server(options={"gpus": 1}).status_code == 202
+        messages = progress_messages(bob, until="GPU queue")
+        assert any("simulated" in m for m in messages)
+        assert "You are #1 in the GPU queue" in messages[-1] and "alice" in messages[-1]
         ledger = Ledger(hub.state_dir / "ledger.sqlite")
         store = QueueStore(ledger)
-        # Alice's server holds the only GPU.
-        (gpu,) = ledger.allocate("alice", "", 1).gpu_uuids
-
-        bob = hub.client("bob")
-        r = bob.start_server(options={"gpus": 1})
-        assert r.status_code == 202, r.text  # pending: queued, not refused
-        messages = progress_messages(bob, until="GPU queue")
-        assert "You are #1 in the GPU queue" in messages[-1] and "alice" in messages[-1]
         (entry,) = store.waiting()
         assert (entry.user, entry.gpus) == ("bob", 1)
 
-        # Bob gives up: the pending spawn is cancelled and leaves the queue.
+        # Alice stops; within a dequeue pass bob's real workspace starts with her GPU.
+        stopped = time.monotonic()
+        alice.stop_server()
+        bob.wait_ready(timeout=60)
+        assert time.monotonic() - stopped < 30
+        assert granted_env(workspace(hub, "bob"))["LABGPU_GPUS"] == gpu
+        assert store.entry(entry.id).status == "granted"
+        assert ledger.allocation_for("bob").gpu_uuids == (gpu,)
+        # The audit never shows the GPU granted while held.
+        holder = None
+        for event in ledger.audit():
+            if gpu in event.gpu_uuids:
+                if event.action == "grant":
+                    assert holder is None, f"{gpu} granted to {event.user} while {holder} held it"
+                    holder = event.user
+                elif event.action == "release":
+                    holder = None
         bob.stop_server()
-        assert store.waiting() == []
-        assert store.entry(entry.id).status == "cancelled"
-
-        # He queues again; alice stops; within a dequeue pass bob is granted her GPU.
-        assert bob.start_server(options={"gpus": 1}).status_code == 202
-        wait_until(lambda: store.waiting(), 30, "bob's queue entry")
-        ledger.release("alice", "", "stopped")
-        granted = wait_until(
-            lambda: [e for e in store.history() if e.user == "bob" and e.status == "granted"], 30, "the grant"
-        )
-        assert granted[-1].gpu_uuids == (gpu,)
-        # Here the container then cannot start (no NVIDIA runtime): a clear error, GPU freed.
-        wait_until(lambda: bob.server_model() is None, 60, "the failed start to end")
-        events = [(e.action, e.reason) for e in ledger.audit() if e.user == "bob"]
-        assert events[-2:] == [("grant", events[-2][1]), ("release", "failed start")]
-        assert ledger.allocation_for("bob") is None
-        assert hub.containers(**{LABEL_USER: "bob"}) == []
         store.close()
         ledger.close()
     finally:
         hub.cleanup()
 
 
-def test_without_queueing_a_busy_gpu_is_a_clear_refusal(real_parts):
-    hub = HubProcess(
-        users=["bob"],
-        quotas=quotas().replace("allow_queue: true", "allow_queue: false"),
-        extra_env={"LABGPU_GPU_SOURCE": f"replay:{ONE_H100}"},
-    )
+def test_without_queueing_a_busy_gpu_is_a_clear_refusal_naming_the_holder(real_parts):
+    hub = simulated_hub(["alice", "bob"], quotas=quotas(fairshare="allow_queue: false"))
     try:
         hub.start()
-        ledger = Ledger(hub.state_dir / "ledger.sqlite")
-        ledger.allocate("alice", "", 1)
+        alice = hub.client("alice")
+        assert alice.start_server(options={"gpus": 1}).status_code in (201, 202)
+        alice.wait_ready()
         r = hub.client("bob").start_server(options={"gpus": 1})
         assert r.status_code == 503
         assert "Not enough free GPUs: you asked for 1, 0 are free" in r.json()["message"]
         assert "held by alice" in r.json()["message"]
-        ledger.close()
+        assert hub.containers(**{LABEL_USER: "bob"}) == []
     finally:
         hub.cleanup()
 
 
-def test_idle_gpu_server_is_warned_then_reclaimed_a_busy_one_is_not(real_parts):
-    from labgpu.db.telemetry_store import TelemetryDB
-    from labgpu.gpus.telemetry import GpuReading
+def test_a_users_gpu_total_holds_across_their_real_servers(real_parts):
+    hub = simulated_hub(
+        ["alice"],
+        preset="4xH100",
+        quotas=quotas(defaults="gpus: 2, gpus_total: 3, named_servers: 2"),
+    )
+    try:
+        hub.start()
+        alice = hub.client("alice")
+        assert alice.start_server("one", options={"gpus": 2}).status_code in (201, 202)
+        alice.wait_ready("one")
+        r = alice.start_server("two", options={"gpus": 2})
+        assert r.status_code == 400
+        assert "already hold 2 GPUs of your total of 3 GPUs" in r.json()["message"]
+        assert alice.start_server("two", options={"gpus": 1}).status_code in (201, 202)
+        alice.wait_ready("two")
+        held = [set(granted_env(c)["LABGPU_GPUS"].split(",")) for c in hub.containers(**{LABEL_USER: "alice"})]
+        assert sorted(len(h) for h in held) == [1, 2] and not set.intersection(*held)
+    finally:
+        hub.cleanup()
 
-    eight = REPO / "tests" / "data" / "a100x8-two-nvlink-islands.json"
-    hub = HubProcess(
-        users=["carol", "dave"],
-        quotas=quotas().replace("allow_queue: true", "allow_queue: true, reclaim_only_when_waiting: false"),
+
+def test_idle_gpu_server_is_warned_then_reclaimed_a_busy_one_is_kept(real_parts):
+    hub = simulated_hub(
+        ["carol", "dave"],
+        preset="2xH100",
+        quotas=quotas(fairshare="allow_queue: true, reclaim_only_when_waiting: false"),
         extra_env={
-            "LABGPU_GPU_SOURCE": f"replay:{eight}",
-            "LABGPU_RECLAIM": "on",
+            "LABGPU_POLLER_INTERVAL": "1",
             "LABGPU_RECLAIM_INTERVAL": "3s",
             "LABGPU_RECLAIM_WARN": "20s",
             "LABGPU_RECLAIM_WINDOW": "10s",
@@ -132,53 +167,65 @@ def test_idle_gpu_server_is_warned_then_reclaimed_a_busy_one_is_not(real_parts):
     )
     try:
         hub.start()
-        ledger_path = hub.state_dir / "ledger.sqlite"
-        ledger = Ledger(ledger_path)
-        telemetry = TelemetryDB(str(ledger_path))
         carol, dave = hub.client("carol"), hub.client("dave")
+        start = time.time()  # carol's GPU is idle from its grant on
         for user in (carol, dave):
-            assert user.start_server().status_code in (201, 202)
+            assert user.start_server(options={"gpus": 1}).status_code in (201, 202)
             user.wait_ready()
-        # Stand-in for GPU servers (no GPU can reach a container here): each real server holds
-        # one GPU in the real ledger; carol's sits idle, dave's is busy.
-        (gpu,) = ledger.allocate("carol", "", 1).gpu_uuids
-        (busy_gpu,) = ledger.allocate("dave", "", 1).gpu_uuids
-        start = time.time()
-
-        def idle_tick(ts: float) -> None:
-            """One poller tick: carol's GPU at 0%, dave's at 97%."""
-            readings = [
-                (GpuReading(uuid=gpu, index=0, name="NVIDIA A100", utilization_gpu=0, memory_used_mib=0), 1.0, None),
-                (
-                    GpuReading(uuid=busy_gpu, index=1, name="NVIDIA A100", utilization_gpu=97, memory_used_mib=30000),
-                    1.0,
-                    None,
-                ),
-            ]
-            telemetry.write_tick(ts, readings, [])
+        # Dave works: a process marked busy runs in his real workspace for the whole test.
+        busy = workspace(hub, "dave").exec_run(
+            ["sleep", "600"], environment={"LABGPU_SIM_BUSY": "1"}, user="1000", detach=True
+        )
+        assert busy.exit_code is None
+        ledger = Ledger(hub.state_dir / "ledger.sqlite")
+        dave_gpu = ledger.allocation_for("dave").gpu_uuids
 
         warned = None
-        deadline = start + 150
-        while time.time() < deadline:
-            idle_tick(time.time())
+
+        def carol_reclaimed() -> bool:
+            nonlocal warned
             page = carol.session.get(f"{hub.url}/hub/home", timeout=10).text
             if warned is None and "will be stopped at" in page:
                 warned = time.time()
-            if carol.server_model() is None:
-                break
-            time.sleep(1)
+            return carol.server_model() is None
+
+        wait_until(carol_reclaimed, 150, "carol's idle GPU server to be reclaimed", interval=1)
         assert warned is not None, "carol was never warned on the hub page"
-        assert carol.server_model() is None, f"carol's idle GPU server was not reclaimed:\n{hub.log_tail(80)}"
         assert time.time() - start >= 60, "reclaimed before the 1m idle timeout"
         assert ledger.allocation_for("carol") is None
         assert hub.containers(**{LABEL_USER: "carol"}) == []
         assert "was stopped at" in carol.session.get(f"{hub.url}/hub/home", timeout=10).text
-        # Dave's busy GPU server was never warned nor stopped, and still holds its GPU.
+        # Dave's busy GPU server was never warned nor stopped, and still holds its GPU; the
+        # poller attributed the busy process to him through /proc.
         assert dave.server_model() is not None
         assert "will be stopped" not in dave.session.get(f"{hub.url}/hub/home", timeout=10).text
-        assert ledger.allocation_for("dave").gpu_uuids == (busy_gpu,)
-        dave.stop_server()
+        assert ledger.allocation_for("dave").gpu_uuids == dave_gpu
+        from labgpu.db.telemetry_store import TelemetryDB
+
+        telemetry = TelemetryDB(str(hub.state_dir / "ledger.sqlite"), migrate=False)
+        assert telemetry.busy_fraction(dave_gpu, time.time() - 30) > 0.9
         telemetry.close()
         ledger.close()
+    finally:
+        hub.cleanup()
+
+
+def test_hub_killed_and_restarted_adopts_its_running_gpu_workspace(real_parts):
+    hub = simulated_hub(["alice"], preset="2xH100", quotas=quotas())
+    try:
+        hub.start()
+        alice = hub.client("alice")
+        assert alice.start_server(options={"gpus": 1}).status_code in (201, 202)
+        alice.wait_ready()
+        running = workspace(hub, "alice")
+        gpus = granted_env(running)["LABGPU_GPUS"]
+        hub.stop(sig=signal.SIGKILL)
+        hub.start()
+        ledger = Ledger(hub.state_dir / "ledger.sqlite")
+        assert ledger.allocation_for("alice").gpu_uuids == (gpus,)
+        ledger.close()
+        still = workspace(hub, "alice")
+        assert still.id == running.id and still.status == "running"
+        assert hub.client("alice").server_api("GET", "api/status").status_code == 200
     finally:
         hub.cleanup()
