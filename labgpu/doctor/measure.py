@@ -101,6 +101,8 @@ def check_cuda_available(torch: Any, machine: Machine) -> CheckResult:
             f"torch.cuda.is_available() is True: {count} x {', '.join(names)}",
             figures={"device_count": count, "models": names},
         )
+    if machine.simulated and not machine.gpu_expected:
+        return CheckResult(name, "SKIP", "this hub's GPUs are simulated (demo): there is no device to use")
     if not machine.gpu_expected:
         return CheckResult(
             name,

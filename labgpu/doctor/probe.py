@@ -78,10 +78,13 @@ class Machine:
     nvml_devices: list[dict[str, Any]]  # {uuid, name, pcie_gen, pcie_width, nvlinks}
     nvml_error: str | None
     device_nodes: bool  # /dev/nvidiactl exists
+    simulated: bool = False  # LABGPU_GPUS_SIMULATED=1: the hub's GPUs are simulated (demo, tests)
 
     @property
     def gpu_expected(self) -> bool:
-        """Whether this machine should have a usable GPU."""
+        """Whether this machine should have a usable GPU (simulated GPUs have no device)."""
+        if self.simulated and not self.nvml_devices and not self.device_nodes:
+            return False
         return bool(self.assigned) or bool(self.nvml_devices) or self.device_nodes
 
 
@@ -162,7 +165,15 @@ def probe_machine(environ: Mapping[str, str] | None = None) -> Machine:
         except OSError:
             driver = None
     return Machine(
-        assigned, assigned_error, driver, source, driver_cuda, devices, nvml_error, Path("/dev/nvidiactl").exists()
+        assigned,
+        assigned_error,
+        driver,
+        source,
+        driver_cuda,
+        devices,
+        nvml_error,
+        Path("/dev/nvidiactl").exists(),
+        simulated=env.get("LABGPU_GPUS_SIMULATED") == "1",
     )
 
 

@@ -5,6 +5,7 @@ crashing check becomes its own FAIL; and the report, as text for people or one J
 from __future__ import annotations
 
 import json
+import os
 import platform
 import sys
 from collections.abc import Callable, Sequence
@@ -21,7 +22,14 @@ from labgpu.doctor.measure import (
     visible_uuids_from_torch,
 )
 from labgpu.doctor.probe import probe_machine, probe_shm, probe_workers
-from labgpu.doctor.verdicts import STATUSES, CheckResult, judge_driver, judge_shm, judge_visible_devices
+from labgpu.doctor.verdicts import (
+    STATUSES,
+    CheckResult,
+    judge_driver,
+    judge_shm,
+    judge_simulated,
+    judge_visible_devices,
+)
 
 
 def guarded(name: str, fn: Callable[[], CheckResult | list[CheckResult]]) -> list[CheckResult]:
@@ -56,6 +64,8 @@ def run_checks(
                 "LABGPU_GPUS is set by the hub; restart your server from the hub",
             )
         )
+    if machine.simulated:
+        results.append(judge_simulated(machine.assigned, os.environ.get("NVIDIA_VISIBLE_DEVICES")))
     results += guarded("torch", lambda: check_torch(torch, torch_error, machine))
     runtime = torch.version.cuda if torch is not None else None
     results += guarded(
@@ -76,6 +86,8 @@ def run_checks(
             "devices",
             lambda: judge_visible_devices([d["uuid"] for d in machine.nvml_devices], machine.assigned, "NVML"),
         )
+    elif machine.simulated:
+        results.append(CheckResult("devices", "SKIP", "simulated GPUs have no device (see simulated)"))
     elif machine.assigned:
         results.append(judge_visible_devices([], machine.assigned, "this container"))
     else:
@@ -113,6 +125,7 @@ def run_checks(
         "nvml_error": machine.nvml_error,
         "nvml_devices": machine.nvml_devices,
         "assigned": machine.assigned,
+        "simulated": machine.simulated,
     }
     return results, found
 

@@ -181,6 +181,39 @@ def visible_matches_assigned(visible: Sequence[str], assigned: Sequence[str]) ->
     return sorted(map(normalize_gpu_uuid, visible)) == sorted(map(normalize_gpu_uuid, assigned))
 
 
+def judge_simulated(assigned: Sequence[str] | None, visible_devices: str | None) -> CheckResult:
+    """A workspace on simulated GPUs (LABGPU_GPUS_SIMULATED=1, the demo and tests): no device
+    to check, but the environment must name exactly the granted GPUs."""
+    name = "simulated"
+    granted = list(assigned or [])
+    listed = [u.strip() for u in (visible_devices or "").split(",") if u.strip()]
+    figures = {"assigned": granted, "nvidia_visible_devices": listed}
+    if not granted:
+        return CheckResult(
+            name,
+            "FAIL",
+            "LABGPU_GPUS_SIMULATED is set but LABGPU_GPUS names no GPU",
+            "restart your server from the hub",
+            figures,
+        )
+    if listed != granted:
+        return CheckResult(
+            name,
+            "FAIL",
+            f"NVIDIA_VISIBLE_DEVICES ({', '.join(listed) or 'unset'}) does not match the grant "
+            f"LABGPU_GPUS ({', '.join(granted)})",
+            "restart your server from the hub; if it persists, tell your admin",
+            figures,
+        )
+    return CheckResult(
+        name,
+        "PASS",
+        f"this hub's GPUs are SIMULATED (demo): {len(granted)} granted ({', '.join(granted)}); the environment "
+        "matches the grant. There is no device: GPU checks are skipped",
+        figures=figures,
+    )
+
+
 def judge_visible_devices(visible: Sequence[str], assigned: Sequence[str] | None, source: str) -> CheckResult:
     """Compare the visible GPUs (from ``source``: 'PyTorch' or 'NVML') with LABGPU_GPUS."""
     name = "devices"
