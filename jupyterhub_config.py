@@ -308,7 +308,8 @@ if wanted("LABGPU_RECLAIM"):
     )
 # Reclaim warnings ("your server will be stopped at 14:05 unless its GPUs get busy") appear in
 # the announcement bar of every hub page.
-c.JupyterHub.template_vars = {"announcement": hub_announcement(ledger_url)}
+simulated_notice = "This hub's GPUs are simulated (demo mode): no real devices." if simulated_gpus else ""
+c.JupyterHub.template_vars = {"announcement": hub_announcement(ledger_url, fallback=simulated_notice)}
 
 
 # --- the admin's own settings ------------------------------------------------------------------

@@ -48,6 +48,12 @@ from labgpu.units import format_duration
 T = TypeVar("T")
 
 
+SIMULATED_NOTICE = (
+    '<p class="alert alert-info" id="labgpu-simulated">This hub\'s GPUs are <strong>simulated</strong> (demo mode): '
+    "allocation, the queue and reclamation are real, but your workspace gets GPU IDs, not devices.</p>"
+)
+
+
 class GPUDockerSpawner(DockerSpawner):  # type: ignore[misc]  # DockerSpawner ships no types
     """Spawn each user's JupyterLab in its own hardened Docker container.
 
@@ -264,9 +270,10 @@ class GPUDockerSpawner(DockerSpawner):  # type: ignore[misc]  # DockerSpawner sh
         limits = await self.resolve_limits()
         if limits is None:
             return ""
-        return options_form(
+        form = options_form(
             limits, gpus_in_use_by_user=await self.gpus_held_elsewhere(), previous=self.orm_spawner.user_options
         )
+        return (SIMULATED_NOTICE if self.gpu_driver == "simulated" and limits.gpus else "") + form
 
     def options_from_form(self, formdata: dict[str, list[str]]) -> dict[str, str]:
         return parse_form(formdata)

@@ -72,6 +72,9 @@ def test_second_user_queues_with_its_position_and_starts_when_the_first_stops(re
         hub.start()
         (gpu,) = [g.uuid for g in simulated_gpus("1xH100")]
         alice, bob = hub.client("alice"), hub.client("bob")
+        # What people see says the GPUs are simulated: the spawn page and every hub page.
+        assert 'id="labgpu-simulated"' in alice.session.get(f"{hub.url}/hub/spawn", timeout=10).text
+        assert "GPUs are simulated" in alice.session.get(f"{hub.url}/hub/home", timeout=10).text
         assert alice.start_server(options={"gpus": 1}).status_code in (201, 202)
         alice.wait_ready()
         # Alice's real workspace holds the simulated GPU: its UUID in env and labels, no device.
