@@ -56,7 +56,8 @@ class RunningAllocation(GpuClaim):
     """GPUs held by a running server, with what reclamation needs to know about it.
 
     ``last_busy_at`` is the last time telemetry saw any of its GPUs above the idle threshold
-    (None: never busy since start); ``warned_at`` is when its owner was last warned.
+    (None: never busy since start); ``warned_at`` is when its owner was last warned, and
+    ``warned_for`` which rule that warning was for (None: not known, counted as idle).
     """
 
     started_at: float
@@ -65,6 +66,7 @@ class RunningAllocation(GpuClaim):
     last_busy_at: float | None = None
     warned_at: float | None = None
     gpu_ids: tuple[str, ...] = ()
+    warned_for: ReclaimReason | None = None
 
     @property
     def expected_end(self) -> float:
@@ -448,93 +450,112 @@ def reclaim_decisions(
     only_when_waiting: bool = True,
     warn_before: float = 900.0,
     idle_threshold: float = 0.05,
-    runtime_idle_grace: float = 300.0,
 ) -> list[Warn | Reclaim]:
     """Warnings and reclamations due at ``now``.
 
-    ``busy_fraction_by_allocation`` is the latest measured busy fraction (0..1) of each
-    allocation's GPUs; one at or above ``idle_threshold``, or with no measurement at all, is
-    busy and is never reclaimed. Idle rule: idle for ``idle_timeout`` (since ``last_busy_at``
-    or the start). Runtime rule: past its max runtime (the allocation's own, else
-    ``max_runtime``) and idle for ``runtime_idle_grace``. Either rule first warns, and
-    reclaims only once a warning given while the server was already idle is ``warn_before``
-    old. With ``only_when_waiting`` nothing happens unless ``someone_waiting``.
+    Runtime rule, a limit: a server holds its GPUs at most its max runtime (the allocation's
+    own, else ``max_runtime``), busy or idle, whether or not anyone waits. It is warned
+    ``warn_before`` ahead and stopped at the limit, or ``warn_before`` after the warning if
+    that came later (a reclaimer that was down does not stop anyone unwarned).
+
+    Idle rule: idle for ``idle_timeout`` (since ``last_busy_at`` or the start). An allocation
+    whose latest busy fraction (``busy_fraction_by_allocation``, 0..1) is at or above
+    ``idle_threshold``, or that has no measurement at all, is busy and never idle. It is warned
+    ahead and reclaimed once a warning given while it was already idle is ``warn_before`` old.
+    With ``only_when_waiting`` the idle rule applies only while ``someone_waiting``.
+
+    Once the runtime rule's warning is due it decides (an idle reclaim already due still
+    happens first); the owner is never told two different stop times.
     """
-    if only_when_waiting and not someone_waiting:
-        return []
+    idle_rule_applies = someone_waiting or not only_when_waiting
     actions: list[Warn | Reclaim] = []
     for allocation in allocations:
         busy_fraction = busy_fraction_by_allocation.get(allocation.id)
         busy_now = busy_fraction is None or busy_fraction >= idle_threshold
         idle_since = allocation.started_at if allocation.last_busy_at is None else allocation.last_busy_at
         idle_for = 0.0 if busy_now else max(0.0, now - idle_since)
-        # A warning counts only if the GPUs have not been busy since it was given.
-        warning_valid = allocation.warned_at is not None and not busy_now and allocation.warned_at >= idle_since
-        warned_long_enough = warning_valid and now - allocation.warned_at >= warn_before  # type: ignore[operator]
-
+        idle = (
+            _idle_action(allocation, now, idle_timeout, busy_now, idle_since, idle_for, someone_waiting, warn_before)
+            if idle_rule_applies
+            else None
+        )
         limit = allocation.max_runtime if allocation.max_runtime is not None else max_runtime
-        ran_for = now - allocation.started_at
-        runtime_due_at = None if limit is None else allocation.started_at + limit
-        idle_due_at = None if idle_timeout is None else idle_since + idle_timeout
-
-        reason: ReclaimReason | None = None
-        due_at: float | None = None
-        if idle_due_at is not None and not busy_now and now >= idle_due_at - warn_before:
-            reason, due_at = "idle", idle_due_at
-        elif runtime_due_at is not None and now >= runtime_due_at - warn_before:
-            reason, due_at = "max_runtime", max(runtime_due_at, idle_since + runtime_idle_grace)
-        if reason is None or due_at is None:
-            continue
-        if busy_now:
-            # Past max runtime but busy: warn once, never reclaim.
-            if allocation.warned_at is None or allocation.warned_at < allocation.started_at:
-                actions.append(
-                    Warn(
-                        allocation.id,
-                        allocation.user,
-                        reason,
-                        max(due_at, now + warn_before),
-                        f"Your server has run {format_minutes(ran_for)} of its {format_minutes(limit or 0)} "
-                        f"limit; it will be stopped once its GPUs are idle. Save your work.",
-                    )
-                )
-            continue
-        if now >= due_at and warned_long_enough:
-            message = (
-                f"Stopped {allocation.user}'s server: its {gpus_text(allocation.gpus)} were idle "
-                f"for {format_minutes(idle_for)}"
-                if reason == "idle"
-                else f"Stopped {allocation.user}'s server: it ran {format_minutes(ran_for)}, past its "
-                f"{format_minutes(limit or 0)} limit, and its GPUs were idle"
-            )
-            actions.append(
-                Reclaim(
-                    allocation.id,
-                    allocation.user,
-                    reason,
-                    allocation.gpus,
-                    idle_for,
-                    message + ("; others are waiting." if someone_waiting else "."),
-                )
-            )
-        elif not warning_valid:
-            reclaim_at = max(due_at, now + warn_before)
-            what = (
-                f"its GPUs have been idle for {format_minutes(idle_for)}"
-                if reason == "idle"
-                else f"it has run {format_minutes(ran_for)} of its {format_minutes(limit or 0)} limit"
-            )
-            actions.append(
-                Warn(
-                    allocation.id,
-                    allocation.user,
-                    reason,
-                    reclaim_at,
-                    f"Your server will be stopped in {format_minutes(reclaim_at - now)} because "
-                    f"{what}. Use the GPUs (or save your work) to keep it.",
-                )
-            )
+        if limit is not None and now >= allocation.started_at + limit - warn_before and not isinstance(idle, Reclaim):
+            runtime = _runtime_action(allocation, now, limit, idle_for, warn_before)
+            if runtime is not None:
+                actions.append(runtime)
+        elif idle is not None:
+            actions.append(idle)
     return actions
+
+
+def _runtime_action(
+    allocation: RunningAllocation, now: float, limit: float, idle_for: float, warn_before: float
+) -> Warn | Reclaim | None:
+    """The runtime rule for a server within ``warn_before`` of its limit (or past it)."""
+    due_at = allocation.started_at + limit
+    ran_for = now - allocation.started_at
+    warned_at = allocation.warned_at if allocation.warned_for == "max_runtime" else None
+    if warned_at is None or warned_at < allocation.started_at:
+        reclaim_at = max(due_at, now + warn_before)
+        return Warn(
+            allocation.id,
+            allocation.user,
+            "max_runtime",
+            reclaim_at,
+            f"Your server will be stopped in {format_minutes(reclaim_at - now)}: it has run "
+            f"{format_minutes(ran_for)} of its {format_minutes(limit)} limit, busy or not. "
+            "Save your work; your home is kept.",
+        )
+    if now < max(due_at, warned_at + warn_before):
+        return None
+    return Reclaim(
+        allocation.id,
+        allocation.user,
+        "max_runtime",
+        allocation.gpus,
+        idle_for,
+        f"Stopped {allocation.user}'s server: it ran {format_minutes(ran_for)}, its limit is {format_minutes(limit)}.",
+    )
+
+
+def _idle_action(
+    allocation: RunningAllocation,
+    now: float,
+    idle_timeout: float | None,
+    busy_now: bool,
+    idle_since: float,
+    idle_for: float,
+    someone_waiting: bool,
+    warn_before: float,
+) -> Warn | Reclaim | None:
+    """The idle rule: warn ahead, reclaim once a warning given while idle is old enough."""
+    if idle_timeout is None or busy_now or now < idle_since + idle_timeout - warn_before:
+        return None
+    due_at = idle_since + idle_timeout
+    # A warning counts only if it was an idle warning and the GPUs have not been busy since.
+    warned_at = allocation.warned_at if allocation.warned_for in (None, "idle") else None
+    if warned_at is not None and warned_at >= idle_since:  # warned, and not busy since
+        if now < due_at or now - warned_at < warn_before:
+            return None
+        return Reclaim(
+            allocation.id,
+            allocation.user,
+            "idle",
+            allocation.gpus,
+            idle_for,
+            f"Stopped {allocation.user}'s server: its {gpus_text(allocation.gpus)} were idle "
+            f"for {format_minutes(idle_for)}" + ("; others are waiting." if someone_waiting else "."),
+        )
+    reclaim_at = max(due_at, now + warn_before)
+    return Warn(
+        allocation.id,
+        allocation.user,
+        "idle",
+        reclaim_at,
+        f"Your server will be stopped in {format_minutes(reclaim_at - now)} because its GPUs have been idle "
+        f"for {format_minutes(idle_for)}. Use the GPUs (or save your work) to keep it.",
+    )
 
 
 # ---------------------------------------------------------------------------------------

@@ -224,7 +224,7 @@ class Simulation:
             run = self.running[action.allocation_id]
             if isinstance(action, Warn):
                 self.result.warnings += 1
-                run.allocation = replace(run.allocation, warned_at=self.now)
+                run.allocation = replace(run.allocation, warned_at=self.now, warned_for=action.reason)
             elif isinstance(action, Reclaim):
                 self._reclaim(action.allocation_id)
 

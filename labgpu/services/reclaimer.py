@@ -4,11 +4,15 @@ the GPUs, not at HTTP activity, and runs as a JupyterHub managed service (`labgp
 Every round it reads the ledger's allocations and each one's busy fraction from the
 telemetry (the poller's samples), asks :func:`labgpu.fairshare.scheduler.reclaim_decisions` what is
 due under each holder's limits (resolved with the groups the hub puts the user in, read from
-the Hub REST API, and the policy's member lists), records warnings in the ledger
-(``reclaim_notices``, which :mod:`labgpu.hub.announcement` shows on every hub page) and logs
-them, and stops reclaimed servers through the Hub REST API with the service's token. The home
-volume outlives the container; the spawner's stop releases the GPUs and wakes the queue.
-A GPU that is busy, or that telemetry has no data for, is never reclaimed.
+the Hub REST API, and the policy's member lists): ``max_runtime`` stops a GPU server busy or
+not, ``idle_timeout`` one whose GPUs sit idle (only while someone waits, if the policy says so).
+It records warnings in the ledger (``reclaim_notices``, which :mod:`labgpu.hub.announcement`
+shows on every hub page) and logs them, and stops servers through the Hub REST API with the
+service's token. The home volume outlives the container; the spawner's stop releases the GPUs
+and wakes the queue.
+A GPU that is busy, or that telemetry has no data for, is never reclaimed for idleness.
+Servers without GPUs hold nothing in the ledger and are left alone (the spawn page promises
+``max_runtime`` for GPU servers only).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from urllib.request import Request, urlopen
 from labgpu.db.ledger import Ledger
 from labgpu.db.queue_store import QueueStore
 from labgpu.fairshare import scheduler
-from labgpu.fairshare.scheduler import Reclaim, RunningAllocation, Warn
+from labgpu.fairshare.scheduler import Reclaim, ReclaimReason, RunningAllocation, Warn
 from labgpu.quota import FairshareConfig, Policy, resolve
 
 log = logging.getLogger("labgpu.reclaim")
@@ -34,6 +38,10 @@ log = logging.getLogger("labgpu.reclaim")
 BusyFraction = Callable[[Sequence[str], float, float], "float | None"]  # (GPU UUIDs, since, until) -> 0..1 or None
 StopServer = Callable[[str, str], "str | None"]  # (user, server) -> None on success, else what went wrong
 GroupsOf = Callable[[str], Sequence[str]]  # user -> the groups the hub puts them in
+
+# What the service's Hub API token needs, and no more: stop servers (DELETE /users/{user}/server)
+# and read a user's groups (GET /users/{user}, which read:users:groups answers with the groups).
+HUB_API_SCOPES = ("servers", "read:users:groups")
 
 
 def no_hub_groups(user: str) -> Sequence[str]:
@@ -50,11 +58,15 @@ class ReclaimSettings:
     idle_threshold: float = 0.05  # busy fraction below which GPUs count as idle
     busy_window: float = 300.0  # each round looks at the GPUs' busy fraction over this window
     waiting_fresh: float = 60.0  # a queue entry counts as someone waiting if its hub saw it this recently
-    runtime_idle_grace: float = 300.0  # past max_runtime, stop once idle this long
 
 
 def _ts(moment: datetime | None) -> float | None:
     return None if moment is None else moment.timestamp()
+
+
+def _reason(recorded: str) -> ReclaimReason | None:
+    """Which rule the notice's warning was for (its ``reason``; '' before any warning)."""
+    return "max_runtime" if recorded == "max_runtime" else "idle" if recorded == "idle" else None
 
 
 def reclaim_round(
@@ -104,6 +116,7 @@ def reclaim_round(
             max_runtime=max_runtime,
             last_busy_at=_ts(notice.last_busy_at),
             warned_at=_ts(notice.warned_at),
+            warned_for=_reason(notice.reason),
         )
         actions = scheduler.reclaim_decisions(
             [running],
@@ -115,7 +128,6 @@ def reclaim_round(
             only_when_waiting=fairshare.reclaim_only_when_waiting,
             warn_before=settings.warn_before,
             idle_threshold=settings.idle_threshold,
-            runtime_idle_grace=settings.runtime_idle_grace,
         )
         for action in actions:
             if isinstance(action, Warn):
@@ -178,7 +190,7 @@ def hub_server_stopper(api_url: str, token: str, timeout: float = 30.0) -> StopS
 
 def hub_user_groups(api_url: str, token: str, timeout: float = 30.0) -> GroupsOf:
     """The groups the hub puts a user in (GET /users/{name} -> "groups"; the token needs
-    ``read:users``). When the hub does not answer, the groups it last gave for that user, else
+    ``read:users:groups``). When the hub does not answer, the groups it last gave for that user, else
     none (the policy's member lists still count), with a warning in the log."""
     known: dict[str, tuple[str, ...]] = {}
 

@@ -272,12 +272,18 @@ def test_idle_allocation_is_warned_then_reclaimed_after_the_warning_period():
 
 @settings(max_examples=200, deadline=None)
 @given(st.floats(0.05, 1.0), st.floats(0, 30 * DAY), st.booleans(), st.booleans())
-def test_a_busy_allocation_is_never_reclaimed(busy_fraction, now, waiting, only_when_waiting):
-    allocation = running("a", "ava", 2, 0.0, max_runtime=H, last_busy_at=0.0, warned_at=0.0)
-    actions = decide(
-        allocation, busy_fraction, now, someone_waiting=waiting, only_when_waiting=only_when_waiting, max_runtime=H
-    )
-    assert not any(isinstance(a, Reclaim) for a in actions)
+def test_a_busy_allocation_is_never_reclaimed_for_idleness(busy_fraction, now, waiting, only_when_waiting):
+    allocation = running("a", "ava", 2, 0.0, last_busy_at=0.0, warned_at=0.0, warned_for="idle")
+    actions = decide(allocation, busy_fraction, now, someone_waiting=waiting, only_when_waiting=only_when_waiting)
+    assert actions == []
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.floats(0, 1.0), st.floats(0, 10 * H - 15 * 60 - 1), st.booleans())
+def test_nothing_happens_under_max_runtime_unless_the_idle_rule_applies(busy_fraction, now, waiting):
+    # No idle timeout, so only the runtime rule could act: nothing before its warning is due.
+    allocation = running("a", "ava", 2, 0.0, max_runtime=10 * H, last_busy_at=0.0)
+    assert decide(allocation, busy_fraction, now, idle_timeout=None, someone_waiting=waiting) == []
 
 
 def test_an_allocation_without_telemetry_counts_as_busy():
@@ -299,18 +305,65 @@ def test_a_warning_given_before_the_gpus_got_busy_again_does_not_count():
     assert isinstance(action, Warn)
 
 
-def test_max_runtime_warns_a_busy_server_once_and_reclaims_it_once_idle():
-    busy = running("a", "ava", 2, 0.0, max_runtime=10 * H, last_busy_at=10 * H)
-    [warning] = decide(busy, 1.0, 10 * H, idle_timeout=None)
-    assert warning.reason == "max_runtime" and "limit" in warning.message
-    warned_busy = running("a", "ava", 2, 0.0, max_runtime=10 * H, last_busy_at=11 * H, warned_at=10 * H)
-    assert decide(warned_busy, 1.0, 11 * H, idle_timeout=None) == []
-    # Idle since 11 h: warned again (the old warning predates the idle spell), then reclaimed.
-    [again] = decide(warned_busy, 0.0, 11 * H + 600, idle_timeout=None)
-    assert isinstance(again, Warn)
-    idle = running("a", "ava", 2, 0.0, max_runtime=10 * H, last_busy_at=11 * H, warned_at=11 * H + 600)
-    [reclaim] = decide(idle, 0.0, 11 * H + 600 + 900, idle_timeout=None)
-    assert isinstance(reclaim, Reclaim) and reclaim.reason == "max_runtime"
+@pytest.mark.parametrize("busy", [1.0, 0.0])
+def test_max_runtime_warns_then_stops_a_server_busy_or_idle_even_when_nobody_waits(busy):
+    # 10 h limit, 15 min warning: warned at 9 h 45, whatever the load and with nobody waiting.
+    options = dict(idle_timeout=None, someone_waiting=False, only_when_waiting=True)
+    server = running("a", "ava", 2, 0.0, max_runtime=10 * H, last_busy_at=9 * H)
+    assert decide(server, busy, 9 * H + 44 * 60, **options) == []
+    [warning] = decide(server, busy, 9 * H + 45 * 60, **options)
+    assert isinstance(warning, Warn) and warning.reason == "max_runtime"
+    assert warning.reclaim_at == 10 * H
+    assert warning.message == (
+        "Your server will be stopped in 15 min: it has run 9 h 45 min of its 10 h limit, busy or not. "
+        "Save your work; your home is kept."
+    )
+    warned = running("a", "ava", 2, 0.0, max_runtime=10 * H, last_busy_at=9 * H, warned_at=9.75 * H, **WARNED_RUNTIME)
+    assert decide(warned, busy, 10 * H - 1, **options) == []  # warned once, not again
+    [stop] = decide(warned, busy, 10 * H, **options)
+    assert isinstance(stop, Reclaim) and stop.reason == "max_runtime" and stop.gpus == 2
+    assert stop.message == "Stopped ava's server: it ran 10 h, its limit is 10 h."
+
+
+WARNED_RUNTIME = {"warned_for": "max_runtime"}
+
+
+def test_a_server_found_past_its_limit_unwarned_gets_the_full_warning_first():
+    # The reclaimer was down: the server ran 12 h of 10 h without a warning.
+    late = running("a", "ava", 2, 0.0, max_runtime=10 * H, last_busy_at=12 * H)
+    [warning] = decide(late, 1.0, 12 * H, idle_timeout=None)
+    assert isinstance(warning, Warn) and warning.reclaim_at == 12 * H + 15 * 60
+    warned = running("a", "ava", 2, 0.0, max_runtime=10 * H, warned_at=12 * H, **WARNED_RUNTIME)
+    assert decide(warned, 1.0, 12 * H + 14 * 60, idle_timeout=None) == []
+    assert isinstance(decide(warned, 1.0, 12 * H + 15 * 60, idle_timeout=None)[0], Reclaim)
+
+
+def test_the_policys_max_runtime_applies_when_the_allocation_has_none():
+    server = running("a", "ava", 1, 0.0, last_busy_at=0.0)
+    [warning] = decide(server, 1.0, 2 * H, idle_timeout=None, max_runtime=2 * H)
+    assert warning.reason == "max_runtime"
+    assert decide(server, 1.0, 2 * H, idle_timeout=None, max_runtime=None) == []
+
+
+def test_an_idle_warning_does_not_count_for_the_runtime_rule_nor_the_reverse():
+    # Idle-warned at 9 h 40 (reclaim due 9 h 55 if idle), but the runtime warning opens at 9 h 45.
+    idle_warned = running("a", "ava", 2, 0.0, max_runtime=10 * H, last_busy_at=8 * H, warned_at=9 * H + 40 * 60)
+    [action] = decide(idle_warned, 0.0, 9 * H + 50 * 60, idle_timeout=H + 55 * 60)
+    assert isinstance(action, Warn) and action.reason == "max_runtime"
+    # An idle reclaim already due is not postponed by the runtime rule.
+    [action] = decide(idle_warned, 0.0, 9 * H + 55 * 60, idle_timeout=H + 55 * 60)
+    assert isinstance(action, Reclaim) and action.reason == "idle"
+    # A runtime warning is no idle warning: an idle server under its limit is warned for idleness.
+    runtime_warned = running("a", "ava", 2, 0.0, max_runtime=10 * H, last_busy_at=0.0, warned_at=H, **WARNED_RUNTIME)
+    [action] = decide(runtime_warned, 0.0, 2 * H)
+    assert isinstance(action, Warn) and action.reason == "idle"
+
+
+def test_an_idle_server_under_its_max_runtime_is_kept_unless_the_idle_rule_applies():
+    server = running("a", "ava", 2, 0.0, max_runtime=10 * H, last_busy_at=0.0, warned_at=H, warned_for="idle")
+    assert decide(server, 0.0, 5 * H, someone_waiting=False) == []  # idle 5 h, nobody waits
+    [stop] = decide(server, 0.0, 5 * H, someone_waiting=True)
+    assert isinstance(stop, Reclaim) and stop.reason == "idle"
 
 
 # --- wait estimate ----------------------------------------------------------------------
