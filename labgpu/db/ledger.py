@@ -3,7 +3,10 @@
 
 Every grant is one ``BEGIN IMMEDIATE`` transaction (:mod:`labgpu.db.engine`), so allocations
 from several processes (hub, CLI, poller) are serialized by SQLite itself and a GPU is never
-granted twice. The ledger is the single source of truth for who holds which GPU; each grant
+granted twice. Every GPU limit is checked inside that transaction, whichever path led there (a
+spawn with free GPUs, the queue's dequeue grant): the server's, the user's total across their
+servers, and the pool of the group the allocation is charged to (recorded with it, so a pool's
+use is counted from the ledger itself). The ledger is the single source of truth for who holds which GPU; each grant
 and release is also written to an audit table. Opening a :class:`Ledger` migrates the database
 to ``head``; the queue, session and telemetry stores open beside it, on the same file.
 """
@@ -25,9 +28,11 @@ from labgpu.db.tables import AllocatedGpuRow, AllocationEventRow, AllocationRow,
 from labgpu.gpus.allocator import (
     Allocation,
     GrantRule,
+    GroupPoolFull,
     HeldGpu,
     HeldUnits,
     Placement,
+    ServerLimitExceeded,
     UserTotalExceeded,
     choose_gpus,
 )
@@ -132,6 +137,7 @@ _GPUS_WITH_HOLDERS = (
         _allocations.c.server.label("holder_server"),
         _allocations.c.since.label("held_since"),
         _allocations.c.id.label("allocation_id"),
+        _allocations.c.group_name.label("holder_group"),
     )
     .select_from(
         _gpus.outerjoin(_allocated, _allocated.c.gpu_uuid == _gpus.c.uuid).outerjoin(
@@ -229,7 +235,7 @@ class Ledger(Store):
 
     def _allocation(self, conn: Connection, row: Any) -> Allocation:
         uuids = conn.execute(_ALLOCATION_GPUS, {"allocation_id": row.id}).scalars()
-        return Allocation(row.user, row.server, tuple(uuids), row.since, row.image)
+        return Allocation(row.user, row.server, tuple(uuids), row.since, row.image, row.group_name)
 
     def allocation_for(self, user: str, server: str = "") -> Allocation | None:
         """The GPUs this server holds, or None."""
@@ -243,7 +249,9 @@ class Ledger(Store):
         for allocation_id, uuid in conn.execute(_ALL_ALLOCATED_GPUS):
             gpus_of.setdefault(allocation_id, []).append(uuid)
         return {
-            row.id: Allocation(row.user, row.server, tuple(gpus_of.get(row.id, ())), row.since, row.image)
+            row.id: Allocation(
+                row.user, row.server, tuple(gpus_of.get(row.id, ())), row.since, row.image, row.group_name
+            )
             for row in conn.execute(select(_allocations).order_by(_allocations.c.since, _allocations.c.id))
         }
 
@@ -332,11 +340,19 @@ class Ledger(Store):
         reason: str,
         now: datetime,
         container_id: str | None = None,
+        group: str = "",
     ) -> int:
         allocation_id = inserted_id(
             conn.execute(
                 _INSERT_ALLOCATION,
-                {"user": user, "server": server, "since": now, "image": image, "container_id": container_id},
+                {
+                    "user": user,
+                    "server": server,
+                    "since": now,
+                    "image": image,
+                    "container_id": container_id,
+                    "group_name": group,
+                },
             )
         )
         conn.execute(_INSERT_ALLOCATED, [{"gpu_uuid": u, "allocation_id": allocation_id} for u in uuids])
@@ -353,20 +369,29 @@ class Ledger(Store):
         placement: Placement = "pack",
         image: str | None = None,
         exclude: Collection[str] = (),
+        server_limit: int | None = None,
         user_total: int | None = None,
+        group: str | None = None,
+        pool: int | None = None,
     ) -> Allocation:
         """Grant N free healthy GPUs to this server in one transaction, or raise NotEnoughGpus.
 
         Asking again for a server that already holds a matching allocation returns it
         unchanged (a retried spawn); a different request releases the old GPUs first.
-        ``user_total`` (the quota's GPUs across all of a user's servers) is checked in the same
-        transaction, so two servers of one user starting at once cannot both pass it
-        (raises UserTotalExceeded).
+        The quota's limits are checked in the same transaction, so servers starting at once
+        cannot together pass one: ``server_limit`` (GPUs per server: ServerLimitExceeded),
+        ``user_total`` (GPUs across the user's servers: UserTotalExceeded), and ``pool`` (GPUs
+        the members of ``group`` may hold together, counted from the allocations charged to
+        it: GroupPoolFull, a NotEnoughGpus, so a spawn may wait for it in the queue). The
+        allocation is recorded as charged to ``group``.
         """
         if n < 0:
             raise ValueError(f"a server can ask for 0 or more GPUs (got {n})")
+        if server_limit is not None and n > server_limit:
+            raise ServerLimitExceeded(n, server_limit)
         now = self._clock()
         rule = GrantRule(n, models, frozenset(exclude))
+        group = group or ""
         with self.writer.begin() as conn:
             existing = conn.execute(_SERVER_ALLOCATION, {"user": user, "server": server}).first()
             rows = conn.execute(_GPUS_WITH_HOLDERS).all()
@@ -376,6 +401,7 @@ class Ledger(Store):
                     len(mine) == n
                     and all(rule.grantable(self._gpu(r), r.present) for r in mine)
                     and (image is None or image == existing.image)
+                    and group == existing.group_name
                 ):
                     return self._allocation(conn, existing)
                 self._delete_allocation(conn, existing, "replaced by a new request", now)
@@ -383,7 +409,7 @@ class Ledger(Store):
             else:
                 freed = set()
             if n == 0:
-                return Allocation(user, server, (), now, image)
+                return Allocation(user, server, (), now, image, group)
             free, held = [], []
             total = 0
             active = [r for r in rows if r.holder is not None and r.uuid not in freed]
@@ -391,6 +417,13 @@ class Ledger(Store):
                 elsewhere = sum(1 for r in active if r.holder == user and r.holder_server != server)
                 if elsewhere + n > user_total:
                     raise UserTotalExceeded(n, elsewhere, user_total)
+            if group and pool is not None:
+                members: dict[str, int] = {}
+                for r in active:
+                    if r.holder_group == group:
+                        members[r.holder] = members.get(r.holder, 0) + 1
+                if sum(members.values()) + n > pool:
+                    raise GroupPoolFull(n, group, pool, members)
             holds = HeldUnits.of(self._gpu(r) for r in active)
             for r in rows:
                 gpu = self._gpu(r)
@@ -404,12 +437,14 @@ class Ledger(Store):
             chosen = choose_gpus(free, n, models=models, placement=placement, held=held, total=total, now=now)
             uuids = tuple(g.uuid for g in chosen)
             try:
-                self._insert_allocation(conn, "grant", user, server, uuids, image, f"asked for {n} ({placement})", now)
+                self._insert_allocation(
+                    conn, "grant", user, server, uuids, image, f"asked for {n} ({placement})", now, group=group
+                )
             except IntegrityError as exc:  # a constraint caught what the lock should have prevented
                 raise LedgerError(
                     f"could not record the allocation for {server_label(user, server)}: {exc.orig}"
                 ) from None
-            return Allocation(user, server, uuids, now, image)
+            return Allocation(user, server, uuids, now, image, group)
 
     def release(self, user: str, server: str = "", reason: str = "stopped") -> Allocation | None:
         """Free every GPU this server holds (on stop, failed start, dead container); None if none."""

@@ -60,7 +60,7 @@ class Base(DeclarativeBase):
 
 
 # ============================================================================================
-# The GPU ledger: inventory, allocations and their audit (migrations 0001, 0002, 0004)
+# The GPU ledger: inventory, allocations and their audit (migrations 0001, 0002, 0004, 0006)
 # ============================================================================================
 
 
@@ -104,6 +104,9 @@ class AllocationRow(Base):
     since: Mapped[datetime] = mapped_column(UtcDateTime)
     image: Mapped[str | None] = mapped_column(Text, nullable=True)  # image digest, for reproducibility
     container_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    # The group whose pool these GPUs count against ("" = none), as the spawn's limits charged
+    # it (migration 0006): a group's pool use is counted from here, inside the grant.
+    group_name: Mapped[str] = mapped_column(String(255), default="", server_default="")
 
 
 class AllocatedGpuRow(Base):

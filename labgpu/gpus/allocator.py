@@ -20,11 +20,14 @@ from labgpu.units import gpus_text
 __all__ = [
     "PLACEMENTS",
     "Allocation",
+    "GpuLimitExceeded",
     "GrantRule",
+    "GroupPoolFull",
     "HeldGpu",
     "HeldUnits",
     "NotEnoughGpus",
     "Placement",
+    "ServerLimitExceeded",
     "UserTotalExceeded",
     "allocatable_unit",
     "choose_gpus",
@@ -44,6 +47,7 @@ class Allocation:
     gpu_uuids: tuple[str, ...]
     since: datetime
     image: str | None = None
+    group: str = ""  # the group whose pool these GPUs count against ("" = none)
 
     @property
     def server_label(self) -> str:
@@ -125,7 +129,23 @@ class NotEnoughGpus(Exception):
         return message
 
 
-class UserTotalExceeded(Exception):
+class GpuLimitExceeded(Exception):
+    """A quota limit refuses the request whatever is free (waiting would not help); ``str()``
+    is the message for the user."""
+
+
+class ServerLimitExceeded(GpuLimitExceeded):
+    """One server asks for more GPUs than the quota allows a server."""
+
+    def __init__(self, requested: int, limit: int):
+        self.requested, self.limit = requested, limit
+        super().__init__(
+            f"You asked for {gpus_text(requested)}, but your quota allows at most {gpus_text(limit)} "
+            f"per server. Ask for at most {limit}."
+        )
+
+
+class UserTotalExceeded(GpuLimitExceeded):
     """The user's servers would hold more GPUs together than their quota's total allows;
     ``str()`` is the message for the user."""
 
@@ -137,6 +157,38 @@ class UserTotalExceeded(Exception):
             f"Ask for at most {max(0, total - held_elsewhere)}, "
             "or stop another server first."
         )
+
+
+class GroupPoolFull(NotEnoughGpus):
+    """The group the request is charged to holds its whole pool (or the request is larger than
+    the pool): like too few free GPUs, it may wait in the queue until a member releases some.
+    ``holders`` is how many of the pool's GPUs each member holds; ``str()`` is the message:
+    ``You asked for 2 GPUs, but vision-lab's pool of 4 GPUs is in use: alice 2, bob 2.``"""
+
+    def __init__(self, requested: int, group: str, pool: int, holders: Mapping[str, int]):
+        in_use = sum(holders.values())
+        left = max(0, pool - in_use)
+        who = ", ".join(f"{user} {count}" for user, count in sorted(holders.items(), key=lambda h: (-h[1], h[0])))
+        if requested > pool:
+            message = (
+                f"You asked for {gpus_text(requested)}, but {group}'s pool is {gpus_text(pool)} "
+                f"(the GPUs its members may hold together); ask for at most {pool}."
+            )
+        elif left == 0:
+            message = (
+                f"You asked for {gpus_text(requested)}, but {group}'s pool of {gpus_text(pool)} is in use: "
+                f"{who}. Wait until a member of {group} stops a server."
+            )
+        else:
+            message = (
+                f"You asked for {gpus_text(requested)}, but {group}'s pool of {gpus_text(pool)} has "
+                f"{left} left ({who}). Ask for at most {left}, or wait until a member of {group} stops a server."
+            )
+        Exception.__init__(self, message)
+        self.requested, self.free, self.held = requested, left, ()
+        self.unhealthy, self.total, self.models = 0, pool, None
+        self.group, self.pool, self.holders = group, pool, dict(holders)
+        self.message = message
 
 
 def model_allowed(model: str, models: Collection[str] | None) -> bool:

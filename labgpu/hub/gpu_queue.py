@@ -30,7 +30,15 @@ from labgpu.db.ledger import Ledger
 from labgpu.db.queue_store import GRANTED, QueueEntry, QueueStore
 from labgpu.fairshare import scheduler
 from labgpu.fairshare.scheduler import GpuRequest, RunningAllocation, Shares
-from labgpu.gpus.allocator import Allocation, GrantRule, HeldUnits, NotEnoughGpus, Placement
+from labgpu.gpus.allocator import (
+    Allocation,
+    GpuLimitExceeded,
+    GrantRule,
+    HeldUnits,
+    NotEnoughGpus,
+    Placement,
+    ServerLimitExceeded,
+)
 from labgpu.quota import Limits, Policy, resolve, user_groups
 from labgpu.units import format_minutes, gpus_text
 
@@ -102,13 +110,35 @@ class PolicyView:
             self._limits[user] = resolve(self.policy, user, self.groups(user))
         return self._limits[user]
 
+    def charged_group(self, user: str) -> str | None:
+        """The group whose pool a user's GPUs count against: the first of their groups with a
+        pool (the ledger records it with each allocation), else None."""
+        limits = self.limits(user)
+        if limits is None:
+            return None
+        return next((g for g in limits.groups if g in limits.pools), None)
+
     def group(self, user: str) -> str | None:
-        """The group a user's GPUs are charged to: the first of their groups with a pool, else
-        their first group (one group per user: the scheduler's shares are a two-level tree)."""
+        """The group a user's GPUs are charged to (:meth:`charged_group`), else their first group
+        (one group per user: the scheduler's shares are a two-level tree)."""
         limits = self.limits(user)
         if limits is None or not limits.groups:
             return None
-        return next((g for g in limits.groups if g in limits.pools), limits.groups[0])
+        return self.charged_group(user) or limits.groups[0]
+
+    def ledger_limits(self, user: str, user_total: int | None = None) -> dict[str, Any]:
+        """The limits :meth:`Ledger.allocate` checks inside its grant for ``user``: GPUs per
+        server, the total across servers (``user_total`` if given) and the charged group's pool."""
+        limits = self.limits(user)
+        group = self.charged_group(user)
+        if limits is None:
+            return {"user_total": user_total}
+        return {
+            "server_limit": limits.gpus,
+            "user_total": limits.gpus_total if user_total is None else user_total,
+            "group": group,
+            "pool": limits.pools.get(group) if group else None,
+        }
 
     def max_runtime(self, user: str) -> float | None:
         limits = self.limits(user)
@@ -222,7 +252,7 @@ class GpuQueue:
                     a.user,
                     len(a.gpu_uuids),
                     _ts(a.since),
-                    group=view.group(a.user),
+                    group=a.group or view.group(a.user),  # the pool the ledger charged it to
                     max_runtime=view.max_runtime(a.user),
                 )
             )
@@ -288,6 +318,7 @@ class GpuQueue:
         for grant in grants:
             entry = entry_of[grant.request_id]
             try:
+                # The same limits as a spawn granted at once: checked again inside the grant.
                 allocation = self.ledger.allocate(
                     entry.user,
                     entry.server,
@@ -296,9 +327,14 @@ class GpuQueue:
                     placement="spread" if entry.placement == "spread" else "pack",
                     image=entry.image,
                     exclude=entry.exclude,
+                    **view.ledger_limits(entry.user),
                 )
-            except NotEnoughGpus:
-                continue  # e.g. free GPUs of another model than it may use: it waits on
+            except ServerLimitExceeded as e:  # the policy changed while it waited: it can never start
+                if self.store.cancel(entry.id, str(e)):
+                    log.info("GPU queue: %s removed: %s", entry.server_label, e)
+                continue
+            except (NotEnoughGpus, GpuLimitExceeded):
+                continue  # e.g. free GPUs of another model than it may use, a full pool: it waits on
             if self.store.grant(entry.id, allocation.gpu_uuids):
                 log.info(
                     "GPU queue: granted %s to %s after %.0f s%s",
@@ -337,7 +373,9 @@ class GpuQueue:
     def refusal(self, spawn: QueuedSpawn) -> str | None:
         """Why this request can never start here (so it is refused rather than queued)."""
         view = self.view([spawn])
-        total = sum(1 for h in self.ledger.holdings() if GrantRule().qualifies(h.gpu, h.present))
+        # The hub's GPUs this request could ever get: the grant rule's count (models, exclusions).
+        rule = GrantRule(spawn.gpus, spawn.models, frozenset(spawn.exclude))
+        total = sum(1 for h in self.ledger.holdings() if rule.qualifies(h.gpu, h.present))
         request = GpuRequest("new", spawn.user, spawn.gpus, 0.0, group=view.group(spawn.user))
         reason = scheduler.refusal_reason(request, total, view.pools([spawn.user]), view.user_totals([spawn.user]))
         return None if reason is None else reason.replace(f"{spawn.user} asked", "You asked", 1)
@@ -358,7 +396,7 @@ class GpuQueue:
                 placement=spawn.placement,
                 image=spawn.image,
                 exclude=spawn.exclude,
-                user_total=spawn.user_total,
+                **self.view([spawn]).ledger_limits(spawn.user, spawn.user_total),
             )
 
         if spawn.gpus == 0 or not allow_queue:

@@ -25,7 +25,7 @@ from jupyterhub.traitlets import ByteSpecification
 from traitlets import CaselessStrEnum, Float, Integer, List, Unicode, default, validate
 
 from labgpu.db.ledger import Ledger
-from labgpu.gpus.allocator import NotEnoughGpus, UserTotalExceeded
+from labgpu.gpus.allocator import GpuLimitExceeded, NotEnoughGpus
 from labgpu.hub import gpu_queue, sessions
 from labgpu.hub import resources as hub_resources
 from labgpu.hub.containers import ContainerConfigError, WorkspaceSpec, container_config, render_templates
@@ -393,7 +393,7 @@ class GPUDockerSpawner(DockerSpawner):  # type: ignore[misc]  # DockerSpawner sh
                     self.shared_gpu_queue().acquire(spawn, allow_queue=self.queue_allowed()),
                     self.gpu_queue_timeout or None,
                 )
-            except UserTotalExceeded as e:  # another server of this user got GPUs meanwhile
+            except GpuLimitExceeded as e:  # e.g. another server of this user got GPUs meanwhile
                 raise SpawnException(str(e), reason="quota", status_code=400) from None
             except (NotEnoughGpus, QueueRefused) as e:
                 raise SpawnException(str(e), reason="capacity", status_code=503) from None

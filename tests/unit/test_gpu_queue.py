@@ -203,3 +203,66 @@ def test_entries_nobody_waits_for_are_abandoned(ledger, queue, clock):
     clock.advance(minutes=10)
     queue.dequeue_pass()
     assert queue.store.waiting() == [] and queue.store.history()[0].status == "abandoned"
+
+
+# --- every limit inside the ledger's grant, whichever path (issue 12 item 2) ----------------------
+
+
+async def test_a_full_pool_queues_a_spawn_although_gpus_are_free_and_a_members_release_grants_it(ledger, queue):
+    await queue.acquire(QueuedSpawn("alice", "", 4, groups=("vision",)))
+    task = asyncio.create_task(queue.acquire(QueuedSpawn("bob", "", 1, groups=("vision",))))
+    await asyncio.sleep(0.2)
+    assert not task.done() and ledger.allocation_for("bob") is None  # 4 of 8 GPUs are free
+    assert ledger.allocation_for("alice").group == "vision"  # charged to the group's pool, in the ledger
+    assert queue.status("bob", "").message.startswith(
+        "You are #1 in the GPU queue: waiting for 1 GPU (4 free, but your group"
+    )
+    await asyncio.to_thread(ledger.release, "alice", "")
+    granted = await asyncio.wait_for(task, 5)
+    assert len(granted.gpu_uuids) == 1 and granted.group == "vision"
+
+
+async def test_without_queueing_a_full_pool_is_refused_naming_who_holds_it(ledger, queue):
+    await queue.acquire(QueuedSpawn("alice", "", 2, groups=("vision",)))
+    await queue.acquire(QueuedSpawn("bob", "x", 2, groups=("vision",)))
+    with pytest.raises(NotEnoughGpus) as refused:
+        await queue.acquire(QueuedSpawn("bob", "y", 1, groups=("vision",)), allow_queue=False)
+    assert str(refused.value) == (
+        "You asked for 1 GPU, but vision's pool of 4 GPUs is in use: alice 2, bob 2. "
+        "Wait until a member of vision stops a server."
+    )
+
+
+def test_the_dequeue_grant_checks_the_pool_and_the_total_inside_the_ledger(ledger, clock, monkeypatch):
+    """A plan made on a stale view (another hub process granted meanwhile) cannot pass a limit."""
+    policy = load_policy_text(POLICY.replace("defaults: {gpus: 8, gpus_total: 8", "defaults: {gpus: 3, gpus_total: 3"))
+    queue = GpuQueue(ledger, lambda: policy, clock=clock)
+    ledger.allocate("alice", "", 4, group="vision", pool=4)
+    ledger.allocate("carol", "a", 2)
+    bob = queue.store.enqueue("bob", "", 1, groups=["vision"])
+    carol = queue.store.enqueue("carol", "b", 2)
+    monkeypatch.setattr(ledger, "allocations", lambda: [])  # the scheduler sees nothing held
+    assert queue.dequeue_pass({bob.id, carol.id}) == []
+    monkeypatch.undo()
+    assert ledger.allocation_for("bob") is None and ledger.allocation_for("carol", "b") is None
+    assert sorted(e.user for e in queue.store.waiting()) == ["bob", "carol"]  # they wait on
+    ledger.release("alice")
+    ledger.release("carol", "a")
+    assert sorted(e.user for e in queue.dequeue_pass({bob.id, carol.id})) == ["bob", "carol"]
+    assert ledger.allocation_for("bob").group == "vision"
+
+
+@pytest.mark.parametrize(
+    ("gpus", "excluded", "models", "message"),
+    [
+        (7, 2, None, "You asked for 7 GPUs but this server has 6; ask for at most 6."),
+        (1, 0, ("H100",), "You asked for 1 GPUs? but this server has 0"),
+    ],
+)
+def test_a_request_for_more_gpus_than_the_grant_rule_allows_it_is_refused_not_queued(
+    ledger, queue, gpus, excluded, models, message
+):
+    exclude = tuple(h.gpu.uuid for h in ledger.holdings()[:excluded])  # as the policy's gpus.exclude
+    with pytest.raises(QueueRefused, match=message):
+        asyncio.run(asyncio.wait_for(queue.wait(QueuedSpawn("lea", "", gpus, models=models, exclude=exclude)), 5))
+    assert queue.store.waiting() == []
