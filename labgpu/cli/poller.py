@@ -160,25 +160,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         default=os.environ.get("LABGPU_PROC_ROOT", "/proc"),
         help="the host's /proc (the poller needs the host's PID namespace)",
     )
-    parser.add_argument(
-        "--keep-raw",
-        type=parse_retention,
-        default=48 * 3600,
-        metavar="DURATION",
-        help="keep raw samples this long (default 48h)",
-    )
-    parser.add_argument(
-        "--keep-minutes",
-        type=parse_retention,
-        default=30 * 86400,
-        metavar="DURATION",
-        help="keep minute rollups this long (default 30d)",
-    )
-    parser.add_argument(
-        "--keep-hours",
-        type=parse_retention,
-        default=None,
-        metavar="DURATION",
-        help="keep hour rollups this long (default forever)",
-    )
+    retention = (("raw", "raw samples", 48 * 3600, "48h"), ("minutes", "minute rollups", 30 * 86400, "30d"))
+    for option, what, seconds, shown in (*retention, ("hours", "hour rollups", None, "forever")):
+        parser.add_argument(
+            f"--keep-{option}",
+            type=parse_retention,
+            default=seconds,
+            metavar="DURATION",
+            help=f"keep {what} this long (default {shown})",
+        )
     parser.set_defaults(func=run_poller)
