@@ -262,7 +262,9 @@ class GPUDockerSpawner(DockerSpawner):  # type: ignore[misc]  # DockerSpawner sh
         )
 
     @default("options_form")
-    def _default_options_form(self) -> Callable[[GPUDockerSpawner], Awaitable[str]]:
+    def _default_options_form(self) -> Any:
+        if not self.quota_files:  # no policy: DockerSpawner's form (its allowed_images)
+            return super()._default_options_form()
         return lambda spawner: spawner.render_options_form()
 
     async def render_options_form(self) -> str:
@@ -275,8 +277,10 @@ class GPUDockerSpawner(DockerSpawner):  # type: ignore[misc]  # DockerSpawner sh
         )
         return (SIMULATED_NOTICE if self.gpu_driver == "simulated" and limits.gpus else "") + form
 
-    def options_from_form(self, formdata: dict[str, list[str]]) -> dict[str, str]:
-        return parse_form(formdata)
+    @default("options_from_form")
+    def _default_options_from_form(self) -> Callable[[dict[str, list[str]]], dict[str, Any]]:
+        # A default, not a method: `c.Spawner.options_from_form` stays configurable as inherited.
+        return parse_form if self.quota_files else super()._default_options_from_form()
 
     @default("apply_user_options")
     def _default_apply_user_options(self) -> Callable[[GPUDockerSpawner, dict[str, Any]], Awaitable[None]]:
@@ -287,7 +291,9 @@ class GPUDockerSpawner(DockerSpawner):  # type: ignore[misc]  # DockerSpawner sh
         user's limits and apply them; refuse with HTTP 400 naming the limit, never clamp."""
         limits = await self.resolve_limits()
         if limits is None:
-            if user_options:
+            # No policy: a plain DockerSpawner, whose one option, "image", DockerSpawner.start
+            # holds to its allowed_images (none by default); any other option is refused.
+            if any(key != "image" for key in user_options or {}):
                 raise SpawnException(
                     "This hub takes no spawn options (no quota policy is configured).",
                     reason="options",
@@ -407,8 +413,10 @@ class GPUDockerSpawner(DockerSpawner):  # type: ignore[misc]  # DockerSpawner sh
             self.gpu_uuids = allocation.gpu_uuids
         try:
             ip_port: tuple[str, int] = await super().start()
-        except BaseException:
+        except BaseException as e:
             await self.release_gpus("failed start")
+            if isinstance(e, APIError):  # from DockerSpawner's own steps (pull, inspect): say what to do
+                raise await self._start_failure(e) from None
             raise
         if the_ledger is not None and self.gpu_uuids:
             await self.blocking(the_ledger.attach_container, self.user.name, server, self.container_id)
@@ -576,7 +584,8 @@ class GPUDockerSpawner(DockerSpawner):  # type: ignore[misc]  # DockerSpawner sh
         create_kwargs["host_config"] = self.client.create_host_config(**host_config)
         self.log.debug("Creating %s with %s", spec.name, create_kwargs)
         try:
-            return dict(await self.docker("create_container", **create_kwargs))
+            created: dict[str, Any] = await self.docker("create_container", **create_kwargs)
+            return created
         except APIError as e:
             raise self._docker_failure("create", e) from None
 
@@ -586,18 +595,21 @@ class GPUDockerSpawner(DockerSpawner):  # type: ignore[misc]  # DockerSpawner sh
         except APIError as e:
             raise self._docker_failure("start", e) from None
 
-    async def pull_image(self, image: str) -> None:
+    async def _start_failure(self, error: APIError) -> SpawnException:
+        """A Docker error from DockerSpawner's start as a message. (pull_image keeps raising
+        Docker's errors, e.g. NotFound with pull_policy "never": DockerSpawner's contract.)"""
         try:
-            await super().pull_image(image)
+            await self.docker("inspect_image", self.image)
         except NotFound:
-            raise SpawnException(
-                f"The workspace image {image!r} is not on this server. An admin can build it "
+            return SpawnException(
+                f"The workspace image {self.image!r} is not on this server. An admin can build it "
                 "with scripts/build-images.sh or pull it, or pick another image.",
                 reason="image",
                 status_code=500,
-            ) from None
-        except APIError as e:
-            raise self._docker_failure(f"pull image {image!r} for", e) from None
+            )
+        except APIError:
+            pass
+        return self._docker_failure("start", error)
 
     def _docker_failure(self, action: str, error: APIError) -> SpawnException:
         """A Docker error as a message the user and the admin can act on (no traceback)."""

@@ -1,0 +1,1 @@
+"""DockerSpawner's own upstream test suite, run against GPUDockerSpawner (see run.py)."""
