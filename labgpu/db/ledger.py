@@ -446,12 +446,18 @@ class Ledger(Store):
                 ) from None
             return Allocation(user, server, uuids, now, image, group)
 
-    def release(self, user: str, server: str = "", reason: str = "stopped") -> Allocation | None:
-        """Free every GPU this server holds (on stop, failed start, dead container); None if none."""
+    def release(
+        self, user: str, server: str = "", reason: str = "stopped", *, granted_at: datetime | None = None
+    ) -> Allocation | None:
+        """Free every GPU this server holds (once its container is gone); None if none.
+
+        ``granted_at``: release only the allocation granted then (one whose container could not
+        be stopped), never a newer one of the same server.
+        """
         now = self._clock()
         with self.writer.begin() as conn:
             row = conn.execute(_SERVER_ALLOCATION, {"user": user, "server": server}).first()
-            if row is None:
+            if row is None or (granted_at is not None and row.since != granted_at):
                 return None
             return self._delete_allocation(conn, row, reason, now)
 

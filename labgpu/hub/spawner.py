@@ -19,7 +19,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar, TypeVar
 
 from docker.errors import APIError, NotFound
-from dockerspawner import DockerSpawner
 from jupyterhub.spawner import SpawnException
 from jupyterhub.traitlets import ByteSpecification
 from traitlets import CaselessStrEnum, Float, Integer, List, Unicode, default, validate
@@ -30,6 +29,7 @@ from labgpu.hub import gpu_queue, sessions
 from labgpu.hub import resources as hub_resources
 from labgpu.hub.containers import ContainerConfigError, WorkspaceSpec, container_config, render_templates
 from labgpu.hub.gpu_queue import QueuedSpawn, QueueRefused
+from labgpu.hub.lifecycle import GpuLifecycleSpawner
 from labgpu.hub.shared_folders import ensure_shared_volumes, shared_folder_binds
 from labgpu.labels import server_label
 from labgpu.quota import (
@@ -54,7 +54,7 @@ SIMULATED_NOTICE = (
 )
 
 
-class GPUDockerSpawner(DockerSpawner):  # type: ignore[misc]  # DockerSpawner ships no types
+class GPUDockerSpawner(GpuLifecycleSpawner):
     """Spawn each user's JupyterLab in its own hardened Docker container.
 
     Registered as the ``labgpu`` spawner: ``c.JupyterHub.spawner_class = "labgpu"``.
@@ -379,6 +379,7 @@ class GPUDockerSpawner(DockerSpawner):  # type: ignore[misc]  # DockerSpawner sh
         the_ledger = self.ledger
         server = self.name or ""
         if the_ledger is not None:
+            await self.settle_kept_gpus()  # an old container of this server that could not be stopped
             exclude = tuple(self.policy_store.policy.spec.gpus.exclude) if self.policy_store else ()
             spawn = QueuedSpawn(
                 self.user.name,
@@ -461,30 +462,6 @@ class GPUDockerSpawner(DockerSpawner):  # type: ignore[misc]  # DockerSpawner sh
             self.user.name, self.name or "", lambda: self.pending == "spawn"
         ):
             yield event
-
-    async def stop(self, now: bool = False) -> None:
-        if self.ledger is not None:  # stopped while waiting for GPUs: leave the queue
-            await self.shared_gpu_queue().leave(self.user.name, self.name or "", "server stopped while waiting")
-        try:
-            await super().stop(now=now)
-        finally:
-            await self.release_gpus("stopped")
-            await self.end_session("stopped")
-
-    async def poll(self) -> int | None:
-        status: int | None = await super().poll()
-        if status is not None and self.ledger is not None and self.pending != "spawn":
-            await self.release_gpus(f"container gone ({status})")
-            await self.end_session(f"container gone ({status})")
-        return status
-
-    async def release_gpus(self, reason: str) -> None:
-        if self.ledger is not None:
-            released = await self.blocking(self.ledger.release, self.user.name, self.name or "", reason)
-            if released is not None and released.gpu_uuids:
-                self.log.info("Released %s of %s: %s", ", ".join(released.gpu_uuids), self.server_label, reason)
-                gpu_queue.notify_released(self.ledger)  # waiting spawns try at once
-        self.gpu_uuids = ()
 
     def shared_folders(self) -> dict[str, dict[str, str]]:
         """The user's groups' shared volumes, each at <home>/shared/<group>."""

@@ -220,3 +220,12 @@ def test_user_total_is_checked_inside_the_allocation_transaction(tmp_path):
         t.join()
     assert sorted(outcomes) == ["granted"] + ["refused"] * 5
     ledger.close()
+
+
+def test_a_release_for_one_grant_never_frees_a_newer_allocation_of_the_server(ledger):
+    """The hub releases a container's GPUs once it is gone: only the allocation it ran on."""
+    old = ledger.allocate("alice", "", 2)
+    assert ledger.release("alice", "", "container gone", granted_at=old.since - timedelta(seconds=1)) is None
+    assert ledger.allocation_for("alice") == old
+    assert ledger.release("alice", "", "container gone", granted_at=old.since) == old
+    assert ledger.allocation_for("alice") is None
