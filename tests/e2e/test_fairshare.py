@@ -100,6 +100,11 @@ def test_second_user_queues_with_its_position_and_starts_when_the_first_stops(re
         bob.wait_ready(timeout=60)
         assert time.monotonic() - stopped < 30
         assert granted_env(workspace(hub, "bob"))["LABGPU_GPUS"] == gpu
+        # labgpu-doctor in bob's workspace says the GPU is simulated and checks the env against it.
+        code, out = workspace(hub, "bob").exec_run(["labgpu-doctor", "--json", "--quick", "--skip-nccl"], user="1000")
+        checks = {c["name"]: c for c in json.loads(out)["checks"]}
+        assert code == 0 and checks["simulated"]["status"] == "PASS" and gpu in checks["simulated"]["detail"]
+        assert checks["cuda"]["status"] == "SKIP" and "simulated" in checks["cuda"]["detail"]
         assert store.entry(entry.id).status == "granted"
         assert ledger.allocation_for("bob").gpu_uuids == (gpu,)
         # The audit never shows the GPU granted while held.
