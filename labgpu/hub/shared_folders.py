@@ -1,14 +1,23 @@
-"""Lab groups' shared folders: one Docker volume per group, mounted at ``<home>/shared/<group>``
-in every member's workspace, created on first use and owned by the workspace user.
+"""Lab groups' shared folders: one Docker volume per folder, mounted at ``/shared/<group>`` in
+every member's workspace (outside the user-writable home), with a link ``<home>/shared`` ->
+``/shared`` so that JupyterLab's file browser finds them.
 
-A new Docker volume mounted where the image has no directory belongs to root, and the user
-could not write to it; so the first spawn that needs it chowns it in a throwaway container
-(no network, only the CHOWN and FOWNER capabilities). A volume that exists already is the
-admin's: it is used as it is.
+Names: the quota file gives each group's folder a name (the group's own for ``shared_volume:
+true``); its volume is ``<hub_id>-group-<name>``, so that a quota file can reach no other volume
+(a user's home, another hub's folders) and two hubs on one engine keep their folders apart.
+
+Preparation: a new volume belongs to root, and a mount point inside the home would rest the
+workspace's safety on how the runtime handles a symlink the user put there; so the folders are
+mounted under ``/shared``, and the first spawn that needs a folder (in each hub process, and again
+after a failure) gives its root to the workspace user, setgid and group-writable, in a throwaway
+container (no network, only the CHOWN, FOWNER and DAC_OVERRIDE capabilities). Running it again is
+harmless: that is how a folder a failed preparation left to root gets repaired.
 """
 
 from __future__ import annotations
 
+import re
+import shlex
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -19,55 +28,118 @@ from labgpu.labels import KIND_GROUP_SHARE, managed_labels
 
 DockerCall = Callable[..., Awaitable[Any]]  # DockerSpawner.docker: (method, *args, **kwargs), off the event loop
 
+SHARED_ROOT = "/shared"  # where the folders are mounted in a workspace; <home>/shared links here
+VOLUME_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # Docker's rule for volume names
 
-def shared_folder_binds(shared_volumes: Mapping[str, str], home_mount: str) -> dict[str, dict[str, str]]:
-    """``{group: volume}`` -> binds of each group's volume at ``<home>/shared/<group>``."""
-    return {volume: {"bind": f"{home_mount}/shared/{group}", "mode": "rw"} for group, volume in shared_volumes.items()}
+# Folders (volume, uid:gid) and homes (volume) this hub process has prepared: done once per
+# process; a failed preparation is not recorded, so the next spawn tries again.
+_prepared_folders: set[tuple[str, str]] = set()
+_linked_homes: set[str] = set()
 
 
-async def ensure_shared_volumes(
+def group_volume_name(hub_id: str, folder: str) -> str:
+    """The Docker volume of the shared folder ``folder``: ``<hub_id>-group-<folder>`` (a name
+    already in that namespace is taken as is). Raises ValueError for a name Docker refuses."""
+    prefix = f"{hub_id}-group-"
+    volume = folder if folder.startswith(prefix) else prefix + folder
+    if not folder or "/" in folder or not VOLUME_NAME_RE.match(volume):
+        raise ValueError(
+            f"shared folder {folder!r} makes the Docker volume name {volume!r}, which Docker refuses "
+            "(letters, digits, _ . - only)"
+        )
+    return volume
+
+
+def shared_folder_binds(folders: Mapping[str, str], hub_id: str) -> dict[str, dict[str, str]]:
+    """``{group: folder name}`` -> binds of each folder's volume at ``/shared/<group>``."""
+    return {
+        group_volume_name(hub_id, folder): {"bind": f"{SHARED_ROOT}/{group}", "mode": "rw"}
+        for group, folder in folders.items()
+    }
+
+
+def preparation_script(folders: list[str], home: str | None, uid: str, gid: str) -> str:
+    """The shell commands that hand ``folders`` (mount points) to ``uid:gid`` and, with ``home``,
+    link ``<home>/shared`` to the folders. An old home's root-owned, empty ``shared`` directory
+    (the mount points of the layout before /shared) is removed first; nothing else is touched."""
+    owner = shlex.quote(f"{uid}:{gid}")
+    lines = ["set -e"]
+    for folder in folders:
+        path = shlex.quote(folder)
+        lines.append(f"chown {owner} {path} && chmod 2775 {path}")
+    if home is not None:
+        link = shlex.quote(f"{home}/shared")
+        lines += [
+            f'if [ -d {link} ] && [ ! -L {link} ] && [ "$(stat -c %u {link})" = 0 ]; then '
+            f"rmdir {link}/* {link} 2>/dev/null || true; fi",
+            f"[ -e {link} ] || [ -L {link} ] || {{ ln -sn {SHARED_ROOT} {link} && chown -h {owner} {link}; }}",
+        ]
+    return "\n".join(lines)
+
+
+async def prepare_shared_folders(
     docker: DockerCall,
     host_config: Callable[..., Any],
-    volumes: Mapping[str, Any],
+    binds: Mapping[str, Mapping[str, str]],
     *,
     image: str,
     uid: str,
     gid: str,
+    home_volume: str,
+    home_mount: str,
     timeout: float = 60,
 ) -> list[str]:
-    """Create the missing volumes among ``volumes`` and hand them to ``uid:gid`` (setgid, group
-    writable). ``host_config`` is docker-py's ``create_host_config``. Returns the created ones."""
+    """Create the missing volumes among ``binds`` (from :func:`shared_folder_binds`), hand each
+    folder's root to ``uid:gid`` and link the home to them, unless this process did so already.
+    ``host_config`` is docker-py's ``create_host_config``. Returns the volumes it created."""
+    if not binds:
+        return []
     created = []
-    for volume in volumes:
+    for volume in binds:
         try:
             await docker("inspect_volume", volume)
-            continue
         except NotFound:
-            pass
-        await docker("create_volume", volume, labels=managed_labels(KIND_GROUP_SHARE))
-        container = await docker(
-            "create_container",
-            image,
-            command=["sh", "-c", f"chown {uid}:{gid} /share && chmod 2775 /share"],
-            user="0",
-            network_disabled=True,
-            host_config=host_config(
-                binds={volume: {"bind": "/share", "mode": "rw"}},
-                cap_drop=["ALL"],
-                cap_add=["CHOWN", "FOWNER"],
-                network_mode="none",
-            ),
-        )
-        try:
-            await docker("start", container["Id"])
-            result = await docker("wait", container["Id"], timeout=timeout)
-            if result.get("StatusCode") != 0:
-                raise SpawnException(
-                    f"Could not prepare the shared folder volume {volume!r}; ask the hub's admin.",
-                    reason="docker",
-                    status_code=500,
-                )
-        finally:
-            await docker("remove_container", container["Id"], force=True)
-        created.append(volume)
+            await docker("create_volume", volume, labels=managed_labels(KIND_GROUP_SHARE))
+            created.append(volume)
+    owner = f"{uid}:{gid}"
+    todo = {v: b for v, b in binds.items() if (v, owner) not in _prepared_folders}
+    link_home = home_volume not in _linked_homes
+    if not todo and not link_home:
+        return created
+    # The home is mounted where the workspace mounts it, so that a new home volume gets the
+    # image's home (and its owner) copied in, as it would at the workspace's first start.
+    mounts = {volume: {"bind": bind["bind"], "mode": "rw"} for volume, bind in binds.items()}
+    mounts[home_volume] = {"bind": home_mount, "mode": "rw"}
+    script = preparation_script([b["bind"] for b in todo.values()], home_mount if link_home else None, uid, gid)
+    container = await docker(
+        "create_container",
+        image,
+        command=["sh", "-c", script],
+        user="0",
+        network_disabled=True,
+        host_config=host_config(
+            binds=mounts,
+            cap_drop=["ALL"],
+            cap_add=["CHOWN", "FOWNER", "DAC_OVERRIDE"],
+            security_opt=["no-new-privileges:true"],
+            network_mode="none",
+        ),
+    )
+    try:
+        await docker("start", container["Id"])
+        result = await docker("wait", container["Id"], timeout=timeout)
+        if result.get("StatusCode") != 0:
+            logs = await docker("logs", container["Id"], tail=5)
+            detail = logs.decode(errors="replace").strip() if isinstance(logs, bytes) else str(logs)
+            raise SpawnException(
+                f"Could not prepare the shared folders {', '.join(sorted(todo))}; the next start tries again. "
+                "If it keeps failing, ask the hub's admin.",
+                reason="docker",
+                log_message=f"preparing shared folders {sorted(todo)} failed ({result.get('StatusCode')}): {detail}",
+                status_code=500,
+            )
+    finally:
+        await docker("remove_container", container["Id"], force=True)
+    _prepared_folders.update((volume, owner) for volume in todo)
+    _linked_homes.add(home_volume)
     return created

@@ -30,7 +30,7 @@ from labgpu.hub import resources as hub_resources
 from labgpu.hub.containers import ContainerConfigError, WorkspaceSpec, container_config, render_templates
 from labgpu.hub.gpu_queue import QueuedSpawn, QueueRefused
 from labgpu.hub.lifecycle import GpuLifecycleSpawner
-from labgpu.hub.shared_folders import ensure_shared_volumes, shared_folder_binds
+from labgpu.hub.shared_folders import prepare_shared_folders, shared_folder_binds
 from labgpu.labels import server_label
 from labgpu.quota import (
     Limits,
@@ -464,8 +464,8 @@ class GPUDockerSpawner(GpuLifecycleSpawner):
             yield event
 
     def shared_folders(self) -> dict[str, dict[str, str]]:
-        """The user's groups' shared volumes, each at <home>/shared/<group>."""
-        return shared_folder_binds(self.limits.shared_volumes if self.limits else {}, self.home_mount)
+        """The user's groups' shared folders: each one's volume (``<hub_id>-group-<name>``) at /shared/<group>."""
+        return shared_folder_binds(self.limits.shared_volumes if self.limits else {}, self.hub_id)
 
     async def admin_extras(self, value: Any) -> dict[str, Any]:
         """An admin's ``extra_create_kwargs`` / ``extra_host_config``: called with the spawner if
@@ -531,13 +531,15 @@ class GPUDockerSpawner(GpuLifecycleSpawner):
     async def create_object(self) -> dict[str, Any]:
         """Create the container from :func:`container_config` (replaces DockerSpawner's)."""
         try:
-            await ensure_shared_volumes(
+            await prepare_shared_folders(
                 self.docker,
                 self.client.create_host_config,
                 self.shared_folders(),
                 image=self.image,
                 uid=self.run_as_uid,
                 gid=self.run_as_gid,
+                home_volume=self.format_volume_name(self.home_volume, self),
+                home_mount=self.home_mount,
             )
         except APIError as e:
             raise self._docker_failure("prepare the shared folders of", e) from None

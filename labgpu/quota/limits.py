@@ -65,7 +65,9 @@ class Limits:
     max_runtime: int | None  # seconds; None = no limit
     share: float  # fair-share weight
     pools: Mapping[str, int] = field(default_factory=dict)  # group -> GPUs the whole group may hold
-    shared_volumes: Mapping[str, str] = field(default_factory=dict)  # group -> Docker volume name
+    # group -> its shared folder's name (the group's own for `shared_volume: true`); the hub
+    # keeps it in the Docker volume <hub_id>-group-<name> (labgpu.hub.shared_folders)
+    shared_volumes: Mapping[str, str] = field(default_factory=dict)
     known_models: Mapping[str, str] = field(default_factory=dict)  # the policy's GPU models: name -> display
     sources: Mapping[str, str] = field(default_factory=dict)
 
@@ -174,7 +176,7 @@ def _group_extras(spec: PolicyFile, in_groups: tuple[str, ...]) -> dict[str, Any
     for g in in_groups:
         shared = spec.groups[g].shared_volume
         if shared is True:
-            volumes[g] = f"labgpu-group-{g}"
+            volumes[g] = g
         elif isinstance(shared, str):
             volumes[g] = shared
     return {

@@ -273,6 +273,11 @@ def cross_checks(spec: PolicyFile, errors: list[Problem]) -> None:
             message += f"({format_size(memory.limit)}); /dev/shm counts against memory"
             errors.append(((*path, "shm"), False, message))
     for name, group in spec.groups.items():
+        if group.shared_volume is True and not _VOLUME_RE.match(name):
+            message = f"groups.{name}.shared_volume: true names the folder's Docker volume after the group, "
+            message += f"but {name!r} cannot be part of a volume name (letters, digits, _ . - only); "
+            suggestion = re.sub(r"[^A-Za-z0-9_.-]", "-", name)
+            errors.append((("groups", name, "shared_volume"), False, message + f"name it: shared_volume: {suggestion}"))
         seen: set[str] = set()
         for i, member in enumerate(group.members):
             if member in seen:

@@ -64,7 +64,7 @@ def test_shipped_example_gives_alice_her_own_entry_over_her_group():
     assert alice.gpus == 4 and alice.sources["gpus"] == "users.alice"
     assert alice.cpus == 16 and alice.sources["cpus"] == "groups.vision-lab"
     assert alice.max_runtime is None  # unlimited
-    assert alice.shared_volumes == {"vision-lab": "labgpu-group-vision-lab"}
+    assert alice.shared_volumes == {"vision-lab": "vision-lab"}  # the folder's name (its volume: the hub's)
     assert alice.pools == {"vision-lab": 4}
 
 
@@ -246,7 +246,7 @@ def test_gpu_model_names_match_nvml_device_names():
     assert p.gpu_model_of("Tesla T4") is None
 
 
-def test_shared_volume_true_names_a_group_volume_and_a_string_names_an_existing_one():
+def test_shared_volume_true_names_the_folder_after_the_group_and_a_string_names_it():
     p = policy(
         """
         groups:
@@ -255,7 +255,7 @@ def test_shared_volume_true_names_a_group_volume_and_a_string_names_an_existing_
           c: {shared_volume: false}
         """
     )
-    assert resolve(p, "u", ["a", "b", "c"]).shared_volumes == {"a": "labgpu-group-a", "b": "datasets"}
+    assert resolve(p, "u", ["a", "b", "c"]).shared_volumes == {"a": "a", "b": "datasets"}
 
 
 def test_members_lists_become_jupyterhub_groups():

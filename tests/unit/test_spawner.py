@@ -21,7 +21,7 @@ from jupyterhub.user import User
 from traitlets.config import Config
 
 from labgpu.gpus.inventory import ReplayInventory
-from labgpu.hub import gpu_queue
+from labgpu.hub import gpu_queue, shared_folders
 from labgpu.hub import resources as hub_resources
 from labgpu.hub.containers import render_templates
 from labgpu.hub.spawner import GPUDockerSpawner
@@ -90,6 +90,8 @@ def make_spawner(hub_db, monkeypatch):
     recorder = RecordingDocker()
     monkeypatch.setattr(GPUDockerSpawner, "client", recorder)
     monkeypatch.setattr(GPUDockerSpawner, "_host_cpus", None)
+    monkeypatch.setattr(shared_folders, "_prepared_folders", set())  # a fresh hub process
+    monkeypatch.setattr(shared_folders, "_linked_homes", set())
 
     def make(name: str = "", groups: tuple[str, ...] = (), **traits):
         orm_user = hub_db.query(orm.User).filter_by(name="alice").one_or_none()
@@ -258,7 +260,7 @@ async def test_create_object_asks_docker_for_the_hardened_container_of_the_grant
     assert host["nano_cpus"] == 4 * 10**9  # 8 CPUs asked, the host has 4
     assert host["binds"] == {
         "labgpu-home-alice": {"bind": "/home/jovyan", "mode": "rw"},
-        "labgpu-group-vision-lab": {"bind": "/home/jovyan/shared/vision-lab", "mode": "rw"},
+        "lab-a-group-vision-lab": {"bind": "/shared/vision-lab", "mode": "rw"},
         "/srv/data/alice": {"bind": "/data", "mode": "ro"},
     }
     assert (host["cap_drop"], host["privileged"], host["security_opt"]) == (["ALL"], False, ["no-new-privileges:true"])
@@ -269,9 +271,9 @@ async def test_the_group_share_is_created_on_first_use_and_handed_to_the_workspa
     await spawner.apply_user_options(spawner, {})
     await spawner.create_object()
     created = [(args, kwargs) for method, args, kwargs in spawner.recorder.calls if method == "create_volume"]
-    assert created == [(("labgpu-group-vision-lab",), {"labels": {LABEL_MANAGED: "true", LABEL_KIND: "group-share"}})]
+    assert created == [(("lab-a-group-vision-lab",), {"labels": {LABEL_MANAGED: "true", LABEL_KIND: "group-share"}})]
     chown = spawner.recorder.made("create_container")[0]
-    assert chown["command"] == ["sh", "-c", "chown 1000:100 /share && chmod 2775 /share"]
+    assert "chown 1000:100 /shared/vision-lab && chmod 2775 /shared/vision-lab" in chown["command"][2]
     assert chown["host_config"]["network_mode"] == "none"
 
 
