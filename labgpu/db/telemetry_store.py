@@ -13,11 +13,12 @@ benchmarks/poller.py for the measured size per GPU per day.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 from sqlalchemy import Table, and_, delete, func, insert, select, update
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Row
 from sqlalchemy.sql.elements import ColumnElement
 
 from labgpu.db.engine import Clock, Store, inserted_id
@@ -91,6 +92,22 @@ class UsageReport:
     until: float
     by_user: dict[str, Usage] = field(default_factory=dict)
     by_group: dict[str, Usage] = field(default_factory=dict)
+
+
+# A rollup table's columns are its rollup's fields, with the GPU and the owner as their ids.
+_ROLLUP_COLUMNS = {"gpu": "gpu_id", "owner": "owner_id"}
+_ROLLUP_FIELDS = {column: name for name, column in _ROLLUP_COLUMNS.items()}
+_RollupT = TypeVar("_RollupT", GpuRollup, OwnerRollup)
+
+
+def _rollup_row(resolution: int, rollup: GpuRollup | OwnerRollup) -> dict[str, Any]:
+    """The row of ``telemetry_gpu_rollup`` or ``telemetry_owner_rollup`` that stores this rollup."""
+    return {"resolution": resolution, **{_ROLLUP_COLUMNS.get(k, k): v for k, v in asdict(rollup).items()}}
+
+
+def _rollup(kind: type[_RollupT], row: Row[Any]) -> _RollupT:
+    """The rollup a row of its table stores (the inverse of :func:`_rollup_row`)."""
+    return kind(**{_ROLLUP_FIELDS.get(k, k): v for k, v in row._mapping.items() if k != "resolution"})
 
 
 class TelemetryDB(Store):
@@ -270,25 +287,9 @@ class TelemetryDB(Store):
         def in_range(table: Table) -> ColumnElement[bool]:
             return and_(table.c.resolution == MINUTE, table.c.bucket >= start, table.c.bucket < end)
 
-        gpu_rollups = [
-            GpuRollup(
-                r.bucket,
-                r.gpu_id,
-                r.samples,
-                r.seconds,
-                r.busy_s,
-                r.util_max,
-                r.memory_used_max_mib,
-                r.memory_mib_s,
-                r.temperature_max_c,
-                r.energy_j,
-                r.unhealthy_s,
-            )
-            for r in conn.execute(select(GPU_ROLLUP).where(in_range(GPU_ROLLUP)))
-        ]
+        gpu_rollups = [_rollup(GpuRollup, r) for r in conn.execute(select(GPU_ROLLUP).where(in_range(GPU_ROLLUP)))]
         owner_rollups = [
-            OwnerRollup(r.bucket, r.gpu_id, r.owner_id, r.samples, r.seconds, r.busy_s, r.memory_used_max_mib)
-            for r in conn.execute(select(OWNER_ROLLUP).where(in_range(OWNER_ROLLUP)))
+            _rollup(OwnerRollup, r) for r in conn.execute(select(OWNER_ROLLUP).where(in_range(OWNER_ROLLUP)))
         ]
         self._insert_rollups(conn, HOUR, merge_gpu_rollups(gpu_rollups, HOUR), merge_owner_rollups(owner_rollups, HOUR))
 
@@ -296,43 +297,9 @@ class TelemetryDB(Store):
         self, conn: Connection, resolution: int, gpus: list[GpuRollup], owners: list[OwnerRollup]
     ) -> None:
         if gpus:
-            conn.execute(
-                insert(GPU_ROLLUP).prefix_with("OR REPLACE"),
-                [
-                    {
-                        "resolution": resolution,
-                        "gpu_id": r.gpu,
-                        "bucket": r.bucket,
-                        "samples": r.samples,
-                        "seconds": r.seconds,
-                        "busy_s": r.busy_s,
-                        "util_max": r.util_max,
-                        "memory_used_max_mib": r.memory_used_max_mib,
-                        "memory_mib_s": r.memory_mib_s,
-                        "temperature_max_c": r.temperature_max_c,
-                        "energy_j": r.energy_j,
-                        "unhealthy_s": r.unhealthy_s,
-                    }
-                    for r in gpus
-                ],
-            )
+            conn.execute(insert(GPU_ROLLUP).prefix_with("OR REPLACE"), [_rollup_row(resolution, r) for r in gpus])
         if owners:
-            conn.execute(
-                insert(OWNER_ROLLUP).prefix_with("OR REPLACE"),
-                [
-                    {
-                        "resolution": resolution,
-                        "owner_id": r.owner,
-                        "gpu_id": r.gpu,
-                        "bucket": r.bucket,
-                        "samples": r.samples,
-                        "seconds": r.seconds,
-                        "busy_s": r.busy_s,
-                        "memory_used_max_mib": r.memory_used_max_mib,
-                    }
-                    for r in owners
-                ],
-            )
+            conn.execute(insert(OWNER_ROLLUP).prefix_with("OR REPLACE"), [_rollup_row(resolution, r) for r in owners])
 
     def prune(self, now: float, retention: Retention) -> None:
         """Delete what is past its retention, never what is not yet rolled up; record from when

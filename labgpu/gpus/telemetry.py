@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, Self
 
 MINUTE = 60
 HOUR = 3600
@@ -155,34 +155,52 @@ class OwnerSample(NamedTuple):
     memory_used_mib: int | None
 
 
+@dataclass(kw_only=True)
+class BucketSums:
+    """What every rollup adds up over its bucket: samples, seconds covered, busy seconds and the
+    memory peak. Keyword-only, so each rollup's own key (bucket, GPU, owner) comes first."""
+
+    samples: int = 0
+    seconds: float = 0.0
+    busy_s: float = 0.0
+    memory_used_max_mib: int = 0
+
+    def add(self, finer: Self) -> None:
+        """Add a finer rollup of the same key into this one (minutes into their hour)."""
+        self.samples += finer.samples
+        self.seconds += finer.seconds
+        self.busy_s += finer.busy_s
+        self.memory_used_max_mib = max(self.memory_used_max_mib, finer.memory_used_max_mib)
+
+
 @dataclass
-class GpuRollup:
+class GpuRollup(BucketSums):
     """Sums over one bucket for one GPU; busy fraction = busy_s / seconds."""
 
     bucket: int
     gpu: Hashable
-    samples: int = 0
-    seconds: float = 0.0
-    busy_s: float = 0.0
     util_max: int = 0
-    memory_used_max_mib: int = 0
     memory_mib_s: float = 0.0
     temperature_max_c: int = 0
     energy_j: float = 0.0
     unhealthy_s: float = 0.0
 
+    def add(self, finer: Self) -> None:
+        super().add(finer)
+        self.util_max = max(self.util_max, finer.util_max)
+        self.memory_mib_s += finer.memory_mib_s
+        self.temperature_max_c = max(self.temperature_max_c, finer.temperature_max_c)
+        self.energy_j += finer.energy_j
+        self.unhealthy_s += finer.unhealthy_s
+
 
 @dataclass
-class OwnerRollup:
+class OwnerRollup(BucketSums):
     """Sums over one bucket for one owner on one GPU: GPU-seconds in use and busy."""
 
     bucket: int
     gpu: Hashable
     owner: Hashable
-    samples: int = 0
-    seconds: float = 0.0
-    busy_s: float = 0.0
-    memory_used_max_mib: int = 0
 
 
 def bucket_start(ts: float, bucket_s: int) -> int:
@@ -232,16 +250,7 @@ def merge_gpu_rollups(rollups: Iterable[GpuRollup], bucket_s: int) -> list[GpuRo
     merged: dict[tuple[int, Hashable], GpuRollup] = {}
     for r in rollups:
         key = (bucket_start(r.bucket, bucket_s), r.gpu)
-        m = merged.get(key) or merged.setdefault(key, GpuRollup(*key))
-        m.samples += r.samples
-        m.seconds += r.seconds
-        m.busy_s += r.busy_s
-        m.util_max = max(m.util_max, r.util_max)
-        m.memory_used_max_mib = max(m.memory_used_max_mib, r.memory_used_max_mib)
-        m.memory_mib_s += r.memory_mib_s
-        m.temperature_max_c = max(m.temperature_max_c, r.temperature_max_c)
-        m.energy_j += r.energy_j
-        m.unhealthy_s += r.unhealthy_s
+        (merged.get(key) or merged.setdefault(key, GpuRollup(*key))).add(r)
     return sorted(merged.values(), key=lambda r: (r.bucket, str(r.gpu)))
 
 
@@ -249,11 +258,7 @@ def merge_owner_rollups(rollups: Iterable[OwnerRollup], bucket_s: int) -> list[O
     merged: dict[tuple[int, Hashable, Hashable], OwnerRollup] = {}
     for r in rollups:
         key = (bucket_start(r.bucket, bucket_s), r.gpu, r.owner)
-        m = merged.get(key) or merged.setdefault(key, OwnerRollup(*key))
-        m.samples += r.samples
-        m.seconds += r.seconds
-        m.busy_s += r.busy_s
-        m.memory_used_max_mib = max(m.memory_used_max_mib, r.memory_used_max_mib)
+        (merged.get(key) or merged.setdefault(key, OwnerRollup(*key))).add(r)
     return sorted(merged.values(), key=lambda r: (r.bucket, str(r.gpu), str(r.owner)))
 
 
