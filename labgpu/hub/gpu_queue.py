@@ -289,6 +289,20 @@ class GpuQueue:
 
     # -- dequeue ------------------------------------------------------------------------------
 
+    def _allocate(self, request: QueuedSpawn | QueueEntry, limits: Mapping[str, Any]) -> Allocation:
+        """Grant this request its GPUs in the ledger, which checks ``limits``
+        (:meth:`PolicyView.ledger_limits`) inside the grant; raises as :meth:`Ledger.allocate`."""
+        return self.ledger.allocate(
+            request.user,
+            request.server,
+            request.gpus,
+            models=request.models,
+            placement="spread" if request.placement == "spread" else "pack",
+            image=request.image,
+            exclude=request.exclude,
+            **limits,
+        )
+
     def dequeue_pass(self, grantable: Collection[int] | None = None) -> list[QueueEntry]:
         """Grant GPUs to the waiting spawns the scheduler picks now; returns the granted entries.
 
@@ -319,16 +333,7 @@ class GpuQueue:
             entry = entry_of[grant.request_id]
             try:
                 # The same limits as a spawn granted at once: checked again inside the grant.
-                allocation = self.ledger.allocate(
-                    entry.user,
-                    entry.server,
-                    entry.gpus,
-                    models=entry.models,
-                    placement="spread" if entry.placement == "spread" else "pack",
-                    image=entry.image,
-                    exclude=entry.exclude,
-                    **view.ledger_limits(entry.user),
-                )
+                allocation = self._allocate(entry, view.ledger_limits(entry.user))
             except ServerLimitExceeded as e:  # the policy changed while it waited: it can never start
                 if self.store.cancel(entry.id, str(e)):
                     log.info("GPU queue: %s removed: %s", entry.server_label, e)
@@ -388,16 +393,7 @@ class GpuQueue:
             allow_queue = self.view().allow_queue()
 
         def allocate() -> Allocation:
-            return self.ledger.allocate(
-                spawn.user,
-                spawn.server,
-                spawn.gpus,
-                models=spawn.models,
-                placement=spawn.placement,
-                image=spawn.image,
-                exclude=spawn.exclude,
-                **self.view([spawn]).ledger_limits(spawn.user, spawn.user_total),
-            )
+            return self._allocate(spawn, self.view([spawn]).ledger_limits(spawn.user, spawn.user_total))
 
         if spawn.gpus == 0 or not allow_queue:
             return await asyncio.to_thread(allocate)
