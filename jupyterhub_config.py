@@ -45,6 +45,9 @@ LABGPU_QUEUE_TIMEOUT        86400                            seconds a GPU spawn
                                                              queue (0: never queue)
 LABGPU_QUEUE_POLL_INTERVAL  5s                               time between dequeue passes while someone waits
 LABGPU_QUEUE_ABANDON_AFTER  15m                              a queue entry nobody waits for is dropped after
+LABGPU_QUOTA_POLL_INTERVAL  5s                               the hub re-reads changed quota files this often
+                                                             and makes the groups whose members they list
+                                                             match them in the hub (add and remove)
 Services (started by the hub)
 LABGPU_POLLER               auto                             the NVML poller: auto (when the hub has GPUs),
                                                              on or off
@@ -53,14 +56,20 @@ LABGPU_RECLAIM              auto                             the idle-GPU reclai
 LABGPU_RECLAIM_INTERVAL     1m                               reclaimer round
 LABGPU_RECLAIM_WARN         15m                              warning lead time before a reclaim
 LABGPU_RECLAIM_WINDOW       5m                               busy window
+LABGPU_DISK                 on                               the disk-usage service (homes and group folders
+                                                             against the quota files' disk / shared_disk):
+                                                             on or off
+LABGPU_DISK_INTERVAL        10m                              time between two measurements of the volumes
 DOCKER_HOST                 (the local socket)               the Docker engine; passed on to the services
 Users and logging in
 LABGPU_ADMIN_USERS          (none; demo: the first user)     comma-separated admin user names
 LABGPU_DEMO_USERS           demo                             demo mode: comma-separated user names
 LABGPU_DEMO_PASSWORD        demo                             demo mode: the shared password
 LABGPU_AUTHENTICATOR        (none)                           production: a JupyterHub authenticator name
-                                                             (github, generic-oauth, ldap, ...); its own
-                                                             settings (OAUTH_CLIENT_ID, ...) are read by it
+                                                             (github, generic-oauth, ldap, ...) or class;
+                                                             one that lets anyone in (a Dummy- or
+                                                             NullAuthenticator, by any name) is refused; its
+                                                             own settings (OAUTH_CLIENT_ID, ...) are read by it
 LABGPU_ALLOWED_USERS        (none)                           production: comma-separated user names allowed in
 LABGPU_ALLOW_ALL            false                            production: "true" lets every authenticated user in
 JUPYTERHUB_COOKIE_SECRET    (STATE_DIR/cookie_secret)        production: hex cookie secret
@@ -79,7 +88,11 @@ from labgpu.gpus.inventory import InventoryError
 from labgpu.hub import resources as hub_resources
 from labgpu.hub.announcement import hub_announcement
 from labgpu.hub.docker_network import DockerUnavailable, ensure_workspace_network
+from labgpu.hub.group_sync import start_in_hub as start_group_sync
+from labgpu.hub.hub_limits import container_starts, named_server_limit
+from labgpu.hub.login_checks import demo_address_problem, production_authenticator_problem
 from labgpu.quota import PolicyError, default_paths, jupyterhub_groups, split_paths
+from labgpu.services.reclaimer import HUB_API_SCOPES as RECLAIMER_SCOPES
 from labgpu.units import gpus_text, parse_duration
 
 c = get_config()
@@ -150,15 +163,17 @@ if mode == "demo":
     c.DummyAuthenticator.password = env("LABGPU_DEMO_PASSWORD", "demo")
     c.Authenticator.allowed_users = set(demo_users)
     c.Authenticator.admin_users = admins or {demo_users[0]}
-    if not c.JupyterHub.bind_url.startswith(("http://127.", "http://localhost", "http://[::1]")):
-        refuse("demo mode has a shared password and listens on localhost only; set LABGPU_MODE=production")
+    if problem := demo_address_problem(c.JupyterHub.bind_url):
+        refuse(problem)
 else:
     authenticator = env("LABGPU_AUTHENTICATOR")
-    if not authenticator or authenticator in ("dummy", "null"):
+    if not authenticator:
         refuse(
             "production mode needs a real authenticator: set LABGPU_AUTHENTICATOR "
             "(e.g. github, generic-oauth, ldap) and its settings"
         )
+    if problem := production_authenticator_problem(authenticator):  # the class, by whatever name
+        refuse(problem)
     if not env("JUPYTERHUB_COOKIE_SECRET") and not (state_dir / "cookie_secret").is_file():
         refuse(
             f"production mode needs a cookie secret: set JUPYTERHUB_COOKIE_SECRET or write "
@@ -233,8 +248,13 @@ c.GPUDockerSpawner.gpu_driver = gpu_driver
 c.GPUDockerSpawner.gpu_placement = env("LABGPU_GPU_PLACEMENT", "pack")
 if quota_files:
     # Groups listed in the quota file become JupyterHub groups (others may come from the
-    # authenticator, e.g. OAuth groups with manage_groups).
-    c.JupyterHub.load_groups = jupyterhub_groups(hub_resources.policy_store(quota_files).policy)
+    # authenticator, e.g. OAuth groups with manage_groups). load_groups only adds members; the
+    # group sync (labgpu/hub/group_sync.py) also removes them, at start and on every reload.
+    policy_store = hub_resources.policy_store(quota_files)
+    c.JupyterHub.load_groups = jupyterhub_groups(policy_store.policy)
+    start_group_sync(policy_store, env_seconds("LABGPU_QUOTA_POLL_INTERVAL", "5s"))
+    # JupyterHub's limit on named servers (shown on the home page) is each user's named_servers.
+    c.JupyterHub.named_server_limit_per_user = named_server_limit(policy_store)
 c.GPUDockerSpawner.http_timeout = 120
 c.GPUDockerSpawner.start_timeout = int(env("LABGPU_START_TIMEOUT", "300"))
 c.GPUDockerSpawner.gpu_queue_timeout = int(env("LABGPU_QUEUE_TIMEOUT", "86400"))
@@ -304,7 +324,26 @@ if wanted("LABGPU_RECLAIM"):
         }
     )
     c.JupyterHub.load_roles.append(
-        {"name": "labgpu-reclaim", "scopes": ["servers", "read:users"], "services": ["labgpu-reclaim"]}
+        # only what it needs: stop servers and read users' groups
+        {"name": "labgpu-reclaim", "scopes": list(RECLAIMER_SCOPES), "services": ["labgpu-reclaim"]}
+    )
+disk_service = env("LABGPU_DISK", "on")
+if disk_service not in ("on", "off"):
+    refuse(f"LABGPU_DISK must be on or off (got {disk_service!r})")
+if disk_service == "on":  # CPU-only hubs too: any user can fill the Docker disk from their home
+    c.JupyterHub.services.append(
+        {
+            "name": "labgpu-disk",
+            "command": [
+                *[sys.executable, "-m", "labgpu.cli", "disk", "--measure", "--db", ledger_url, "--hub-id", hub_id],
+                *["--quotas", ",".join(quota_files) or "none", "--interval", env("LABGPU_DISK_INTERVAL", "10m")],
+            ],
+            "environment": service_env,
+        }
+    )
+    # only what it needs: read users' groups (to resolve their quotas for its warnings)
+    c.JupyterHub.load_roles.append(
+        {"name": "labgpu-disk", "scopes": ["read:users:groups"], "services": ["labgpu-disk"]}
     )
 # Reclaim warnings ("your server will be stopped at 14:05 unless its GPUs get busy") appear in
 # the announcement bar of every hub page.
@@ -333,3 +372,14 @@ def load_admin_settings(directory):
 config_dir = Path(env("LABGPU_CONFIG_DIR") or Path(__file__).parent / "jupyterhub_config.d").resolve()
 if config_dir.is_dir():
     load_admin_settings(config_dir)
+
+# --- what the settings above and the admin's add up to ------------------------------------------
+# The authenticator class JupyterHub will load, whatever set it last.
+if mode == "production" and (problem := production_authenticator_problem(c.JupyterHub.authenticator_class)):
+    refuse(problem)
+# JupyterHub's concurrent_spawn_limit (default 100; an admin may set it) counts spawns waiting in the
+# GPU queue too, so a long queue would turn CPU spawns away: its number limits container starts
+# instead, after any wait for GPUs (labgpu/hub/hub_limits.py), and JupyterHub's own count is off.
+if "concurrent_spawn_limit" in c.JupyterHub:
+    container_starts.limit = int(c.JupyterHub.concurrent_spawn_limit)
+c.JupyterHub.concurrent_spawn_limit = 0

@@ -25,7 +25,7 @@ from traitlets import CaselessStrEnum, Float, Integer, List, Unicode, default, v
 
 from labgpu.db.ledger import Ledger
 from labgpu.gpus.allocator import GpuLimitExceeded, NotEnoughGpus
-from labgpu.hub import gpu_queue, sessions
+from labgpu.hub import disk_quota, gpu_queue, hub_limits, sessions
 from labgpu.hub import resources as hub_resources
 from labgpu.hub.containers import ContainerConfigError, WorkspaceSpec, container_config, render_templates
 from labgpu.hub.gpu_queue import QueuedSpawn, QueueRefused
@@ -318,11 +318,12 @@ class GPUDockerSpawner(GpuLifecycleSpawner):
                 "This hub has no GPUs to hand out; start a server with 0 GPUs.", reason="capacity", status_code=400
             )
         self.limits, self.spawn_request = limits, request
-        if request.image:
-            self.image = request.image
+        if self._configured_image_and_guarantee is None:
+            self._configured_image_and_guarantee = (self.image, self.mem_guarantee)  # type: ignore[has-type]
+        # What the policy no longer sets falls back to the configuration, not to the last spawn's.
+        self.image = request.image or self._configured_image_and_guarantee[0]
         self.mem_limit = request.memory
-        if request.memory_guarantee:
-            self.mem_guarantee = request.memory_guarantee
+        self.mem_guarantee = request.memory_guarantee or self._configured_image_and_guarantee[1]
         self.cpu_limit = request.cpus
         self.shm_size = request.shm
         self.pids_limit = request.pids

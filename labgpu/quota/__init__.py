@@ -19,6 +19,7 @@ from labgpu.quota.limits import (
     Policy,
     build_policy,
     jupyterhub_groups,
+    listed_members,
     resolve,
     user_groups,
 )
@@ -51,6 +52,7 @@ __all__ = [
     "build_policy",
     "default_paths",
     "jupyterhub_groups",
+    "listed_members",
     "load_policy",
     "load_policy_text",
     "load_policy_texts",

@@ -64,6 +64,7 @@ class Limits:
     idle_timeout: int | None  # seconds; None = never culled for idleness
     max_runtime: int | None  # seconds; None = no limit
     share: float  # fair-share weight
+    disk: int | None  # bytes the home volume may hold (spawns are refused above it); None = no limit
     pools: Mapping[str, int] = field(default_factory=dict)  # group -> GPUs the whole group may hold
     # group -> its shared folder's name (the group's own for `shared_volume: true`); the hub
     # keeps it in the Docker volume <hub_id>-group-<name> (labgpu.hub.shared_folders)

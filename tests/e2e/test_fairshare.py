@@ -202,7 +202,13 @@ def test_idle_gpu_server_is_warned_then_reclaimed_a_busy_one_is_kept(real_parts)
         assert time.time() - start >= 60, "reclaimed before the 1m idle timeout"
         assert ledger.allocation_for("carol") is None
         assert hub.containers(**{LABEL_USER: "carol"}) == []
-        assert "was stopped at" in carol.session.get(f"{hub.url}/hub/home", timeout=10).text
+        # The announcement bar shows what the hub read of the ledger a few seconds ago, at most.
+        wait_until(
+            lambda: "was stopped at" in carol.session.get(f"{hub.url}/hub/home", timeout=10).text,
+            15,
+            "carol's hub page to say her server was stopped",
+            interval=1,
+        )
         # Dave's busy GPU server was never warned nor stopped, and still holds its GPU; the
         # poller attributed the busy process to him through /proc.
         assert dave.server_model() is not None

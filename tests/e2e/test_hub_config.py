@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.harness import REPO, HubProcess, free_port, wait_until
+from tests.harness import REPO, WORKSPACE_IMAGE, HubProcess, free_port, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -139,3 +139,116 @@ def test_a_broken_file_in_the_admins_config_dir_stops_the_hub_naming_it(real_par
     done = run_hub_expecting_refusal({"LABGPU_CONFIG_DIR": str(config_dir)}, tmp_path)
     assert done.returncode == 1
     assert f"LabGPU Hub will not start: {config_dir / '20-typo.py'}:2: NameError" in done.stderr
+
+
+def test_demo_mode_refuses_an_address_that_only_starts_like_localhost(real_parts, tmp_path):
+    done = run_hub_expecting_refusal({"LABGPU_BIND_URL": "http://127.0.0.1.evil.com:8000"}, tmp_path)
+    assert done.returncode == 1
+    assert (
+        "LabGPU Hub will not start: demo mode has a shared password and listens on localhost only, but "
+        "LABGPU_BIND_URL='http://127.0.0.1.evil.com:8000' has the host '127.0.0.1.evil.com'"
+    ) in done.stderr
+
+
+def installed_dummy_under_another_name(site: Path) -> None:
+    """Install (on PYTHONPATH) a package whose authenticator entry point 'lab-sso' is
+    JupyterHub's DummyAuthenticator: any user name with one shared password."""
+    dist = site / "lab_sso-1.0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: lab-sso\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(
+        "[jupyterhub.authenticators]\nlab-sso = jupyterhub.auth:DummyAuthenticator\n"
+    )
+
+
+@pytest.mark.parametrize("authenticator", ["lab-sso", "jupyterhub.auth.DummyAuthenticator"])
+def test_production_refuses_a_dummy_authenticator_under_another_name(real_parts, tmp_path, authenticator):
+    installed_dummy_under_another_name(tmp_path / "site")
+    done = run_hub_expecting_refusal(
+        {
+            "LABGPU_MODE": "production",
+            "LABGPU_AUTHENTICATOR": authenticator,
+            "JUPYTERHUB_COOKIE_SECRET": "ab" * 32,
+            "PYTHONPATH": str(tmp_path / "site"),
+        },
+        tmp_path,
+    )
+    assert done.returncode == 1
+    assert (
+        f"LabGPU Hub will not start: production mode needs a real authenticator, and {authenticator!r} is "
+        "jupyterhub.auth.DummyAuthenticator, a DummyAuthenticator (anyone may log in)"
+    ) in done.stderr
+
+
+def test_production_refuses_a_dummy_authenticator_set_in_the_admins_config_dir(real_parts, tmp_path):
+    config_dir = tmp_path / "conf.d"
+    config_dir.mkdir()
+    (config_dir / "10-auth.py").write_text("c.JupyterHub.authenticator_class = 'dummy'\n")
+    done = run_hub_expecting_refusal(
+        {
+            "LABGPU_MODE": "production",
+            "LABGPU_AUTHENTICATOR": "github",
+            "JUPYTERHUB_COOKIE_SECRET": "ab" * 32,
+            "LABGPU_CONFIG_DIR": str(config_dir),
+        },
+        tmp_path,
+    )
+    assert done.returncode == 1
+    assert (
+        "production mode needs a real authenticator, and 'dummy' is jupyterhub.auth.DummyAuthenticator" in done.stderr
+    )
+
+
+def test_spawns_waiting_for_gpus_do_not_count_toward_the_concurrent_spawn_limit(real_parts, tmp_path):
+    # The admin keeps JupyterHub's knob; a queued GPU spawn must not make a CPU spawn wait or fail.
+    config_dir = tmp_path / "conf.d"
+    config_dir.mkdir()
+    (config_dir / "10-throttle.py").write_text("c.JupyterHub.concurrent_spawn_limit = 1\n")
+    hub = HubProcess(
+        users=["alice", "bob", "carol"],
+        quotas=f"""
+images:
+  pytorch: {{image: "{WORKSPACE_IMAGE}"}}
+defaults: {{gpus: 1, gpus_total: 1, memory: 2G, cpus: 1, shm: 1G, images: [pytorch]}}
+fairshare: {{allow_queue: true}}
+""",
+        extra_env={"LABGPU_DEMO_GPUS": "1xH100", "LABGPU_CONFIG_DIR": str(config_dir), "LABGPU_RECLAIM": "off"},
+    )
+    try:
+        hub.start()
+        alice, bob, carol = (hub.client(u) for u in ("alice", "bob", "carol"))
+        assert alice.start_server(options={"gpus": 1}).status_code in (201, 202)
+        alice.wait_ready()
+        assert bob.start_server(options={"gpus": 1}).status_code == 202  # waits in the GPU queue
+        assert bob.server_model()["pending"] == "spawn"
+        r = carol.start_server(options={"gpus": 0})
+        assert r.status_code in (201, 202), r.text
+        carol.wait_ready(timeout=60)
+        assert bob.server_model()["pending"] == "spawn"  # still waiting for alice's GPU
+    finally:
+        hub.cleanup()
+
+
+def test_jupyterhubs_named_server_limit_is_the_policys(real_parts):
+    hub = HubProcess(
+        users=["alice"],
+        quotas=f"""
+images:
+  pytorch: {{image: "{WORKSPACE_IMAGE}"}}
+defaults: {{memory: 2G, cpus: 1, shm: 1G, images: [pytorch], named_servers: 1}}
+""",
+    )
+    try:
+        hub.start()
+        alice = hub.client("alice")
+        assert alice.start_server("one").status_code in (201, 202)
+        alice.wait_ready("one")
+        alice.stop_server("one")  # stopped, but it is still one of alice's named servers
+        r = alice.start_server("two")
+        assert r.status_code == 400
+        assert "User alice already has the maximum of 1 named servers" in r.json()["message"]
+        assert hub.containers() == []
+        assert alice.start_server("one").status_code in (201, 202)  # her existing one starts again
+        alice.wait_ready("one")
+    finally:
+        hub.cleanup()
