@@ -10,12 +10,13 @@ one ``BEGIN IMMEDIATE`` transaction. A queue entry is ``waiting`` until it is ``
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import Table, insert, select, update
+from sqlalchemy.engine import Connection, Row
 
 from labgpu.db.engine import Clock, Store, inserted_id
 from labgpu.db.ledger import Ledger
@@ -148,6 +149,22 @@ def _notice(row: Any) -> ReclaimNotice:
     )
 
 
+def _upsert(
+    conn: Connection, table: Table, key: Mapping[str, Any], *, created: Mapping[str, Any], changed: Mapping[str, Any]
+) -> Row[Any]:
+    """The oldest row whose columns equal ``key``, with ``changed`` written to it; when there is
+    none, a new row of ``key``, ``created`` and ``changed``. Returns the row as it now stands."""
+    where = [table.c[column] == value for column, value in key.items()]
+    row = conn.execute(select(table).where(*where).order_by(table.c.id)).first()
+    if row is None:
+        row_id = inserted_id(conn.execute(insert(table).values({**key, **created, **changed})))
+    else:
+        row_id = row.id
+        if changed:
+            conn.execute(update(table).where(table.c.id == row_id).values(dict(changed)))
+    return conn.execute(select(table).where(table.c.id == row_id)).one()
+
+
 # ============================================================================================
 # The store
 # ============================================================================================
@@ -191,30 +208,10 @@ class QueueStore(Store):
             max_runtime=max_runtime,
             heartbeat_at=now,
         )
+        key = dict(user=user, server=server, status=WAITING)
+        created = dict(submitted_at=now, reason="", gpu_uuids="")
         with self.writer.begin() as conn:
-            row = conn.execute(
-                select(_queue)
-                .where(_queue.c.user == user, _queue.c.server == server, _queue.c.status == WAITING)
-                .order_by(_queue.c.id)
-            ).first()
-            if row is not None:
-                conn.execute(update(_queue).where(_queue.c.id == row.id).values(**values))
-                entry_id = row.id
-            else:
-                entry_id = inserted_id(
-                    conn.execute(
-                        insert(_queue).values(
-                            user=user,
-                            server=server,
-                            submitted_at=now,
-                            status=WAITING,
-                            reason="",
-                            gpu_uuids="",
-                            **values,
-                        )
-                    )
-                )
-            return _entry(conn.execute(select(_queue).where(_queue.c.id == entry_id)).one())
+            return _entry(_upsert(conn, _queue, key, created=created, changed=values))
 
     def entry(self, entry_id: int) -> QueueEntry | None:
         with self.reader.connect() as conn:
@@ -367,30 +364,11 @@ class QueueStore(Store):
         """The notice row of this allocation, created on first sight (its GPUs counted as busy
         then, so a reclaimer started late never reclaims before a full idle timeout); with
         ``busy_at``, record that its GPUs were busy then."""
+        key = dict(user=user, server=server, allocation_since=allocation_since)
+        busy = {} if busy_at is None else {"last_busy_at": busy_at}
         with self.writer.begin() as conn:
-            key = (
-                _notices.c.user == user,
-                _notices.c.server == server,
-                _notices.c.allocation_since == allocation_since,
-            )
-            row = conn.execute(select(_notices).where(*key)).first()
-            if row is None:
-                conn.execute(
-                    insert(_notices).values(
-                        user=user,
-                        server=server,
-                        allocation_since=allocation_since,
-                        gpus=gpus,
-                        last_busy_at=busy_at or self._clock(),
-                        reason="",
-                        message="",
-                        idle_for=0.0,
-                        error="",
-                    )
-                )
-            elif busy_at is not None:
-                conn.execute(update(_notices).where(*key).values(last_busy_at=busy_at))
-            return _notice(conn.execute(select(_notices).where(*key)).one())
+            first_seen = dict(gpus=gpus, last_busy_at=self._clock(), reason="", message="", idle_for=0.0, error="")
+            return _notice(_upsert(conn, _notices, key, created=first_seen, changed=busy))
 
     def record_warning(self, notice_id: int, *, reason: str, reclaim_at: datetime, message: str) -> None:
         with self.writer.begin() as conn:
