@@ -25,7 +25,7 @@ from traitlets import CaselessStrEnum, Float, Integer, List, Unicode, default, v
 
 from labgpu.db.ledger import Ledger
 from labgpu.gpus.allocator import GpuLimitExceeded, NotEnoughGpus
-from labgpu.hub import disk_quota, gpu_queue, hub_limits, sessions
+from labgpu.hub import gpu_queue, hub_limits, sessions
 from labgpu.hub import resources as hub_resources
 from labgpu.hub.containers import ContainerConfigError, WorkspaceSpec, container_config, render_templates
 from labgpu.hub.gpu_queue import QueuedSpawn, QueueRefused
@@ -318,12 +318,11 @@ class GPUDockerSpawner(GpuLifecycleSpawner):
                 "This hub has no GPUs to hand out; start a server with 0 GPUs.", reason="capacity", status_code=400
             )
         self.limits, self.spawn_request = limits, request
-        if self._configured_image_and_guarantee is None:
-            self._configured_image_and_guarantee = (self.image, self.mem_guarantee)  # type: ignore[has-type]
-        # What the policy no longer sets falls back to the configuration, not to the last spawn's.
-        self.image = request.image or self._configured_image_and_guarantee[0]
+        if request.image:
+            self.image = request.image
         self.mem_limit = request.memory
-        self.mem_guarantee = request.memory_guarantee or self._configured_image_and_guarantee[1]
+        if request.memory_guarantee:
+            self.mem_guarantee = request.memory_guarantee
         self.cpu_limit = request.cpus
         self.shm_size = request.shm
         self.pids_limit = request.pids
@@ -414,7 +413,8 @@ class GPUDockerSpawner(GpuLifecycleSpawner):
                 ) from None
             self.gpu_uuids = allocation.gpu_uuids
         try:
-            ip_port: tuple[str, int] = await super().start()
+            async with hub_limits.start_slot():  # JupyterHub's concurrent_spawn_limit, not counting the GPU wait
+                ip_port: tuple[str, int] = await super().start()
         except BaseException as e:
             await self.release_gpus("failed start")
             if isinstance(e, APIError):  # from DockerSpawner's own steps (pull, inspect): say what to do

@@ -64,7 +64,6 @@ class Limits:
     idle_timeout: int | None  # seconds; None = never culled for idleness
     max_runtime: int | None  # seconds; None = no limit
     share: float  # fair-share weight
-    disk: int | None  # bytes the home volume may hold (spawns are refused above it); None = no limit
     pools: Mapping[str, int] = field(default_factory=dict)  # group -> GPUs the whole group may hold
     # group -> its shared folder's name (the group's own for `shared_volume: true`); the hub
     # keeps it in the Docker volume <hub_id>-group-<name> (labgpu.hub.shared_folders)
@@ -140,13 +139,23 @@ def _more_generous(name: str, current: Any, candidate: Any) -> Any:
 
 def user_groups(policy: Policy, user: str, hub_groups: Iterable[str] = ()) -> tuple[str, ...]:
     """Which of the policy's groups ``user`` is in: those whose ``members:`` list the user, and
-    those of ``hub_groups`` (the user's JupyterHub groups) that the policy defines; sorted.
+    those of ``hub_groups`` (the user's JupyterHub groups) that the policy defines without a
+    ``members:`` list; sorted.
 
     The one answer to "which groups is this user in" for the spawner, the GPU queue, the
-    reclaimer and ``labgpu usage``: a hub group the policy does not know gives no limits."""
+    reclaimer and ``labgpu usage``: a hub group the policy does not know gives no limits, and a
+    group whose members the files list is theirs alone (a hub membership left from before an
+    edit gives nothing; the hub's groups are synced to :func:`listed_members`)."""
     known = policy.spec.groups
     listed = policy.member_groups.get(user, ())
-    return tuple(sorted({g for g in hub_groups if g in known}.union(listed)))
+    from_hub = {g for g in hub_groups if g in known and "members" not in known[g].model_fields_set}
+    return tuple(sorted(from_hub.union(listed)))
+
+
+def listed_members(policy: Policy) -> dict[str, tuple[str, ...]]:
+    """The groups whose ``members:`` the quota files list (``members: []`` too), with them: the
+    hub's membership of these groups is made to match (:mod:`labgpu.hub.group_sync`)."""
+    return {name: tuple(g.members) for name, g in policy.spec.groups.items() if "members" in g.model_fields_set}
 
 
 def resolve(policy: Policy, user: str, groups: Iterable[str] = ()) -> Limits:
