@@ -84,6 +84,7 @@ from labgpu.gpus.inventory import InventoryError
 from labgpu.hub import resources as hub_resources
 from labgpu.hub.announcement import hub_announcement
 from labgpu.hub.docker_network import DockerUnavailable, ensure_workspace_network
+from labgpu.hub.startup_checks import workspace_settings_problems
 from labgpu.hub.group_sync import start_in_hub as start_group_sync
 from labgpu.hub.hub_limits import container_starts, named_server_limit
 from labgpu.hub.login_checks import demo_address_problem, production_authenticator_problem
@@ -350,6 +351,17 @@ def load_admin_settings(directory):
 config_dir = Path(env("LABGPU_CONFIG_DIR") or Path(__file__).parent / "jupyterhub_config.d").resolve()
 if config_dir.is_dir():
     load_admin_settings(config_dir)
+
+# --- what the settings may add to a workspace ---------------------------------------------------
+# extra_create_kwargs, extra_host_config, volumes, mounts and the network are held to an allowlist
+# (labgpu/hub/admin_extras.py), here once with everything above merged, and again at each spawn:
+# a hub that would refuse every spawn does not start.
+workspace_problems = workspace_settings_problems(c)
+if workspace_problems:
+    refuse(
+        "the workspace settings add what a workspace may not get (fix them in jupyterhub_config.py or "
+        "LABGPU_CONFIG_DIR):\n  " + "\n  ".join(workspace_problems)
+    )
 
 # --- what the settings above and the admin's add up to ------------------------------------------
 # The authenticator class JupyterHub will load, whatever set it last.

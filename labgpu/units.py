@@ -19,22 +19,41 @@ DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _DURATION_PART_RE = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([smhdw])")
 _DURATION_RE = re.compile(r"^\s*(?:[0-9]+(?:\.[0-9]+)?\s*[smhdw]\s*)+$")
 UNLIMITED_WORDS = ("unlimited", "never")
+# Longest size or duration text read: "1.5T" and "1h30m" are short; a 400-digit number is an
+# accident or an attack (a float of it is infinite; an int of 5,000 digits cannot even be printed).
+MAX_TEXT = 64
+MAX_BITS = 128  # sizes and seconds as whole numbers: far beyond any memory or lifetime
+
+
+def _shown(value: Any) -> str:
+    """``value`` for a message, cut short: a size or duration is never longer than MAX_TEXT."""
+    if isinstance(value, int) and value.bit_length() > MAX_BITS:
+        return "a number that large"
+    text = repr(value)
+    return text if len(text) <= MAX_TEXT else text[: MAX_TEXT - 3] + "..."
 
 
 def parse_size(value: Any) -> int:
     """Bytes from what an admin or user writes: ``16G``, ``512Mi``, ``1.5g``, ``2GB`` or a
     number of bytes. Units are binary like Docker's (``1G`` = 1024**3); raises ValueError."""
+    size = _size(value)
+    if size.bit_length() > MAX_BITS:
+        raise ValueError(f"is far too large (got {_shown(value)})")
+    return size
+
+
+def _size(value: Any) -> int:
     if isinstance(value, bool):
         raise ValueError(f"must be a size like 16G or 512M (got {value!r})")
     if isinstance(value, int):
         if value < 0:
-            raise ValueError(f"must not be negative (got {value})")
+            raise ValueError(f"must not be negative (got {_shown(value)})")
         return value
     if isinstance(value, float):
         if not math.isfinite(value) or value < 0 or not value.is_integer():
             raise ValueError(f"must be a size like 16G or 512M (got {value!r})")
         return int(value)
-    if isinstance(value, str):
+    if isinstance(value, str) and len(value) <= MAX_TEXT:
         match = _SIZE_RE.match(value)
         if match:
             number, unit, binary, _byte = match.groups()
@@ -42,8 +61,8 @@ def parse_size(value: Any) -> int:
                 scale = SIZE_UNITS[unit.lower()]
                 if "." in number:
                     return int(float(number) * scale)
-                return int(number) * scale  # exact, however large
-    raise ValueError(f"must be a size like 16G, 512M or 1.5T (got {value!r})")
+                return int(number) * scale  # exact
+    raise ValueError(f"must be a size like 16G, 512M or 1.5T (got {_shown(value)})")
 
 
 def format_size(size: int) -> str:
@@ -62,17 +81,21 @@ def parse_duration(value: Any) -> float:
     ``unlimited``/``never`` give ``math.inf``. Raises ValueError."""
     if isinstance(value, bool):
         raise ValueError(f"must be a duration like 30m, 2h or 7d (got {value!r})")
+    if isinstance(value, int) and value.bit_length() > MAX_BITS:
+        raise ValueError(f"is far too long; write unlimited for no limit (got {_shown(value)})")
     if isinstance(value, (int, float)):
         if (isinstance(value, float) and math.isnan(value)) or value < 0:
             raise ValueError(f"must be a duration like 30m, 2h or 7d (got {value!r})")
         return float(value)
-    if isinstance(value, str):
+    if isinstance(value, str) and len(value) <= MAX_TEXT:
         text = value.strip().lower()
         if text in UNLIMITED_WORDS:
             return math.inf
         if _DURATION_RE.match(text):
-            return float(sum(float(n) * DURATION_UNITS[u] for n, u in _DURATION_PART_RE.findall(text)))
-    raise ValueError(f"must be a duration like 30m, 2h, 1h30m or 7d, or unlimited (got {value!r})")
+            seconds = float(sum(float(n) * DURATION_UNITS[u] for n, u in _DURATION_PART_RE.findall(text)))
+            if seconds < 2.0**MAX_BITS:  # never infinite: only "unlimited" is
+                return seconds
+    raise ValueError(f"must be a duration like 30m, 2h, 1h30m or 7d, or unlimited (got {_shown(value)})")
 
 
 def format_duration(seconds: float | None) -> str:

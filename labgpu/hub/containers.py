@@ -8,38 +8,29 @@ so neither an admin's ``extra_host_config`` nor a user's request can undo it.
 from __future__ import annotations
 
 import copy
-import posixpath
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from labgpu.hub.admin_extras import ContainerConfigError as ContainerConfigError  # re-exported: the builder's error
+from labgpu.hub.admin_extras import (
+    checked_binds,
+    create_kwargs_problems,
+    environment_mapping,
+    host_config_problems,
+    mount_problems,
+    network_problem,
+    parse_binds,
+    workspace_user,
+)
 from labgpu.labels import LABEL_GPUS, LABEL_HUB, LABEL_MANAGED, LABEL_SERVER, LABEL_USER, gpus_value
 
-# Paths that give a container control over the host; never mounted into a workspace.
-FORBIDDEN_HOST_PATHS = (
-    "/var/run/docker.sock",
-    "/run/docker.sock",
-    "/var/run/containerd",
-    "/run/containerd",
-    "/var/lib/docker",
-    "/",
-)
-
-# Host-config keys that would undo the isolation of a workspace; an admin's
-# extra_host_config may not set them (they are refused, not silently dropped).
-FORBIDDEN_HOST_CONFIG = {
-    "privileged": "privileged containers can take over the host",
-    "cap_add": "added capabilities weaken the isolation of a workspace",
-    "pid_mode": "sharing the host's PID namespace exposes every process",
-    "ipc_mode": "sharing IPC namespaces leaks memory between workspaces",
-    "userns_mode": "leaving the user namespace undoes the non-root user",
-    "devices": "raw host devices bypass the GPU allocator (GPUs go through DeviceRequests)",
-    "device_requests": "GPUs are assigned by the allocator, not by configuration",
-}
-
-
-class ContainerConfigError(ValueError):
-    """The requested container would be unsafe or malformed; the message says what to change."""
+# Docker's smallest CPU limit: a quota of 1 ms per period of 100 ms. Below it the quota rounds to 0,
+# which Docker takes as "no limit at all".
+MIN_CPUS = 0.01
+MIN_CPU_QUOTA = 1000  # microseconds, Docker's own minimum
+DEFAULT_CPU_PERIOD = 100_000  # microseconds: DockerSpawner's (and the kernel's) 100 ms
 
 
 @dataclass(frozen=True)
@@ -56,6 +47,8 @@ class WorkspaceSpec:
     port: int = 8888
     # Docker volume name (or host path) -> mount point, with an optional mode.
     volumes: Mapping[str, str | Mapping[str, str]] = field(default_factory=dict)
+    # The admin's DockerSpawner ``mounts``, as docker.types.Mount ({"Type", "Source", "Target", ...}).
+    mounts: tuple[Mapping[str, Any], ...] = ()
     run_as_uid: str = "1000"
     run_as_gid: str = "100"
     shm_size: int = 2 * 1024**3
@@ -87,48 +80,6 @@ def _deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any
     return base
 
 
-def _host_path_forbidden(source: str) -> bool:
-    if not source.startswith("/"):
-        return False  # a named Docker volume
-    path = posixpath.normpath(source)
-    for forbidden in FORBIDDEN_HOST_PATHS:
-        if path == forbidden or (forbidden != "/" and path.startswith(forbidden + "/")):
-            return True
-    return False
-
-
-def volume_binds(volumes: Mapping[str, str | Mapping[str, str]]) -> dict[str, dict[str, str]]:
-    """``{source: target}`` or ``{source: {bind, mode}}`` -> docker-py binds, refusing host control paths."""
-    binds: dict[str, dict[str, str]] = {}
-    for source, target in volumes.items():
-        if isinstance(target, Mapping):
-            bind, mode = target["bind"], target.get("mode", "rw")
-        else:
-            bind, mode = target, "rw"
-        if _host_path_forbidden(source):
-            raise ContainerConfigError(
-                f"volume {source!r} -> {bind!r} would give the workspace control of the host; "
-                "mount a data directory or a named volume instead"
-            )
-        if mode not in ("rw", "ro"):
-            raise ContainerConfigError(f"volume {source!r}: mode must be 'rw' or 'ro' (got {mode!r})")
-        binds[source] = {"bind": bind, "mode": mode}
-    return binds
-
-
-def _parse_binds(binds: Mapping[str, Any] | list[str]) -> Mapping[str, Any]:
-    """Accept docker-py's dict form or the CLI's ["src:dst[:mode]", ...] form."""
-    if isinstance(binds, Mapping):
-        return binds
-    parsed: dict[str, dict[str, str]] = {}
-    for entry in binds:
-        parts = str(entry).split(":")
-        if len(parts) not in (2, 3):
-            raise ContainerConfigError(f"bind {entry!r} must be 'source:target' or 'source:target:mode'")
-        parsed[parts[0]] = {"bind": parts[1], "mode": parts[2] if len(parts) == 3 else "rw"}
-    return parsed
-
-
 def workspace_labels(spec: WorkspaceSpec) -> dict[str, str]:
     """The labels that let the hub reconcile its ledger with Docker after a crash, and the poller
     attribute GPU processes: owner, server, hub and the granted GPUs."""
@@ -157,20 +108,40 @@ def gpu_device_requests(gpu_uuids: tuple[str, ...], driver: str, cdi_vendor_clas
 
 
 def gpu_environment(gpu_uuids: tuple[str, ...], driver: str = "nvidia") -> dict[str, str]:
-    """What the workspace is told about its GPUs (the doctor checks the devices against it)."""
+    """What the workspace is told about its GPUs (the doctor checks the devices against it).
+
+    ``NVIDIA_VISIBLE_DEVICES`` is always set: images set it to ``all``, and an NVIDIA runtime hook
+    that reads it (the legacy runtime, or one beside CDI) would otherwise expose every GPU."""
     env = {"LABGPU_GPUS": ",".join(gpu_uuids)}
-    if gpu_uuids and driver == "simulated":
+    if not gpu_uuids:
+        env["NVIDIA_VISIBLE_DEVICES"] = "void"  # no GPUs granted: no runtime hook exposes any
+        return env
+    env["NVIDIA_VISIBLE_DEVICES"] = ",".join(gpu_uuids)
+    if driver == "simulated":
         # No device is attached; the doctor reports the GPUs as simulated and checks the env
-        # against the grant. The image's own NVIDIA_VISIBLE_DEVICES (often "all") never leaks.
-        env["NVIDIA_VISIBLE_DEVICES"] = ",".join(gpu_uuids)
+        # against the grant.
         env["LABGPU_GPUS_SIMULATED"] = "1"
-    elif gpu_uuids:
+    else:
         # CUDA's default order differs from NVML's; PCI order matches `nvidia-smi`.
         env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
-    else:
-        # No GPUs granted: make sure no runtime hook exposes any.
-        env["NVIDIA_VISIBLE_DEVICES"] = "void"
     return env
+
+
+def cpu_period_and_quota(cpus: float, host_cpus: int | None, period: int = DEFAULT_CPU_PERIOD) -> tuple[int, int]:
+    """A CPU limit as DockerSpawner sets it (``cpu_quota = cpu_limit * cpu_period``), capped at the
+    host's CPUs (Docker refuses more); refused below Docker's minimum, where the quota would round
+    to 0, which Docker takes as no limit at all."""
+    if not (math.isfinite(cpus) and cpus >= MIN_CPUS):
+        raise ContainerConfigError(f"a CPU limit must be at least {MIN_CPUS} CPUs, Docker's smallest (got {cpus!r})")
+    if host_cpus:
+        cpus = min(cpus, host_cpus)
+    quota = round(cpus * period)
+    if quota < MIN_CPU_QUOTA:
+        raise ContainerConfigError(
+            f"a CPU limit of {cpus:g} CPUs with cpu_period {period} is a quota of {quota} microseconds; "
+            f"Docker's smallest is {MIN_CPU_QUOTA} (raise extra_host_config.cpu_period)"
+        )
+    return period, quota
 
 
 def render_templates(obj: Any, namespace: Mapping[str, Any]) -> Any:
@@ -190,22 +161,35 @@ def render_templates(obj: Any, namespace: Mapping[str, Any]) -> Any:
     return obj
 
 
+def admin_extras_problems(spec: WorkspaceSpec) -> list[str]:
+    """What in this spawn's admin configuration (rendered for its user) is not on the allowlist."""
+    problems = create_kwargs_problems(spec.extra_create_kwargs)
+    problems += host_config_problems(spec.extra_host_config)
+    problems += checked_binds("volumes", spec.volumes)[1]
+    problems += mount_problems(spec.mounts)
+    if "user" not in spec.extra_create_kwargs:
+        _, problem = workspace_user(spec.run_as_uid, spec.run_as_gid)
+        if problem:
+            problems.append(f"run_as_uid {problem}")
+    network = network_problem(spec.network)
+    return problems + ([network] if network else [])
+
+
 def container_config(spec: WorkspaceSpec) -> tuple[dict[str, Any], dict[str, Any]]:
     """Return ``(create_kwargs, host_config_kwargs)`` for docker-py's ``create_container`` and
     ``create_host_config``.
 
-    Admin extras are merged first; the hardening (non-root user, no-new-privileges, all
-    capabilities dropped, no privileged mode, no host control paths) is applied after them.
+    What an admin's configuration adds must be on :mod:`labgpu.hub.admin_extras`' allowlist, or
+    nothing is built. Admin extras are merged first; the hardening (non-root user,
+    no-new-privileges, all capabilities dropped, no privileged mode) is applied after them.
     """
-    for key, why in FORBIDDEN_HOST_CONFIG.items():
-        value = spec.extra_host_config.get(key)
-        if value:
-            raise ContainerConfigError(f"extra_host_config.{key} is not allowed: {why}")
-    user = str(spec.extra_create_kwargs.get("user", spec.run_as_uid))
-    if user.split(":")[0] in ("0", "root", ""):
-        raise ContainerConfigError(
-            "workspaces run as a non-root user; remove 'user' from extra_create_kwargs or set it to a non-zero uid"
-        )
+    problems = admin_extras_problems(spec)
+    if problems:
+        raise ContainerConfigError("; ".join(problems))
+    extra_create = dict(spec.extra_create_kwargs)
+    if "environment" in extra_create:
+        extra_create["environment"] = environment_mapping(extra_create["environment"])
+    user, _ = workspace_user(extra_create.pop("user", spec.run_as_uid), spec.run_as_gid)
 
     create_kwargs: dict[str, Any] = {
         "image": spec.image,
@@ -216,24 +200,17 @@ def container_config(spec: WorkspaceSpec) -> tuple[dict[str, Any], dict[str, Any
     }
     if spec.command:
         create_kwargs["command"] = list(spec.command)
-    _deep_merge(create_kwargs, spec.extra_create_kwargs)
+    _deep_merge(create_kwargs, extra_create)
     # What the workspace is told about its GPUs and its labels always match the grant.
     create_kwargs["environment"].update(gpu_environment(spec.gpu_uuids, spec.gpu_driver))
     create_kwargs["labels"].update(workspace_labels(spec))
-    if ":" not in user:
-        user = f"{user}:{spec.run_as_gid}"
     create_kwargs["user"] = user
 
     extra_host = dict(spec.extra_host_config)
-    binds = volume_binds(spec.volumes)
+    binds = checked_binds("volumes", spec.volumes)[0]
     # Admin-configured binds pass the same check as ours and add to them.
-    binds.update(volume_binds(_parse_binds(extra_host.pop("binds", None) or {})))
+    binds.update(checked_binds("extra_host_config.binds", parse_binds(extra_host.pop("binds", None) or {})[0])[0])
     create_kwargs["volumes"] = sorted(b["bind"] for b in binds.values())
-    for opt in extra_host.get("security_opt") or []:
-        if "unconfined" in opt:
-            raise ContainerConfigError(
-                f"extra_host_config.security_opt {opt!r} is not allowed: it turns off a kernel sandbox"
-            )
 
     host_config: dict[str, Any] = {
         "auto_remove": spec.auto_remove,
@@ -243,13 +220,18 @@ def container_config(spec: WorkspaceSpec) -> tuple[dict[str, Any], dict[str, Any
         "init": True,
         "network_mode": spec.network,
     }
+    if spec.mounts:
+        host_config["mounts"] = list(spec.mounts)
     if spec.mem_limit is not None:
         host_config["mem_limit"] = spec.mem_limit
+        host_config["memswap_limit"] = spec.mem_limit  # memory + swap = memory: no swap on top
     if spec.mem_reservation is not None:
         host_config["mem_reservation"] = spec.mem_reservation
     if spec.cpu_limit is not None:
-        cpus = spec.cpu_limit if not spec.host_cpus else min(spec.cpu_limit, spec.host_cpus)
-        host_config["nano_cpus"] = int(cpus * 1e9)
+        period = extra_host.pop("cpu_period", DEFAULT_CPU_PERIOD)
+        host_config["cpu_period"], host_config["cpu_quota"] = cpu_period_and_quota(
+            spec.cpu_limit, spec.host_cpus, period
+        )
     device_requests = gpu_device_requests(spec.gpu_uuids, spec.gpu_driver, spec.cdi_vendor_class)
     if device_requests:
         host_config["device_requests"] = device_requests

@@ -169,6 +169,7 @@ class GPUDockerSpawner(GpuLifecycleSpawner):
     spawn_request: SpawnRequest | None = None
     limits: Limits | None = None
     _configured_start_timeout: int | None = None
+    _configured_image_and_guarantee: tuple[str, Any] | None = None  # before any policy set them
     gpu_uuids: tuple[str, ...] = ()
     # Shared by every spawner of the hub, like DockerSpawner's executor (which runs Docker calls).
     _blocking_executor: ClassVar[ThreadPoolExecutor | None] = None
@@ -318,11 +319,12 @@ class GPUDockerSpawner(GpuLifecycleSpawner):
                 "This hub has no GPUs to hand out; start a server with 0 GPUs.", reason="capacity", status_code=400
             )
         self.limits, self.spawn_request = limits, request
-        if request.image:
-            self.image = request.image
+        if self._configured_image_and_guarantee is None:
+            self._configured_image_and_guarantee = (self.image, self.mem_guarantee)  # type: ignore[has-type]
+        # What the policy no longer sets falls back to the configuration, not to the last spawn's.
+        self.image = request.image or self._configured_image_and_guarantee[0]
         self.mem_limit = request.memory
-        if request.memory_guarantee:
-            self.mem_guarantee = request.memory_guarantee
+        self.mem_guarantee = request.memory_guarantee or self._configured_image_and_guarantee[1]
         self.cpu_limit = request.cpus
         self.shm_size = request.shm
         self.pids_limit = request.pids
@@ -514,6 +516,7 @@ class GPUDockerSpawner(GpuLifecycleSpawner):
             auto_remove=self.remove,
             extra_create_kwargs=extra_create_kwargs or {},
             extra_host_config=extra_host_config or {},
+            mounts=tuple(self.mount_binds),
             gpu_uuids=tuple(self.gpu_uuids),
             gpu_driver=self.gpu_driver,
         )
@@ -559,8 +562,6 @@ class GPUDockerSpawner(GpuLifecycleSpawner):
                 reason="config",
                 status_code=500,
             ) from None
-        if self.mount_binds:
-            host_config["mounts"] = self.mount_binds
         create_kwargs["host_config"] = self.client.create_host_config(**host_config)
         self.log.debug("Creating %s with %s", spec.name, create_kwargs)
         try:

@@ -21,6 +21,9 @@ from labgpu.units import format_duration, format_size, gpus_text, parse_size
 OPTION_KEYS = ("gpus", "image", "memory", "cpus", "gpu_model")
 # The smallest memory limit a user may ask for: below it JupyterLab itself is OOM-killed.
 MIN_MEMORY = 512 * 1024**2
+# The smallest CPU limit: Docker's (a 1 ms quota per 100 ms period). Below it the quota rounds to
+# 0, which Docker takes as no limit at all.
+MIN_CPUS = 0.01
 ANY_MODEL = "any"
 
 
@@ -74,8 +77,10 @@ def _whole_number(name: str, value: Any) -> int:
     if isinstance(value, bool):
         raise SpawnOptionsError(f"Option {name!r} must be a whole number, not {value!r}.")
     if isinstance(value, int):
+        if value.bit_length() > 32:  # JSON allows 4,300 digits; a message should not quote them
+            raise SpawnOptionsError(f"Option {name!r} must be a whole number, not a number that large.")
         return value
-    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer() and abs(value) < 2**32:
         return int(value)
     if isinstance(value, str) and value.isascii() and value.lstrip("+-").isdigit() and len(value) < 10:
         return int(value)
@@ -85,6 +90,8 @@ def _whole_number(name: str, value: Any) -> int:
 def _number(name: str, value: Any) -> float:
     if isinstance(value, bool):
         raise SpawnOptionsError(f"Option {name!r} must be a number, not {value!r}.")
+    if isinstance(value, int) and value.bit_length() > 64:
+        raise SpawnOptionsError(f"Option {name!r} must be a finite number, not a number that large.")
     if isinstance(value, (int, float)):
         number = float(value)
     elif isinstance(value, str) and len(value) < 32:
@@ -155,7 +162,7 @@ def validate_user_options(
         raw = values["memory"]
         try:
             memory = parse_size(raw)
-        except ValueError as e:
+        except (ValueError, OverflowError) as e:
             raise SpawnOptionsError(f"Option 'memory' {e}.") from None
         if memory > limits.memory:
             raise SpawnOptionsError(
@@ -176,6 +183,10 @@ def validate_user_options(
         cpus = _number("cpus", values["cpus"])
         if cpus <= 0:
             raise SpawnOptionsError(f"You asked for {cpus:g} CPUs; ask for more than 0.")
+        if cpus < MIN_CPUS:
+            raise SpawnOptionsError(
+                f"You asked for {cpus:g} CPUs; ask for at least {MIN_CPUS:g} (the smallest CPU limit Docker has)."
+            )
         if cpus > limits.cpus:
             raise SpawnOptionsError(
                 f"You asked for {cpus:g} CPUs, but your limit is {limits.cpus:g}{_from(limits, 'cpus')}."

@@ -141,6 +141,27 @@ def test_a_broken_file_in_the_admins_config_dir_stops_the_hub_naming_it(real_par
     assert f"LabGPU Hub will not start: {config_dir / '20-typo.py'}:2: NameError" in done.stderr
 
 
+def test_workspace_settings_outside_the_allowlist_stop_the_hub_with_every_reason(real_parts, tmp_path):
+    # Issue 12 item 9: a hub that would refuse every spawn does not start.
+    config_dir = tmp_path / "conf.d"
+    config_dir.mkdir()
+    (config_dir / "30-workspaces.py").write_text(
+        "c.DockerSpawner.extra_host_config = {'network_mode': 'host', 'security_opt': ['label=disable']}\n"
+        "c.GPUDockerSpawner.volumes = {'//var/run/docker.sock': '/var/run/docker.sock'}\n"
+        "c.GPUDockerSpawner.extra_create_kwargs = {'user': '00'}\n"
+    )
+    done = run_hub_expecting_refusal({"LABGPU_CONFIG_DIR": str(config_dir)}, tmp_path)
+    assert done.returncode == 1
+    assert "LabGPU Hub will not start: the workspace settings add what a workspace may not get" in done.stderr
+    for reason in (
+        "extra_create_kwargs.user '00' is root (uid 0); workspaces run as a non-root user",
+        "extra_host_config.network_mode is not allowed",
+        "'label=disable' is not allowed",
+        "volumes: '//var/run/docker.sock' is in /var/run, which gives a workspace control of the host",
+    ):
+        assert reason in done.stderr
+
+
 def test_demo_mode_refuses_an_address_that_only_starts_like_localhost(real_parts, tmp_path):
     done = run_hub_expecting_refusal({"LABGPU_BIND_URL": "http://127.0.0.1.evil.com:8000"}, tmp_path)
     assert done.returncode == 1

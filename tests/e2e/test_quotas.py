@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from labgpu.labels import LABEL_USER
-from tests.harness import WORKSPACE_IMAGE, HubProcess
+from tests.harness import WORKSPACE_IMAGE, HubProcess, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -75,7 +75,9 @@ def test_granted_limits_reach_the_container_exactly(quota_hub):
     host = container.attrs["HostConfig"]
     assert host["Memory"] == 3 * 1024**3
     assert host["MemoryReservation"] == 1 * 1024**3
-    assert host["NanoCpus"] == 1_500_000_000
+    # DockerSpawner's representation of the CPU limit: a quota per period (issue 12 item 4).
+    assert (host["CpuPeriod"], host["CpuQuota"], host["NanoCpus"]) == (100_000, 150_000, 0)
+    assert host["MemorySwap"] == host["Memory"]  # no swap on top of the limit (issue 12 item 10)
     assert host["ShmSize"] == 1536 * 1024**2
     assert host["PidsLimit"] == 2048
     assert container.attrs["Config"]["Image"] == WORKSPACE_IMAGE
@@ -100,6 +102,39 @@ def test_a_stale_saved_choice_is_checked_again(quota_hub):
     assert r.status_code == 400 and "1G" in r.json()["message"]
     r = bob.start_server()
     assert r.status_code == 400, "the refused options were saved and must be re-validated"
+
+
+def test_a_stale_image_or_memory_guarantee_does_not_survive_into_a_spawn_whose_policy_drops_them(quota_hub):
+    # Issue 12 item 10: what one policy set on the spawner (its image, its memory guarantee) and
+    # the next policy does not falls back to the configuration, whether or not JupyterHub keeps the
+    # spawner object between the two spawns (tests/unit/test_spawner.py holds the object itself to
+    # it; JupyterHub 5 replaces a failed one on the next explicit spawn).
+    bob = quota_hub.client("bob")
+    quota_hub.quotas_file.write_text(
+        QUOTAS.replace("images:\n", 'images:\n  gone: {image: "labgpu/not-on-this-server:stale"}\n').replace(
+            "bob: {memory: 1G}", "bob: {memory: {limit: 1536M, guarantee: 512M}, images: [gone]}"
+        )
+    )
+    try:
+        assert bob.start_server(options={"image": "gone"}).status_code in (201, 202, 500)
+        wait_until(lambda: bob.server_model() is None, 60, "bob's spawn to fail")
+        assert "labgpu/not-on-this-server:stale" in quota_hub.log_tail(100)  # it failed on that image
+        assert quota_hub.containers(**{LABEL_USER: "bob"}) == []
+
+        # The admin drops the image list and the guarantee (the hub's configured image is used).
+        catalogue = QUOTAS[QUOTAS.index("images:") : QUOTAS.index("defaults:")]
+        quota_hub.quotas_file.write_text(QUOTAS.replace(catalogue, "").replace(", images: [pytorch]", ""))
+        # (Options of its own: with none, JupyterHub would reuse the saved {"image": "gone"},
+        # which is refused now that the hub offers no images.)
+        assert bob.start_server(options={"gpus": 0}).status_code in (201, 202)
+        bob.wait_ready()
+        (container,) = quota_hub.containers(**{LABEL_USER: "bob"})
+        assert container.attrs["Config"]["Image"] == WORKSPACE_IMAGE
+        assert container.attrs["HostConfig"]["MemoryReservation"] == 0  # no guarantee any more
+        assert container.attrs["HostConfig"]["Memory"] == 1024**3
+        bob.stop_server()
+    finally:
+        quota_hub.quotas_file.write_text(QUOTAS)
 
 
 def test_editing_the_yaml_changes_the_next_spawn_and_a_bad_edit_keeps_the_last_good(quota_hub):

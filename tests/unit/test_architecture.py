@@ -11,7 +11,17 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[2] / "labgpu"
 
 # Modules that take plain data in and give plain data out (ARCHITECTURE.md, "Pure modules").
-PURE = ["units", "labels", "quota", "gpus.allocator", "gpus.reconcile", "gpus.telemetry", "fairshare", "hub.containers"]
+PURE = [
+    "units",
+    "labels",
+    "quota",
+    "gpus.allocator",
+    "gpus.reconcile",
+    "gpus.telemetry",
+    "fairshare",
+    "hub.containers",
+    "hub.admin_extras",
+]
 IO_LIBRARIES = {"docker", "dockerspawner", "pynvml", "tornado", "sqlalchemy", "alembic", "jupyterhub", "requests"}
 
 # Which labgpu packages each package may import (besides itself and the shared vocabulary).

@@ -174,6 +174,14 @@ def test_request_round_trips_through_saved_user_options():
         ({"cpus": 17}, 0, "You asked for 17 CPUs, but your limit is 16 (set by groups.vision)."),
         ({"cpus": "nan"}, 0, "must be a finite number"),
         ({"cpus": 0}, 0, "ask for more than 0"),
+        # Below Docker's smallest CPU limit the quota rounds to 0: no limit at all (issue 12 item 4).
+        ({"cpus": 1e-6}, 0, "You asked for 1e-06 CPUs; ask for at least 0.01 (the smallest CPU limit Docker has)."),
+        ({"cpus": 1e-300}, 0, "ask for at least 0.01"),
+        ({"cpus": "0.009"}, 0, "ask for at least 0.01"),
+        ({"cpus": 10**400}, 0, "Option 'cpus' must be a finite number"),
+        ({"gpus": 10**400}, 0, "Option 'gpus' must be a whole number, not a number that large."),
+        ({"memory": "1" * 400 + ".5G"}, 0, "Option 'memory' must be a size like 16G"),
+        ({"memory": "9" * 5000}, 0, "Option 'memory' must be a size like 16G"),
         ({"gpu_model": "L40S"}, 0, "GPU model 'L40S' is not one you may use. Allowed models: A100, H100."),
         (
             {"privileged": True},
@@ -216,6 +224,7 @@ json_values = st.recursive(
         st.booleans(),
         st.integers(),
         st.floats(),
+        st.integers(min_value=10**300, max_value=10**400),
         st.text(max_size=12),
         st.sampled_from(["1", "2", "64G", "65G", "tf", "jax", "pytorch", "A100", "any", "16", " 3 ", "1e3"]),
     ),
@@ -239,7 +248,7 @@ def test_any_options_are_granted_within_limits_or_refused_with_a_message(options
         return
     assert 0 <= request.gpus <= ALICE.gpus and (request.gpus == 0 or request.gpus + in_use <= ALICE.gpus_total)
     assert request.image in {c.image for c in ALICE.images}
-    assert 0 < request.memory <= ALICE.memory and 0 < request.cpus <= ALICE.cpus
+    assert 0 < request.memory <= ALICE.memory and 0.01 <= request.cpus <= ALICE.cpus
     assert request.gpu_model is None or request.gpu_model in ALICE.models
 
 

@@ -215,6 +215,23 @@ async def test_accepted_options_set_the_image_and_limits(make_spawner, quotas):
     assert spawner.start_timeout == 120  # no GPUs asked: no queue wait on top
 
 
+async def test_a_stale_image_or_memory_guarantee_does_not_survive_into_a_spawn_whose_policy_drops_them(
+    make_spawner, tmp_path
+):
+    quotas = tmp_path / "quotas.yaml"
+    quotas.write_text(QUOTAS.replace("memory: 16G,", "memory: {limit: 16G, guarantee: 8G},"))
+    spawner = make_spawner(groups=("vision-lab",), quota_files=[str(quotas)], image="lab/configured:1")
+    await spawner.apply_user_options(spawner, {"image": "tf"})
+    assert (spawner.image, spawner.mem_guarantee) == ("lab/tf:2", 8 * G)
+
+    # The admin drops the image list and the guarantee: the next spawn of this same spawner
+    # gets the configured image and no guarantee, not what the last policy gave.
+    quotas.write_text("defaults: {memory: 4G, cpus: 2}\n# now without images or guarantees\n")
+    await spawner.apply_user_options(spawner, {})
+    assert (spawner.image, spawner.mem_guarantee) == ("lab/configured:1", None)
+    assert spawner.workspace_spec({}, None).mem_reservation is None
+
+
 async def test_a_gpu_spawn_that_may_queue_gets_the_queue_wait_on_top_of_start_timeout(make_spawner, quotas, ledger_url):
     spawner = make_spawner(
         groups=("vision-lab",), quota_files=[quotas], ledger_url=ledger_url, start_timeout=120, gpu_queue_timeout=600
@@ -257,7 +274,8 @@ async def test_create_object_asks_docker_for_the_hardened_container_of_the_grant
     assert create["environment"]["NVIDIA_VISIBLE_DEVICES"] == "void"
     host = create["host_config"]
     assert host["mem_limit"] == 8 * G
-    assert host["nano_cpus"] == 4 * 10**9  # 8 CPUs asked, the host has 4
+    assert (host["cpu_period"], host["cpu_quota"]) == (100_000, 400_000)  # 8 CPUs asked, the host has 4
+    assert host["memswap_limit"] == host["mem_limit"]  # no swap on top
     assert host["binds"] == {
         "labgpu-home-alice": {"bind": "/home/jovyan", "mode": "rw"},
         "lab-a-group-vision-lab": {"bind": "/shared/vision-lab", "mode": "rw"},
