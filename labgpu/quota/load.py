@@ -20,8 +20,12 @@ from pydantic import ValidationError
 
 from labgpu.quota.errors import KeyPath, Loc, PolicyError, error_line
 from labgpu.quota.limits import Policy, build_policy
-from labgpu.quota.reader import Document, NeedsDetail, YamlProblem, YamlText
+from labgpu.quota.names import name_problems, with_normalized_names
+from labgpu.quota.reader import Document, NeedsDetail, YamlProblem, YamlText, file_too_big
 from labgpu.quota.schema import ALLOWED_KEYS, PolicyFile, Problem, cross_checks, mapping_kind, valid_parts
+
+MAX_ERRORS = 100  # lines of a report; the rest is counted (5,000 unknown keys are one mistake)
+MAX_LINE = 500  # characters of one line: a key or value of a megabyte is shown cut short
 
 # ---------------------------------------------------------------------------------------------
 # Several files -> one policy, with conflicts reported.
@@ -122,19 +126,24 @@ def _conflict(doc: Document, merged: Document, path: KeyPath) -> tuple[Loc, str]
 
 
 def _describe(value: Any) -> str:
-    text = repr(value)
+    text = repr(value) if not isinstance(value, str) or len(value) <= 60 else repr(value[:60])
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _path_text(path: KeyPath) -> str:
+    """``users.bob.gpus``, each part cut short (a key may be a megabyte long)."""
+    return ".".join(p if len(p := str(part)) <= 60 else p[:57] + "..." for part in path)
 
 
 def _pydantic_message(error: Mapping[str, Any], path: KeyPath) -> str:
     kind = error["type"]
     ctx = error.get("ctx") or {}
-    field_name = ".".join(str(p) for p in path) or "the file"
+    field_name = _path_text(path) or "the file"
     got = error.get("input")
     if kind == "extra_forbidden":
         allowed = ", ".join(ALLOWED_KEYS.get(mapping_kind(path[:-1]), ()))
         return (
-            f"unknown key {str(path[-1])!r} in {'.'.join(map(str, path[:-1])) or 'the top level'} (allowed: {allowed})"
+            f"unknown key {_describe(str(path[-1]))} in {_path_text(path[:-1]) or 'the top level'} (allowed: {allowed})"
         )
     if kind == "missing":
         return f"{field_name} is required"
@@ -230,9 +239,9 @@ def _load_fast(files: Sequence[tuple[str, YamlText]]) -> Policy | None:
         return None
     problems: list[Problem] = []
     cross_checks(spec, problems)
-    if problems:
+    if problems or name_problems(spec):
         return None
-    return build_policy(spec, [name for name, _ in files])
+    return build_policy(with_normalized_names(spec), [name for name, _ in files])
 
 
 def _read_located(files: Sequence[tuple[str, YamlText]], located: list[tuple[Loc, str]]) -> list[Document]:
@@ -275,7 +284,21 @@ def _validate(merged: Document, located: list[tuple[Loc, str]]) -> PolicyFile | 
 
 def load_policy_texts(texts: Sequence[tuple[str, str]]) -> Policy:
     """Validate ``[(filename, yaml_text), ...]`` merged into one policy; raise PolicyError
-    with every problem, sorted by file and line."""
+    with every problem (the first MAX_ERRORS), sorted by file and line. Whatever goes wrong is
+    a PolicyError: the hub refuses to start, or keeps the last good policy, and says why."""
+    try:
+        return _load_policy_texts(texts)
+    except PolicyError:
+        raise
+    except Exception as e:  # a bug: still the admin's message, not a traceback in the hub's loop
+        where = texts[0][0] if texts else "the quota files"
+        what = " ".join(str(e).split())[:200]
+        raise PolicyError(
+            [f"{where}:1:1: could not be read ({type(e).__name__}: {what}); please report this as a bug of LabGPU Hub"]
+        ) from e
+
+
+def _load_policy_texts(texts: Sequence[tuple[str, str]]) -> Policy:
     files = [(filename, YamlText(text)) for filename, text in texts]
     policy = _load_fast(files)
     if policy is not None:
@@ -284,12 +307,21 @@ def load_policy_texts(texts: Sequence[tuple[str, str]]) -> Policy:
     merged = _merge_documents(_read_located(files, located), located)
     spec = _validate(merged, located)
     problems: list[Problem] = []
-    cross_checks(spec if spec is not None else valid_parts(merged.data), problems)
+    checked = spec if spec is not None else valid_parts(merged.data)
+    cross_checks(checked, problems)
+    problems += name_problems(checked)
     located += [(_locate(merged, path, key=key), message) for path, key, message in problems]
     if located or spec is None:
         unique = sorted(set(located), key=lambda item: (item[0][0], item[0][1], item[0][2], item[1]))
-        raise PolicyError([error_line(loc, message) for loc, message in unique])
-    return build_policy(spec, [name for name, _ in texts])
+        lines = [_short(error_line(loc, message)) for loc, message in unique[:MAX_ERRORS]]
+        if len(unique) > MAX_ERRORS:
+            lines.append(f"... and {len(unique) - MAX_ERRORS} more problems: fix the ones above first")
+        raise PolicyError(lines)
+    return build_policy(with_normalized_names(spec), [name for name, _ in texts])
+
+
+def _short(line: str) -> str:
+    return line if len(line) <= MAX_LINE else line[: MAX_LINE - 3] + "..."
 
 
 def load_policy_text(text: str, filename: str = "quotas.yaml") -> Policy:
@@ -330,6 +362,10 @@ def load_policy(paths: Iterable[str | os.PathLike[str]]) -> Policy:
     for path in files:
         shown = _display_path(path)
         try:
+            too_big = file_too_big(path.stat().st_size)
+            if too_big:  # not even read into memory
+                errors.append(f"{shown}:1:1: {too_big}")
+                continue
             texts.append((shown, path.read_text(encoding="utf-8")))
         except UnicodeDecodeError as e:
             errors.append(f"{shown}:1:1: not UTF-8 text ({e.reason} at byte {e.start})")

@@ -29,12 +29,16 @@ from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from ruamel.yaml.events import AliasEvent
 from ruamel.yaml.nodes import MappingNode, ScalarNode
 from ruamel.yaml.resolver import VersionedResolver
+from ruamel.yaml.scanner import Scanner
 from ruamel.yaml.tag import Tag
 
 from labgpu.quota.errors import KeyPath, Loc
+from labgpu.units import format_size
 
 MAX_VALUES = 1_000_000  # keys and values a file may stand for, aliases expanded (billion laughs)
 MAX_DEPTH = 100  # a quota file nests 4 levels deep; far deeper is a mistake or an attack
+MAX_FILE_CHARS = 4 * 1024**2  # a lab of 1,000 users and 100 groups writes ~90 KB
+MAX_NUMBER_CHARS = 100  # longer, a number cannot be a count, a size or a duration (5,000 digits cannot even be printed)
 
 _PLAIN = "tag:labgpu.org,2026:plain"  # an unquoted scalar without a tag: typed by _plain_scalar
 _STR = "tag:yaml.org,2002:str"
@@ -56,6 +60,20 @@ class YamlProblem(Exception):
 
 class NeedsDetail(Exception):
     """The fast path met something to report or to look at closer: read again with positions."""
+
+
+class _NumberTooLong(NeedsDetail):
+    """An unquoted number of more than MAX_NUMBER_CHARS characters."""
+
+
+def file_too_big(size: int) -> str | None:
+    """Why a file of ``size`` bytes (or characters) is not read as a quota file, or None."""
+    if size <= MAX_FILE_CHARS:
+        return None
+    return (
+        f"the file is {format_size(size)}; a quota file may be at most {format_size(MAX_FILE_CHARS)} "
+        "(split it into files in a directory)"
+    )
 
 
 @dataclass
@@ -85,6 +103,8 @@ def _plain_scalar(text: str) -> Any:
         return True
     if text in _FALSE:
         return False
+    if len(text) > MAX_NUMBER_CHARS and (_INT_RE.match(text) or _FLOAT_RE.match(text) or text[:2] in ("0x", "0o")):
+        raise _NumberTooLong
     if _INT_RE.match(text):
         return int(text)
     if text.startswith(("0x", "0o")) and len(text) > 2:
@@ -162,8 +182,22 @@ class _Composer(Composer):
         return super().compose_node(parent, index)
 
 
+class _Scanner(Scanner):
+    """ruamel.yaml's scanner, stopping at MAX_DEPTH open flow collections: it looks ahead over every
+    open ``[`` and ``{`` for each token, so 5,000 of them (10 KB) would take seconds, not milliseconds."""
+
+    def fetch_flow_collection_start(self, TokenClass: Any, to_push: str) -> None:
+        if self.flow_level >= MAX_DEPTH:
+            mark = self.reader.get_mark()
+            raise YamlProblem(
+                mark.line + 1, mark.column + 1, f"the file nests too deeply (more than {MAX_DEPTH} levels)"
+            )
+        super().fetch_flow_collection_start(TokenClass, to_push)
+
+
 def _ruamel() -> YAML:
     reader = YAML(typ="safe", pure=True)
+    reader.Scanner = _Scanner
     reader.Composer = _Composer
     reader.Resolver = _Resolver
     reader.max_depth = MAX_DEPTH + 1  # it counts scalars as a level too
@@ -174,7 +208,9 @@ def _bang_tags(text: str) -> set[tuple[int, int]]:
     """Where the non-specific tag ``!`` is written (composers replace it with a resolved tag)."""
     found: set[tuple[int, int]] = set()
     try:
-        for event in YAML(typ="safe", pure=True).parse(text):
+        parser = YAML(typ="safe", pure=True)
+        parser.Scanner = _Scanner
+        for event in parser.parse(text):
             if getattr(event, "ctag", None) is not None and str(event.ctag) == "!":
                 found.add((event.start_mark.line, event.start_mark.column))
     except YAMLError:
@@ -251,7 +287,12 @@ class _Builder:
         if node.id == "scalar":  # most nodes: the short way
             tag = node.tag if self.bangs is None else self.tag(node)
             if tag == _PLAIN:
-                value: Any = _plain_scalar(node.value)
+                try:
+                    value: Any = _plain_scalar(node.value)
+                except _NumberTooLong:
+                    self.fail(
+                        node.start_mark, f"a number of {len(node.value)} characters is far too large for a quota file"
+                    )
             elif tag == _STR or tag == "!":
                 value = node.value
             else:
@@ -407,7 +448,8 @@ class YamlText:
 
     def __init__(self, text: str):
         self.text = text
-        self.tags = "!" in text and _MAY_HAVE_TAGS.search(text) is not None
+        self.too_big = file_too_big(len(text))
+        self.tags = not self.too_big and "!" in text and _MAY_HAVE_TAGS.search(text) is not None
         self._node: Any = _UNREAD
 
     def _libyaml_node(self) -> Any:
@@ -424,7 +466,7 @@ class YamlText:
     def data(self) -> Any:
         """The data of a well-formed quota file, without positions (libyaml, the common case);
         raises NeedsDetail on anything :meth:`located` would report or read differently."""
-        node = _FAILED if self.tags else self._libyaml_node()
+        node = _FAILED if self.tags or self.too_big else self._libyaml_node()
         if node is _FAILED:
             raise NeedsDetail
         if node is None:
@@ -437,11 +479,19 @@ class YamlText:
         """The data with the position of every key and value; raises YamlProblem when the file
         cannot be read as a quota file at all."""
         text = self.text
+        if self.too_big:
+            raise YamlProblem(1, 1, self.too_big)
         node = _FAILED
         if not self.tags and not ("*" in text and _MAY_HAVE_ALIASES.search(text)):
             node = self._libyaml_node()
         if node is _FAILED:  # ruamel.yaml reads it, or says why not
-            node = _compose_located(text)
+            try:
+                node = _compose_located(text)
+            except YamlProblem:
+                # What the fast path read (libyaml), this path reads too, if without an alias's place.
+                node = _FAILED if self.tags else self._libyaml_node()
+                if node is _FAILED:
+                    raise
         doc = Document(None)
         if node is not None:
             doc.data = _Builder(doc, filename, _bang_tags(text) if self.tags else None).value(node, (), 0)[0]

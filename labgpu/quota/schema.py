@@ -162,7 +162,7 @@ class LimitsEntry(_Strict):
     gpus_total: Annotated[int, Field(ge=0, le=MAX_GPUS_TOTAL)] | None = None
     models: Annotated[list[str] | None, BeforeValidator(_models)] = None
     memory: Annotated[MemorySpec, BeforeValidator(_memory)] | None = None
-    cpus: Annotated[float, Field(gt=0, le=1024)] | None = None
+    cpus: Annotated[float, Field(ge=0.01, le=1024)] | None = None  # 0.01: Docker's smallest CPU limit
     shm: Annotated[int, _size(1024**2, 1024**4)] | None = None
     pids: Annotated[int, Field(ge=64, le=1_000_000)] | None = None
     images: Annotated[list[str], BeforeValidator(_string_list)] | None = None

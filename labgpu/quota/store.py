@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,13 +40,16 @@ class ReloadResult:
 
 class PolicyStore:
     """The policy in force: reloaded when the quota files change, the last good one kept when
-    an edit is bad. Cheap to call before every spawn (a few ``stat`` calls)."""
+    an edit is bad. Cheap to call before every spawn (a few ``stat`` calls), but it reads and
+    parses files: the hub calls :meth:`refresh` in its executor, never on its event loop.
+    Thread-safe: spawners refresh from several executor threads at once."""
 
     def __init__(self, paths: Sequence[str | os.PathLike[str]]):
         self.paths = [str(p) for p in paths]
         self._policy: Policy | None = None
         self._signature: tuple[tuple[str | int | None, ...], ...] | None = None
         self.errors: tuple[str, ...] = ()
+        self._lock = threading.Lock()
 
     def _current_signature(self) -> tuple[tuple[str | int | None, ...], ...]:
         stamps: list[tuple[str | int | None, ...]] = []
@@ -80,18 +84,27 @@ class PolicyStore:
 
     def refresh(self) -> ReloadResult:
         """Reload if any file changed since the last look; a bad edit leaves the last good
-        policy in force and its errors in ``result.errors`` (reported once per edit)."""
-        signature = self._current_signature()
-        if signature == self._signature:
-            return ReloadResult(changed=False, applied=False)
-        self._signature = signature
-        try:
-            self._policy = load_policy(self.paths)
-        except PolicyError as e:
-            self.errors = e.errors
-            return ReloadResult(changed=True, applied=False, errors=e.errors)
-        self.errors = ()
-        return ReloadResult(changed=True, applied=True)
+        policy in force and its errors in ``result.errors`` (reported once per edit), whatever
+        went wrong while reading it."""
+        with self._lock:
+            signature = self._current_signature()
+            if signature == self._signature:
+                return ReloadResult(changed=False, applied=False)
+            self._signature = signature
+            try:
+                policy = load_policy(self.paths)
+            except PolicyError as e:
+                self.errors = e.errors
+            except Exception as e:  # load_policy turns every problem into a PolicyError; a bug must not pass silently
+                files = ", ".join(self.paths)
+                what = " ".join(str(e).split())[:200]
+                self.errors = (
+                    f"{files}: could not be loaded ({type(e).__name__}: {what}); the last good policy stays in force",
+                )
+            else:
+                self._policy, self.errors = policy, ()
+                return ReloadResult(changed=True, applied=True)
+            return ReloadResult(changed=True, applied=False, errors=self.errors)
 
     def limits(self, user: str, groups: Iterable[str] = ()) -> Limits:
         """Refresh, then resolve ``user``'s limits under the policy in force."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -305,7 +306,7 @@ def test_every_error_at_once_each_on_one_line_with_line_and_column():
     [
         ("defaults: {gpus: two}", "defaults.gpus must be a whole number (got 'two')"),
         ("defaults: {gpus: 1.5}", "defaults.gpus must be a whole number (got 1.5)"),
-        ("defaults: {cpus: 0}", "defaults.cpus must be > 0 (got 0)"),
+        ("defaults: {cpus: 0}", "defaults.cpus must be >= 0.01 (got 0)"),
         ("defaults: {memory: 1P}", "defaults.memory must be between 64M and 64T (got 1P)"),
         ("defaults: {idle_timeout: 10s}", "defaults.idle_timeout must be between 1m and 365d, or unlimited (got 10s)"),
         ("fairshare: {half_life: unlimited}", "fairshare.half_life cannot be unlimited here"),
@@ -492,3 +493,173 @@ def test_unknown_top_level_key_that_looks_like_a_pydantic_tag_is_reported_not_cr
         "quotas.yaml:1:1: unknown key '0[x' in the top level "
         "(allowed: images, defaults, groups, users, gpus, fairshare)",
     )
+
+
+# --- robustness: whatever the file holds, the admin gets file:line:col lines (issue 12 item 7) ------
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (
+            "defaults: {gpus: " + "1" * 5000 + "}\n",
+            "quotas/quotas.yaml:1:18: a number of 5000 characters is far too large for a quota file",
+        ),
+        (
+            "defaults: {gpus: 0x" + "f" * 5000 + "}\n",
+            "quotas/quotas.yaml:1:18: a number of 5002 characters is far too large for a quota file",
+        ),
+        (
+            "defaults: {memory: " + "1" * 400 + ".5G}\n",
+            "quotas/quotas.yaml:1:20: defaults.memory must be a size like 16G, 512M or 1.5T (got '1111111111",
+        ),
+        (
+            "defaults: {max_runtime: " + "9" * 99 + "}\n",
+            "quotas/quotas.yaml:1:25: defaults.max_runtime is far too long; write unlimited for no limit",
+        ),
+        (
+            "defaults: {idle_timeout: " + "9" * 60 + "s}\n",  # a float of it is finite, but absurd
+            "quotas/quotas.yaml:1:26: defaults.idle_timeout must be a duration like 30m",
+        ),
+    ],
+)
+def test_huge_numbers_and_sizes_are_policy_errors_with_their_place(text, expected):
+    errors = errors_of(text)
+    assert len(errors) == 1 and errors[0].startswith(expected), errors
+    assert len(errors[0]) < 300
+
+
+def test_an_unknown_key_of_a_megabyte_makes_a_short_message():
+    key = "k" * 1_000_000
+    (error,) = errors_of(f"defaults:\n  ? {key}\n  : 1\n")
+    assert error.startswith("quotas/quotas.yaml:2:5: unknown key 'kkkkkkkk")
+    assert "(allowed: gpus, gpus_total" in error and len(error) < 400
+
+
+def test_thousands_of_problems_are_listed_up_to_a_limit():
+    text = "defaults:\n" + "".join(f"  k{i}: 1\n" for i in range(5000))
+    errors = errors_of(text)
+    assert len(errors) == 101
+    assert errors[0].startswith("quotas/quotas.yaml:2:3: unknown key 'k0' in defaults")
+    assert errors[-1] == "... and 4900 more problems: fix the ones above first"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "users: " + "[" * 5000 + "]" * 5000 + "\n",  # beyond libyaml's own limit: read by ruamel.yaml before
+        "users: !x " + "[" * 900 + "]" * 900 + "\n",  # a tag: ruamel.yaml reads it
+        "users: &a " + "[" * 900 + "]" * 900 + "\nb: *a\n",  # an alias: ruamel.yaml reads it
+        "users: " + "{a: " * 2500 + "1" + "}" * 2500 + "\n",
+    ],
+)
+def test_a_small_deeply_nested_file_is_refused_at_once(text):
+    started = time.perf_counter()
+    (error,) = errors_of(text)
+    assert time.perf_counter() - started < 0.25
+    assert error.startswith("quotas/quotas.yaml:1:") and "nests too deeply (more than 100 levels)" in error
+
+
+def test_a_file_too_large_to_be_a_quota_file_is_refused_unread(tmp_path):
+    big = tmp_path / "quotas.yaml"
+    with big.open("w") as f:
+        f.write("# " + "x" * 1000 + "\n")
+        f.truncate(9 * 1024**2)
+    with pytest.raises(PolicyError) as info:
+        load_policy([big])
+    (error,) = info.value.errors
+    assert error.endswith(
+        "quotas.yaml:1:1: the file is 9M; a quota file may be at most 4M (split it into files in a directory)"
+    )
+    with pytest.raises(PolicyError, match="a quota file may be at most 4M"):
+        load_policy_text("#" * (4 * 1024**2 + 1))
+
+
+def test_any_failure_while_loading_is_a_policy_error_naming_the_files(monkeypatch):
+    import labgpu.quota.load as load
+
+    def broken(*args, **kwargs):
+        raise RecursionError("maximum recursion depth exceeded")
+
+    monkeypatch.setattr(load, "_load_fast", broken)
+    with pytest.raises(PolicyError) as info:
+        load_policy_text("defaults: {gpus: 1}\n", "quotas/quotas.yaml")
+    assert info.value.errors == (
+        "quotas/quotas.yaml:1:1: could not be read (RecursionError: maximum recursion depth exceeded); "
+        "please report this as a bug of LabGPU Hub",
+    )
+
+
+# --- user names as JupyterHub normalizes them (issue 12 item 7) ---------------------------------------
+
+
+def test_user_names_match_as_jupyterhub_normalizes_them():
+    p = policy(
+        """
+        groups:
+          vision: {gpus: 2, members: [Alice, CAROL]}
+        users:
+          Bob: {gpus: 3}
+        """
+    )
+    assert resolve(p, "bob").gpus == 3  # JupyterHub's user is "bob", whatever the file's case
+    assert resolve(p, "alice").gpus == 2 and user_groups(p, "carol") == ("vision",)
+    assert jupyterhub_groups(p) == {"vision": {"users": ["alice", "carol"]}}
+
+
+def test_names_that_would_be_the_same_jupyterhub_user_are_refused():
+    errors = errors_of(
+        textwrap.dedent(
+            """
+            groups:
+              vision: {members: [alice, Alice]}
+            users:
+              bob: {gpus: 1}
+              Bob: {gpus: 2}
+            """
+        )
+    )
+    assert errors == [
+        "quotas/quotas.yaml:3:29: groups.vision.members lists 'alice' twice (as 'alice' and 'Alice'; "
+        "JupyterHub lowercases user names)",
+        "quotas/quotas.yaml:6:3: users.Bob is the same user as users.bob: JupyterHub lowercases user names, "
+        "so both are 'bob'; merge the two entries",
+    ]
+
+
+@pytest.mark.parametrize("name", ["a/b", "two words", " bob", ".."])
+def test_user_names_jupyterhub_could_never_produce_are_refused(name):
+    (error,) = errors_of(f'users:\n  "{name}": {{gpus: 1}}\n')
+    assert f"{name!r} is not a valid user or group name" in error
+
+
+# --- the store: a failing reload keeps the last good policy, whatever fails ----------------------------
+
+
+def test_a_reload_that_fails_in_any_way_keeps_the_last_good_policy_and_says_why(tmp_path, monkeypatch):
+    import labgpu.quota.store as store_module
+
+    quotas = tmp_path / "quotas.yaml"
+    quotas.write_text("defaults: {gpus: 1}\n")
+    store = PolicyStore([quotas])
+    store.load()
+
+    def crash(paths):
+        raise OverflowError("int too large to convert to float")
+
+    monkeypatch.setattr(store_module, "load_policy", crash)
+    _touch_later(quotas, "defaults: {gpus: 2}\n")
+    result = store.refresh()
+    assert result.changed and not result.applied
+    assert result.errors == (
+        f"{quotas}: could not be loaded (OverflowError: int too large to convert to float); "
+        "the last good policy stays in force",
+    )
+    assert store.errors == result.errors and store.policy.spec.defaults.gpus == 1
+
+
+@pytest.mark.parametrize("cpus", ["1e-6", "0.001", "0"])
+def test_a_cpu_limit_below_dockers_smallest_is_refused_in_the_file(cpus):
+    # Below 0.01 CPUs Docker's quota rounds to 0: no limit at all (issue 12 item 4).
+    (error,) = errors_of(f"defaults: {{cpus: {cpus}}}\n")
+    assert error.startswith("quotas/quotas.yaml:1:18: defaults.cpus must be >= 0.01 (got ")

@@ -20,6 +20,7 @@ from jupyterhub.spawner import SpawnException
 from jupyterhub.user import User
 from traitlets.config import Config
 
+import labgpu.quota.store as quota_store
 from labgpu.gpus.inventory import ReplayInventory
 from labgpu.hub import gpu_queue, shared_folders
 from labgpu.hub import resources as hub_resources
@@ -361,6 +362,27 @@ async def test_ledger_reads_run_off_the_event_loop(make_spawner, quotas, ledger_
     assert await spawner.gpus_held_elsewhere() == 1
     assert threads and threading.main_thread() not in threads
     assert all(t.name.startswith("labgpu-ledger") for t in threads)
+
+
+async def test_quota_files_are_reread_off_the_event_loop_and_any_failed_reload_is_logged(
+    make_spawner, quotas, monkeypatch, caplog
+):
+    spawner = make_spawner(quota_files=[quotas])
+    assert spawner.policy_store is not None  # loaded once, as at hub start
+    threads = []
+
+    def crashing_load(paths):
+        threads.append(threading.current_thread())
+        raise OverflowError("int too large to convert to float")
+
+    monkeypatch.setattr(quota_store, "load_policy", crashing_load)
+    Path(quotas).write_text(QUOTAS + "# edited\n")
+    limits = await spawner.resolve_limits()
+    assert threads and threading.main_thread() not in threads
+    assert all(t.name.startswith("labgpu-ledger") for t in threads)
+    assert limits.cpus == 2  # the last good policy stays in force
+    assert "could not be loaded (OverflowError: int too large to convert to float)" in caplog.text
+    assert "the last good policy stays in force" in caplog.text
 
 
 async def test_the_queue_tunables_come_from_the_spawners_config(make_spawner, ledger_url):
