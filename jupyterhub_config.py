@@ -56,6 +56,10 @@ LABGPU_RECLAIM              auto                             the idle-GPU reclai
 LABGPU_RECLAIM_INTERVAL     1m                               reclaimer round
 LABGPU_RECLAIM_WARN         15m                              warning lead time before a reclaim
 LABGPU_RECLAIM_WINDOW       5m                               busy window
+LABGPU_DISK                 on                               the disk-usage service (homes and group folders
+                                                             against the quota files' disk / shared_disk):
+                                                             on or off
+LABGPU_DISK_INTERVAL        10m                              time between two measurements of the volumes
 DOCKER_HOST                 (the local socket)               the Docker engine; passed on to the services
 Users and logging in
 LABGPU_ADMIN_USERS          (none; demo: the first user)     comma-separated admin user names
@@ -323,6 +327,24 @@ if wanted("LABGPU_RECLAIM"):
     c.JupyterHub.load_roles.append(
         # only what it needs: stop servers and read users' groups
         {"name": "labgpu-reclaim", "scopes": list(RECLAIMER_SCOPES), "services": ["labgpu-reclaim"]}
+    )
+disk_service = env("LABGPU_DISK", "on")
+if disk_service not in ("on", "off"):
+    refuse(f"LABGPU_DISK must be on or off (got {disk_service!r})")
+if disk_service == "on":  # CPU-only hubs too: any user can fill the Docker disk from their home
+    c.JupyterHub.services.append(
+        {
+            "name": "labgpu-disk",
+            "command": [
+                *[sys.executable, "-m", "labgpu.cli", "disk", "--measure", "--db", ledger_url, "--hub-id", hub_id],
+                *["--quotas", ",".join(quota_files) or "none", "--interval", env("LABGPU_DISK_INTERVAL", "10m")],
+            ],
+            "environment": service_env,
+        }
+    )
+    # only what it needs: read users' groups (to resolve their quotas for its warnings)
+    c.JupyterHub.load_roles.append(
+        {"name": "labgpu-disk", "scopes": ["read:users:groups"], "services": ["labgpu-disk"]}
     )
 # Reclaim warnings ("your server will be stopped at 14:05 unless its GPUs get busy") appear in
 # the announcement bar of every hub page.

@@ -3,10 +3,11 @@ declarative ``Base`` whose metadata is whole as soon as this module is imported.
 
 Each table has one store that reads and writes it: the GPU ledger (``gpus``, ``allocations``,
 ``allocation_gpus``, ``allocation_events``: :mod:`labgpu.db.ledger`), the queue and reclaim
-notices (:mod:`labgpu.db.queue_store`), sessions (:mod:`labgpu.db.session_store`) and the
-telemetry tables (:mod:`labgpu.db.telemetry_store`). The Alembic migrations in
-``labgpu/db/migrations/versions`` create them; ``tests/unit/test_telemetry_ledger.py`` checks
-that a database migrated to head matches this metadata, table by table.
+notices (:mod:`labgpu.db.queue_store`), sessions (:mod:`labgpu.db.session_store`), the
+telemetry tables (:mod:`labgpu.db.telemetry_store`) and volume sizes (:mod:`labgpu.db.disk_store`).
+The Alembic migrations in ``labgpu/db/migrations/versions`` create them;
+``tests/unit/test_telemetry_ledger.py`` checks that a database migrated to head matches this
+metadata, table by table.
 """
 
 from __future__ import annotations
@@ -326,3 +327,19 @@ class TelemetryState(Base):
     __tablename__ = "telemetry_state"
     key: Mapped[str] = mapped_column(String(32), primary_key=True)
     value: Mapped[float] = mapped_column(Float)
+
+
+# ============================================================================================
+# Disk use (migration 0007): the last measured size of each home and group folder volume
+# ============================================================================================
+
+
+class VolumeSizeRow(Base):
+    """A hub's volume (a home, a group's shared folder) and its size when last measured, written by
+    the disk-usage service (:mod:`labgpu.services.disk_usage`) and read at every spawn."""
+
+    __tablename__ = "volume_sizes"
+
+    volume: Mapped[str] = mapped_column(String(255), primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger)  # bytes
+    measured_at: Mapped[datetime] = mapped_column(UtcDateTime)

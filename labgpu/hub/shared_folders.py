@@ -3,8 +3,9 @@ every member's workspace (outside the user-writable home), with a link ``<home>/
 ``/shared`` so that JupyterLab's file browser finds them.
 
 Names: the quota file gives each group's folder a name (the group's own for ``shared_volume:
-true``); its volume is ``<hub_id>-group-<name>``, so that a quota file can reach no other volume
-(a user's home, another hub's folders) and two hubs on one engine keep their folders apart.
+true``); its volume is ``<hub_id>-group-<name>`` (:func:`labgpu.quota.volumes.group_volume_name`),
+so that a quota file can reach no other volume (a user's home, another hub's folders) and two
+hubs on one engine keep their folders apart.
 
 Preparation: a new volume belongs to root, and a mount point inside the home would rest the
 workspace's safety on how the runtime handles a symlink the user put there; so the folders are
@@ -16,7 +17,6 @@ harmless: that is how a folder a failed preparation left to root gets repaired.
 
 from __future__ import annotations
 
-import re
 import shlex
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -25,29 +25,16 @@ from docker.errors import NotFound
 from jupyterhub.spawner import SpawnException
 
 from labgpu.labels import KIND_GROUP_SHARE, managed_labels
+from labgpu.quota.volumes import group_volume_name
 
 DockerCall = Callable[..., Awaitable[Any]]  # DockerSpawner.docker: (method, *args, **kwargs), off the event loop
 
 SHARED_ROOT = "/shared"  # where the folders are mounted in a workspace; <home>/shared links here
-VOLUME_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # Docker's rule for volume names
 
 # Folders (volume, uid:gid) and homes (volume) this hub process has prepared: done once per
 # process; a failed preparation is not recorded, so the next spawn tries again.
 _prepared_folders: set[tuple[str, str]] = set()
 _linked_homes: set[str] = set()
-
-
-def group_volume_name(hub_id: str, folder: str) -> str:
-    """The Docker volume of the shared folder ``folder``: ``<hub_id>-group-<folder>`` (a name
-    already in that namespace is taken as is). Raises ValueError for a name Docker refuses."""
-    prefix = f"{hub_id}-group-"
-    volume = folder if folder.startswith(prefix) else prefix + folder
-    if not folder or "/" in folder or not VOLUME_NAME_RE.match(volume):
-        raise ValueError(
-            f"shared folder {folder!r} makes the Docker volume name {volume!r}, which Docker refuses "
-            "(letters, digits, _ . - only)"
-        )
-    return volume
 
 
 def shared_folder_binds(folders: Mapping[str, str], hub_id: str) -> dict[str, dict[str, str]]:

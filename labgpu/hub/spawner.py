@@ -25,7 +25,7 @@ from traitlets import CaselessStrEnum, Float, Integer, List, Unicode, default, v
 
 from labgpu.db.ledger import Ledger
 from labgpu.gpus.allocator import GpuLimitExceeded, NotEnoughGpus
-from labgpu.hub import gpu_queue, hub_limits, sessions
+from labgpu.hub import disk_quota, gpu_queue, hub_limits, sessions
 from labgpu.hub import resources as hub_resources
 from labgpu.hub.containers import ContainerConfigError, WorkspaceSpec, container_config, render_templates
 from labgpu.hub.gpu_queue import QueuedSpawn, QueueRefused
@@ -274,7 +274,10 @@ class GPUDockerSpawner(GpuLifecycleSpawner):
         if limits is None:
             return ""
         form = options_form(
-            limits, gpus_in_use_by_user=await self.gpus_held_elsewhere(), previous=self.orm_spawner.user_options
+            limits,
+            gpus_in_use_by_user=await self.gpus_held_elsewhere(),
+            previous=self.orm_spawner.user_options,
+            disk_note=await disk_quota.spawn_page_note(self, limits),
         )
         return (SIMULATED_NOTICE if self.gpu_driver == "simulated" and limits.gpus else "") + form
 
@@ -314,6 +317,7 @@ class GPUDockerSpawner(GpuLifecycleSpawner):
             request = validate_user_options(limits, user_options, gpus_in_use_by_user=await self.gpus_held_elsewhere())
         except SpawnOptionsError as e:
             raise SpawnException(str(e), reason="quota", status_code=400) from None
+        await disk_quota.refuse_over_quota(self, limits)  # home or shared folder over its disk quota
         if request.gpus and self.ledger is None:
             raise SpawnException(
                 "This hub has no GPUs to hand out; start a server with 0 GPUs.", reason="capacity", status_code=400

@@ -30,6 +30,7 @@ BUILTIN_DEFAULTS: dict[str, Any] = {
     "idle_timeout": math.inf,
     "max_runtime": math.inf,
     "share": 1.0,
+    "disk": None,  # None: the home volume may grow without a limit
 }
 BUILTIN = "built-in default"
 
@@ -64,10 +65,12 @@ class Limits:
     idle_timeout: int | None  # seconds; None = never culled for idleness
     max_runtime: int | None  # seconds; None = no limit
     share: float  # fair-share weight
+    disk: int | None  # bytes the home volume may hold (spawns are refused above it); None = no limit
     pools: Mapping[str, int] = field(default_factory=dict)  # group -> GPUs the whole group may hold
     # group -> its shared folder's name (the group's own for `shared_volume: true`); the hub
     # keeps it in the Docker volume <hub_id>-group-<name> (labgpu.hub.shared_folders)
     shared_volumes: Mapping[str, str] = field(default_factory=dict)
+    shared_disks: Mapping[str, int] = field(default_factory=dict)  # group -> bytes its shared folder may hold
     known_models: Mapping[str, str] = field(default_factory=dict)  # the policy's GPU models: name -> display
     sources: Mapping[str, str] = field(default_factory=dict)
 
@@ -193,6 +196,7 @@ def _group_extras(spec: PolicyFile, in_groups: tuple[str, ...]) -> dict[str, Any
         "groups": in_groups,
         "pools": {g: spec.groups[g].pool for g in in_groups if spec.groups[g].pool is not None},
         "shared_volumes": volumes,
+        "shared_disks": {g: spec.groups[g].shared_disk for g in volumes if spec.groups[g].shared_disk is not None},
     }
 
 
@@ -275,8 +279,10 @@ def _limits(
         idle_timeout=None if math.isinf(values["idle_timeout"]) else int(values["idle_timeout"]),
         max_runtime=None if math.isinf(values["max_runtime"]) else int(values["max_runtime"]),
         share=float(values["share"]),
+        disk=values["disk"],
         pools=extras["pools"],
         shared_volumes=extras["shared_volumes"],
+        shared_disks=extras["shared_disks"],
         known_models=policy.known_models,
         sources=sources,
     )

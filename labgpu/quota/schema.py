@@ -170,6 +170,7 @@ class LimitsEntry(_Strict):
     idle_timeout: Annotated[float, _duration(60, 365 * 86400)] | None = None
     max_runtime: Annotated[float, _duration(60, 365 * 86400)] | None = None
     share: Annotated[float, Field(gt=0, le=1000)] | None = None
+    disk: Annotated[int, _size(1024**2, 1024**5)] | None = None  # the user's home volume; unset: no limit
 
 
 class GroupEntry(LimitsEntry):
@@ -178,6 +179,7 @@ class GroupEntry(LimitsEntry):
     members: Annotated[list[str], BeforeValidator(_string_list)] = []
     pool: Annotated[int, Field(ge=0, le=MAX_POOL)] | None = None
     shared_volume: Annotated[bool | str, BeforeValidator(_shared_volume)] = False
+    shared_disk: Annotated[int, _size(1024**2, 1024**5)] | None = None  # the shared folder; unset: no limit
 
 
 class PolicyFile(_Strict):

@@ -280,9 +280,11 @@ def options_form(
     *,
     gpus_in_use_by_user: int = 0,
     previous: Mapping[str, Any] | None = None,
+    disk_note: str = "",
 ) -> str:
     """HTML for the spawn page offering only what ``limits`` allow (GPU count, image, memory,
-    GPU model), preselecting ``previous`` choices that are still allowed."""
+    GPU model), preselecting ``previous`` choices that are still allowed; ``disk_note`` says how
+    full the user's home and shared folders are (:func:`labgpu.quota.volumes.disk_note`)."""
     previous = previous or {}
     esc = html.escape
     rows: list[str] = []
@@ -355,4 +357,6 @@ def options_form(
         )
 
     rows.append(f'<p class="help-block labgpu-limits">{esc(_limits_note(limits, gpus_in_use_by_user))}</p>')
+    if disk_note:
+        rows.append(f'<p class="help-block labgpu-disk">{esc(disk_note)}</p>')
     return "\n".join(rows)

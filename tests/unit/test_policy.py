@@ -295,7 +295,7 @@ def test_every_error_at_once_each_on_one_line_with_line_and_column():
         "quotas/quotas.yaml:4:9: defaults.gpus must be >= 0 (got -1)",
         "quotas/quotas.yaml:5:11: defaults.memory must be a size like 16G, 512M or 1.5T (got 'lots')",
         "quotas/quotas.yaml:6:3: unknown key 'colour' in defaults (allowed: gpus, gpus_total, models, memory, cpus, "
-        "shm, pids, images, named_servers, idle_timeout, max_runtime, share)",
+        "shm, pids, images, named_servers, idle_timeout, max_runtime, share, disk)",
         "quotas/quotas.yaml:7:21: unknown image 'tensorflow' in defaults.images (defined images: pytorch)",
         "quotas/quotas.yaml:9:17: users.alice.gpus must be <= 64 (got 1000)",
     ]

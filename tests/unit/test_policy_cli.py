@@ -42,7 +42,7 @@ def test_check_prints_every_error_as_file_line_col_and_exits_1(tmp_path):
     assert lines[:3] == [
         "quotas.yaml:2:9: defaults.gpus must be a whole number (got 'lots')",
         "quotas.yaml:3:3: unknown key 'colour' in defaults (allowed: gpus, gpus_total, models, memory, cpus, shm, "
-        "pids, images, named_servers, idle_timeout, max_runtime, share)",
+        "pids, images, named_servers, idle_timeout, max_runtime, share, disk)",
         "quotas.yaml:5:19: users.alice.memory must be between 64M and 64T (got 1P)",
     ]
     assert lines[3] == "3 errors; the hub keeps its last good policy until they are fixed."

@@ -8,9 +8,10 @@ from docker.errors import NotFound
 from jupyterhub.spawner import SpawnException
 
 from labgpu.hub import shared_folders
-from labgpu.hub.shared_folders import group_volume_name, prepare_shared_folders, shared_folder_binds
+from labgpu.hub.shared_folders import prepare_shared_folders, shared_folder_binds
 from labgpu.labels import LABEL_KIND, LABEL_MANAGED
 from labgpu.quota import PolicyError, load_policy_text, resolve
+from labgpu.quota.volumes import group_volume_name
 
 
 def test_a_folder_lives_in_a_volume_namespaced_by_the_hub():
