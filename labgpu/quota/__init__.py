@@ -3,6 +3,7 @@
 One module per concern: :mod:`~labgpu.quota.schema` (sections, fields and the rules between them),
 :mod:`~labgpu.quota.reader` (YAML -> data, with positions when a file is wrong),
 :mod:`~labgpu.quota.load` (files -> one validated :class:`Policy`, or ``file:line:col`` errors),
+:mod:`~labgpu.quota.names` (user names as JupyterHub normalizes them),
 :mod:`~labgpu.quota.limits` (:class:`Policy` -> a user's :class:`Limits`; :func:`user_groups`),
 :mod:`~labgpu.quota.store` (the policy in force, hot-reloaded), :mod:`~labgpu.quota.errors`
 (:class:`PolicyError`) and :mod:`~labgpu.quota.spawn_options` (the spawn form and ``user_options``).
