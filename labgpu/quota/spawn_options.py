@@ -63,11 +63,11 @@ def _from(limits: Limits, name: str) -> str:
 
 
 def _single(name: str, value: Any) -> Any:
-    """Forms send lists of strings; the API sends JSON. A one-element list is its element."""
-    if isinstance(value, list) and len(value) == 1:
-        value = value[0]
-    if isinstance(value, (list, dict)):
-        raise SpawnOptionsError(f"Option {name!r} must be a single value, not {type(value).__name__} {value!r:.60}.")
+    """One value per option, as JSON sends it: never a list or an object (a form's lists of
+    strings are made single by :func:`parse_form` before they get here)."""
+    if isinstance(value, (list, tuple, dict)):
+        shown = repr(value) if len(value) <= 8 else f"of {len(value)} items"
+        raise SpawnOptionsError(f"Option {name!r} must be a single value, not {type(value).__name__} {shown:.60}.")
     if isinstance(value, str):
         value = value.strip()
     return value
@@ -117,11 +117,11 @@ def validate_user_options(
         raise SpawnOptionsError(
             f"Spawn options must be a JSON object of {', '.join(OPTION_KEYS)}, not {type(options).__name__}."
         )
-    unknown = sorted(str(k) for k in options if k not in OPTION_KEYS)
+    unknown = sorted(str(k)[:40] for k in options if k not in OPTION_KEYS)
     if unknown:
+        shown = ", ".join(repr(k) for k in unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
         raise SpawnOptionsError(
-            f"Unknown spawn option{'s' if len(unknown) > 1 else ''} {', '.join(repr(k[:40]) for k in unknown)}. "
-            f"Allowed options: {', '.join(OPTION_KEYS)}."
+            f"Unknown spawn option{'s' if len(unknown) > 1 else ''} {shown}. Allowed options: {', '.join(OPTION_KEYS)}."
         )
     values = {k: _single(k, v) for k, v in options.items()}
     values = {k: v for k, v in values.items() if v not in (None, "")}

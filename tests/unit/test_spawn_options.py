@@ -189,12 +189,27 @@ def test_request_round_trips_through_saved_user_options():
             "Unknown spawn option 'privileged'. Allowed options: gpus, image, memory, cpus, gpu_model.",
         ),
         ({"gpus": [1, 2]}, 0, "Option 'gpus' must be a single value"),
+        # Over REST a list is never an option's value (a form's fields are made single by parse_form).
+        ({"gpus": [1]}, 0, "Option 'gpus' must be a single value, not list [1]."),
+        ({"memory": ["1G"]}, 0, "Option 'memory' must be a single value, not list ['1G']."),
     ],
 )
 def test_over_quota_or_unknown_values_are_refused_naming_the_limit(options, in_use, message):
     with pytest.raises(SpawnOptionsError) as info:
         validate_user_options(ALICE, options, gpus_in_use_by_user=in_use)
     assert message in str(info.value)
+
+
+def test_thousands_of_unknown_options_make_a_short_message():
+    with pytest.raises(SpawnOptionsError) as info:
+        validate_user_options(ALICE, {f"key{i}": i for i in range(2000)}, gpus_in_use_by_user=0)
+    assert str(info.value) == (
+        "Unknown spawn options 'key0', 'key1', 'key10', 'key100', 'key1000' and 1995 more. "
+        "Allowed options: gpus, image, memory, cpus, gpu_model."
+    )
+    with pytest.raises(SpawnOptionsError) as info:
+        validate_user_options(ALICE, {"x" * 1_000_000: 1}, gpus_in_use_by_user=0)
+    assert len(str(info.value)) < 200
 
 
 def test_a_stale_saved_choice_is_revalidated_after_the_quota_shrinks():
