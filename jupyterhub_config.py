@@ -88,10 +88,10 @@ from labgpu.gpus.inventory import InventoryError
 from labgpu.hub import resources as hub_resources
 from labgpu.hub.announcement import hub_announcement
 from labgpu.hub.docker_network import DockerUnavailable, ensure_workspace_network
-from labgpu.hub.startup_checks import workspace_settings_problems
 from labgpu.hub.group_sync import start_in_hub as start_group_sync
 from labgpu.hub.hub_limits import container_starts, named_server_limit
 from labgpu.hub.login_checks import demo_address_problem, production_authenticator_problem
+from labgpu.hub.startup_checks import workspace_settings_problems
 from labgpu.quota import PolicyError, default_paths, jupyterhub_groups, split_paths
 from labgpu.services.reclaimer import HUB_API_SCOPES as RECLAIMER_SCOPES
 from labgpu.units import gpus_text, parse_duration
