@@ -24,7 +24,7 @@ import logging
 from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from labgpu.db.ledger import Ledger
 from labgpu.db.queue_store import GRANTED, QueueEntry, QueueStore
@@ -43,6 +43,7 @@ from labgpu.quota import Limits, Policy, resolve, user_groups
 from labgpu.units import format_minutes, gpus_text
 
 log = logging.getLogger("labgpu.queue")
+T = TypeVar("T")
 
 DEFAULT_HALF_LIFE = 7 * 86400.0
 
@@ -395,11 +396,14 @@ class GpuQueue:
         def allocate() -> Allocation:
             return self._allocate(spawn, self.view([spawn]).ledger_limits(spawn.user, spawn.user_total))
 
+        def undo(allocation: Allocation) -> None:
+            self.ledger.release(spawn.user, spawn.server, "spawn cancelled", granted_at=allocation.since)
+
         if spawn.gpus == 0 or not allow_queue:
-            return await asyncio.to_thread(allocate)
+            return await _finish_in_thread(allocate, undo)
         if not await asyncio.to_thread(self.store.someone_waiting):
             try:
-                return await asyncio.to_thread(allocate)
+                return await _finish_in_thread(allocate, undo)
             except NotEnoughGpus:
                 pass
         return await self.wait(spawn)
@@ -409,18 +413,21 @@ class GpuQueue:
         why_not = await asyncio.to_thread(self.refusal, spawn)
         if why_not:
             raise QueueRefused(why_not)
-        entry = await asyncio.to_thread(
-            self.store.enqueue,
-            spawn.user,
-            spawn.server,
-            spawn.gpus,
-            groups=spawn.groups,
-            models=spawn.models,
-            placement=spawn.placement,
-            image=spawn.image,
-            exclude=spawn.exclude,
-            max_runtime=spawn.max_runtime,
-        )
+
+        def enqueue() -> QueueEntry:
+            return self.store.enqueue(
+                spawn.user,
+                spawn.server,
+                spawn.gpus,
+                groups=spawn.groups,
+                models=spawn.models,
+                placement=spawn.placement,
+                image=spawn.image,
+                exclude=spawn.exclude,
+                max_runtime=spawn.max_runtime,
+            )
+
+        entry = await _finish_in_thread(enqueue, lambda e: self._give_up(e.id, spawn, "spawn cancelled or timed out"))
         self._live.add(entry.id)
         log.info("GPU queue: %s waits for %s (entry %d)", entry.server_label, gpus_text(spawn.gpus), entry.id)
         granted = False
@@ -562,3 +569,17 @@ def notify_released(ledger: Ledger) -> None:
     queue = _queues.get(ledger.url)
     if queue is not None and queue._wakeup is not None:
         queue.notify()
+
+
+async def _finish_in_thread(work: Callable[[], T], undo: Callable[[T], object]) -> T:
+    """Run blocking ``work`` in a thread. If the caller is cancelled meanwhile (the user stops a
+    pending spawn, start_timeout runs out), the thread still finishes, so wait for it and undo
+    what it did (a grant, a queue entry) before the cancellation goes on: nothing is left held
+    or waiting for a spawn that is gone."""
+    task = asyncio.ensure_future(asyncio.to_thread(work))
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await asyncio.to_thread(undo, await task)
+        raise

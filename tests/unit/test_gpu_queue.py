@@ -2,6 +2,7 @@
 pools and per-user totals while dequeuing, waiting spawns, cancel, and the spawn-page status."""
 
 import asyncio
+import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -36,6 +37,14 @@ class Clock:
 
     def advance(self, **kw):
         self.now += timedelta(**kw)
+
+
+async def queued(queue, user: str, timeout: float = 10.0) -> None:
+    """Wait (polling, with a deadline) until ``user``'s spawn has its entry in the queue."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while await asyncio.to_thread(queue.store.waiting_for, user, "") is None:
+        assert asyncio.get_running_loop().time() < deadline, f"{user} never entered the queue"
+        await asyncio.sleep(0.02)
 
 
 @pytest.fixture
@@ -140,7 +149,7 @@ def test_a_request_larger_than_the_pool_is_refused_not_queued(queue):
 async def test_a_waiting_spawn_gets_its_gpus_when_they_are_released(ledger, queue):
     ledger.allocate("zed", "", 8)
     task = asyncio.create_task(queue.acquire(QueuedSpawn("lea", "", 2, groups=("nlp",))))
-    await asyncio.sleep(0.2)
+    await queued(queue, "lea")
     assert not task.done() and queue.store.waiting_for("lea", "") is not None
     events = queue.progress_events("lea", "", lambda: not task.done(), interval=0.05)
     first = await events.__anext__()
@@ -155,7 +164,7 @@ async def test_a_waiting_spawn_gets_its_gpus_when_they_are_released(ledger, queu
 async def test_cancelling_a_pending_spawn_removes_it_from_the_queue(ledger, queue):
     ledger.allocate("zed", "", 8)
     task = asyncio.create_task(queue.acquire(QueuedSpawn("lea", "", 2, groups=("nlp",))))
-    await asyncio.sleep(0.2)
+    await queued(queue, "lea")
     task.cancel()  # what JupyterHub does when the user cancels, or start_timeout runs out
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -168,7 +177,7 @@ async def test_cancelling_a_pending_spawn_removes_it_from_the_queue(ledger, queu
 async def test_stop_while_pending_fails_the_waiting_spawn_with_a_clear_message(ledger, queue):
     ledger.allocate("zed", "", 8)
     task = asyncio.create_task(queue.acquire(QueuedSpawn("lea", "", 2, groups=("nlp",))))
-    await asyncio.sleep(0.2)
+    await queued(queue, "lea")
     assert queue.cancel("lea", "")
     with pytest.raises(QueueRefused, match="taken away"):
         await asyncio.wait_for(task, 5)
@@ -183,12 +192,12 @@ async def test_without_queueing_the_refusal_is_immediate(ledger, queue):
 async def test_a_new_spawn_does_not_jump_the_queue(ledger, queue, clock):
     ledger.allocate("zed", "", 6)
     waiting = asyncio.create_task(queue.acquire(QueuedSpawn("lea", "", 8, groups=("nlp",))))
-    await asyncio.sleep(0.2)
+    await queued(queue, "lea")
     clock.advance(minutes=1)
     # 2 GPUs are free, but lea waits for 8 and zed ends within a day: dave (no max runtime
     # of his own, so the policy's 1 day) would hold them past lea's reservation.
     jumper = asyncio.create_task(queue.acquire(QueuedSpawn("dave", "", 2)))
-    await asyncio.sleep(0.3)
+    await queued(queue, "dave")
     assert not jumper.done() and ledger.allocation_for("dave") is None
     assert queue.status("dave", "").position == 2
     for task in (waiting, jumper):
@@ -211,7 +220,7 @@ def test_entries_nobody_waits_for_are_abandoned(ledger, queue, clock):
 async def test_a_full_pool_queues_a_spawn_although_gpus_are_free_and_a_members_release_grants_it(ledger, queue):
     await queue.acquire(QueuedSpawn("alice", "", 4, groups=("vision",)))
     task = asyncio.create_task(queue.acquire(QueuedSpawn("bob", "", 1, groups=("vision",))))
-    await asyncio.sleep(0.2)
+    await queued(queue, "bob")
     assert not task.done() and ledger.allocation_for("bob") is None  # 4 of 8 GPUs are free
     assert ledger.allocation_for("alice").group == "vision"  # charged to the group's pool, in the ledger
     assert queue.status("bob", "").message.startswith(
@@ -266,3 +275,45 @@ def test_a_request_for_more_gpus_than_the_grant_rule_allows_it_is_refused_not_qu
     with pytest.raises(QueueRefused, match=message):
         asyncio.run(asyncio.wait_for(queue.wait(QueuedSpawn("lea", "", gpus, models=models, exclude=exclude)), 5))
     assert queue.store.waiting() == []
+
+
+# --- a spawn cancelled while its blocking work runs in a thread leaves nothing behind -----------
+
+
+def blocking(monkeypatch, obj, name):
+    """Make ``obj.name`` block in its thread until released; return (started, release) events."""
+    started, release = threading.Event(), threading.Event()
+    real = getattr(obj, name)
+
+    def slow(*args, **kwargs):
+        started.set()
+        release.wait(10)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(obj, name, slow)
+    return started, release
+
+
+async def test_a_spawn_cancelled_while_its_queue_entry_is_written_leaves_nothing_waiting(ledger, queue, monkeypatch):
+    ledger.allocate("zed", "", 8)
+    started, release = blocking(monkeypatch, queue.store, "enqueue")
+    task = asyncio.create_task(queue.acquire(QueuedSpawn("lea", "", 2, groups=("nlp",))))
+    await asyncio.to_thread(started.wait, 10)
+    task.cancel()  # JupyterHub gives up on the spawn while the entry is being written
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert queue.store.waiting() == []
+    assert queue.store.history()[0].status == "cancelled"
+
+
+async def test_a_spawn_cancelled_while_its_gpus_are_granted_holds_nothing(ledger, queue, monkeypatch):
+    started, release = blocking(monkeypatch, ledger, "allocate")
+    task = asyncio.create_task(queue.acquire(QueuedSpawn("lea", "", 2, groups=("nlp",))))
+    await asyncio.to_thread(started.wait, 10)
+    task.cancel()
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert ledger.allocation_for("lea") is None
+    assert [(e.user, e.action) for e in ledger.audit()][-2:] == [("lea", "grant"), ("lea", "release")]
