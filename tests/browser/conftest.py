@@ -5,6 +5,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import chromium_path, require
+from tests.e2e.conftest import hub, real_parts
+
+__all__ = ["hub", "real_parts"]  # the same real hub fixtures as tests/e2e (re-exported, not unused)
 
 OUTPUT = Path(__file__).resolve().parents[2] / "test-output"
 
