@@ -245,6 +245,25 @@ class HubClient:
         except TimeoutError:
             raise HubFailed(f"{self.user}'s server did not stop in {timeout}s") from None
 
+    def progress(self, until: str, name: str = "", timeout: float = 60) -> list[str]:
+        """The spawn page's progress messages, read from the event stream until one contains
+        ``until`` (AssertionError listing what was seen if none does within ``timeout``)."""
+        path = f"/users/{self.user}/servers/{name}/progress" if name else f"/users/{self.user}/server/progress"
+        seen: list[str] = []
+        deadline = time.monotonic() + timeout
+        with self.session.get(
+            f"{self.hub.url}/hub/api{path}", headers={"X-XSRFToken": self.xsrf}, stream=True, timeout=timeout
+        ) as r:
+            r.raise_for_status()
+            for line in r.iter_lines(decode_unicode=True):
+                if line and line.startswith("data:"):
+                    seen.append(json.loads(line[5:])["message"])
+                    if until in seen[-1]:
+                        return seen
+                if time.monotonic() > deadline:
+                    break
+        raise AssertionError(f"never saw {until!r} in the progress stream: {seen}")
+
     @property
     def token(self) -> str:
         if self._token is None:

@@ -39,23 +39,6 @@ def simulated_hub(users, preset="1xH100", **kwargs) -> HubProcess:
     return HubProcess(users=users, extra_env=extra_env, **kwargs)
 
 
-def progress_messages(client, until: str, timeout: float = 60) -> list[str]:
-    """Read the spawn-progress event stream (what the spawn page shows) until ``until`` appears."""
-    url = f"{client.hub.url}/hub/api/users/{client.user}/server/progress"
-    seen: list[str] = []
-    deadline = time.monotonic() + timeout
-    with client.session.get(url, headers={"X-XSRFToken": client.xsrf}, stream=True, timeout=timeout) as r:
-        r.raise_for_status()
-        for line in r.iter_lines(decode_unicode=True):
-            if line and line.startswith("data:"):
-                seen.append(json.loads(line[5:])["message"])
-                if until in seen[-1]:
-                    return seen
-            if time.monotonic() > deadline:
-                break
-    raise AssertionError(f"never saw {until!r} in the progress stream: {seen}")
-
-
 def workspace(hub: HubProcess, user: str):
     (container,) = hub.containers(**{LABEL_USER: user})
     container.reload()
@@ -86,7 +69,7 @@ def test_second_user_queues_with_its_position_and_starts_when_the_first_stops(re
 
         # Bob asks for the busy GPU: his spawn waits in the queue, and the spawn page says where.
         assert bob.start_server(options={"gpus": 1}).status_code == 202
-        messages = progress_messages(bob, until="GPU queue")
+        messages = bob.progress("GPU queue")
         assert any("simulated" in m for m in messages)
         assert "You are #1 in the GPU queue" in messages[-1] and "alice" in messages[-1]
         ledger = Ledger(hub.state_dir / "ledger.sqlite")

@@ -11,8 +11,6 @@ workspace container started by the real hub and granted real ledger GPUs.
 
 from __future__ import annotations
 
-import json
-import time
 from pathlib import Path
 
 import pytest
@@ -39,23 +37,6 @@ def simulated_hub(quota_text: str, preset: str, **env: str) -> HubProcess:
     return HubProcess(users=["alice", "bob"], quotas=quota_text, extra_env=extra_env)
 
 
-def progress_until(client, until: str, timeout: float = 60) -> str:
-    """The spawn page's progress stream, read until a message contains ``until``; that message."""
-    url = f"{client.hub.url}/hub/api/users/{client.user}/server/progress"
-    seen: list[str] = []
-    deadline = time.monotonic() + timeout
-    with client.session.get(url, headers={"X-XSRFToken": client.xsrf}, stream=True, timeout=timeout) as r:
-        r.raise_for_status()
-        for line in r.iter_lines(decode_unicode=True):
-            if line and line.startswith("data:"):
-                seen.append(json.loads(line[5:])["message"])
-                if until in seen[-1]:
-                    return seen[-1]
-            if time.monotonic() > deadline:
-                break
-    raise AssertionError(f"never saw {until!r} in the progress stream: {seen}")
-
-
 def granted(hub: HubProcess, user: str) -> tuple[str, ...]:
     """The GPUs the user's real workspace was given (its LABGPU_GPUS)."""
     (container,) = hub.containers(**{LABEL_USER: user})
@@ -77,7 +58,7 @@ def test_a_full_group_pool_queues_the_second_member_although_a_gpu_is_free(real_
 
         # One of the two GPUs is free, but vision-lab's pool of 1 is in use: bob waits.
         assert bob.start_server(options={"gpus": 1}).status_code == 202
-        message = progress_until(bob, "GPU queue")
+        message = bob.progress("GPU queue")[-1]
         assert message.startswith("You are #1 in the GPU queue: waiting for 1 GPU (1 free, but your group")
         assert ledger.allocation_for("bob") is None and hub.containers(**{LABEL_USER: "bob"}) == []
         assert sum(1 for h in ledger.holdings() if h.allocation is None) == 1
@@ -166,7 +147,7 @@ def test_gpus_of_a_container_docker_could_not_stop_stay_held_until_it_is_gone(re
 
         # Bob cannot be granted the GPU alice's container still uses: he waits for it.
         assert bob.start_server(options={"gpus": 1}).status_code == 202
-        assert "held by alice" in progress_until(bob, "GPU queue")
+        assert "held by alice" in bob.progress("GPU queue")[-1]
         # Alice starting again is refused until her old container is gone.
         again = alice.start_server(options={"gpus": 1})
         assert again.status_code == 503
