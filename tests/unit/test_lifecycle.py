@@ -22,8 +22,6 @@ from jupyterhub.user import User
 from traitlets.config import Config
 
 from labgpu.gpus.allocator import NotEnoughGpus
-from labgpu.gpus.inventory import ReplayInventory
-from labgpu.hub import gpu_queue
 from labgpu.hub import resources as hub_resources
 from labgpu.hub.lifecycle import GpuLifecycleSpawner
 from labgpu.hub.spawner import GPUDockerSpawner
@@ -78,18 +76,6 @@ class Engine:
                 del self.containers[container["Id"]]
             return None
         raise AssertionError(f"unexpected Docker call {method}")
-
-
-@pytest.fixture
-def ledger_url(tmp_path):
-    url = str(tmp_path / "ledger.sqlite")
-    ledger = hub_resources.ledger(url)
-    ledger.sync_inventory(ReplayInventory(DATA / "a100x8-two-nvlink-islands.json").gpus())
-    yield url
-    gpu_queue._queues.pop(ledger.url, None)
-    hub_resources._session_stores.pop(url, None)
-    hub_resources._ledgers.pop(url, None)
-    ledger.close()
 
 
 @pytest.fixture

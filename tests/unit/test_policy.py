@@ -556,7 +556,7 @@ def test_thousands_of_problems_are_listed_up_to_a_limit():
 def test_a_small_deeply_nested_file_is_refused_at_once(text):
     started = time.perf_counter()
     (error,) = errors_of(text)
-    assert time.perf_counter() - started < 0.25
+    assert time.perf_counter() - started < 1.0  # ~20 ms quiet; it took seconds before (issue 12 item 7)
     assert error.startswith("quotas/quotas.yaml:1:") and "nests too deeply (more than 100 levels)" in error
 
 

@@ -21,9 +21,8 @@ from jupyterhub.user import User
 from traitlets.config import Config
 
 import labgpu.quota.store as quota_store
-from labgpu.gpus.inventory import ReplayInventory
-from labgpu.hub import gpu_queue, shared_folders
 from labgpu.hub import resources as hub_resources
+from labgpu.hub import shared_folders
 from labgpu.hub.containers import render_templates
 from labgpu.hub.spawner import GPUDockerSpawner
 from labgpu.labels import LABEL_GPUS, LABEL_HUB, LABEL_KIND, LABEL_MANAGED, LABEL_SERVER, LABEL_USER
@@ -117,19 +116,6 @@ def make_spawner(hub_db, monkeypatch):
         return spawner
 
     return make
-
-
-@pytest.fixture
-def ledger_url(tmp_path):
-    """A ledger of 8 A100s, shared by the hub's spawners as in the hub process."""
-    url = str(tmp_path / "ledger.sqlite")
-    ledger = hub_resources.ledger(url)
-    ledger.sync_inventory(ReplayInventory(DATA / "a100x8-two-nvlink-islands.json").gpus())
-    yield url
-    gpu_queue._queues.pop(ledger.url, None)
-    hub_resources._session_stores.pop(url, None)
-    hub_resources._ledgers.pop(url, None)
-    ledger.close()
 
 
 # --- the spawn page -----------------------------------------------------------------------------
