@@ -343,3 +343,28 @@ class VolumeSizeRow(Base):
     volume: Mapped[str] = mapped_column(String(255), primary_key=True)
     size: Mapped[int] = mapped_column(BigInteger)  # bytes
     measured_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+# ============================================================================================
+# SSH keys (migration 0008): users' public keys for the SSH gateway (labgpu/ssh)
+# ============================================================================================
+
+
+class SshKeyRow(Base):
+    """A public key a user registered on the "SSH keys" page; the gateway lets its holder in as
+    that user. Read and written only by :mod:`labgpu.db.ssh_key_store`."""
+
+    __tablename__ = "ssh_keys"
+    __table_args__ = (
+        UniqueConstraint("user", "fingerprint", name="uq_ssh_keys_user_fingerprint"),
+        Index("ix_ssh_keys_fingerprint", "fingerprint"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    user: Mapped[str] = mapped_column(String(255))
+    fingerprint: Mapped[str] = mapped_column(String(128))  # SHA256:..., as ssh-keygen -l prints it
+    algorithm: Mapped[str] = mapped_column(String(64))  # ssh-ed25519, ecdsa-sha2-nistp256, ssh-rsa, ...
+    public_key: Mapped[str] = mapped_column(Text)  # "ALGORITHM BASE64" (OpenSSH format, no comment)
+    comment: Mapped[str] = mapped_column(Text)
+    added_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    last_used_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
