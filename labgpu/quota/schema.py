@@ -12,7 +12,7 @@ import functools
 import math
 import re
 from collections.abc import Callable, Mapping
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from pydantic_core import PydanticCustomError
@@ -180,6 +180,16 @@ class GroupEntry(LimitsEntry):
     pool: Annotated[int, Field(ge=0, le=MAX_POOL)] | None = None
     shared_volume: Annotated[bool | str, BeforeValidator(_shared_volume)] = False
     shared_disk: Annotated[int, _size(1024**2, 1024**5)] | None = None  # the shared folder; unset: no limit
+    # Members who see the lab-usage page for this group (and, with sharing, manage it).
+    managers: Annotated[list[str], BeforeValidator(_string_list)] = []
+
+
+class PagesConfig(_Strict):
+    """What the hub's pages show. ``show_names``: who sees which user holds or waits for a GPU on
+    the GPU board: ``everyone`` (the default: labs want "who holds GPU 3?"), ``group`` (members of
+    one of the holder's groups) or ``admins``; a user always sees their own."""
+
+    show_names: Literal["everyone", "group", "admins"] = "everyone"
 
 
 class PolicyFile(_Strict):
@@ -191,6 +201,7 @@ class PolicyFile(_Strict):
     users: dict[str, LimitsEntry] = {}
     gpus: GpusConfig = GpusConfig()
     fairshare: FairshareConfig = FairshareConfig()
+    pages: PagesConfig = PagesConfig()
 
 
 # Allowed keys per kind of mapping, for "unknown key" messages.
@@ -204,6 +215,7 @@ ALLOWED_KEYS: dict[str, tuple[str, ...]] = {
     "gpus": tuple(GpusConfig.model_fields),
     "model": tuple(GpuModelSpec.model_fields),
     "fairshare": tuple(FairshareConfig.model_fields),
+    "pages": tuple(PagesConfig.model_fields),
 }
 
 
