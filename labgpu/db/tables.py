@@ -134,6 +134,8 @@ class AllocationEventRow(Base):
     allocation_id: Mapped[int] = mapped_column(Integer)
     image: Mapped[str | None] = mapped_column(Text, nullable=True)
     reason: Mapped[str] = mapped_column(Text, default="")
+    # The group the grant was charged to (migration 0009), for usage per group.
+    group_name: Mapped[str] = mapped_column(String(255), default="", server_default="")
 
 
 # ============================================================================================
@@ -168,6 +170,8 @@ class QueueEntryRow(Base):
     ended_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
     reason: Mapped[str] = mapped_column(Text, default="")
     gpu_uuids: Mapped[str] = mapped_column(Text, default="")  # comma-separated, once granted
+    # The group the spawn chose to be charged to (migration 0009; "" = the policy's default).
+    group_name: Mapped[str] = mapped_column(String(255), default="", server_default="")
 
 
 class ReclaimNoticeRow(Base):
@@ -368,3 +372,21 @@ class SshKeyRow(Base):
     comment: Mapped[str] = mapped_column(Text)
     added_at: Mapped[datetime] = mapped_column(UtcDateTime)
     last_used_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+
+
+# ============================================================================================
+# Workspace uids and gids (migration 0009): handed out once per user and group, then kept
+# ============================================================================================
+
+
+class WorkspaceIdRow(Base):
+    """The uid a hub user's workspace runs as (kind "user"), or the gid of a group's shared folder
+    (kind "group"). Read and written only by :mod:`labgpu.db.workspace_ids`."""
+
+    __tablename__ = "workspace_ids"
+    __table_args__ = (UniqueConstraint("kind", "number", name="uq_workspace_ids_kind_number"),)
+
+    kind: Mapped[str] = mapped_column(String(8), primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    number: Mapped[int] = mapped_column(Integer)
+    assigned_at: Mapped[datetime] = mapped_column(UtcDateTime)
