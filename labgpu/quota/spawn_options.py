@@ -18,7 +18,7 @@ from labgpu.quota.limits import Limits
 from labgpu.units import format_duration, format_size, gpus_text, parse_size
 
 # Options a request may carry; anything else is refused.
-OPTION_KEYS = ("gpus", "image", "memory", "cpus", "gpu_model")
+OPTION_KEYS = ("gpus", "image", "memory", "cpus", "gpu_model", "group")
 # The smallest memory limit a user may ask for: below it JupyterLab itself is OOM-killed.
 MIN_MEMORY = 512 * 1024**2
 # The smallest CPU limit: Docker's (a 1 ms quota per 100 ms period). Below it the quota rounds to
@@ -46,6 +46,7 @@ class SpawnRequest:
     gpu_model: str | None  # None: any model the user is allowed
     idle_timeout: int | None
     max_runtime: int | None
+    group: str | None = None  # the group this server is charged to (its pool, fair share, usage)
 
     def as_user_options(self) -> dict[str, Any]:
         """JSON-able options that, validated again, give this same request (to persist)."""
@@ -54,6 +55,8 @@ class SpawnRequest:
             options["image"] = self.image_name
         if self.gpu_model is not None:
             options["gpu_model"] = self.gpu_model
+        if self.group is not None:
+            options["group"] = self.group
         return options
 
 
@@ -206,6 +209,7 @@ def validate_user_options(
         gpu_model = model
 
     return SpawnRequest(
+        group=charged_group(limits, values.get("group")),
         gpus=gpus,
         image_name=image_name,
         image=image_ref,
@@ -218,6 +222,27 @@ def validate_user_options(
         idle_timeout=limits.idle_timeout,
         max_runtime=limits.max_runtime,
     )
+
+
+def default_group(limits: Limits) -> str | None:
+    """The group a server is charged to when its owner does not choose: the first of the user's
+    groups with a GPU pool, else their first group, else none."""
+    return next((g for g in limits.groups if g in limits.pools), limits.groups[0] if limits.groups else None)
+
+
+def charged_group(limits: Limits, requested: Any) -> str | None:
+    """The group a server draws on: ``requested`` (the ``group`` option) if it is one of the
+    user's groups, else :func:`default_group`. Its pool, fair share and usage are charged."""
+    if requested is None:
+        return default_group(limits)
+    if not isinstance(requested, str):
+        raise SpawnOptionsError(f"Option 'group' must be a group name, not {requested!r:.60}.")
+    if requested not in limits.groups:
+        mine = ", ".join(limits.groups) or "none (you are in no group of the quota files)"
+        raise SpawnOptionsError(
+            f"You are not in group {requested[:100]!r}, so your server cannot be charged to it. Your groups: {mine}."
+        )
+    return requested
 
 
 def parse_form(formdata: Mapping[str, list[str]]) -> dict[str, str]:
@@ -273,6 +298,11 @@ def _limits_note(limits: Limits, gpus_in_use_by_user: int) -> str:
     if limits.gpus and limits.max_runtime is not None:
         parts.append(f"GPU servers run at most {format_duration(limits.max_runtime)}")
     return "Your limits: " + "; ".join(parts) + "."
+
+
+def _group_label(limits: Limits, group: str) -> str:
+    pool = limits.pools.get(group)
+    return group if pool is None else f"{group} (pool of {gpus_text(pool)})"
 
 
 def options_form(
@@ -354,6 +384,21 @@ def options_form(
             '<div class="form-group">'
             '<label for="labgpu-gpu-model">GPU model</label>'
             f'<select class="form-control" id="labgpu-gpu-model" name="gpu_model">{model_options}</select></div>'
+        )
+
+    if len(limits.groups) > 1:
+        prev_group = previous.get("group")
+        selected_group = prev_group if prev_group in limits.groups else default_group(limits)
+        group_options = "".join(
+            f'<option value="{esc(g)}"{" selected" if g == selected_group else ""}>{esc(label)}</option>'
+            for g, label in ((g, _group_label(limits, g)) for g in limits.groups)
+        )
+        rows.append(
+            '<div class="form-group">'
+            '<label for="labgpu-group">Charged to group</label>'
+            f'<select class="form-control" id="labgpu-group" name="group">{group_options}</select>'
+            '<p class="help-block">The group whose GPU pool, fair share and usage this server counts against.</p>'
+            "</div>"
         )
 
     rows.append(f'<p class="help-block labgpu-limits">{esc(_limits_note(limits, gpus_in_use_by_user))}</p>')

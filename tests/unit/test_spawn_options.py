@@ -186,7 +186,7 @@ def test_request_round_trips_through_saved_user_options():
         (
             {"privileged": True},
             0,
-            "Unknown spawn option 'privileged'. Allowed options: gpus, image, memory, cpus, gpu_model.",
+            "Unknown spawn option 'privileged'. Allowed options: gpus, image, memory, cpus, gpu_model, group.",
         ),
         ({"gpus": [1, 2]}, 0, "Option 'gpus' must be a single value"),
         # Over REST a list is never an option's value (a form's fields are made single by parse_form).
@@ -205,7 +205,7 @@ def test_thousands_of_unknown_options_make_a_short_message():
         validate_user_options(ALICE, {f"key{i}": i for i in range(2000)}, gpus_in_use_by_user=0)
     assert str(info.value) == (
         "Unknown spawn options 'key0', 'key1', 'key10', 'key100', 'key1000' and 1995 more. "
-        "Allowed options: gpus, image, memory, cpus, gpu_model."
+        "Allowed options: gpus, image, memory, cpus, gpu_model, group."
     )
     with pytest.raises(SpawnOptionsError) as info:
         validate_user_options(ALICE, {"x" * 1_000_000: 1}, gpus_in_use_by_user=0)
