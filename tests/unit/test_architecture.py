@@ -33,7 +33,8 @@ ALLOWED = {
     "db": {"gpus", "quota"},
     "hub": {"quota", "gpus", "fairshare", "db"},
     "services": {"quota", "gpus", "fairshare", "db"},
-    "cli": {"quota", "gpus", "fairshare", "db", "hub", "services"},
+    "cli": {"quota", "gpus", "fairshare", "db", "hub", "services", "web"},
+    "web": {"quota", "gpus", "fairshare", "db"},
 }
 MAX_LINES = 620
 
