@@ -307,6 +307,7 @@ class Ledger(Store):
         image: str | None,
         reason: str,
         at: datetime,
+        group: str = "",
     ) -> None:
         conn.execute(
             _INSERT_EVENT,
@@ -319,6 +320,7 @@ class Ledger(Store):
                 "allocation_id": allocation_id,
                 "image": image,
                 "reason": reason,
+                "group_name": group,
             },
         )
 
@@ -326,7 +328,9 @@ class Ledger(Store):
         allocation = self._allocation(conn, row)
         conn.execute(_DELETE_ALLOCATED, {"allocation_id": row.id})
         conn.execute(_DELETE_ALLOCATION, {"allocation_id": row.id})
-        self._audit(conn, "release", row.id, row.user, row.server, allocation.gpu_uuids, row.image, reason, now)
+        self._audit(
+            conn, "release", row.id, row.user, row.server, allocation.gpu_uuids, row.image, reason, now, row.group_name
+        )
         return allocation
 
     def _insert_allocation(
@@ -356,7 +360,7 @@ class Ledger(Store):
             )
         )
         conn.execute(_INSERT_ALLOCATED, [{"gpu_uuid": u, "allocation_id": allocation_id} for u in uuids])
-        self._audit(conn, action, allocation_id, user, server, uuids, image, reason, now)
+        self._audit(conn, action, allocation_id, user, server, uuids, image, reason, now, group)
         return allocation_id
 
     def allocate(

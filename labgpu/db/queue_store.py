@@ -72,6 +72,7 @@ class QueueEntry:
     ended_at: datetime | None
     reason: str
     gpu_uuids: tuple[str, ...]
+    group: str = ""  # the group the spawn chose to be charged to ("" = the policy's default)
 
     @property
     def server_label(self) -> str:
@@ -107,6 +108,7 @@ class HeldInterval:
     start: datetime
     end: datetime | None
     reason: str = ""  # why it was released
+    group: str = ""  # the group it was charged to ("" = none recorded)
 
 
 def _entry(row: Any) -> QueueEntry:
@@ -128,6 +130,7 @@ def _entry(row: Any) -> QueueEntry:
         row.ended_at,
         row.reason or "",
         tuple(u for u in (row.gpu_uuids or "").split(",") if u),
+        row.group_name or "",
     )
 
 
@@ -194,6 +197,7 @@ class QueueStore(Store):
         image: str | None = None,
         exclude: Sequence[str] = (),
         max_runtime: float | None = None,
+        group: str | None = None,
     ) -> QueueEntry:
         """Queue this server's request; a server already waiting keeps its place (its original
         submission time: a spawn retried after a hub restart is not sent to the back)."""
@@ -206,6 +210,7 @@ class QueueStore(Store):
             image=image,
             exclude=json.dumps(list(exclude)),
             max_runtime=max_runtime,
+            group_name=group or "",
             heartbeat_at=now,
         )
         key = dict(user=user, server=server, status=WAITING)
@@ -318,24 +323,28 @@ class QueueStore(Store):
                     _events.c.gpu_uuids,
                     _events.c.allocation_id,
                     _events.c.reason,
+                    _events.c.group_name,
                 )
                 .where(_events.c.at < until)
                 .order_by(_events.c.id)
             ).all()
         open_: dict[int, HeldInterval] = {}
         intervals: list[HeldInterval] = []
-        for at, action, user, server, uuids, allocation_id, reason in rows:
+        for at, action, user, server, uuids, allocation_id, reason, group in rows:
             gpus = len([u for u in (uuids or "").split(",") if u])
             if action in ("grant", "adopt"):
-                open_[allocation_id] = HeldInterval(user, server, gpus, at, None)
+                open_[allocation_id] = HeldInterval(user, server, gpus, at, None, group=group or "")
             elif action == "release":
                 start = open_.pop(allocation_id, None)
                 begin = start.start if start is not None else since
                 if at > since and gpus:
-                    intervals.append(HeldInterval(user, server, gpus, max(begin, since), at, reason or ""))
+                    charged = start.group if start is not None else group or ""
+                    intervals.append(HeldInterval(user, server, gpus, max(begin, since), at, reason or "", charged))
         for held in open_.values():
             if held.gpus:
-                intervals.append(HeldInterval(held.user, held.server, held.gpus, max(held.start, since), None))
+                intervals.append(
+                    HeldInterval(held.user, held.server, held.gpus, max(held.start, since), None, group=held.group)
+                )
         return sorted(intervals, key=lambda h: (h.start, h.user, h.server))
 
     # -- reclaim notices ------------------------------------------------------------------------
