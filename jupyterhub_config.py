@@ -60,6 +60,8 @@ LABGPU_DISK                 on                               the disk-usage serv
                                                              against the quota files' disk / shared_disk):
                                                              on or off
 LABGPU_DISK_INTERVAL        10m                              time between two measurements of the volumes
+LABGPU_WEB_PORT             8090                             port (on 127.0.0.1) of the hub's GPU pages, the
+                                                             labgpu web service at /services/labgpu/
 DOCKER_HOST                 (the local socket)               the Docker engine; passed on to the services
 Users and logging in
 LABGPU_ADMIN_USERS          (none; demo: the first user)     comma-separated admin user names
@@ -328,6 +330,33 @@ if wanted("LABGPU_RECLAIM"):
         # only what it needs: stop servers and read users' groups
         {"name": "labgpu-reclaim", "scopes": list(RECLAIMER_SCOPES), "services": ["labgpu-reclaim"]}
     )
+# The hub's GPU pages (GPU board, my usage, lab usage, their JSON API): the labgpu web service,
+# logged in through the hub (Hub OAuth), linked in the hub's nav bar by labgpu/web/hub_templates.
+c.JupyterHub.services.append(
+    {
+        "name": "labgpu",
+        "url": f"http://127.0.0.1:{int(env('LABGPU_WEB_PORT', '8090'))}",
+        "command": [
+            *[sys.executable, "-m", "labgpu.cli", "web", "--db", ledger_url],
+            *["--quotas", ",".join(quota_files) or "none"],
+        ],
+        "environment": service_env,
+        "oauth_no_confirm": True,
+    }
+)
+
+
+def grant_users(*scopes):
+    """Add scopes to JupyterHub's default "user" role (kept: self)."""
+    role = next((r for r in c.JupyterHub.load_roles if r["name"] == "user"), None)
+    if role is None:
+        role = {"name": "user", "scopes": ["self"]}
+        c.JupyterHub.load_roles.append(role)
+    role["scopes"] += [s for s in scopes if s not in role["scopes"]]
+
+
+grant_users("access:services!service=labgpu")  # every user may open the GPU pages (each page checks more)
+c.JupyterHub.template_paths = [str(Path(__file__).resolve().parent / "labgpu" / "web" / "hub_templates")]
 disk_service = env("LABGPU_DISK", "on")
 if disk_service not in ("on", "off"):
     refuse(f"LABGPU_DISK must be on or off (got {disk_service!r})")

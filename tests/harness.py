@@ -90,6 +90,7 @@ class HubProcess:
         # Fixed for the hub's life: running workspaces keep the hub API URL they started with.
         self.hub_port = free_port("0.0.0.0")
         self.proxy_api_port = free_port()
+        self.web_port = free_port()  # the labgpu web service (GPU pages)
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
         self.docker = docker.from_env()
@@ -103,6 +104,7 @@ class HubProcess:
             LABGPU_BIND_URL=self.url,
             LABGPU_HUB_PORT=str(self.hub_port),
             LABGPU_PROXY_API_PORT=str(self.proxy_api_port),
+            LABGPU_WEB_PORT=str(self.web_port),
             LABGPU_STATE_DIR=str(self.state_dir),
             LABGPU_HUB_ID=self.hub_id,
             LABGPU_DEMO_USERS=",".join(self.users),

@@ -12,7 +12,9 @@ from labgpu.cli.options import add_ledger_option, add_quotas_option, ledger_url,
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = subparsers.add_parser("web", help="the hub's GPU pages (a managed service of the hub)", description=__doc__)
+    parser = subparsers.add_parser(
+        "web", help="the hub's GPU pages (a managed service of the hub)", description=__doc__
+    )
     add_ledger_option(parser)
     add_quotas_option(parser, ' ("none": no policy)')
     parser.add_argument(
@@ -34,7 +36,10 @@ def run_web(args: argparse.Namespace) -> int:
 
     listen = args.listen or urlparse(os.environ.get("JUPYTERHUB_SERVICE_URL", "")).netloc
     if not listen or ":" not in listen:
-        print("labgpu web: give --listen HOST:PORT or run it as the hub's service (JUPYTERHUB_SERVICE_URL)", file=sys.stderr)
+        print(
+            "labgpu web: give --listen HOST:PORT or run it as the hub's service (JUPYTERHUB_SERVICE_URL)",
+            file=sys.stderr,
+        )
         return 2
     host, _, port = listen.rpartition(":")
     if not os.environ.get("JUPYTERHUB_API_TOKEN"):
