@@ -19,6 +19,7 @@ from labgpu.gpus.telemetry import GpuReading, ProcessReading
 
 MIN_INTERVAL_S = 1.0  # NVML takes a driver lock on every call: sampling faster slows everything
 DEFAULT_INTERVAL_S = 5.0
+SLOW_EVERY_TICKS = 12  # ECC, row remapping, clock event reasons: once a minute at the 5 s default
 
 
 class TelemetrySource(Protocol):
@@ -32,14 +33,32 @@ class TelemetrySource(Protocol):
 
 
 class NvmlTelemetrySource:
-    """Reads every GPU through NVML (nvidia-ml-py). Handles are fetched once here, because
-    re-fetching them each tick is what made gpustat burn CPU; per-process utilization keeps
-    each GPU's ``lastSeenTimeStamp`` so every tick sees only new samples."""
+    """Reads every GPU through NVML (nvidia-ml-py), as cheaply as the figures allow.
 
-    def __init__(self) -> None:
+    Handles are fetched once, because re-fetching them each tick is what made gpustat burn CPU.
+    Utilization, memory, the process list, temperature and power cost about 20 us per GPU
+    together and are read every tick. Two things are not (measured on an H200, driver 580):
+
+    - ``nvmlDeviceGetProcessUtilization`` costs ~2.7 ms per GPU, a hundred times the rest, so it
+      is asked only where it tells us something: on a GPU with more than one process. An
+      exclusively held GPU's utilization is its one process's (that process's ``sm_util`` is
+      the device's), and :func:`labgpu.gpus.telemetry.busy_shares` gives it the whole busy
+      time either way, so usage and fair share see the same figures.
+    - ECC errors, row remapping (retired pages on older parts) and clock event reasons change
+      rarely and only feed health checks, so they are read every ``slow_every`` ticks and the
+      last values are reported in between.
+
+    Energy counters and ``nvmlDeviceGetSamples`` (~3 ms each) are never called.
+    """
+
+    def __init__(self, slow_every: int = SLOW_EVERY_TICKS, clock: Callable[[], float] = time.time) -> None:
         import pynvml  # only here: the rest of the poller runs without NVML
 
+        if slow_every < 1:
+            raise ValueError(f"slow_every must be >= 1 tick (got {slow_every})")
         self._nvml = pynvml
+        self.slow_every = slow_every
+        self._clock = clock
         pynvml.nvmlInit()
         self._devices: list[tuple[int, Any, str, str]] = []
         for index in range(pynvml.nvmlDeviceGetCount()):
@@ -47,7 +66,11 @@ class NvmlTelemetrySource:
             uuid = _text(pynvml.nvmlDeviceGetUUID(handle))
             name = _text(pynvml.nvmlDeviceGetName(handle))
             self._devices.append((index, handle, uuid, name))
+        # Per GPU, the newest per-process sample seen (NVML timestamps, microseconds since the
+        # epoch), so each call returns only samples newer than the previous tick's.
         self._last_seen_us: dict[str, int] = {uuid: 0 for _, _, uuid, _ in self._devices}
+        self._slow: dict[str, tuple[int | None, int | None, bool | None]] = {}
+        self._ticks = 0
         # Renamed from "throttle reasons" to "clock event reasons" in newer nvidia-ml-py.
         self._clock_event_reasons = (
             getattr(pynvml, "nvmlDeviceGetCurrentClocksEventReasons", None)
@@ -55,21 +78,49 @@ class NvmlTelemetrySource:
         )
 
     def read(self) -> list[GpuReading]:
+        slow_due = self._ticks % self.slow_every == 0
+        self._ticks += 1
+        now_us = int(self._clock() * 1_000_000)
         readings = []
         for index, handle, uuid, name in self._devices:
             try:
-                readings.append(self._read_device(index, handle, uuid, name))
+                readings.append(self._read_device(index, handle, uuid, name, slow_due, now_us))
             except self._nvml.NVMLError as error:
-                # One GPU failing (fallen off the bus, XID) must not stop the others.
+                # One GPU failing (fallen off the bus, XID) must not stop the others; its slow
+                # fields are read afresh once it answers again.
+                self._slow.pop(uuid, None)
                 readings.append(GpuReading(uuid=uuid, index=index, name=name, error=str(error)))
         return readings
 
-    def _read_device(self, index: int, handle: Any, uuid: str, name: str) -> GpuReading:
+    def wants_process_utilization(self, process_count: int) -> bool:
+        """Whether per-process utilization says more than the device's: only when processes
+        share the GPU (a benchmark overrides this to measure the always-asking baseline)."""
+        return process_count > 1
+
+    def _read_device(self, index: int, handle: Any, uuid: str, name: str, slow_due: bool, now_us: int) -> GpuReading:
         nv = self._nvml
         utilization = nv.nvmlDeviceGetUtilizationRates(handle)
         memory = nv.nvmlDeviceGetMemoryInfo(handle)
         processes = {p.pid: _mib(p.usedGpuMemory) for p in nv.nvmlDeviceGetComputeRunningProcesses(handle)}
-        sm_by_pid = self._process_utilization(handle, uuid)
+        if self.wants_process_utilization(len(processes)):
+            util_by_pid = self._process_utilization(handle, uuid)
+        else:
+            # The one process's utilization is the device's. Skip the samples of this tick, so
+            # that a later shared tick asks only for what came after it.
+            self._last_seen_us[uuid] = max(self._last_seen_us[uuid], now_us)
+            util_by_pid = {pid: (int(utilization.gpu), int(utilization.memory)) for pid in processes}
+        if slow_due or uuid not in self._slow:
+            self._slow[uuid] = (
+                self._optional(self._clock_event_reasons, handle),
+                self._optional(
+                    nv.nvmlDeviceGetTotalEccErrors,
+                    handle,
+                    nv.NVML_MEMORY_ERROR_TYPE_UNCORRECTED,
+                    nv.NVML_VOLATILE_ECC,
+                ),
+                self._remap_pending(handle),
+            )
+        throttle_reasons, ecc_uncorrected, remap_pending = self._slow[uuid]
         return GpuReading(
             uuid=uuid,
             index=index,
@@ -80,20 +131,15 @@ class NvmlTelemetrySource:
             memory_used_mib=_mib(memory.used),
             temperature_c=self._optional(nv.nvmlDeviceGetTemperature, handle, nv.NVML_TEMPERATURE_GPU),
             power_w=_watts(self._optional(nv.nvmlDeviceGetPowerUsage, handle)),
-            throttle_reasons=self._optional(self._clock_event_reasons, handle),
-            ecc_uncorrected=self._optional(
-                nv.nvmlDeviceGetTotalEccErrors,
-                handle,
-                nv.NVML_MEMORY_ERROR_TYPE_UNCORRECTED,
-                nv.NVML_VOLATILE_ECC,
-            ),
-            remap_pending=self._remap_pending(handle),
+            throttle_reasons=throttle_reasons,
+            ecc_uncorrected=ecc_uncorrected,
+            remap_pending=remap_pending,
             processes=tuple(
                 ProcessReading(
                     pid=pid,
                     used_memory_mib=used,
-                    sm_util=sm_by_pid.get(pid, (None, None))[0],
-                    mem_util=sm_by_pid.get(pid, (None, None))[1],
+                    sm_util=util_by_pid.get(pid, (None, None))[0],
+                    mem_util=util_by_pid.get(pid, (None, None))[1],
                 )
                 for pid, used in sorted(processes.items())
             ),

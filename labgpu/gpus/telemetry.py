@@ -85,6 +85,8 @@ def busy_shares(reading: GpuReading) -> dict[int, float]:
     if not reading.processes:
         return {}
     device_busy = (reading.utilization_gpu or 0) / 100.0
+    if len(reading.processes) == 1:  # an exclusive GPU's busy time is its one process's
+        return {reading.processes[0].pid: device_busy}
     weights = {p.pid: float(p.sm_util or 0) for p in reading.processes}
     total = sum(weights.values())
     if total <= 0:
