@@ -390,3 +390,25 @@ class WorkspaceIdRow(Base):
     name: Mapped[str] = mapped_column(String(255), primary_key=True)
     number: Mapped[int] = mapped_column(Integer)
     assigned_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+# ============================================================================================
+# Hub events (migration 0010): spawn refusals and reconcile findings, counted by the metrics
+# ============================================================================================
+
+
+class HubEventRow(Base):
+    """A spawn refusal (kind "refusal", reason = JupyterHub's: quota, capacity, ...) or one finding
+    of a reconcile with Docker (kind "reconcile": adopted, released, stopped, conflict, skipped,
+    ``count`` of them). Append-only; read and written only by :mod:`labgpu.db.hub_events`."""
+
+    __tablename__ = "hub_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(UtcDateTime, index=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(String(32))
+    user: Mapped[str] = mapped_column(String(255))
+    server: Mapped[str] = mapped_column(String(255))
+    count: Mapped[int] = mapped_column(Integer)
+    message: Mapped[str] = mapped_column(Text)
