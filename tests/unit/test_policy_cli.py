@@ -21,7 +21,7 @@ def labgpu(*args: str, cwd: Path = REPO, env: dict | None = None) -> subprocess.
 def test_check_passes_on_the_shipped_example_and_summarises_it():
     result = labgpu("quotas", "check", "quotas/quotas.yaml")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("OK: quotas/quotas.yaml: 1 images, 3 groups")
+    assert result.stdout.startswith("OK: quotas/quotas.yaml: 3 images, 3 groups")
     demo = next(line for line in result.stdout.splitlines() if line.startswith("demo "))
     assert demo.split()[1:4] == ["0", "0", "4G"]
 
