@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from labgpu.cli.usage import usage_rows
 from labgpu.db.ledger import Ledger
 from labgpu.db.queue_store import QueueStore
+from labgpu.db.usage import usage_rows
 from labgpu.gpus.inventory import ReplayInventory
 
 DATA = Path(__file__).parent.parent / "data"

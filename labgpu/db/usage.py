@@ -1,0 +1,133 @@
+"""GPU accounting from the ledger, one code path for `labgpu usage` and the hub's usage pages:
+GPU-hours held (allocations), busy (the poller's telemetry in the same database, if any),
+efficiency = busy / held, spawns that waited in the GPU queue (mean and longest wait), and
+servers reclaimed for idleness with the idle GPU-hours they held; and the same held hours per
+day, for the pages' charts."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+
+from labgpu.db.queue_store import GRANTED, HeldInterval, QueueStore
+
+HOUR = 3600.0
+NO_GROUP = "(no group)"
+
+
+@dataclass
+class UsageRow:
+    """One user's or group's figures over the period."""
+
+    name: str
+    gpu_hours_held: float = 0.0
+    gpu_hours_busy: float | None = None  # None: no telemetry for the period
+    queued: int = 0  # spawns that waited in the GPU queue and got their GPUs
+    wait_hours_total: float = 0.0
+    wait_hours_max: float = 0.0
+    reclaims: int = 0
+    reclaimed_gpu_hours: float = 0.0  # GPU-hours the reclaimed servers had sat idle
+
+    @property
+    def efficiency(self) -> float | None:
+        if self.gpu_hours_busy is None or self.gpu_hours_held <= 0:
+            return None
+        return self.gpu_hours_busy / self.gpu_hours_held
+
+    @property
+    def mean_wait_hours(self) -> float | None:
+        return self.wait_hours_total / self.queued if self.queued else None
+
+
+def no_groups(user: str) -> Sequence[str]:
+    """--by user: no groups are looked up."""
+    return ()
+
+
+def usage_rows(
+    store: QueueStore,
+    since: datetime,
+    until: datetime,
+    *,
+    by: str = "user",
+    groups_of: Callable[[str], Sequence[str]] = no_groups,
+    busy_hours: dict[str, float] | None = None,
+    held: Iterable[HeldInterval] | None = None,
+) -> list[UsageRow]:
+    """Figures per user (or per group: a user in several groups counts in each) over
+    [since, until); ``busy_hours`` per user comes from telemetry when there is any; ``held``:
+    the store's ``held_intervals(since, until)`` when the caller has read them already."""
+    rows: dict[str, UsageRow] = {}
+
+    def keys(user: str) -> Sequence[str]:
+        if by == "user":
+            return (user,)
+        return tuple(groups_of(user)) or (NO_GROUP,)
+
+    def row(key: str) -> UsageRow:
+        return rows.setdefault(key, UsageRow(key))
+
+    for interval in store.held_intervals(since, until) if held is None else held:
+        end = min(interval.end or until, until)
+        hours = max(0.0, (end - max(interval.start, since)).total_seconds()) * interval.gpus / HOUR
+        for key in keys(interval.user):
+            row(key).gpu_hours_held += hours
+    for entry in store.history(since):
+        if entry.status != GRANTED or entry.ended_at is None or entry.ended_at >= until:
+            continue
+        waited = (entry.ended_at - entry.submitted_at).total_seconds() / HOUR
+        for key in keys(entry.user):
+            r = row(key)
+            r.queued += 1
+            r.wait_hours_total += waited
+            r.wait_hours_max = max(r.wait_hours_max, waited)
+    for notice in store.notices():
+        if notice.reclaimed_at is None or not since <= notice.reclaimed_at < until:
+            continue
+        for key in keys(notice.user):
+            row(key).reclaims += 1
+            row(key).reclaimed_gpu_hours += notice.gpus * notice.idle_for / HOUR
+    if busy_hours is not None:
+        for r in rows.values():
+            r.gpu_hours_busy = 0.0
+        for user, hours in busy_hours.items():
+            for key in keys(user):
+                r = row(key)
+                r.gpu_hours_busy = (r.gpu_hours_busy or 0.0) + hours
+    return sorted(rows.values(), key=lambda r: (-r.gpu_hours_held, r.name))
+
+
+def busy_hours_of(ledger_url: str, since: datetime, until: datetime) -> dict[str, float] | None:
+    """GPU-hours busy per user from the poller's telemetry, or None when it has recorded nothing
+    (or the ledger has no telemetry tables yet)."""
+    try:
+        from labgpu.db.telemetry_store import TelemetryDB
+
+        report = TelemetryDB(ledger_url, migrate=False).usage(since.timestamp(), until.timestamp())
+    except Exception:  # no telemetry tables (no poller yet): report held hours only
+        return None
+    if not report.by_user:
+        return None
+    return {user: usage.gpu_hours_busy for user, usage in report.by_user.items()}
+
+
+def held_per_day(
+    intervals: Iterable[HeldInterval], since: datetime, until: datetime, users: Iterable[str] | None = None
+) -> dict[str, dict[date, float]]:
+    """GPU-hours held per user per (UTC) day over [since, until): the hours ``usage_rows`` counts,
+    split at midnights, so a user's days add up to their ``gpu_hours_held``."""
+    wanted = None if users is None else set(users)
+    days: dict[str, dict[date, float]] = {}
+    for held in intervals:
+        if wanted is not None and held.user not in wanted:
+            continue
+        start = max(held.start, since)
+        end = min(held.end or until, until)
+        per_user = days.setdefault(held.user, {})
+        while start < end:
+            midnight = datetime.combine(start.date() + timedelta(days=1), datetime.min.time(), tzinfo=start.tzinfo)
+            stop = min(end, midnight)
+            per_user[start.date()] = per_user.get(start.date(), 0.0) + (stop - start).total_seconds() * held.gpus / HOUR
+            start = stop
+    return days
