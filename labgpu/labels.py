@@ -8,7 +8,7 @@ once here keeps writers and readers agreeing. Also the one spelling of a server'
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 LABEL_PREFIX = "org.labgpu."
 
@@ -54,3 +54,34 @@ def hub_filter(hub_id: str) -> str:
 def managed_labels(kind: str = "") -> dict[str, str]:
     """Labels marking a Docker object LabGPU created (and, for volumes, what it is for)."""
     return {LABEL_MANAGED: "true", LABEL_KIND: kind} if kind else {LABEL_MANAGED: "true"}
+
+
+# What the spawn page shows of an image, in this order: (label component, how people write it).
+IMAGE_VERSION_FIELDS = (
+    ("torch", "PyTorch"),
+    ("cuda", "CUDA"),
+    ("cudnn", "cuDNN"),
+    ("nccl", "NCCL"),
+    ("python", "Python"),
+    ("jupyterlab", "JupyterLab"),
+)
+
+
+def _cudnn_text(value: str) -> str:
+    """torch reports cuDNN as one number: 90100 is 9.1.0 (cuDNN 9+), 8907 is 8.9.7."""
+    if not value.isdigit():
+        return value
+    number = int(value)
+    major, rest = (number // 10000, number % 10000) if number >= 10000 else (number // 1000, number % 1000)
+    return f"{major}.{rest // 100}.{rest % 100}"
+
+
+def image_versions_text(labels: Mapping[str, str]) -> str:
+    """The versions an image's ``org.labgpu.version.*`` labels name, e.g. ``PyTorch 2.7.1,
+    CUDA 12.6, cuDNN 9.5.1, NCCL 2.21.5, Python 3.11.2, JupyterLab 4.6.6`` ("" when none)."""
+    parts = []
+    for component, name in IMAGE_VERSION_FIELDS:
+        value = labels.get(version_label(component), "")
+        if value and value != "none":
+            parts.append(f"{name} {_cudnn_text(value) if component == 'cudnn' else value}")
+    return ", ".join(parts)

@@ -305,16 +305,47 @@ def _group_label(limits: Limits, group: str) -> str:
     return group if pool is None else f"{group} (pool of {gpus_text(pool)})"
 
 
+def _image_choice(limits: Limits, previous: Mapping[str, Any], versions: Mapping[str, str | None]) -> str:
+    """The image field: each image with the versions inside it; one not on this server greyed out."""
+    esc = html.escape
+    missing = {c.name for c in limits.images if c.name in versions and versions[c.name] is None}
+    prev_image = previous.get("image") if isinstance(previous.get("image"), str) else None
+    selected = prev_image if prev_image and limits.image(prev_image) else limits.default_image
+    if selected in missing:
+        selected = next((c.name for c in limits.images if c.name not in missing), selected)
+    options = []
+    for c in limits.images:
+        text = versions.get(c.name)
+        label = f"{c.display} (not built on this server: ask an admin)" if c.name in missing else c.display
+        title = f' title="{esc(text)}"' if text else ""
+        flags = (" selected" if c.name == selected else "") + (" disabled" if c.name in missing else "")
+        options.append(f'<option value="{esc(c.name)}"{title}{flags}>{esc(label)}</option>')
+    details = "".join(
+        f"<li><b>{esc(c.display)}</b>: {esc(text)}</li>" for c in limits.images if (text := versions.get(c.name))
+    )
+    return (
+        '<div class="form-group">'
+        '<label for="labgpu-image">Image</label>'
+        f'<select class="form-control" id="labgpu-image" name="image">{"".join(options)}</select>'
+        + (f'<ul class="help-block labgpu-image-versions">{details}</ul>' if details else "")
+        + "</div>"
+    )
+
+
 def options_form(
     limits: Limits,
     *,
     gpus_in_use_by_user: int = 0,
     previous: Mapping[str, Any] | None = None,
     disk_note: str = "",
+    image_versions: Mapping[str, str | None] | None = None,
 ) -> str:
     """HTML for the spawn page offering only what ``limits`` allow (GPU count, image, memory,
     GPU model), preselecting ``previous`` choices that are still allowed; ``disk_note`` says how
-    full the user's home and shared folders are (:func:`labgpu.quota.volumes.disk_note`)."""
+    full the user's home and shared folders are (:func:`labgpu.quota.volumes.disk_note`).
+    ``image_versions``: per image name, the versions inside it (``labels.image_versions_text``),
+    or None for an image not on this server, offered greyed out; an image missing from the
+    mapping (or no mapping) is offered as it is."""
     previous = previous or {}
     esc = html.escape
     rows: list[str] = []
@@ -343,17 +374,7 @@ def options_form(
     )
 
     if limits.images:
-        prev_image = previous.get("image") if isinstance(previous.get("image"), str) else None
-        selected = prev_image if prev_image and limits.image(prev_image) else limits.default_image
-        image_options = "".join(
-            f'<option value="{esc(c.name)}"{" selected" if c.name == selected else ""}>{esc(c.display)}</option>'
-            for c in limits.images
-        )
-        rows.append(
-            '<div class="form-group">'
-            '<label for="labgpu-image">Image</label>'
-            f'<select class="form-control" id="labgpu-image" name="image">{image_options}</select></div>'
-        )
+        rows.append(_image_choice(limits, previous, image_versions or {}))
 
     try:
         prev_memory = parse_size(_single("memory", previous["memory"])) if previous.get("memory") else limits.memory

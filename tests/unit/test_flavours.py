@@ -7,11 +7,14 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import textwrap
 from pathlib import Path
 
 import pytest
 
-from labgpu.quota import load_policy
+from labgpu.labels import image_versions_text, version_label
+from labgpu.quota import load_policy, load_policy_text, resolve
+from labgpu.quota.spawn_options import options_form
 
 ROOT = Path(__file__).resolve().parents[2]
 TABLE = ROOT / "images" / "flavours.tsv"
@@ -121,3 +124,63 @@ def test_the_example_quota_file_offers_every_flavour_by_its_tag():
     for row in rows():
         tag = tag_of(row["flavour"])
         assert tag in offered, f"quotas/quotas.yaml does not offer the {row['flavour']} flavour ({tag})"
+
+
+# --- the spawn page: each image with the versions inside it, an unbuilt one greyed out -----------
+
+FLAVOUR_POLICY = textwrap.dedent(
+    """
+    images:
+      pytorch: {image: "labgpu/workspace:local", display: "PyTorch (current)"}
+      pytorch-2.9: {image: "labgpu/workspace:pytorch-2.9", display: "PyTorch 2.9"}
+      pytorch-2.7: {image: "labgpu/workspace:pytorch-2.7", display: "PyTorch 2.7"}
+    defaults: {images: [pytorch, pytorch-2.9, pytorch-2.7]}
+    """
+)
+LABELS_27 = {
+    version_label("torch"): "2.7.1+cu126",
+    version_label("cuda"): "12.6",
+    version_label("cudnn"): "90501",
+    version_label("nccl"): "2.21.5",
+    version_label("python"): "3.11.2",
+    version_label("jupyterlab"): "4.6.6",
+    version_label("numpy"): "2.3.1",
+}
+
+
+def test_versions_text_names_the_stack_from_the_image_labels():
+    assert image_versions_text(LABELS_27) == (
+        "PyTorch 2.7.1+cu126, CUDA 12.6, cuDNN 9.5.1, NCCL 2.21.5, Python 3.11.2, JupyterLab 4.6.6"
+    )
+    # A CPU-only torch says "none" for what it lacks; cuDNN 8 numbers its versions differently.
+    cpu = {version_label("torch"): "2.7.1+cpu", version_label("cuda"): "none", version_label("cudnn"): "8907"}
+    assert image_versions_text(cpu) == "PyTorch 2.7.1+cpu, cuDNN 8.9.7"
+    assert image_versions_text({}) == ""
+
+
+def option_tags(form: str) -> dict[str, str]:
+    return dict(re.findall(r'<option value="([^"]+)"([^>]*)>', form))
+
+
+def test_the_spawn_page_shows_each_images_versions_and_greys_out_one_not_built():
+    limits = resolve(load_policy_text(FLAVOUR_POLICY, "q.yaml"), "alice")
+    form = options_form(
+        limits,
+        image_versions={
+            "pytorch": "PyTorch 2.14.1, Python 3.11.2",
+            "pytorch-2.9": None,
+            "pytorch-2.7": image_versions_text(LABELS_27),
+        },
+    )
+    tags = option_tags(form)
+    assert "disabled" in tags["pytorch-2.9"] and "disabled" not in tags["pytorch-2.7"]
+    assert "selected" in tags["pytorch"]
+    assert "PyTorch 2.9 (not built on this server: ask an admin)" in form
+    assert "<li><b>PyTorch 2.7</b>: PyTorch 2.7.1+cu126, CUDA 12.6, cuDNN 9.5.1" in form
+    # The preselected image (the first, or the one chosen last time) is never a greyed-out one.
+    form = options_form(
+        limits, previous={"image": "pytorch-2.9"}, image_versions={"pytorch": None, "pytorch-2.9": None}
+    )
+    assert "selected" in option_tags(form)["pytorch-2.7"]
+    # Without what Docker says, every image is offered as before.
+    assert "disabled" not in options_form(limits)
