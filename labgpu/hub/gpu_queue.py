@@ -40,6 +40,7 @@ from labgpu.gpus.allocator import (
     ServerLimitExceeded,
 )
 from labgpu.quota import Limits, Policy, resolve, user_groups
+from labgpu.quota.spawn_options import default_group
 from labgpu.units import format_minutes, gpus_text
 
 log = logging.getLogger("labgpu.queue")
@@ -68,6 +69,7 @@ class QueuedSpawn:
     exclude: tuple[str, ...] = ()
     max_runtime: float | None = None
     user_total: int | None = None  # the quota's GPUs across the user's servers (checked when granting)
+    group: str | None = None  # the group it is charged to (the spawn option "group"); None: the default
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,7 @@ class PolicyView:
 
     policy: Policy | None
     hub_groups: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    chosen: Mapping[str, str] = field(default_factory=dict)  # user -> the group their request chose
     _limits: dict[str, Limits] = field(default_factory=dict)
 
     def groups(self, user: str) -> tuple[str, ...]:
@@ -111,29 +114,26 @@ class PolicyView:
             self._limits[user] = resolve(self.policy, user, self.groups(user))
         return self._limits[user]
 
-    def charged_group(self, user: str) -> str | None:
-        """The group whose pool a user's GPUs count against: the first of their groups with a
-        pool (the ledger records it with each allocation), else None."""
-        limits = self.limits(user)
-        if limits is None:
-            return None
-        return next((g for g in limits.groups if g in limits.pools), None)
-
-    def group(self, user: str) -> str | None:
-        """The group a user's GPUs are charged to (:meth:`charged_group`), else their first group
-        (one group per user: the scheduler's shares are a two-level tree)."""
+    def group(self, user: str, chosen: str | None = None) -> str | None:
+        """The group a request of ``user`` is charged to (its pool, its fair share, its usage):
+        ``chosen`` (the spawn option "group"; else what this user's queued request chose) while
+        the user is still in it, else :func:`~labgpu.quota.spawn_options.default_group` (the
+        first of their groups with a pool, else their first group). One group per request: the
+        scheduler's shares are a two-level tree."""
         limits = self.limits(user)
         if limits is None or not limits.groups:
             return None
-        return self.charged_group(user) or limits.groups[0]
+        chosen = chosen or self.chosen.get(user)
+        return chosen if chosen in limits.groups else default_group(limits)
 
-    def ledger_limits(self, user: str, user_total: int | None = None) -> dict[str, Any]:
+    def ledger_limits(self, user: str, user_total: int | None = None, group: str | None = None) -> dict[str, Any]:
         """The limits :meth:`Ledger.allocate` checks inside its grant for ``user``: GPUs per
-        server, the total across servers (``user_total`` if given) and the charged group's pool."""
+        server, the total across servers (``user_total`` if given) and the pool of the group the
+        request is charged to (:meth:`group` of ``group``), recorded with the allocation."""
         limits = self.limits(user)
-        group = self.charged_group(user)
         if limits is None:
             return {"user_total": user_total}
+        group = self.group(user, group)
         return {
             "server_limit": limits.gpus,
             "user_total": limits.gpus_total if user_total is None else user_total,
@@ -233,7 +233,12 @@ class GpuQueue:
 
     def view(self, requests: Iterable[QueueEntry | QueuedSpawn] = ()) -> PolicyView:
         """The policy in force, with the hub groups these queue entries or spawns came with."""
-        return PolicyView(self.policy(), {r.user: tuple(r.groups) for r in requests})
+        requests = list(requests)
+        return PolicyView(
+            self.policy(),
+            {r.user: tuple(r.groups) for r in requests},
+            {r.user: r.group for r in requests if r.group},
+        )
 
     def _snapshot(
         self, view: PolicyView, entries: Sequence[QueueEntry]
@@ -275,7 +280,7 @@ class GpuQueue:
                 e.user,
                 e.gpus,
                 _ts(e.submitted_at),
-                group=view.group(e.user),
+                group=view.group(e.user, e.group),
                 max_runtime=e.max_runtime if e.max_runtime is not None else view.max_runtime(e.user),
             )
             for e in entries
@@ -334,7 +339,7 @@ class GpuQueue:
             entry = entry_of[grant.request_id]
             try:
                 # The same limits as a spawn granted at once: checked again inside the grant.
-                allocation = self._allocate(entry, view.ledger_limits(entry.user))
+                allocation = self._allocate(entry, view.ledger_limits(entry.user, group=entry.group))
             except ServerLimitExceeded as e:  # the policy changed while it waited: it can never start
                 if self.store.cancel(entry.id, str(e)):
                     log.info("GPU queue: %s removed: %s", entry.server_label, e)
@@ -382,7 +387,7 @@ class GpuQueue:
         # The hub's GPUs this request could ever get: the grant rule's count (models, exclusions).
         rule = GrantRule(spawn.gpus, spawn.models, frozenset(spawn.exclude))
         total = sum(1 for h in self.ledger.holdings() if rule.qualifies(h.gpu, h.present))
-        request = GpuRequest("new", spawn.user, spawn.gpus, 0.0, group=view.group(spawn.user))
+        request = GpuRequest("new", spawn.user, spawn.gpus, 0.0, group=view.group(spawn.user, spawn.group))
         reason = scheduler.refusal_reason(request, total, view.pools([spawn.user]), view.user_totals([spawn.user]))
         return None if reason is None else reason.replace(f"{spawn.user} asked", "You asked", 1)
 
@@ -394,7 +399,7 @@ class GpuQueue:
             allow_queue = self.view().allow_queue()
 
         def allocate() -> Allocation:
-            return self._allocate(spawn, self.view([spawn]).ledger_limits(spawn.user, spawn.user_total))
+            return self._allocate(spawn, self.view([spawn]).ledger_limits(spawn.user, spawn.user_total, spawn.group))
 
         def undo(allocation: Allocation) -> None:
             self.ledger.release(spawn.user, spawn.server, "spawn cancelled", granted_at=allocation.since)
@@ -425,6 +430,7 @@ class GpuQueue:
                 image=spawn.image,
                 exclude=spawn.exclude,
                 max_runtime=spawn.max_runtime,
+                group=spawn.group,
             )
 
         entry = await _finish_in_thread(enqueue, lambda e: self._give_up(e.id, spawn, "spawn cancelled or timed out"))
