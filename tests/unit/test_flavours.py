@@ -4,6 +4,7 @@ builds with their arguments and builds nothing, so this runs without Docker)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import subprocess
@@ -184,3 +185,31 @@ def test_the_spawn_page_shows_each_images_versions_and_greys_out_one_not_built()
     assert "selected" in option_tags(form)["pytorch-2.7"]
     # Without what Docker says, every image is offered as before.
     assert "disabled" not in options_form(limits)
+
+
+def test_the_hub_asks_docker_once_per_image_and_treats_a_missing_one_as_not_built():
+    from docker.errors import APIError, NotFound
+
+    from labgpu.hub import image_info
+
+    image_info._cache.clear()
+    asked: list[str] = []
+
+    async def inspect(ref: str) -> dict:
+        asked.append(ref)
+        if ref.endswith(":pytorch-2.9"):
+            raise NotFound("no such image")
+        if ref.endswith(":broken"):
+            raise APIError("engine hiccup")
+        return {"Config": {"Labels": LABELS_27}}
+
+    choices = [
+        ("pytorch-2.7", "labgpu/workspace:pytorch-2.7"),
+        ("pytorch-2.9", "labgpu/workspace:pytorch-2.9"),
+        ("x", "labgpu/workspace:broken"),
+    ]
+    found = asyncio.run(image_info.image_versions(inspect, choices))
+    assert found == {"pytorch-2.7": image_versions_text(LABELS_27), "pytorch-2.9": None}
+    asyncio.run(image_info.image_versions(inspect, choices))
+    # Known answers are reused; an engine error is asked again next time.
+    assert asked == [ref for _, ref in choices] + ["labgpu/workspace:broken"]
