@@ -47,3 +47,16 @@ def proxy_available() -> bool:
 
 def chromium_path() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster():
+    """A throwaway PostgreSQL cluster for the whole test run (tests/postgres.py): Debian's
+    PostgreSQL on a free port, in a temporary directory; stopped and deleted at the end."""
+    from tests.postgres import PostgresCluster, postgres_bindir
+
+    bindir = postgres_bindir()
+    require(bindir is not None, "PostgreSQL", "run scripts/need-postgres.sh (apt-get install postgresql)")
+    cluster = PostgresCluster(bindir)  # type: ignore[arg-type]
+    yield cluster
+    cluster.stop()

@@ -24,3 +24,16 @@ def ledger_url(tmp_path):
     hub_resources._session_stores.pop(url, None)
     hub_resources._ledgers.pop(url, None)
     ledger.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ledger_db(request, tmp_path):
+    """Where a store test keeps its database, once per backend: an SQLite file, or a database of
+    its own in the test run's throwaway PostgreSQL cluster (already at Alembic's head)."""
+    if request.param == "sqlite":
+        yield str(tmp_path / "ledger.sqlite")
+        return
+    cluster = request.getfixturevalue("postgres_cluster")
+    url = cluster.new_database()
+    yield url
+    cluster.drop_database(url)
