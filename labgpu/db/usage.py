@@ -55,14 +55,18 @@ def usage_rows(
     busy_hours: dict[str, float] | None = None,
     held: Iterable[HeldInterval] | None = None,
 ) -> list[UsageRow]:
-    """Figures per user (or per group: a user in several groups counts in each) over
-    [since, until); ``busy_hours`` per user comes from telemetry when there is any; ``held``:
-    the store's ``held_intervals(since, until)`` when the caller has read them already."""
+    """Figures per user (or per group) over [since, until); ``busy_hours`` per user comes from
+    telemetry when there is any; ``held``: the store's ``held_intervals(since, until)`` when the
+    caller has read them already. Per group, GPUs held and queue waits count for the group the
+    ledger charged them to (the spawn's choice, recorded since migration 0009); what carries no
+    group (older rows, reclaims, busy hours) counts in each of the user's groups."""
     rows: dict[str, UsageRow] = {}
 
-    def keys(user: str) -> Sequence[str]:
+    def keys(user: str, charged: str = "") -> Sequence[str]:
         if by == "user":
             return (user,)
+        if charged:
+            return (charged,)
         return tuple(groups_of(user)) or (NO_GROUP,)
 
     def row(key: str) -> UsageRow:
@@ -71,13 +75,13 @@ def usage_rows(
     for interval in store.held_intervals(since, until) if held is None else held:
         end = min(interval.end or until, until)
         hours = max(0.0, (end - max(interval.start, since)).total_seconds()) * interval.gpus / HOUR
-        for key in keys(interval.user):
+        for key in keys(interval.user, interval.group):
             row(key).gpu_hours_held += hours
     for entry in store.history(since):
         if entry.status != GRANTED or entry.ended_at is None or entry.ended_at >= until:
             continue
         waited = (entry.ended_at - entry.submitted_at).total_seconds() / HOUR
-        for key in keys(entry.user):
+        for key in keys(entry.user, entry.group):
             r = row(key)
             r.queued += 1
             r.wait_hours_total += waited
