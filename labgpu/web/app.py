@@ -23,7 +23,10 @@ from labgpu.web.base import WebContext
 log = logging.getLogger("labgpu.web")
 
 # One module per concern; each lists its own routes. Others add theirs here (one line each).
-ROUTE_MODULES: tuple[str, ...] = ("labgpu.web.pages",)
+ROUTE_MODULES: tuple[str, ...] = (
+    "labgpu.web.pages",
+    "labgpu.metrics.web",  # /metrics, for Prometheus (issue 15)
+)
 
 Route = tuple[str, type[web.RequestHandler]]
 

@@ -21,6 +21,8 @@ PURE = [
     "fairshare",
     "hub.containers",
     "hub.admin_extras",
+    "metrics.series",
+    "metrics.accounting",
 ]
 IO_LIBRARIES = {"docker", "dockerspawner", "pynvml", "tornado", "sqlalchemy", "alembic", "jupyterhub", "requests"}
 
@@ -34,7 +36,9 @@ ALLOWED = {
     "hub": {"quota", "gpus", "fairshare", "db"},
     "services": {"quota", "gpus", "fairshare", "db"},
     "cli": {"quota", "gpus", "fairshare", "db", "hub", "services", "web"},
-    "web": {"quota", "gpus", "fairshare", "db"},
+    "web": {"quota", "gpus", "fairshare", "db", "metrics"},
+    # the queue's fair-share view of the policy (hub.gpu_queue.PolicyView), for fair-share factors
+    "metrics": {"quota", "gpus", "fairshare", "db", "hub"},
 }
 MAX_LINES = 620
 

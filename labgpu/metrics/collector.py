@@ -1,0 +1,178 @@
+"""The exporter: a prometheus_client collector that reads the ledger's database at each scrape.
+
+:class:`LedgerCollector` gathers a :class:`labgpu.metrics.series.Snapshot` from the ledger (who
+holds which GPU), the telemetry (each GPU's latest sample, busy seconds), the queue, the
+reclaimer's notices and the hub's events, through :class:`labgpu.db.metrics_store.MetricsReader`;
+the counters grow from what was recorded since the previous scrape
+(:mod:`labgpu.metrics.accounting`). :func:`render` gives the text a scrape returns. Blocking
+(database reads): a tornado handler calls it in an executor.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import Metric
+from prometheus_client.registry import Collector
+
+from labgpu.db.hub_events import HubEventStore
+from labgpu.db.ledger import GpuHolding, Ledger
+from labgpu.db.metrics_store import GpuTelemetry, MetricsReader
+from labgpu.fairshare.scheduler import fairshare_factors
+from labgpu.hub.gpu_queue import DEFAULT_HALF_LIFE, PolicyView
+from labgpu.metrics.accounting import BusyAccount, HeldAccount, QueueAccount
+from labgpu.metrics.series import GpuSample, GpuState, Histogram, Snapshot, build_families
+from labgpu.quota import Policy
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+DEFAULT_STALE_AFTER = 120.0  # seconds: an older sample is not shown as the GPU's current figures
+
+
+class LedgerCollector(Collector):
+    """LabGPU's series, read from the ledger's database at each scrape.
+
+    ``policy`` gives the quota policy in force (shares, groups, the fair-share half-life; None:
+    everyone has a share of 1); ``hostname`` is the ``Hostname`` label of the GPU series
+    (dcgm-exporter's); a GPU sample older than ``stale_after`` seconds is not shown.
+    """
+
+    def __init__(
+        self,
+        url_or_path: str | Path,
+        *,
+        policy: Callable[[], Policy | None] = lambda: None,
+        hostname: str | None = None,
+        stale_after: float = DEFAULT_STALE_AFTER,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.ledger = Ledger(url_or_path, migrate=False)
+        self.reader = MetricsReader(self.ledger.url)
+        self.events = HubEventStore(self.ledger.url, migrate=False)
+        self.policy = policy
+        self.hostname = hostname or socket.gethostname()
+        self.stale_after = stale_after
+        self.clock = clock
+        self._lock = threading.Lock()  # scrapes may overlap; the accounts are not thread-safe
+        self._held: HeldAccount | None = None
+        self._busy = BusyAccount()
+        self._queue = QueueAccount()
+        self._previous_scrape: float | None = None
+
+    def close(self) -> None:
+        for store in (self.events, self.reader, self.ledger):
+            store.close()
+
+    def collect(self) -> Iterator[Metric]:
+        yield from build_families(self.snapshot())
+
+    def snapshot(self) -> Snapshot:
+        """Read the database and bring the counters up to date; one scrape's figures."""
+        with self._lock:
+            started = time.perf_counter()
+            snapshot = self._snapshot()
+            self._previous_scrape = time.perf_counter() - started
+            return snapshot
+
+    def _snapshot(self) -> Snapshot:
+        now = self.clock()
+        policy = self.policy()
+        view = PolicyView(policy)
+        half_life = view.half_life() if policy is not None else DEFAULT_HALF_LIFE
+        if self._held is None or self._held.half_life != half_life:
+            self._held = HeldAccount(half_life)  # a new half-life: decay everything again
+        held = self._held
+        held.add(self.reader.audit_after(held.last_id))
+        if not self._busy.started:
+            self._busy.add(*self.reader.busy_history())
+        else:
+            self._busy.add(*self.reader.busy_since(self._busy.watermark_ms))
+        self._queue.add(self.reader.ended_since(self._queue.since))
+
+        def group_of(user: str) -> str:
+            return held.last_group.get(user) or view.group(user) or ""
+
+        samples = self.reader.latest_samples(now - self.stale_after)
+        unhealthy = self.reader.unhealthy_gpus()
+        gpus = gpu_states(self.ledger.holdings(), samples, unhealthy)
+        last_sample = max((s.ts for s in samples.values()), default=None)
+        if last_sample is None and gpus:
+            last_sample = self.reader.last_sample_time()
+        usage = held.usage(now)
+        waiting = self.reader.waiting()
+        users = sorted(set(usage) | set(self._busy.busy_s) | {e.user for e in waiting})
+        factors = fairshare_factors(usage, view.shares(users), users)
+        counts = self.events.counts()
+        reclaim = self.reader.reclaim_counts()
+        return Snapshot(
+            hostname=self.hostname,
+            now=now,
+            gpus=gpus,
+            queue_waiting=[(group_of(e.user), e.gpus, e.submitted_at.timestamp()) for e in waiting],
+            queue_wait=Histogram(self._queue.histogram(), self._queue.wait_sum),
+            queue_exits=dict(self._queue.exits),
+            allocation_events=dict(held.events),
+            refusals=counts.refusals,
+            reclaim_warnings=reclaim.warned,
+            reclaims=reclaim.reclaimed,
+            held_seconds=held.held_seconds(now),
+            busy_seconds={(user, group_of(user)): s for user, s in self._busy.busy_s.items()},
+            fairshare={(user, group_of(user)): f for user, f in factors.items()},
+            last_sample=last_sample,
+            drift=counts.drift,
+            last_reconcile=counts.last_reconcile.timestamp() if counts.last_reconcile else None,
+            previous_scrape_seconds=self._previous_scrape,
+        )
+
+
+def gpu_states(
+    holdings: list[GpuHolding], samples: dict[str, GpuTelemetry], unhealthy: dict[str, str]
+) -> list[GpuState]:
+    """Each whole GPU with its holder(s) (a MIG GPU's are its slices' holders) and fresh sample."""
+    holders: dict[str, list[tuple[str, str, str]]] = {}
+    for h in holdings:
+        if h.allocation is not None:
+            key = h.gpu.mig_parent or h.gpu.uuid
+            holders.setdefault(key, []).append((h.allocation.user, h.allocation.server, h.allocation.group))
+    states = []
+    for h in holdings:
+        if h.gpu.mig_parent:
+            continue
+        who = sorted(set(holders.get(h.gpu.uuid, [])))
+        t = samples.get(h.gpu.uuid)
+        sample = None
+        if t is not None:
+            sample = GpuSample(
+                t.utilization_gpu,
+                t.utilization_memory,
+                t.memory_used_mib,
+                t.memory_total_mib or (h.gpu.memory_total // 2**20 or None),
+                t.temperature_c,
+                t.power_w,
+                t.ecc_uncorrected,
+            )
+        states.append(
+            GpuState(
+                index=h.gpu.index,
+                uuid=h.gpu.uuid,
+                model=h.gpu.model,  # the inventory's (NVML's) name: stable, so series do not split
+                pci_bus_id=h.gpu.pci_bus_id,
+                user=",".join(sorted({u for u, _, _ in who})),
+                server=",".join(sorted({s for _, s, _ in who})),
+                group=",".join(sorted({g for _, _, g in who if g})),
+                healthy=h.gpu.healthy and h.gpu.uuid not in unhealthy,
+                sample=sample,
+            )
+        )
+    return states
+
+
+def render(collector: LedgerCollector) -> bytes:
+    """The text of one scrape (Prometheus' text format 0.0.4)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    return generate_latest(registry)
