@@ -62,6 +62,8 @@ LABGPU_DISK                 on                               the disk-usage serv
 LABGPU_DISK_INTERVAL        10m                              time between two measurements of the volumes
 LABGPU_WEB_PORT             8090                             port (on 127.0.0.1) of the hub's GPU pages, the
                                                              labgpu web service at /services/labgpu/
+LABGPU_PROMETHEUS_TOKEN     (none)                           a token for Prometheus (openssl rand -hex 32): reads
+                                                             /hub/metrics and /services/labgpu/metrics
 DOCKER_HOST                 (the local socket)               the Docker engine; passed on to the services
 Users and logging in
 LABGPU_ADMIN_USERS          (none; demo: the first user)     comma-separated admin user names
@@ -94,6 +96,7 @@ from labgpu.hub.group_sync import start_in_hub as start_group_sync
 from labgpu.hub.hub_limits import container_starts, named_server_limit
 from labgpu.hub.login_checks import demo_address_problem, production_authenticator_problem
 from labgpu.hub.startup_checks import workspace_settings_problems
+from labgpu.metrics.web import METRICS_SCOPE, METRICS_SCOPE_DESCRIPTION
 from labgpu.quota import PolicyError, default_paths, jupyterhub_groups, split_paths
 from labgpu.services.reclaimer import HUB_API_SCOPES as RECLAIMER_SCOPES
 from labgpu.units import gpus_text, parse_duration
@@ -356,6 +359,14 @@ def grant_users(*scopes):
 
 
 grant_users("access:services!service=labgpu")  # every user may open the GPU pages (each page checks more)
+# Prometheus: one token reads the hub's /hub/metrics (read:metrics) and LabGPU's
+# /services/labgpu/metrics (a custom scope of its own, so that no other token reads them).
+c.JupyterHub.custom_scopes = {METRICS_SCOPE: {"description": METRICS_SCOPE_DESCRIPTION}}
+if env("LABGPU_PROMETHEUS_TOKEN"):
+    c.JupyterHub.services.append({"name": "prometheus", "api_token": env("LABGPU_PROMETHEUS_TOKEN")})
+    c.JupyterHub.load_roles.append(
+        {"name": "prometheus", "scopes": ["read:metrics", METRICS_SCOPE], "services": ["prometheus"]}
+    )
 c.JupyterHub.template_paths = [str(Path(__file__).resolve().parent / "labgpu" / "web" / "hub_templates")]
 disk_service = env("LABGPU_DISK", "on")
 if disk_service not in ("on", "off"):
