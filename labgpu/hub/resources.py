@@ -16,6 +16,7 @@ from labgpu.db.session_store import SessionStore
 from labgpu.gpus.inventory import Gpu, InventoryError, inventory_source
 from labgpu.gpus.nvml import NvmlInventory
 from labgpu.gpus.reconcile import ReconcilePlan, reconcile
+from labgpu.hub.event_log import record_reconcile
 from labgpu.labels import hub_filter
 from labgpu.quota import PolicyStore
 
@@ -129,4 +130,5 @@ def prepare_hub(
     gpus = read_inventory(gpu_source)
     the_ledger.sync_inventory(gpus)
     plan, result, stopped = reconcile_with_docker(the_ledger, hub_id, docker_client)
+    record_reconcile(ledger_url, plan, result, len(stopped))  # for the metrics' labgpu_ledger_drift_total
     return StartupReport(len(gpus), plan, result, tuple(stopped))
