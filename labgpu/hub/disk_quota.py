@@ -15,7 +15,7 @@ from labgpu.quota import Limits
 from labgpu.quota.volumes import VolumeSize, disk_note, disk_refusal, group_volume_name
 
 if TYPE_CHECKING:
-    from labgpu.hub.spawner import GPUDockerSpawner
+    from labgpu.hub.gpu_spawn import GpuSpawnPolicy
 
 _stores: dict[str, VolumeSizeStore] = {}
 
@@ -27,17 +27,17 @@ def volume_size_store(ledger_url: str) -> VolumeSizeStore:
     return _stores[ledger_url]
 
 
-async def measured(spawner: GPUDockerSpawner, limits: Limits) -> tuple[VolumeSize | None, dict[str, VolumeSize]]:
+async def measured(spawner: GpuSpawnPolicy, limits: Limits) -> tuple[VolumeSize | None, dict[str, VolumeSize]]:
     """The last measured size of the user's home, and of each of their groups' shared folders."""
     if not spawner.ledger_url:
         return None, {}
-    home = spawner.format_volume_name(spawner.home_volume, spawner)
+    home = spawner.home_volume_name()
     folders = {group: group_volume_name(spawner.hub_id, name) for group, name in limits.shared_volumes.items()}
     sizes = await spawner.blocking(volume_size_store(spawner.ledger_url).sizes, [home, *folders.values()])
     return sizes.get(home), {group: sizes[v] for group, v in folders.items() if v in sizes}
 
 
-async def refuse_over_quota(spawner: GPUDockerSpawner, limits: Limits) -> None:
+async def refuse_over_quota(spawner: GpuSpawnPolicy, limits: Limits) -> None:
     """Raise HTTP 400 if the user's home or one of their shared folders is over its quota."""
     refusal = disk_refusal(limits, *await measured(spawner, limits))
     if refusal is not None:
@@ -45,6 +45,6 @@ async def refuse_over_quota(spawner: GPUDockerSpawner, limits: Limits) -> None:
         raise SpawnException(refusal, reason="quota", status_code=400)
 
 
-async def spawn_page_note(spawner: GPUDockerSpawner, limits: Limits) -> str:
+async def spawn_page_note(spawner: GpuSpawnPolicy, limits: Limits) -> str:
     """The spawn page's line on disk use ("" before a first measurement)."""
     return disk_note(limits, *await measured(spawner, limits))

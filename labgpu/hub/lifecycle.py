@@ -8,9 +8,12 @@ or remove fails, or Docker cannot tell, the GPUs stay held and the hub's log say
 in the hub process retries the stop and releases them once the container is gone (a hub
 restart's reconcile does the same), and a new start of that server first waits for it.
 
-:class:`GpuLifecycleSpawner` is DockerSpawner with that stop, poll and release; GPUDockerSpawner
-builds on it and provides what it uses: ``ledger``, ``blocking``, ``shared_gpu_queue``,
-``end_session`` and ``server_label``.
+:class:`GpuLifecycle` is that stop, poll and release for any backend, which tells it whether a
+workload is gone (:meth:`GpuLifecycle.check_workload`) and how to stop one again
+(:meth:`GpuLifecycle.stop_workload_again`); :class:`GpuLifecycleSpawner` is DockerSpawner with
+it (a container), ``labgpu.kube.spawner.GPUKubeSpawner`` KubeSpawner with it (a pod). The
+spawner provides what it uses: ``ledger``, ``blocking``, ``shared_gpu_queue``, ``end_session``
+and ``server_label`` (:class:`labgpu.hub.gpu_spawn.GpuSpawnPolicy`).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from docker.errors import APIError
 from dockerspawner import DockerSpawner
@@ -28,6 +31,11 @@ from traitlets import Float
 from labgpu.gpus.allocator import Allocation
 from labgpu.gpus.reconcile import ALIVE_STATES
 from labgpu.hub import gpu_queue
+
+if TYPE_CHECKING:  # for mypy, a Spawner: the backend's attributes (user, name, image, ...) are there
+    from jupyterhub.spawner import Spawner as SpawnerMixinBase
+else:  # at run time a mixin: JupyterHub refuses a Spawner subclass without its own start, stop and poll
+    from traitlets.config import LoggingConfigurable as SpawnerMixinBase
 
 DockerCall = Callable[..., Awaitable[Any]]  # DockerSpawner.docker: a docker-py method by name, off the loop
 
@@ -81,8 +89,8 @@ def short_id(container: str) -> str:
     return container[:12]
 
 
-class GpuLifecycleSpawner(DockerSpawner):  # type: ignore[misc]  # DockerSpawner ships no types
-    """DockerSpawner whose servers give their GPUs back only once their container is gone."""
+class GpuLifecycle(SpawnerMixinBase):  # type: ignore[misc]  # JupyterHub's Spawner ships no types
+    """A spawner whose servers give their GPUs back only once their workload is gone."""
 
     gpu_release_retry_interval = Float(
         30.0,
@@ -90,7 +98,7 @@ class GpuLifecycleSpawner(DockerSpawner):  # type: ignore[misc]  # DockerSpawner
         stay held until it is gone); the interval doubles after each failure, up to 10 minutes.""",
     ).tag(config=True)
 
-    gpu_uuids: tuple[str, ...] = ()  # the GPUs this server was granted (set by GPUDockerSpawner.start)
+    gpu_uuids: tuple[str, ...] = ()  # the GPUs this server was granted (set by GpuSpawnPolicy.start)
     # Servers whose GPUs are kept for a container that could not be stopped, in this hub process.
     kept_gpus: ClassVar[dict[tuple[str, str], KeptGpus]] = {}
 
@@ -98,10 +106,22 @@ class GpuLifecycleSpawner(DockerSpawner):  # type: ignore[misc]  # DockerSpawner
     def server_key(self) -> tuple[str, str]:
         return (self.user.name, self.name or "")
 
+    def workload_name(self) -> str:
+        """This server's workload as the backend finds it even once its id is forgotten."""
+        raise NotImplementedError
+
+    async def check_workload(self, workload: str) -> ContainerCheck:
+        """Is ``workload`` gone (its GPUs free to release)? Anything unsure counts as still there."""
+        raise NotImplementedError
+
+    async def stop_workload_again(self, workload: str) -> str | None:
+        """Try once more to stop (and remove) ``workload``; why it failed, or None."""
+        raise NotImplementedError
+
     async def stop(self, now: bool = False) -> None:
         if self.ledger is not None:  # stopped while waiting for GPUs: leave the queue
             await self.shared_gpu_queue().leave(self.user.name, self.name or "", "server stopped while waiting")
-        container = self.container_id or self.container_name  # DockerSpawner forgets the id once removed
+        container = self.workload_name()
         try:
             await super().stop(now=now)
         except Exception as e:
@@ -130,14 +150,14 @@ class GpuLifecycleSpawner(DockerSpawner):  # type: ignore[misc]  # DockerSpawner
         held = await self.blocking(the_ledger.allocation_for, self.user.name, self.name or "")
         if held is None or not held.gpu_uuids:
             return
-        container = container or self.container_id or self.container_name
-        check = await check_container(self.docker, container)
+        container = container or self.workload_name()
+        check = await self.check_workload(container)
         if check.gone:
             await self.release_held(held, f"{reason} (container {check.detail})" if failure else reason)
             return
         if failure:
             why = failure
-        elif check.detail.startswith("Docker"):
+        elif "could not say" in check.detail:
             why = f"may still run ({check.detail})"
         else:
             why = f"is still {check.detail}"
@@ -175,18 +195,11 @@ class GpuLifecycleSpawner(DockerSpawner):  # type: ignore[misc]  # DockerSpawner
 
     async def stop_kept_container(self, kept: KeptGpus) -> ContainerCheck:
         """Try once more what the stop should have done (stop, and remove if the hub removes its
-        containers), then ask Docker whether the container is gone."""
-        try:
-            if self.remove:
-                await self.docker("remove_container", kept.container, force=True, v=True)
-            else:
-                await self.docker("stop", kept.container)
-        except APIError as e:
-            if e.status_code != 404:
-                kept.why = f"could not be stopped ({docker_error(e)})"
-        except Exception as e:
-            kept.why = f"could not be stopped ({docker_error(e)})"
-        return await check_container(self.docker, kept.container)
+        containers), then ask whether the container is gone."""
+        failure = await self.stop_workload_again(kept.container)
+        if failure is not None:
+            kept.why = f"could not be stopped ({failure})"
+        return await self.check_workload(kept.container)
 
     async def watch_kept(self, kept: KeptGpus) -> None:
         """Retry the stop with a growing interval; release the GPUs once the container is gone."""
@@ -225,3 +238,26 @@ class GpuLifecycleSpawner(DockerSpawner):  # type: ignore[misc]  # DockerSpawner
             reason="capacity",
             status_code=503,
         )
+
+
+class GpuLifecycleSpawner(GpuLifecycle, DockerSpawner):  # type: ignore[misc]  # DockerSpawner ships no types
+    """DockerSpawner whose servers give their GPUs back only once their container is gone."""
+
+    def workload_name(self) -> str:
+        return str(self.container_id or self.container_name)  # DockerSpawner forgets the id once removed
+
+    async def check_workload(self, workload: str) -> ContainerCheck:
+        return await check_container(self.docker, workload)
+
+    async def stop_workload_again(self, workload: str) -> str | None:
+        try:
+            if self.remove:
+                await self.docker("remove_container", workload, force=True, v=True)
+            else:
+                await self.docker("stop", workload)
+        except APIError as e:
+            if e.status_code != 404:
+                return docker_error(e)
+        except Exception as e:
+            return docker_error(e)
+        return None

@@ -1,60 +1,36 @@
 """GPUDockerSpawner: DockerSpawner with quotas, exclusive GPUs, a fair-share queue, per-user
 homes, group shared folders, a real /dev/shm, labels and hardening.
 
-The spawner only gathers inputs (traits, the user, the policy, the ledger) and talks to
-Docker; what the container looks like is decided by :func:`labgpu.hub.containers.container_config`.
+What is not Docker's (the quota policy, the spawn form, the GPU ledger and queue, sessions) is
+:class:`labgpu.hub.gpu_spawn.GpuSpawnPolicy`, shared with the Kubernetes spawner; releasing GPUs
+only once the container is gone is :mod:`labgpu.hub.lifecycle`. This module gathers the
+container's inputs and talks to Docker; what the container looks like is decided by
+:func:`labgpu.hub.containers.container_config`.
 
 Nothing here blocks the hub's event loop: Docker calls go through DockerSpawner's executor
-(``self.docker(...)``), and ledger, session and quota-file work through :meth:`GPUDockerSpawner.blocking`,
+(``self.docker(...)``), and ledger, session and quota-file work through ``self.blocking``,
 a small executor of our own, so that a long image pull never delays a ledger read.
 """
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, ClassVar, TypeVar
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any, ClassVar
 
 from docker.errors import APIError, NotFound
+from dockerspawner import DockerSpawner
 from jupyterhub.spawner import SpawnException
-from jupyterhub.traitlets import ByteSpecification
-from traitlets import CaselessStrEnum, Float, Integer, List, Unicode, default, validate
+from traitlets import CaselessStrEnum, Unicode, default
 
-from labgpu.db.ledger import Ledger
-from labgpu.gpus.allocator import GpuLimitExceeded, NotEnoughGpus
-from labgpu.hub import disk_quota, gpu_queue, hub_limits, sessions
-from labgpu.hub import resources as hub_resources
 from labgpu.hub.containers import ContainerConfigError, WorkspaceSpec, container_config, render_templates
-from labgpu.hub.gpu_queue import QueuedSpawn, QueueRefused
+from labgpu.hub.gpu_spawn import SIMULATED_NOTICE as SIMULATED_NOTICE  # re-exported: tests and pages read it
+from labgpu.hub.gpu_spawn import GpuSpawnPolicy
 from labgpu.hub.lifecycle import GpuLifecycleSpawner
 from labgpu.hub.shared_folders import prepare_shared_folders, shared_folder_binds
-from labgpu.labels import server_label
-from labgpu.quota import (
-    Limits,
-    PolicyStore,
-    SpawnOptionsError,
-    SpawnRequest,
-    options_form,
-    parse_form,
-    resolve,
-    user_groups,
-    validate_user_options,
-)
-from labgpu.units import format_duration
-
-T = TypeVar("T")
 
 
-SIMULATED_NOTICE = (
-    '<p class="alert alert-info" id="labgpu-simulated">This hub\'s GPUs are <strong>simulated</strong> (demo mode): '
-    "allocation, the queue and reclamation are real, but your workspace gets GPU IDs, not devices.</p>"
-)
-
-
-class GPUDockerSpawner(GpuLifecycleSpawner):
+class GPUDockerSpawner(GpuSpawnPolicy, GpuLifecycleSpawner):
     """Spawn each user's JupyterLab in its own hardened Docker container.
 
     Registered as the ``labgpu`` spawner: ``c.JupyterHub.spawner_class = "labgpu"``.
@@ -69,56 +45,6 @@ class GPUDockerSpawner(GpuLifecycleSpawner):
         """,
     ).tag(config=True)
 
-    home_mount = Unicode(
-        "/home/jovyan",
-        help="Where the home volume is mounted in the workspace (the image user's home).",
-    ).tag(config=True)
-
-    shm_size = ByteSpecification(
-        "2G",
-        help="""Size of /dev/shm in the workspace, e.g. '2G'.
-
-        Docker's default of 64 MB makes PyTorch DataLoader workers fail with
-        "bus error" / "unable to write to file </torch_...>".
-        """,
-    ).tag(config=True)
-
-    pids_limit = Integer(
-        4096,
-        help="Maximum number of processes in a workspace (a fork bomb stays inside it).",
-    ).tag(config=True)
-
-    run_as_uid = Unicode(
-        "1000",
-        help="Numeric uid the workspace runs as; never 0 (root). The image's jovyan is 1000.",
-    ).tag(config=True)
-
-    run_as_gid = Unicode("100", help="Numeric gid the workspace runs as.").tag(config=True)
-
-    hub_id = Unicode(
-        "labgpu",
-        help="""Name of this hub, written into every container's labels.
-
-        Lets several hubs share one Docker engine and lets a hub find (and reconcile) its
-        own containers after a crash.
-        """,
-    ).tag(config=True)
-
-    quota_files = List(
-        Unicode(),
-        help="""Quota policy files (YAML; a directory means its *.yaml files), e.g.
-        ``["/etc/labgpu/quotas.yaml"]``. Every spawn is held to them; they are re-read when they
-        change, and a bad edit keeps the last good policy in force. Empty: no policy (only the
-        configured image, no GPUs, no options form).
-        """,
-    ).tag(config=True)
-
-    ledger_url = Unicode(
-        "",
-        help="""SQLite database of who holds which GPU (path or sqlite:/// URL), shared with
-        `labgpu gpus` and the poller. Empty: this hub hands out no GPUs.""",
-    ).tag(config=True)
-
     gpu_driver = CaselessStrEnum(
         ["nvidia", "cdi", "simulated"],
         default_value="nvidia",
@@ -128,65 +54,7 @@ class GPUDockerSpawner(GpuLifecycleSpawner):
         GPUs, LABGPU_GPU_SOURCE=simulated:PRESET: the demo and tests; production mode refuses it).""",
     ).tag(config=True)
 
-    gpu_placement = CaselessStrEnum(
-        ["pack", "spread"],
-        default_value="pack",
-        help="""Multi-GPU placement: "pack" keeps large NVLink/PCIe islands whole for large
-        requests (best fit); "spread" spreads servers across islands.""",
-    ).tag(config=True)
-
-    gpu_queue_timeout = Integer(
-        86400,
-        help="""Longest time (seconds) a spawn waits in the GPU queue when it asks for more GPUs
-        than are free and the quota policy allows waiting (``fairshare.allow_queue``); then it
-        fails with a message. 0: never queue, refuse at once as when waiting is not allowed.
-
-        A spawn that may queue gets this much on top of ``start_timeout`` (JupyterHub gives up on
-        a spawn after ``start_timeout``), so set ``start_timeout`` to the time a normal start
-        takes (image pull included) and this to the longest acceptable wait.
-        """,
-    ).tag(config=True)
-
-    gpu_queue_poll_interval = Float(
-        5.0,
-        help="""Seconds between dequeue passes while a spawn waits in the GPU queue. A release of
-        GPUs by this hub triggers a pass at once; this interval catches releases made elsewhere
-        (``labgpu gpus release``, the reclaimer) and keeps waiting entries' heartbeats fresh.""",
-    ).tag(config=True)
-
-    gpu_queue_abandon_after = Float(
-        900.0,
-        help="""Seconds after which a queue entry nobody waits for any more is abandoned (e.g. it
-        was left by a hub that crashed and its owner did not come back). An owner who spawns
-        again within this time keeps their place in the queue.""",
-    ).tag(config=True)
-
-    gpu_queue_progress_interval = Float(
-        3.0,
-        help="Seconds between updates of the queue position shown on a waiting user's spawn page.",
-    ).tag(config=True)
-
-    spawn_request: SpawnRequest | None = None
-    limits: Limits | None = None
-    _configured_start_timeout: int | None = None
-    _configured_image_and_guarantee: tuple[str, Any] | None = None  # before any policy set them
-    gpu_uuids: tuple[str, ...] = ()
-    # Shared by every spawner of the hub, like DockerSpawner's executor (which runs Docker calls).
-    _blocking_executor: ClassVar[ThreadPoolExecutor | None] = None
     _host_cpus: ClassVar[int | None] = None
-
-    @validate("gpu_queue_poll_interval", "gpu_queue_progress_interval")
-    def _validate_interval(self, proposal: Any) -> float:
-        if proposal.value <= 0:
-            raise ValueError(f"{proposal.trait.name} must be more than 0 seconds (got {proposal.value!r})")
-        return float(proposal.value)
-
-    @validate("run_as_uid")
-    def _validate_uid(self, proposal: Any) -> str:
-        uid = str(proposal.value)
-        if not uid.isdigit() or int(uid) == 0:
-            raise ValueError(f"run_as_uid must be a non-zero numeric uid (got {uid!r})")
-        return uid
 
     @default("remove")
     def _default_remove(self) -> bool:
@@ -198,146 +66,32 @@ class GPUDockerSpawner(GpuLifecycleSpawner):
     def _default_image(self) -> str:
         return "labgpu/workspace:local"
 
-    # --- off the event loop -----------------------------------------------------------------
+    # --- what GpuSpawnPolicy asks of the backend ---------------------------------------------
 
-    @property
-    def blocking_executor(self) -> ThreadPoolExecutor:
-        """Threads for the ledger (SQLite), the session store, NVML and the quota files."""
-        cls = type(self)
-        if cls._blocking_executor is None:
-            cls._blocking_executor = ThreadPoolExecutor(4, thread_name_prefix="labgpu-ledger")
-        return cls._blocking_executor
+    def gpus_simulated(self) -> bool:
+        return bool(self.gpu_driver == "simulated")
 
-    async def blocking(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run a blocking call in :attr:`blocking_executor` and wait for it without blocking the hub."""
-        return await asyncio.wrap_future(self.blocking_executor.submit(functools.partial(fn, *args, **kwargs)))
+    def plain_options_form(self) -> Any:
+        return DockerSpawner._default_options_form(self)  # DockerSpawner's form (its allowed_images)
 
-    @property
-    def server_label(self) -> str:
-        """``alice`` or ``alice/lab2``: this server, as logs and messages name it."""
-        return server_label(self.user.name, self.name or "")
+    def plain_options_from_form(self) -> Callable[[dict[str, list[str]]], dict[str, Any]]:
+        return DockerSpawner._default_options_from_form(self)  # type: ignore[no-any-return]
 
-    # --- the quota policy -------------------------------------------------------------------
+    def home_volume_name(self) -> str:
+        return str(self.format_volume_name(self.home_volume, self))
 
-    @property
-    def policy_store(self) -> PolicyStore | None:
-        return hub_resources.policy_store(self.quota_files) if self.quota_files else None
+    def workload_id(self) -> str:
+        return str(self.container_id)
 
-    @property
-    def ledger(self) -> Ledger | None:
-        return hub_resources.ledger(self.ledger_url) if self.ledger_url else None
+    async def workload_image_info(self) -> Mapping[str, Any] | None:
+        info: Mapping[str, Any] = await self.docker("inspect_image", self.image)
+        return info
 
-    def user_groups(self) -> tuple[str, ...]:
-        """The policy's groups this user is in (:func:`labgpu.quota.user_groups`: their
-        JupyterHub groups the policy defines, and the groups whose ``members`` list them)."""
-        store = self.policy_store
-        hub_groups = [g.name for g in self.user.groups]
-        return user_groups(store.policy, self.user.name, hub_groups) if store is not None else ()
-
-    async def resolve_limits(self) -> Limits | None:
-        """This user's limits under the policy in force (re-read first if a file changed)."""
-        store = self.policy_store
-        if store is None:
-            return None
-        result = await self.blocking(store.refresh)
-        if result.errors:
-            self.log.error(
-                "Quota files changed but are invalid; the last good policy stays in force:\n  %s",
-                "\n  ".join(result.errors),
-            )
-        elif result.applied:
-            self.log.info("Quota policy reloaded from %s", ", ".join(self.quota_files))
-        return resolve(store.policy, self.user.name, self.user_groups())
-
-    async def gpus_held_elsewhere(self) -> int:
-        """GPUs held by this user's *other* servers (the ledger is the truth when there is one)."""
-        if self.ledger is not None:
-            allocations = await self.blocking(self.ledger.allocations)
-            return sum(
-                len(a.gpu_uuids) for a in allocations if a.user == self.user.name and a.server != (self.name or "")
-            )
-        return sum(
-            s.spawn_request.gpus
-            for s in self.user.spawners.values()
-            if s is not self and s.active and getattr(s, "spawn_request", None)
-        )
-
-    @default("options_form")
-    def _default_options_form(self) -> Any:
-        if not self.quota_files:  # no policy: DockerSpawner's form (its allowed_images)
-            return super()._default_options_form()
-        return lambda spawner: spawner.render_options_form()
-
-    async def render_options_form(self) -> str:
-        """The spawn page's form: only what this user's limits allow (empty: no policy, no form)."""
-        limits = await self.resolve_limits()
-        if limits is None:
-            return ""
-        form = options_form(
-            limits,
-            gpus_in_use_by_user=await self.gpus_held_elsewhere(),
-            previous=self.orm_spawner.user_options,
-            disk_note=await disk_quota.spawn_page_note(self, limits),
-        )
-        return (SIMULATED_NOTICE if self.gpu_driver == "simulated" and limits.gpus else "") + form
-
-    @default("options_from_form")
-    def _default_options_from_form(self) -> Callable[[dict[str, list[str]]], dict[str, Any]]:
-        # A default, not a method: `c.Spawner.options_from_form` stays configurable as inherited.
-        return parse_form if self.quota_files else super()._default_options_from_form()
-
-    @default("apply_user_options")
-    def _default_apply_user_options(self) -> Callable[[GPUDockerSpawner, dict[str, Any]], Awaitable[None]]:
-        return lambda spawner, user_options: spawner.apply_policy(user_options)
-
-    async def apply_policy(self, user_options: dict[str, Any]) -> None:
-        """Hold ``user_options`` (form, REST API, or a choice saved from an earlier spawn) to the
-        user's limits and apply them; refuse with HTTP 400 naming the limit, never clamp."""
-        limits = await self.resolve_limits()
-        if limits is None:
-            # No policy: a plain DockerSpawner, whose one option, "image", DockerSpawner.start
-            # holds to its allowed_images (none by default); any other option is refused.
-            if any(key != "image" for key in user_options or {}):
-                raise SpawnException(
-                    "This hub takes no spawn options (no quota policy is configured).",
-                    reason="options",
-                    status_code=400,
-                )
-            return
-        if self.name:
-            others = [s for s in self.user.spawners.values() if s is not self and s.name and s.active]
-            if len(others) >= limits.named_servers:
-                raise SpawnException(
-                    f"You may run {limits.named_servers} named server(s) besides your default one, and "
-                    f"{len(others)} are running. Stop one first.",
-                    reason="quota",
-                    status_code=400,
-                )
-        try:
-            request = validate_user_options(limits, user_options, gpus_in_use_by_user=await self.gpus_held_elsewhere())
-        except SpawnOptionsError as e:
-            raise SpawnException(str(e), reason="quota", status_code=400) from None
-        await disk_quota.refuse_over_quota(self, limits)  # home or shared folder over its disk quota
-        if request.gpus and self.ledger is None:
-            raise SpawnException(
-                "This hub has no GPUs to hand out; start a server with 0 GPUs.", reason="capacity", status_code=400
-            )
-        self.limits, self.spawn_request = limits, request
-        if self._configured_image_and_guarantee is None:
-            self._configured_image_and_guarantee = (self.image, self.mem_guarantee)  # type: ignore[has-type]
-        # What the policy no longer sets falls back to the configuration, not to the last spawn's.
-        self.image = request.image or self._configured_image_and_guarantee[0]
-        self.mem_limit = request.memory
-        self.mem_guarantee = request.memory_guarantee or self._configured_image_and_guarantee[1]
-        self.cpu_limit = request.cpus
-        self.shm_size = request.shm
-        self.pids_limit = request.pids
-        # JupyterHub reads start_timeout before start() runs: a spawn that may wait in the GPU
-        # queue gets the queue's wait on top of the normal start time.
-        if self._configured_start_timeout is None:
-            self._configured_start_timeout = int(self.start_timeout)  # type: ignore[has-type]
-        may_queue = request.gpus > 0 and self.queue_allowed()
-        self.start_timeout = self._configured_start_timeout + (self.gpu_queue_timeout if may_queue else 0)
+    async def start_failure(self, error: BaseException) -> BaseException | None:
+        if isinstance(error, APIError):  # from DockerSpawner's own steps (pull, inspect): say what to do
+            failure: BaseException = await self._start_failure(error)
+            return failure
+        return None
 
     async def check_allowed(self, image: str) -> str:
         # The policy already chose and checked the image (DockerSpawner would look the policy's
@@ -346,128 +100,9 @@ class GPUDockerSpawner(GpuLifecycleSpawner):
             return str(self.image)
         return str(await super().check_allowed(image))
 
-    # --- GPUs -------------------------------------------------------------------------------
-
-    def gpu_patterns(self) -> tuple[str, ...] | None:
-        """NVML name substrings of the GPU models this request may get (None = any model)."""
-        request, limits = self.spawn_request, self.limits
-        store = self.policy_store
-        if request is None or limits is None or store is None:
-            return None
-        names = (request.gpu_model,) if request.gpu_model else limits.models
-        if not names:
-            return None
-        models = store.policy.spec.gpus.models
-        return tuple(p for name in names if name in models for p in models[name].match) or tuple(names)
-
-    def queue_allowed(self) -> bool:
-        """May a spawn wait in the GPU queue (policy ``fairshare.allow_queue``, and a queue timeout)?"""
-        store = self.policy_store
-        allowed = store.policy.spec.fairshare.allow_queue if store is not None else False
-        return allowed and self.gpu_queue_timeout > 0 and self.ledger is not None
-
-    def shared_gpu_queue(self) -> gpu_queue.GpuQueue:
-        """This process's GPU queue for the ledger (shared by every spawner of the hub)."""
-        store, the_ledger = self.policy_store, self.ledger
-        if the_ledger is None:
-            raise RuntimeError("no GPU queue without a ledger (ledger_url is empty)")
-        return gpu_queue.queue_for(
-            the_ledger,
-            lambda: store.policy if store is not None else None,
-            poll_interval=self.gpu_queue_poll_interval,
-            abandon_after=self.gpu_queue_abandon_after,
-            progress_interval=self.gpu_queue_progress_interval,
-        )
-
-    async def start(self) -> tuple[str, int]:
-        self.gpu_uuids = ()
-        wanted = self.spawn_request.gpus if self.spawn_request else 0
-        the_ledger = self.ledger
-        server = self.name or ""
-        if the_ledger is not None:
-            await self.settle_kept_gpus()  # an old container of this server that could not be stopped
-            exclude = tuple(self.policy_store.policy.spec.gpus.exclude) if self.policy_store else ()
-            spawn = QueuedSpawn(
-                self.user.name,
-                server,
-                wanted,
-                groups=self.user_groups(),
-                models=self.gpu_patterns(),
-                placement=self.gpu_placement,
-                image=self.image,
-                exclude=exclude,
-                max_runtime=self.limits.max_runtime if self.limits else None,
-                user_total=self.limits.gpus_total if self.limits else None,
-            )
-            try:
-                # Free GPUs and nobody waiting: granted at once; else waits in the fair-share queue
-                # (progress() shows where), or NotEnoughGpus when waiting is not allowed.
-                allocation = await asyncio.wait_for(
-                    self.shared_gpu_queue().acquire(spawn, allow_queue=self.queue_allowed()),
-                    self.gpu_queue_timeout or None,
-                )
-            except GpuLimitExceeded as e:  # e.g. another server of this user got GPUs meanwhile
-                raise SpawnException(str(e), reason="quota", status_code=400) from None
-            except (NotEnoughGpus, QueueRefused) as e:
-                raise SpawnException(str(e), reason="capacity", status_code=503) from None
-            except TimeoutError:
-                raise SpawnException(
-                    f"No GPUs came free for you within {format_duration(self.gpu_queue_timeout)} in the GPU queue. "
-                    "Try again later or ask for fewer GPUs.",
-                    reason="capacity",
-                    status_code=503,
-                ) from None
-            self.gpu_uuids = allocation.gpu_uuids
-        try:
-            async with hub_limits.start_slot():  # JupyterHub's concurrent_spawn_limit, not counting the GPU wait
-                ip_port: tuple[str, int] = await super().start()
-        except BaseException as e:
-            await self.release_gpus("failed start")
-            if isinstance(e, APIError):  # from DockerSpawner's own steps (pull, inspect): say what to do
-                raise await self._start_failure(e) from None
-            raise
-        if the_ledger is not None and self.gpu_uuids:
-            await self.blocking(the_ledger.attach_container, self.user.name, server, self.container_id)
-        # Recorded beside the spawn, not before it: the user's server is ready either way.
-        self._session_task = asyncio.ensure_future(self.record_session())
-        return ip_port
-
-    async def record_session(self) -> None:
-        """Record what this workspace runs on (image digest, driver, CUDA, GPUs), so that its
-        results can be reproduced (`labgpu usage --sessions`). Never fails the spawn."""
-        if not self.ledger_url:
-            return
-        try:
-            image_info = await self.docker("inspect_image", self.image)
-            await self.blocking(
-                sessions.open_session,
-                self.ledger_url,
-                self.user.name,
-                self.name or "",
-                container_id=self.container_id,
-                image=self.image,
-                image_info=image_info,
-                gpu_uuids=self.gpu_uuids,
-            )
-        except Exception as e:
-            self.log.warning("Could not record the session of %s: %s", self.server_label, e)
-
-    async def end_session(self, reason: str) -> None:
-        if self.ledger_url:
-            try:
-                await self.blocking(sessions.close_session, self.ledger_url, self.user.name, self.name or "", reason)
-            except Exception as e:
-                self.log.warning("Could not close the session of %s: %s", self.server_label, e)
-
     async def progress(self) -> AsyncIterator[dict[str, Any]]:
         """Spawn-page events: queue position, whose GPUs it waits for, the estimated wait."""
-        if self.ledger is None:
-            return
-        if self.gpu_driver == "simulated" and self.spawn_request and self.spawn_request.gpus:
-            yield {"message": "This hub's GPUs are simulated (demo): your workspace gets their IDs, not devices."}
-        async for event in self.shared_gpu_queue().progress_events(
-            self.user.name, self.name or "", lambda: self.pending == "spawn"
-        ):
+        async for event in self.gpu_progress():
             yield event
 
     def shared_folders(self) -> dict[str, dict[str, str]]:
@@ -494,7 +129,7 @@ class GPUDockerSpawner(GpuLifecycleSpawner):
     ) -> WorkspaceSpec:
         """Gather this spawn's inputs into the plain description the builder takes (no I/O:
         what needs Docker or an admin's callable is fetched by :meth:`create_object`)."""
-        volumes = {self.format_volume_name(self.home_volume, self): {"bind": self.home_mount, "mode": "rw"}}
+        volumes = {self.home_volume_name(): {"bind": self.home_mount, "mode": "rw"}}
         volumes.update(self.shared_folders())
         volumes.update(self.volume_binds)
         return WorkspaceSpec(
@@ -546,7 +181,7 @@ class GPUDockerSpawner(GpuLifecycleSpawner):
                 image=self.image,
                 uid=self.run_as_uid,
                 gid=self.run_as_gid,
-                home_volume=self.format_volume_name(self.home_volume, self),
+                home_volume=self.home_volume_name(),
                 home_mount=self.home_mount,
             )
         except APIError as e:
