@@ -24,6 +24,7 @@ from pathlib import Path
 
 SYSTEM_USER = "labgpu-pg"
 SUPERUSER = "labgpu"
+INITDB_OPTIONS = ("--auth=trust", "--encoding=UTF8", "--locale=C.UTF-8", "--no-sync")
 
 
 def postgres_bindir() -> Path | None:
@@ -63,8 +64,7 @@ class PostgresCluster:
 
     def _initdb(self, durable: bool) -> None:
         subprocess.run(
-            [*self._run_as, str(self.bindir / "initdb"), "-D", str(self.data), "-U", SUPERUSER]
-            + ["--auth=trust", "--encoding=UTF8", "--locale=C.UTF-8", "--no-sync"],
+            [*self._run_as, str(self.bindir / "initdb"), "-D", str(self.data), "-U", SUPERUSER, *INITDB_OPTIONS],
             check=True,
             capture_output=True,
         )
@@ -143,4 +143,3 @@ def throwaway_cluster(*, durable: bool = False) -> Iterator[PostgresCluster]:
         yield cluster
     finally:
         cluster.stop()
-

@@ -8,9 +8,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from sqlalchemy import delete, select
-from sqlalchemy.dialects.sqlite import insert
 
-from labgpu.db.engine import Clock, Store
+from labgpu.db.engine import Clock, Store, upsert
 from labgpu.db.tables import VolumeSizeRow
 from labgpu.quota.volumes import VolumeSize
 
@@ -33,13 +32,8 @@ class VolumeSizeStore(Store):
             gone = [v for v in known if v.startswith(tuple(prefixes)) and v not in sizes]
             if gone:
                 conn.execute(delete(_sizes).where(_sizes.c.volume.in_(gone)))
-            for volume, size in sizes.items():
-                statement = insert(_sizes).values(volume=volume, size=size, measured_at=now)
-                conn.execute(
-                    statement.on_conflict_do_update(
-                        index_elements=[_sizes.c.volume], set_={"size": size, "measured_at": now}
-                    )
-                )
+            if sizes:
+                upsert(conn, _sizes, [{"volume": v, "size": size, "measured_at": now} for v, size in sizes.items()])
 
     def sizes(self, volumes: Iterable[str] | None = None) -> dict[str, VolumeSize]:
         """The last measurement of each of ``volumes`` that has one (all of them: None)."""

@@ -1,22 +1,38 @@
-"""The database plumbing every store shares: engines on one SQLite file, Alembic migrations to
-``head``, and :class:`Store`, the skeleton each store is built on (its engines, its clock, close).
+"""The database plumbing every store shares: engines on SQLite or PostgreSQL, Alembic
+migrations to ``head``, and :class:`Store`, the skeleton each store is built on (its engines, its
+clock, close).
 
-SQLite in WAL mode; every write is one ``BEGIN IMMEDIATE`` transaction, so writers in several
-processes (hub, CLI, poller, reclaimer) are serialized by SQLite itself and a read-then-write
-never races. Migrations are Alembic's (``labgpu/db/migrations``), with their own version table
-so the database can be JupyterHub's too; a store that opens a database migrates it first.
+The database is chosen by its URL: a plain path (or ``sqlite:///...``) is an SQLite file,
+``postgresql://...`` a PostgreSQL database (driven by psycopg 3). Either way every write is one
+transaction that first takes the database's own exclusive lock, so writers in several processes
+(hubs, CLI, poller, reclaimer) are serialized by the database and a read-then-write never races:
+
+- SQLite, in WAL mode: ``BEGIN IMMEDIATE`` (the file's write lock).
+- PostgreSQL: ``pg_advisory_xact_lock(key)`` as the transaction's first statement, at READ
+  COMMITTED, so each later statement sees every write committed before the lock was granted.
+  The lock is the transaction's: commit, rollback or a dead client (its connection gone) frees
+  it, so a killed process holds nothing. The ledger's stores share one key; telemetry, written
+  by pollers every tick, has its own, so a tick never waits for a grant nor a grant for a tick.
+
+Readers see one snapshot per transaction on both (SQLite's deferred ``BEGIN``, PostgreSQL's
+REPEATABLE READ). Migrations are Alembic's (``labgpu/db/migrations``), the same scripts on both,
+with their own version table so the database can be JupyterHub's too; a store that opens a
+database migrates it first.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+import hashlib
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
-from sqlalchemy import CursorResult, Engine, create_engine, event
+from sqlalchemy import CursorResult, Engine, Table, create_engine, event
 from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.engine.interfaces import DBAPIConnection, DBAPICursor
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -27,11 +43,15 @@ __all__ = [
     "Clock",
     "Store",
     "alembic_config",
+    "database_url",
     "head_revision",
     "inserted_id",
+    "is_postgresql",
     "ledger_engine",
+    "lock_key",
     "sqlite_url",
     "upgrade_to_head",
+    "upsert",
     "utc_now",
 ]
 
@@ -48,24 +68,50 @@ def utc_now() -> datetime:
 
 
 # ============================================================================================
-# Engines: SQLite, WAL, busy timeout, BEGIN IMMEDIATE
+# Engines: chosen by URL; SQLite (WAL, BEGIN IMMEDIATE) or PostgreSQL (advisory transaction lock)
 # ============================================================================================
 
+LEDGER_LOCK = "ledger"  # the ledger, the queue, sessions, volume sizes: one writer at a time
+TELEMETRY_LOCK = "telemetry"  # the pollers' samples and rollups
+_MIGRATION_LOCK = "migrations"
 
-def sqlite_url(url_or_path: str | Path) -> str:
-    """An SQLAlchemy URL: a URL as given, a file path as an absolute ``sqlite:///`` URL."""
+
+def database_url(url_or_path: str | Path) -> str:
+    """An SQLAlchemy URL: a file path as an absolute ``sqlite:///`` URL, ``postgresql://`` (or
+    ``postgres://``) as psycopg 3's ``postgresql+psycopg://``, any other URL as given."""
     text = str(url_or_path)
-    if "://" in text:
-        return text
-    return f"sqlite:///{Path(text).expanduser().resolve()}"
+    if "://" not in text:
+        return f"sqlite:///{Path(text).expanduser().resolve()}"
+    url = make_url(text)
+    if url.drivername in ("postgresql", "postgres"):
+        url = url.set(drivername="postgresql+psycopg")
+    return url.render_as_string(hide_password=False)
 
 
-def ledger_engine(url_or_path: str | Path, *, immediate: bool = True, busy_timeout_ms: int = 30_000) -> Engine:
-    """An engine on the database: WAL, a busy timeout, foreign keys on, and (for writers)
-    transactions that start with ``BEGIN IMMEDIATE`` so that read-then-write cannot race."""
-    url = make_url(sqlite_url(url_or_path))
+sqlite_url = database_url  # its name before PostgreSQL; a path still means an SQLite file
+
+
+def is_postgresql(url_or_path: str | Path) -> bool:
+    """Does this URL name a PostgreSQL database (else SQLite)?"""
+    return make_url(database_url(url_or_path)).get_backend_name() == "postgresql"
+
+
+def lock_key(name: str) -> int:
+    """The PostgreSQL advisory lock key (a signed 64-bit number) of a lock domain's name."""
+    return int.from_bytes(hashlib.sha256(f"labgpu:{name}".encode()).digest()[:8], "big", signed=True)
+
+
+def ledger_engine(
+    url_or_path: str | Path, *, immediate: bool = True, busy_timeout_ms: int = 30_000, lock: str = LEDGER_LOCK
+) -> Engine:
+    """An engine on the database whose transactions, for writers (``immediate``), start by
+    taking the database's exclusive ``lock`` (see the module's docstring), so that
+    read-then-write cannot race; readers read one snapshot per transaction."""
+    url = make_url(database_url(url_or_path))
+    if url.get_backend_name() == "postgresql":
+        return _postgresql_engine(url.render_as_string(hide_password=False), immediate, busy_timeout_ms, lock)
     if url.get_backend_name() != "sqlite":
-        return create_engine(url)
+        raise ValueError(f"the ledger runs on SQLite or PostgreSQL, not {url.get_backend_name()} ({url!r})")
     database = url.database or ""
     if database and database != ":memory:":
         Path(database).parent.mkdir(parents=True, exist_ok=True)
@@ -91,12 +137,44 @@ def ledger_engine(url_or_path: str | Path, *, immediate: bool = True, busy_timeo
     return engine
 
 
+def _postgresql_engine(url: str, immediate: bool, busy_timeout_ms: int, lock: str) -> Engine:
+    # READ COMMITTED for writers: each statement after the lock sees what was committed before
+    # it was granted (a REPEATABLE READ snapshot could predate the lock). A lock wait longer
+    # than the busy timeout fails the transaction, as SQLite's busy timeout does.
+    engine = create_engine(
+        url,
+        isolation_level="READ COMMITTED" if immediate else "REPEATABLE READ",
+        pool_pre_ping=True,  # a server restart leaves dead pooled connections behind
+        connect_args={"options": f"-c lock_timeout={int(busy_timeout_ms)}", "connect_timeout": 10},
+    )
+    if immediate:
+        statement = f"SELECT pg_advisory_xact_lock({lock_key(lock)})"
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(conn: Connection) -> None:
+            conn.exec_driver_sql(statement)
+
+    return engine
+
+
 def inserted_id(result: CursorResult[Any]) -> int:
     """The primary key of the row an ``INSERT`` just wrote."""
     key = result.inserted_primary_key
     if key is None:  # only for statements that are not single-row inserts
         raise ValueError("the statement inserted no row")
     return int(key[0])
+
+
+def upsert(conn: Connection, table: Table, rows: dict[str, Any] | Sequence[dict[str, Any]]) -> None:
+    """Insert rows, or overwrite the other columns of those whose primary key exists already
+    (``INSERT ... ON CONFLICT (key) DO UPDATE``: the same statement on SQLite and PostgreSQL)."""
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    statement: Any = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(table)
+    keys = [column.name for column in table.primary_key]
+    first = rows if isinstance(rows, dict) else rows[0]
+    changed = {name: statement.excluded[name] for name in first if name not in keys}
+    conn.execute(statement.on_conflict_do_update(index_elements=keys, set_=changed), rows)
 
 
 # ============================================================================================
@@ -136,8 +214,10 @@ def current_revision(connection: Connection) -> str | None:
 def upgrade_to_head(engine: Engine) -> bool:
     """Run Alembic migrations to ``head`` if the database is behind; True if it ran any.
 
-    The check is one query; the upgrade runs inside one ``BEGIN IMMEDIATE`` transaction, so
-    processes opening a fresh database at the same time migrate it exactly once.
+    The check is one query; the upgrade runs inside one write transaction holding the migration
+    lock (SQLite's write lock, a PostgreSQL advisory lock), so processes opening a fresh
+    database at the same time migrate it exactly once. PostgreSQL's DDL is transactional: a
+    migration that fails leaves the database as it was.
     """
     head = head_revision()
     with engine.connect() as conn:
@@ -148,6 +228,8 @@ def upgrade_to_head(engine: Engine) -> bool:
     from alembic import command
 
     with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":  # stores with other lock domains migrate too
+            conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({lock_key(_MIGRATION_LOCK)})")
         if current_revision(conn) == head:  # another process migrated it meanwhile
             return False
         command.upgrade(alembic_config(conn), "head")
@@ -162,19 +244,50 @@ def upgrade_to_head(engine: Engine) -> bool:
 class Store:
     """What every store has: the database's URL, two engines on it, a clock, and ``close``.
 
-    ``writer``'s transactions start with ``BEGIN IMMEDIATE`` (take the write lock first);
-    ``reader`` reads a snapshot without taking it. With ``migrate`` the database is brought to
-    the newest schema first. Safe to use from several threads and processes at once; use it as
-    a context manager, or call :meth:`close`, to release its connections.
+    ``writer``'s transactions take the store's lock first (``lock``: SQLite's ``BEGIN
+    IMMEDIATE``, PostgreSQL's advisory lock of that name); ``reader`` reads a snapshot without
+    taking it. With ``migrate`` the database is brought to the newest schema first. Safe to use
+    from several threads and processes at once; use it as a context manager, or call
+    :meth:`close`, to release its connections.
     """
 
+    lock = LEDGER_LOCK
+
     def __init__(self, url_or_path: str | Path, *, clock: Clock | None = None, migrate: bool = True) -> None:
-        self.url = sqlite_url(url_or_path)
-        self.writer = ledger_engine(self.url, immediate=True)
+        self.url = database_url(url_or_path)
+        self.postgresql = is_postgresql(self.url)
+        self.writer = ledger_engine(self.url, immediate=True, lock=self.lock)
         self.reader = ledger_engine(self.url, immediate=False)
         self._clock: Clock = clock or utc_now
         if migrate:
             upgrade_to_head(self.writer)
+
+    @contextmanager
+    def raw_write(self) -> Iterator[DBAPICursor]:
+        """One write transaction on the driver's own connection and cursor, for the few hot
+        paths (a grant, a release) where SQLAlchemy's per-statement work costs more than the
+        database's: the same lock as :attr:`writer` (taken first), committed at the end,
+        rolled back on any error. Statements use ``?`` placeholders (see :meth:`sql`)."""
+        connection: DBAPIConnection = self.writer.raw_connection()
+        try:
+            cursor = connection.cursor()
+            cursor.execute(self._lock_sql)
+            try:
+                yield cursor
+            except BaseException:
+                connection.rollback()
+                raise
+            connection.commit()
+        finally:
+            connection.close()  # back to the pool
+
+    def sql(self, statement: str) -> str:
+        """A hand-written statement (``?`` placeholders) in this database driver's form."""
+        return statement.replace("?", "%s") if self.postgresql else statement
+
+    @functools.cached_property
+    def _lock_sql(self) -> str:
+        return f"SELECT pg_advisory_xact_lock({lock_key(self.lock)})" if self.postgresql else "BEGIN IMMEDIATE"
 
     def now(self) -> datetime:
         """The store's time (its injected clock's), aware UTC."""

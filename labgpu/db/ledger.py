@@ -128,7 +128,7 @@ _ALLOCATION_GPUS = (
     select(_allocated.c.gpu_uuid)
     .join(_gpus, _gpus.c.uuid == _allocated.c.gpu_uuid)
     .where(_allocated.c.allocation_id == bindparam("allocation_id"))
-    .order_by(_gpus.c.index, _gpus.c.mig_index, _gpus.c.uuid)
+    .order_by(_gpus.c.index, _gpus.c.mig_index.nulls_first(), _gpus.c.uuid)
 )
 _GPUS_WITH_HOLDERS = (
     select(
@@ -144,12 +144,12 @@ _GPUS_WITH_HOLDERS = (
             _allocations, _allocations.c.id == _allocated.c.allocation_id
         )
     )
-    .order_by(_gpus.c.index, _gpus.c.mig_index, _gpus.c.uuid)
+    .order_by(_gpus.c.index, _gpus.c.mig_index.nulls_first(), _gpus.c.uuid)
 )
 _ALL_ALLOCATED_GPUS = (
     select(_allocated.c.allocation_id, _allocated.c.gpu_uuid)
     .join(_gpus, _gpus.c.uuid == _allocated.c.gpu_uuid)
-    .order_by(_allocated.c.allocation_id, _gpus.c.index, _gpus.c.mig_index, _gpus.c.uuid)
+    .order_by(_allocated.c.allocation_id, _gpus.c.index, _gpus.c.mig_index.nulls_first(), _gpus.c.uuid)
 )
 _INSERT_EVENT = insert(_events)
 _INSERT_ALLOCATION = insert(_allocations)
@@ -265,7 +265,9 @@ class Ledger(Store):
         with self.reader.connect() as conn:
             allocations = self._all_allocations(conn)
             held_by = dict(conn.execute(select(_allocated.c.gpu_uuid, _allocated.c.allocation_id)).all())
-            query = select(_gpus).order_by(_gpus.c.present.desc(), _gpus.c.index, _gpus.c.mig_index, _gpus.c.uuid)
+            query = select(_gpus).order_by(
+                _gpus.c.present.desc(), _gpus.c.index, _gpus.c.mig_index.nulls_first(), _gpus.c.uuid
+            )
             if not include_gone:
                 query = query.where(_gpus.c.present.is_(True))
             return [

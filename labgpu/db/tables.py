@@ -32,6 +32,10 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
+# Milliseconds and seconds since the epoch: 64-bit on PostgreSQL (its INTEGER is 32-bit), plain
+# INTEGER on SQLite (64-bit already; the same DDL as before PostgreSQL, so no SQLite migration).
+EpochInteger = BigInteger().with_variant(Integer(), "sqlite")
+
 # ============================================================================================
 # The declarative base and its column type
 # ============================================================================================
@@ -263,7 +267,7 @@ class TelemetryGpuSample(Base):
     __tablename__ = "telemetry_gpu_sample"
     __table_args__ = ({"sqlite_with_rowid": False},)
     gpu_id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    ts_ms: Mapped[int] = mapped_column(Integer, primary_key=True)
+    ts_ms: Mapped[int] = mapped_column(EpochInteger, primary_key=True)
     dt_ms: Mapped[int] = mapped_column(Integer)
     util_gpu: Mapped[int | None] = mapped_column(Integer, nullable=True)
     util_memory: Mapped[int | None] = mapped_column(Integer, nullable=True)
@@ -281,7 +285,7 @@ class TelemetryProcessSample(Base):
     __tablename__ = "telemetry_process_sample"
     __table_args__ = ({"sqlite_with_rowid": False},)
     gpu_id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    ts_ms: Mapped[int] = mapped_column(Integer, primary_key=True)
+    ts_ms: Mapped[int] = mapped_column(EpochInteger, primary_key=True)
     pid: Mapped[int] = mapped_column(Integer, primary_key=True)
     owner_id: Mapped[int] = mapped_column(Integer)
     dt_ms: Mapped[int] = mapped_column(Integer)
@@ -297,7 +301,7 @@ class TelemetryGpuRollup(Base):
     __table_args__ = ({"sqlite_with_rowid": False},)
     resolution: Mapped[int] = mapped_column(Integer, primary_key=True)
     gpu_id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    bucket: Mapped[int] = mapped_column(Integer, primary_key=True)
+    bucket: Mapped[int] = mapped_column(EpochInteger, primary_key=True)
     samples: Mapped[int] = mapped_column(Integer)
     seconds: Mapped[float] = mapped_column(Float)
     busy_s: Mapped[float] = mapped_column(Float)
@@ -317,7 +321,7 @@ class TelemetryOwnerRollup(Base):
     resolution: Mapped[int] = mapped_column(Integer, primary_key=True)
     owner_id: Mapped[int] = mapped_column(Integer, primary_key=True)
     gpu_id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    bucket: Mapped[int] = mapped_column(Integer, primary_key=True)
+    bucket: Mapped[int] = mapped_column(EpochInteger, primary_key=True)
     samples: Mapped[int] = mapped_column(Integer)
     seconds: Mapped[float] = mapped_column(Float)
     busy_s: Mapped[float] = mapped_column(Float)

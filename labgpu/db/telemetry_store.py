@@ -17,11 +17,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Table, and_, delete, func, insert, select, update
+from sqlalchemy import Table, and_, case, delete, func, insert, select, update
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.sql.elements import ColumnElement
 
-from labgpu.db.engine import Clock, Store, inserted_id
+from labgpu.db.engine import TELEMETRY_LOCK, Clock, Store, inserted_id, upsert
 from labgpu.db.tables import (
     TelemetryGpu,
     TelemetryGpuRollup,
@@ -105,6 +105,12 @@ def _rollup_row(resolution: int, rollup: GpuRollup | OwnerRollup) -> dict[str, A
     return {"resolution": resolution, **{_ROLLUP_COLUMNS.get(k, k): v for k, v in asdict(rollup).items()}}
 
 
+def _at_most(value: ColumnElement[Any], limit: int) -> ColumnElement[Any]:
+    """The smaller of a value and a limit, in SQL both databases speak (SQLite's two-argument
+    ``min`` is PostgreSQL's ``least``)."""
+    return case((value > limit, limit), else_=value)
+
+
 def _rollup(kind: type[_RollupT], row: Row[Any]) -> _RollupT:
     """The rollup a row of its table stores (the inverse of :func:`_rollup_row`)."""
     return kind(**{_ROLLUP_FIELDS.get(k, k): v for k, v in row._mapping.items() if k != "resolution"})
@@ -118,6 +124,8 @@ class TelemetryDB(Store):
     snapshot without taking the write lock. Opening it migrates the database, so the poller may
     start before the hub.
     """
+
+    lock = TELEMETRY_LOCK  # a poller's tick waits for no grant, nor a grant for a tick
 
     def __init__(self, url_or_path: str | Path, migrate: bool = True, *, clock: Clock | None = None) -> None:
         super().__init__(url_or_path, clock=clock, migrate=migrate)
@@ -133,7 +141,8 @@ class TelemetryDB(Store):
         gpus: Sequence[tuple[GpuReading, float, str | None]],
         processes: Sequence[ProcessRecord],
     ) -> None:
-        """All samples of one tick in one transaction, and each GPU's health."""
+        """All samples of one tick in one transaction (one multi-row statement per table), and
+        each GPU's health."""
         ts_ms = round(ts * 1000)
         dt_by_uuid: dict[str, int] = {}
         with self.writer.begin() as conn:
@@ -157,7 +166,7 @@ class TelemetryDB(Store):
                     }
                 )
             if gpu_rows:
-                conn.execute(insert(GPU_SAMPLE).prefix_with("OR REPLACE"), gpu_rows)
+                upsert(conn, GPU_SAMPLE, gpu_rows)
             process_rows = [
                 {
                     "gpu_id": self._gpu_ids[p.gpu_uuid],
@@ -172,7 +181,7 @@ class TelemetryDB(Store):
                 for p in processes
             ]
             if process_rows:
-                conn.execute(insert(PROCESS_SAMPLE).prefix_with("OR REPLACE"), process_rows)
+                upsert(conn, PROCESS_SAMPLE, process_rows)
 
     def _gpu_id(self, conn: Connection, reading: GpuReading, ts: float, problem: str | None) -> int:
         gpu_id = self._gpu_ids.get(reading.uuid)
@@ -297,9 +306,9 @@ class TelemetryDB(Store):
         self, conn: Connection, resolution: int, gpus: list[GpuRollup], owners: list[OwnerRollup]
     ) -> None:
         if gpus:
-            conn.execute(insert(GPU_ROLLUP).prefix_with("OR REPLACE"), [_rollup_row(resolution, r) for r in gpus])
+            upsert(conn, GPU_ROLLUP, [_rollup_row(resolution, r) for r in gpus])
         if owners:
-            conn.execute(insert(OWNER_ROLLUP).prefix_with("OR REPLACE"), [_rollup_row(resolution, r) for r in owners])
+            upsert(conn, OWNER_ROLLUP, [_rollup_row(resolution, r) for r in owners])
 
     def prune(self, now: float, retention: Retention) -> None:
         """Delete what is past its retention, never what is not yet rolled up; record from when
@@ -325,10 +334,10 @@ class TelemetryDB(Store):
                     self._set_state(conn, f"kept_{resolution}", cutoff)
 
     def _state(self, conn: Connection) -> dict[str, float]:
-        return {row.key: row.value for row in conn.execute(select(STATE))}
+        return {row.key: float(row.value) for row in conn.execute(select(STATE))}
 
     def _set_state(self, conn: Connection, key: str, value: float) -> None:
-        conn.execute(insert(STATE).prefix_with("OR REPLACE").values(key=key, value=value))
+        upsert(conn, STATE, {"key": key, "value": value})
 
     # ---- queries (the scheduler, the usage pages) -------------------------------------------
 
@@ -359,8 +368,8 @@ class TelemetryDB(Store):
                             GPU_SAMPLE.c.ts_ms < int(end * 1000),
                         )
                     ).one()
-                    seconds += (row[0] or 0) / 1000
-                    busy += (row[1] or 0) / 100_000
+                    seconds += float(row[0] or 0) / 1000
+                    busy += float(row[1] or 0) / 100_000
                 else:
                     row = conn.execute(
                         select(func.sum(GPU_ROLLUP.c.seconds), func.sum(GPU_ROLLUP.c.busy_s)).where(
@@ -370,8 +379,8 @@ class TelemetryDB(Store):
                             GPU_ROLLUP.c.bucket < end,
                         )
                     ).one()
-                    seconds += row[0] or 0.0
-                    busy += row[1] or 0.0
+                    seconds += float(row[0] or 0.0)
+                    busy += float(row[1] or 0.0)
         return None if seconds <= 0 else busy / seconds
 
     def usage(
@@ -420,7 +429,7 @@ class TelemetryDB(Store):
                 select(
                     PROCESS_SAMPLE.c.owner_id,
                     func.max(PROCESS_SAMPLE.c.dt_ms).label("dt_ms"),
-                    func.min(func.sum(PROCESS_SAMPLE.c.busy_pm), 1000).label("busy_pm"),
+                    _at_most(func.sum(PROCESS_SAMPLE.c.busy_pm), 1000).label("busy_pm"),
                 )
                 .where(
                     PROCESS_SAMPLE.c.owner_id.in_(owner_ids),
@@ -435,7 +444,7 @@ class TelemetryDB(Store):
                     per_tick.c.owner_id, func.sum(per_tick.c.dt_ms), func.sum(per_tick.c.dt_ms * per_tick.c.busy_pm)
                 ).group_by(per_tick.c.owner_id)
             )
-            return [(r[0], (r[1] or 0) / 1000, (r[2] or 0) / 1_000_000) for r in rows]
+            return [(r[0], float(r[1] or 0) / 1000, float(r[2] or 0) / 1_000_000) for r in rows]
         rows = conn.execute(
             select(OWNER_ROLLUP.c.owner_id, func.sum(OWNER_ROLLUP.c.seconds), func.sum(OWNER_ROLLUP.c.busy_s))
             .where(
@@ -446,7 +455,7 @@ class TelemetryDB(Store):
             )
             .group_by(OWNER_ROLLUP.c.owner_id)
         )
-        return [(r[0], r[1] or 0.0, r[2] or 0.0) for r in rows]
+        return [(r[0], float(r[1] or 0.0), float(r[2] or 0.0)) for r in rows]
 
     def _ids_for(self, conn: Connection, gpu_uuids: Iterable[str]) -> list[int]:
         return list(conn.execute(select(GPU.c.id).where(GPU.c.uuid.in_(list(gpu_uuids)))).scalars())
@@ -467,8 +476,11 @@ class TelemetryDB(Store):
         return spans
 
     def size_bytes(self) -> int:
-        """Bytes the SQLite database file takes (pages in use), for the growth benchmark."""
+        """Bytes the database takes (SQLite: pages in use; PostgreSQL: the database's size on
+        disk), for the growth benchmark."""
         with self.reader.connect() as conn:
+            if self.postgresql:
+                return int(conn.exec_driver_sql("SELECT pg_database_size(current_database())").scalar() or 0)
             page_size = conn.exec_driver_sql("PRAGMA page_size").scalar() or 0
             pages = conn.exec_driver_sql("PRAGMA page_count").scalar() or 0
             free = conn.exec_driver_sql("PRAGMA freelist_count").scalar() or 0

@@ -14,6 +14,10 @@ down_revision = "0003"
 branch_labels = None
 depends_on = None
 
+# Milliseconds (seconds for buckets) since the epoch: BIGINT on PostgreSQL, whose INTEGER is
+# 32-bit; INTEGER on SQLite, 64-bit already and what SQLite ledgers were created with.
+EPOCH_INTEGER = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
 
 def upgrade() -> None:
     with op.batch_alter_table("gpus") as batch:
@@ -44,7 +48,7 @@ def upgrade() -> None:
     op.create_table(
         "telemetry_gpu_sample",
         sa.Column("gpu_id", sa.Integer, primary_key=True),
-        sa.Column("ts_ms", sa.Integer, primary_key=True),
+        sa.Column("ts_ms", EPOCH_INTEGER, primary_key=True),
         sa.Column("dt_ms", sa.Integer, nullable=False),
         sa.Column("util_gpu", sa.Integer, nullable=True),
         sa.Column("util_memory", sa.Integer, nullable=True),
@@ -59,7 +63,7 @@ def upgrade() -> None:
     op.create_table(
         "telemetry_process_sample",
         sa.Column("gpu_id", sa.Integer, primary_key=True),
-        sa.Column("ts_ms", sa.Integer, primary_key=True),
+        sa.Column("ts_ms", EPOCH_INTEGER, primary_key=True),
         sa.Column("pid", sa.Integer, primary_key=True),
         sa.Column("owner_id", sa.Integer, nullable=False),
         sa.Column("dt_ms", sa.Integer, nullable=False),
@@ -72,7 +76,7 @@ def upgrade() -> None:
         "telemetry_gpu_rollup",
         sa.Column("resolution", sa.Integer, primary_key=True),
         sa.Column("gpu_id", sa.Integer, primary_key=True),
-        sa.Column("bucket", sa.Integer, primary_key=True),
+        sa.Column("bucket", EPOCH_INTEGER, primary_key=True),
         sa.Column("samples", sa.Integer, nullable=False),
         sa.Column("seconds", sa.Float, nullable=False),
         sa.Column("busy_s", sa.Float, nullable=False),
@@ -89,7 +93,7 @@ def upgrade() -> None:
         sa.Column("resolution", sa.Integer, primary_key=True),
         sa.Column("owner_id", sa.Integer, primary_key=True),
         sa.Column("gpu_id", sa.Integer, primary_key=True),
-        sa.Column("bucket", sa.Integer, primary_key=True),
+        sa.Column("bucket", EPOCH_INTEGER, primary_key=True),
         sa.Column("samples", sa.Integer, nullable=False),
         sa.Column("seconds", sa.Float, nullable=False),
         sa.Column("busy_s", sa.Float, nullable=False),
