@@ -26,6 +26,7 @@ log = logging.getLogger("labgpu.web")
 ROUTE_MODULES: tuple[str, ...] = (
     "labgpu.web.pages",
     "labgpu.metrics.web",  # /metrics, for Prometheus (issue 15)
+    "labgpu.web.sharing",  # share my server, shared with me (issue 16)
 )
 
 Route = tuple[str, type[web.RequestHandler]]
