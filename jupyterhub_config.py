@@ -347,6 +347,17 @@ c.JupyterHub.services.append(
         "oauth_no_confirm": True,
     }
 )
+# The web service's own token: one role, each page module's needs. Sharing (labgpu/web/sharing.py):
+# users hold no sharing scope (shares!user would let them share with anyone); the service checks
+# each request (own servers, own groups or their members, access only) and shares with these.
+# Group pages (labgpu/web/groups.py): a manager may stop a member's idle server holding GPUs.
+c.JupyterHub.load_roles.append(
+    {
+        "name": "labgpu-web",
+        "scopes": ["shares", "read:users", "read:servers", "read:groups", "delete:servers"],
+        "services": ["labgpu"],
+    }
+)
 
 
 def grant_users(*scopes):
