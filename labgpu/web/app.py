@@ -12,6 +12,7 @@ import importlib
 import logging
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from jupyterhub.services.auth import HubOAuthCallbackHandler
@@ -21,6 +22,7 @@ from tornado import web
 from labgpu.web.base import WebContext
 
 log = logging.getLogger("labgpu.web")
+STATIC = Path(__file__).parent / "static"
 
 # One module per concern; each lists its own routes. Others add theirs here (one line each).
 ROUTE_MODULES: tuple[str, ...] = (
@@ -58,6 +60,8 @@ def make_app(context: WebContext, modules: Sequence[str] = ROUTE_MODULES, **sett
     handlers: list[Any] = [
         (prefix, RootHandler),
         (url_path_join(prefix, "oauth_callback"), HubOAuthCallbackHandler),
+        # The pages' own scripts, from the package (no CDN: the hub may be offline).
+        (url_path_join(prefix, r"static/(.*)"), web.StaticFileHandler, {"path": str(STATIC)}),
     ]
     handlers += [(url_path_join(prefix, pattern), handler) for pattern, handler in collect_routes(modules)]
     return web.Application(
