@@ -207,6 +207,9 @@ if env("LABGPU_CPU_LIMIT"):
     c.GPUDockerSpawner.cpu_limit = float(env("LABGPU_CPU_LIMIT"))
 c.GPUDockerSpawner.default_url = "/lab"
 c.JupyterHub.allow_named_servers = True  # how many: the quota policy's named_servers
+# A workspace asks the hub again about a visitor's token after 10 s (JupyterHub's default: 5 min),
+# so a share revoked on the Sharing page ends within seconds in the shared server too.
+c.GPUDockerSpawner.args = ["--HubOAuth.cache_max_age=10"]
 
 # --- quotas, GPUs and the ledger -------------------------------------------------------------
 quotas = env("LABGPU_QUOTAS")
