@@ -1,4 +1,5 @@
-"""Many processes allocating from one real SQLite ledger at once: no GPU is ever held twice."""
+"""Many processes allocating from one real ledger at once (SQLite and PostgreSQL): no GPU is ever
+held twice."""
 
 import multiprocessing
 import random
@@ -52,7 +53,7 @@ def grab_worker(path: str, worker: int, start, answers) -> None:
     ledger.close()
 
 
-def run_processes(path: Path, target) -> list[tuple]:
+def run_processes(path: str, target) -> list[tuple]:
     context = multiprocessing.get_context("fork")
     start, answers = context.Event(), context.Queue()
     processes = [context.Process(target=target, args=(str(path), w, start, answers)) for w in range(PROCESSES)]
@@ -74,8 +75,8 @@ def run_processes(path: Path, target) -> list[tuple]:
 
 
 @pytest.fixture
-def ledger_path(tmp_path):
-    path = tmp_path / "ledger.sqlite"
+def ledger_path(ledger_db):
+    path = ledger_db
     with Ledger(path) as ledger:
         ledger.sync_inventory(ReplayInventory(DATA / "a100x8-two-nvlink-islands.json").gpus())
     return path

@@ -1,14 +1,16 @@
 """Every GPU limit is checked inside the ledger's allocation transaction, whichever path led
 there: GPUs per server, the user's total across servers, and the pool of the group an
-allocation is charged to (recorded with it, counted from the ledger itself)."""
+allocation is charged to (recorded with it, counted from the ledger itself). On SQLite and
+PostgreSQL alike (``ledger_db``)."""
 
-import sqlite3
 import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy import create_engine, text
 
+from labgpu.db.engine import database_url
 from labgpu.db.ledger import Ledger
 from labgpu.gpus.allocator import GroupPoolFull, NotEnoughGpus, ServerLimitExceeded, UserTotalExceeded
 from labgpu.gpus.inventory import ReplayInventory
@@ -26,8 +28,8 @@ class Clock:
 
 
 @pytest.fixture
-def path(tmp_path):
-    path = tmp_path / "ledger.sqlite"
+def path(ledger_db):
+    path = ledger_db
     with Ledger(path, clock=Clock()) as ledger:
         ledger.sync_inventory(ReplayInventory(DATA / "a100x8-two-nvlink-islands.json").gpus())
     return path
@@ -88,8 +90,10 @@ def test_the_group_is_recorded_with_the_allocation_and_a_retried_spawn_is_not_co
     assert first.group == "vision-lab" and ledger.allocation_for("alice").group == "vision-lab"
     assert vision(ledger, "alice", n=4) == first  # the same spawn again: its own GPUs, not over the pool
     assert [a.group for a in ledger.allocations()] == ["vision-lab"]
-    with sqlite3.connect(path) as db:
-        assert db.execute("SELECT user, group_name FROM allocations").fetchall() == [("alice", "vision-lab")]
+    engine = create_engine(database_url(path))
+    with engine.connect() as db:
+        assert db.execute(text('SELECT "user", group_name FROM allocations')).all() == [("alice", "vision-lab")]
+    engine.dispose()
     # Allocations charged to no group (or another) do not count against the pool.
     ledger.allocate("bob", "", 2)
     ledger.allocate("carol", "", 1, group="nlp", pool=8)
@@ -112,7 +116,7 @@ def test_the_users_total_holds_across_servers_and_a_server_limit_holds_per_serve
 
 def test_concurrent_grants_from_several_processes_never_exceed_the_pool(path):
     """Twelve members start at once, each through its own connection (as the hub, the CLI and
-    a second hub process would): SQLite serializes the grants and exactly the pool is handed out."""
+    a second hub process would): the database's lock serializes the grants and exactly the pool is handed out."""
     outcomes: list[str] = []
     barrier = threading.Barrier(12)
 

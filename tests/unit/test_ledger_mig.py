@@ -18,8 +18,8 @@ def gpus():
 
 
 @pytest.fixture
-def ledger(tmp_path, gpus):
-    with Ledger(tmp_path / "ledger.sqlite") as ledger:
+def ledger(ledger_db, gpus):
+    with Ledger(ledger_db) as ledger:
         ledger.sync_inventory(gpus)
         yield ledger
 

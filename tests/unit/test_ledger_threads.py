@@ -11,8 +11,8 @@ from labgpu.gpus.inventory import ReplayInventory
 DATA = Path(__file__).parent.parent / "data"
 
 
-async def test_200_concurrent_spawns_in_one_hub_process_share_8_gpus_safely(tmp_path):
-    ledger = Ledger(tmp_path / "ledger.sqlite")
+async def test_200_concurrent_spawns_in_one_hub_process_share_8_gpus_safely(ledger_db):
+    ledger = Ledger(ledger_db)
     ledger.sync_inventory(ReplayInventory(DATA / "a100x8-two-nvlink-islands.json").gpus())
     held_now: dict[str, str] = {}
     answers: list[str] = []
@@ -38,7 +38,9 @@ async def test_200_concurrent_spawns_in_one_hub_process_share_8_gpus_safely(tmp_
     try:
         await asyncio.wait_for(asyncio.gather(*(spawn(i) for i in range(200))), timeout=120)
         assert len(answers) == 200
-        assert answers.count("granted") >= 8
+        # Nobody is refused before 7 of the 8 GPUs are held, by grants of 1 or 2 GPUs (how many
+        # more are granted depends on how releases and allocations interleave in the threads).
+        assert answers.count("granted") >= 4
         assert all(a == "granted" or a.startswith("refused: Not enough free GPUs") for a in answers)
         assert ledger.allocations() == []
         grants = [e for e in ledger.audit() if e.action == "grant"]
