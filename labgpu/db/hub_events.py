@@ -28,12 +28,13 @@ _events = HubEventRow.__table__
 
 @dataclass(frozen=True)
 class EventCounts:
-    """Totals so far: refusals per reason, reconcile findings per kind, and when the last
-    reconcile ran (None: never recorded)."""
+    """Totals so far: refusals per reason, reconcile findings per kind; when the last reconcile
+    ran (None: never recorded) and what it found."""
 
     refusals: Mapping[str, int]
     drift: Mapping[str, int]
     last_reconcile: datetime | None
+    last_drift: Mapping[str, int]
 
 
 class HubEventStore(Store):
@@ -75,4 +76,10 @@ class HubEventStore(Store):
                 elif kind == RECONCILE:
                     drift[reason] = int(total or 0)
                     last = at if last is None or (at is not None and at > last) else last
-        return EventCounts(refusals, drift, last)
+            last_drift: dict[str, int] = {}
+            if last is not None:
+                rows = conn.execute(
+                    select(_events.c.reason, _events.c.count).where(_events.c.kind == RECONCILE, _events.c.at == last)
+                )
+                last_drift = {reason: int(count) for reason, count in rows}
+        return EventCounts(refusals, drift, last, last_drift)

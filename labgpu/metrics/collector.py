@@ -125,6 +125,7 @@ class LedgerCollector(Collector):
             last_sample=last_sample,
             drift=counts.drift,
             last_reconcile=counts.last_reconcile.timestamp() if counts.last_reconcile else None,
+            last_drift=counts.last_drift,
             previous_scrape_seconds=self._previous_scrape,
         )
 

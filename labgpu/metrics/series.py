@@ -83,6 +83,7 @@ class Snapshot:
     last_sample: float | None = None  # the poller's newest sample, None if never
     drift: Mapping[str, int] = field(default_factory=dict)  # adopted / released / stopped / conflict / skipped
     last_reconcile: float | None = None
+    last_drift: Mapping[str, int] = field(default_factory=dict)  # what the last reconcile found
     previous_scrape_seconds: float | None = None
 
 
@@ -228,9 +229,17 @@ def event_families(snapshot: Snapshot) -> Iterator[Metric]:
     if snapshot.last_reconcile is not None:
         yield GaugeMetricFamily(
             "labgpu_reconcile_last_timestamp_seconds",
-            "When the ledger was last reconciled with Docker.",
+            "When the ledger was last reconciled with Docker (at hub start).",
             value=snapshot.last_reconcile,
         )
+        last = GaugeMetricFamily(
+            "labgpu_ledger_drift_last_reconcile",
+            "What the last reconcile of the ledger with Docker found, by kind.",
+            labels=["kind"],
+        )
+        for kind in sorted(set(DRIFT_KINDS) | set(snapshot.last_drift)):
+            last.add_metric([kind], float(snapshot.last_drift.get(kind, 0)))
+        yield last
 
 
 def usage_families(snapshot: Snapshot) -> Iterator[Metric]:
