@@ -390,6 +390,7 @@ class GpuSpawnPolicy(SpawnerMixinBase):  # type: ignore[misc]  # JupyterHub's Sp
             exclude=exclude,
             max_runtime=self.limits.max_runtime if self.limits else None,
             user_total=self.limits.gpus_total if self.limits else None,
+            group=self.spawn_request.group if self.spawn_request else None,  # the group that pays
         )
         try:
             allocation = await asyncio.wait_for(
