@@ -23,6 +23,8 @@ PURE = [
     "hub.admin_extras",
     "metrics.series",
     "metrics.accounting",
+    "ssh.keys",
+    "ssh.access",
 ]
 IO_LIBRARIES = {"docker", "dockerspawner", "pynvml", "tornado", "sqlalchemy", "alembic", "jupyterhub", "requests"}
 
@@ -35,8 +37,9 @@ ALLOWED = {
     "db": {"gpus", "quota"},
     "hub": {"quota", "gpus", "fairshare", "db"},
     "services": {"quota", "gpus", "fairshare", "db"},
-    "cli": {"quota", "gpus", "fairshare", "db", "hub", "services", "web"},
-    "web": {"quota", "gpus", "fairshare", "db", "metrics"},
+    "cli": {"quota", "gpus", "fairshare", "db", "hub", "services", "web", "ssh"},
+    "web": {"quota", "gpus", "fairshare", "db", "metrics", "ssh"},
+    "ssh": {"quota", "db"},
     # the queue's fair-share view of the policy (hub.gpu_queue.PolicyView), for fair-share factors
     "metrics": {"quota", "gpus", "fairshare", "db", "hub"},
 }
