@@ -8,7 +8,18 @@ import importlib
 import sys
 
 # One module per concern; each registers its own subcommand(s).
-COMMAND_MODULES: tuple[str, ...] = ("quotas", "simulate", "poller", "gpus", "reclaim", "usage", "disk", "web", "backup", "ssh")
+COMMAND_MODULES: tuple[str, ...] = (
+    "quotas",
+    "simulate",
+    "poller",
+    "gpus",
+    "reclaim",
+    "usage",
+    "disk",
+    "web",
+    "backup",
+    "ssh",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
