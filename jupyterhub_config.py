@@ -64,6 +64,11 @@ LABGPU_WEB_PORT             8090                             port (on 127.0.0.1)
                                                              labgpu web service at /services/labgpu/
 LABGPU_PROMETHEUS_TOKEN     (none)                           a token for Prometheus (openssl rand -hex 32): reads
                                                              /hub/metrics and /services/labgpu/metrics
+LABGPU_SSH                  off                              the SSH gateway (ssh -p 2222 alice@hub: a shell,
+                                                             commands, scp/sftp and forwards into her running
+                                                             workspace; keys or a hub token): on or off
+LABGPU_SSH_PORT             2222                             the SSH gateway's port
+LABGPU_SSH_HOST             demo: 127.0.0.1, else 0.0.0.0    the address the SSH gateway listens on
 DOCKER_HOST                 (the local socket)               the Docker engine; passed on to the services
 Users and logging in
 LABGPU_ADMIN_USERS          (none; demo: the first user)     comma-separated admin user names
@@ -99,6 +104,7 @@ from labgpu.hub.startup_checks import workspace_settings_problems
 from labgpu.metrics.web import METRICS_SCOPE, METRICS_SCOPE_DESCRIPTION
 from labgpu.quota import PolicyError, default_paths, jupyterhub_groups, split_paths
 from labgpu.services.reclaimer import HUB_API_SCOPES as RECLAIMER_SCOPES
+from labgpu.ssh.hub_api import HUB_API_SCOPES as SSH_SCOPES
 from labgpu.units import gpus_text, parse_duration
 
 c = get_config()
@@ -400,6 +406,25 @@ if disk_service == "on":  # CPU-only hubs too: any user can fill the Docker disk
     c.JupyterHub.load_roles.append(
         {"name": "labgpu-disk", "scopes": ["read:users:groups"], "services": ["labgpu-disk"]}
     )
+ssh_gateway = env("LABGPU_SSH", "off")
+if ssh_gateway not in ("on", "off"):
+    refuse(f"LABGPU_SSH must be on or off (got {ssh_gateway!r})")
+if ssh_gateway == "on":  # labgpu/ssh: host key and audit file in the state dir
+    c.JupyterHub.services.append(
+        {
+            "name": "labgpu-ssh",
+            "command": [
+                *[sys.executable, "-m", "labgpu.cli", "ssh-gateway", "--db", ledger_url, "--hub-id", hub_id],
+                *["--port", env("LABGPU_SSH_PORT", "2222"), "--hub-url", c.JupyterHub.bind_url],
+                *["--host", env("LABGPU_SSH_HOST", "127.0.0.1" if mode == "demo" else "0.0.0.0")],
+                *["--host-key", str(state_dir / "ssh_host_ed25519_key")],
+                *["--audit-log", str(state_dir / "ssh-audit.log")],
+            ],
+            "environment": service_env,
+        }
+    )
+    # only what it needs: whether a user exists and which of their servers are ready
+    c.JupyterHub.load_roles.append({"name": "labgpu-ssh", "scopes": list(SSH_SCOPES), "services": ["labgpu-ssh"]})
 # Reclaim warnings ("your server will be stopped at 14:05 unless its GPUs get busy") appear in
 # the announcement bar of every hub page.
 simulated_notice = "This hub's GPUs are simulated (demo mode): no real devices." if simulated_gpus else ""
