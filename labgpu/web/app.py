@@ -29,6 +29,7 @@ ROUTE_MODULES: tuple[str, ...] = (
     "labgpu.web.pages",
     "labgpu.metrics.web",  # /metrics, for Prometheus (issue 15)
     "labgpu.web.sharing",  # share my server, shared with me (issue 16)
+    "labgpu.web.groups",  # a page per lab group (issue 16)
 )
 
 Route = tuple[str, type[web.RequestHandler]]
