@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy import and_, bindparam, func, or_, select
+from sqlalchemy import and_, bindparam, case, func, or_, select
 
 from labgpu.db.engine import Clock, Store
 from labgpu.db.tables import (
@@ -133,7 +133,10 @@ _PER_TICK = (
         _process_sample.c.owner_id,
         _process_sample.c.ts_ms,
         func.max(_process_sample.c.dt_ms).label("dt_ms"),
-        func.min(func.sum(_process_sample.c.busy_pm), 1000).label("busy_pm"),
+        # at most 1000 per mille; CASE, as SQLite's two-argument min is PostgreSQL's least
+        case((func.sum(_process_sample.c.busy_pm) > 1000, 1000), else_=func.sum(_process_sample.c.busy_pm)).label(
+            "busy_pm"
+        ),
     )
     .where(
         _process_sample.c.gpu_id.in_(bindparam("ids", expanding=True)),
@@ -265,7 +268,7 @@ class MetricsReader(Store):
                 if end > start:
                     params = {"resolution": resolution, "start": start, "end": end}
                     for owner_id, seconds in conn.execute(_ROLLUP_BUSY, params):
-                        self._add(busy, owner_id, seconds or 0.0)
+                        self._add(busy, owner_id, float(seconds or 0.0))
         raw, watermark = self.busy_since(rolled_minutes * 1000 - 1)
         for user, seconds in raw.items():
             busy[user] = busy.get(user, 0.0) + seconds
@@ -282,8 +285,8 @@ class MetricsReader(Store):
                 return busy, newest
             params = {"ids": ids, "after": after_ms, "until": until_ms if until_ms is not None else 2**62}
             for owner_id, busy_pm_ms, last in conn.execute(_RAW_BUSY, params):
-                self._add(busy, owner_id, (busy_pm_ms or 0) / 1_000_000)
-                newest = max(newest, last or after_ms)
+                self._add(busy, owner_id, float(busy_pm_ms or 0) / 1_000_000)  # PostgreSQL sums to Decimal
+                newest = max(newest, int(last or after_ms))
         return busy, newest
 
     # -- the queue and the reclaimer ----------------------------------------------------------------

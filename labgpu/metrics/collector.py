@@ -106,6 +106,11 @@ class LedgerCollector(Collector):
         waiting = self.reader.waiting()
         users = sorted(set(usage) | set(self._busy.busy_s) | {e.user for e in waiting})
         factors = fairshare_factors(usage, view.shares(users), users)
+        held_seconds = held.held_seconds(now)
+        # Every user who held GPUs has a busy counter (0 when never busy), so efficiency is defined.
+        busy_seconds = {key: 0.0 for key in held_seconds}
+        for user, seconds in self._busy.busy_s.items():
+            busy_seconds[(user, group_of(user))] = seconds
         counts = self.events.counts()
         reclaim = self.reader.reclaim_counts()
         return Snapshot(
@@ -119,8 +124,8 @@ class LedgerCollector(Collector):
             refusals=counts.refusals,
             reclaim_warnings=reclaim.warned,
             reclaims=reclaim.reclaimed,
-            held_seconds=held.held_seconds(now),
-            busy_seconds={(user, group_of(user)): s for user, s in self._busy.busy_s.items()},
+            held_seconds=held_seconds,
+            busy_seconds=busy_seconds,
             fairshare={(user, group_of(user)): f for user, f in factors.items()},
             last_sample=last_sample,
             drift=counts.drift,
