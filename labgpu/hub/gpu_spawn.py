@@ -9,8 +9,8 @@ becomes a container or a pod, and how it is started, stopped and polled.
 A backend provides these hooks: :meth:`gpus_simulated`, :meth:`plain_options_form` and
 :meth:`plain_options_from_form` (its own form when no policy is configured),
 :meth:`home_volume_name`, :meth:`workload_id` (what the ledger records as the holder of the
-GPUs), :meth:`workload_image_info` (for the session record) and :meth:`start_failure` (its
-errors as a message).
+GPUs), :meth:`workload_image_info` (for the session record), :meth:`prepare_workload` (what it
+does with a grant before its own start) and :meth:`start_failure` (its errors as a message).
 """
 
 from __future__ import annotations
@@ -200,6 +200,10 @@ class GpuSpawnPolicy(SpawnerMixinBase):  # type: ignore[misc]  # JupyterHub's Sp
     async def start_failure(self, error: BaseException) -> BaseException | None:
         """The backend's start error as a message for the user (None: raise it as it is)."""
         return None
+
+    async def prepare_workload(self) -> None:
+        """What the backend does with the granted GPUs before its own start (e.g. the node that
+        holds them, a claim naming them); a failure here releases them like a failed start."""
 
     # --- off the event loop -----------------------------------------------------------------
 
@@ -419,6 +423,7 @@ class GpuSpawnPolicy(SpawnerMixinBase):  # type: ignore[misc]  # JupyterHub's Sp
             self.gpu_uuids = await self.acquire_gpus()
         try:
             async with hub_limits.start_slot():  # JupyterHub's concurrent_spawn_limit, not counting the GPU wait
+                await self.prepare_workload()
                 started = await super().start()
         except BaseException as e:
             await self.release_gpus("failed start")
