@@ -30,6 +30,7 @@ ROUTE_MODULES: tuple[str, ...] = (
     "labgpu.metrics.web",  # /metrics, for Prometheus (issue 15)
     "labgpu.web.sharing",  # share my server, shared with me (issue 16)
     "labgpu.web.groups",  # a page per lab group (issue 16)
+    "labgpu.web.ssh_keys",  # the SSH keys page and API, for the SSH gateway (issue 18)
 )
 
 Route = tuple[str, type[web.RequestHandler]]
