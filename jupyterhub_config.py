@@ -410,12 +410,14 @@ ssh_gateway = env("LABGPU_SSH", "off")
 if ssh_gateway not in ("on", "off"):
     refuse(f"LABGPU_SSH must be on or off (got {ssh_gateway!r})")
 if ssh_gateway == "on":  # labgpu/ssh: host key and audit file in the state dir
+    # The services share service_env: the web service's SSH keys page shows the port to type.
+    service_env["LABGPU_SSH_PORT"] = str(int(env("LABGPU_SSH_PORT", "2222")))
     c.JupyterHub.services.append(
         {
             "name": "labgpu-ssh",
             "command": [
                 *[sys.executable, "-m", "labgpu.cli", "ssh-gateway", "--db", ledger_url, "--hub-id", hub_id],
-                *["--port", env("LABGPU_SSH_PORT", "2222"), "--hub-url", c.JupyterHub.bind_url],
+                *["--port", service_env["LABGPU_SSH_PORT"], "--hub-url", c.JupyterHub.bind_url],
                 *["--host", env("LABGPU_SSH_HOST", "127.0.0.1" if mode == "demo" else "0.0.0.0")],
                 *["--host-key", str(state_dir / "ssh_host_ed25519_key")],
                 *["--audit-log", str(state_dir / "ssh-audit.log")],
