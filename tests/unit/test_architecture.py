@@ -38,7 +38,8 @@ ALLOWED = {
     "hub": {"quota", "gpus", "fairshare", "db"},
     "services": {"quota", "gpus", "fairshare", "db"},
     "cli": {"quota", "gpus", "fairshare", "db", "hub", "services", "web", "ssh"},
-    "web": {"quota", "gpus", "fairshare", "db", "metrics", "ssh"},
+    # hub: the GPU queue's ordering and PolicyView (positions, estimates, fair-share factors)
+    "web": {"quota", "gpus", "fairshare", "db", "hub", "metrics", "ssh"},
     "ssh": {"quota", "db"},
     # the queue's fair-share view of the policy (hub.gpu_queue.PolicyView), for fair-share factors
     "metrics": {"quota", "gpus", "fairshare", "db", "hub"},

@@ -1,0 +1,219 @@
+"""A lab's history in a real ledger, for the pages' tests and benchmarks/pages.py: GPUs, users
+holding them in sessions over days (through the real Ledger API, so the audit log is what a hub
+writes), queue waits, reclaim notices, sessions, and the poller's telemetry (raw samples for the
+last hours, minute and hour rollups before) written straight into its tables at the sizes a
+5 s poller with the default retention leaves."""
+
+from __future__ import annotations
+
+import random
+import sqlite3
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from labgpu.db.ledger import Ledger
+from labgpu.db.queue_store import QueueStore
+from labgpu.db.session_store import SessionStore
+from labgpu.db.telemetry_store import TelemetryDB
+from labgpu.gpus.simulated import simulated_gpus
+
+
+class Clock:
+    def __init__(self, now: datetime):
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@dataclass
+class Lab:
+    path: Path
+    now: datetime
+    gpus: list[str]
+    users: list[str]
+    holders: dict[str, str] = field(default_factory=dict)  # server label -> user, held at `now`
+    waiting: list[str] = field(default_factory=list)
+    warned: list[str] = field(default_factory=list)
+
+
+def build_lab(
+    path: Path,
+    *,
+    preset: str = "4xH100-NVLink",
+    users: int = 5,
+    days: int = 3,
+    raw_hours: float = 2.0,
+    tick: float = 5.0,
+    waiting: int = 2,
+    warned: int = 1,
+    now: datetime | None = None,
+    seed: int = 14,
+) -> Lab:
+    """Sessions of one GPU each back to back on every GPU for ``days`` (a random user, 2-9 h,
+    gaps of 0-2 h), the GPUs all held at ``now``, ``waiting`` queued spawns and ``warned``
+    active reclaim warnings; telemetry busy 0-100% while held."""
+    rng = random.Random(seed)
+    now = (now or datetime.now(UTC)).replace(microsecond=0)
+    start = now - timedelta(days=days)
+    names = [f"user{i:03d}" for i in range(users)]
+    inventory = simulated_gpus(preset)
+    clock = Clock(start)
+    events: list[tuple[datetime, int, str, str, float]] = []  # (at, 0 release / 1 grant, user, server, util)
+    serial = 0
+    for _ in inventory:
+        t = start + timedelta(minutes=rng.randint(0, 120))
+        while t < now:
+            length = timedelta(hours=rng.uniform(2, 9))
+            user = rng.choice(names)
+            serial += 1
+            server = f"w{serial}"
+            util = rng.choice([0.0, 5.0, 40.0, 80.0, 95.0])
+            events.append((t, 1, user, server, util))
+            if t + length < now:
+                events.append((t + length, 0, user, server, util))
+            t = t + length + timedelta(minutes=rng.randint(0, 120))
+    events.sort(key=lambda e: (e[0], e[1]))
+    lab = Lab(path, now, [g.uuid for g in inventory], names)
+    spans: list[tuple[str, str, float, float, float]] = []  # (user, gpu uuid, start, end, util)
+    open_at: dict[str, tuple[str, float, float]] = {}
+    with Ledger(path, clock=clock) as ledger:
+        ledger.sync_inventory(inventory)
+        store = QueueStore(ledger, clock=clock)
+        sessions = SessionStore(ledger, clock=clock)
+        for at, grant, user, server, util in events:
+            clock.now = at
+            if grant:
+                if rng.random() < 0.1:  # some waited in the queue first
+                    clock.now = at - timedelta(minutes=rng.randint(5, 90))
+                    entry = store.enqueue(user, server, 1)
+                    clock.now = at
+                    allocation = ledger.allocate(user, server, 1)
+                    store.grant(entry.id, allocation.gpu_uuids)
+                else:
+                    allocation = ledger.allocate(user, server, 1)
+                sessions.open(
+                    user,
+                    server,
+                    container_id=f"c{server}",
+                    image="labgpu/workspace:local",
+                    image_digest="sha256:" + "ab" * 32,
+                    driver_version="580.65.06",
+                    cuda_version="13.0",
+                    torch_version="2.14.1",
+                    gpu_uuids=allocation.gpu_uuids,
+                )
+                open_at[f"{user}/{server}"] = (allocation.gpu_uuids[0], at.timestamp(), util)
+            else:
+                ledger.release(user, server, "stopped")
+                sessions.end(user, server, "stopped")
+                gpu, begun, util = open_at.pop(f"{user}/{server}")
+                spans.append((user, gpu, begun, at.timestamp(), util))
+        clock.now = now
+        for label, (gpu, begun, util) in open_at.items():
+            spans.append((label.split("/")[0], gpu, begun, now.timestamp(), util))
+            lab.holders[label] = label.split("/")[0]
+        for label in list(lab.holders)[:warned]:
+            user, server = label.split("/")
+            allocation = ledger.allocation_for(user, server)
+            assert allocation is not None
+            notice = store.watch(user, server, allocation.since, 1)
+            store.record_warning(
+                notice.id,
+                reason="idle",
+                reclaim_at=now + timedelta(minutes=15),
+                message="Your server's GPUs have been idle for 30 min: it will be stopped at the time shown "
+                "unless they get busy.",
+            )
+            lab.warned.append(label)
+        for i in range(waiting):
+            user = names[(i * 7 + 3) % len(names)]
+            clock.now = now - timedelta(minutes=10 * (waiting - i))
+            store.enqueue(user, f"q{i}", 1 + i % 2)
+            lab.waiting.append(f"{user}/q{i}")
+        clock.now = now
+        store.close()
+        sessions.close()
+    TelemetryDB(path).close()  # the telemetry tables, migrated
+    write_telemetry(path, inventory, spans, now.timestamp(), days, raw_hours, tick)
+    return lab
+
+
+def write_telemetry(path, inventory, spans, now: float, days: int, raw_hours: float, tick: float) -> None:
+    """Raw samples for the last ``raw_hours``, minute rollups for up to 30 days, hour rollups for
+    all, as the poller's roll_up/prune leave them (state rows included)."""
+    start = now - days * 86400
+    raw_from = now - raw_hours * 3600
+    minute_from = max(start, now - 30 * 86400)
+    rolled_60 = now - now % 60
+    rolled_3600 = now - now % 3600
+    con = sqlite3.connect(path)
+    con.execute("PRAGMA journal_mode=WAL")
+    con.execute("PRAGMA synchronous=OFF")
+    gpu_id = {g.uuid: i + 1 for i, g in enumerate(inventory)}
+    con.executemany(
+        "INSERT INTO telemetry_gpu (id, uuid, gpu_index, name, memory_total_mib, healthy, first_seen) "
+        "VALUES (?, ?, ?, ?, ?, 1, ?)",
+        [(gpu_id[g.uuid], g.uuid, g.index, g.model, g.memory_total // 2**20, start) for g in inventory],
+    )
+    owners: dict[str, int] = {}
+    for user, *_ in spans:
+        owners.setdefault(user, len(owners) + 1)
+    con.executemany(
+        "INSERT INTO telemetry_owner (id, kind, container_id, user, server) VALUES (?, 'workspace', '', ?, '')",
+        [(i, u) for u, i in owners.items()],
+    )
+    by_gpu: dict[str, list[tuple[float, float, float, int]]] = {}
+    for user, gpu, begun, end, util in spans:
+        by_gpu.setdefault(gpu, []).append((begun, end, util, owners[user]))
+
+    def at(gpu: str, t: float) -> tuple[float, int | None]:
+        for begun, end, util, owner in by_gpu.get(gpu, ()):
+            if begun <= t < end:
+                return util, owner
+        return 0.0, None
+
+    minute_rows, owner_minute, hour_gpu, hour_owner = [], [], {}, {}
+    raw_rows, proc_rows = [], []
+    for g in inventory:
+        gid = gpu_id[g.uuid]
+        t = minute_from - minute_from % 60
+        while t < rolled_60:
+            util, owner = at(g.uuid, t + 30)
+            busy = 60 * util / 100
+            memory = 40_000 if owner else 0
+            if t >= minute_from:
+                minute_rows.append((60, gid, int(t), 12, 60.0, busy, int(util), memory, memory * 60.0, 50, 600.0, 0.0))
+                if owner:
+                    owner_minute.append((60, owner, gid, int(t), 12, 60.0, busy, memory))
+            t += 60
+        t = start - start % 3600
+        while t < rolled_3600:
+            util, owner = at(g.uuid, t + 1800)
+            busy = 3600 * util / 100
+            hour_gpu[(gid, t)] = (3600, gid, int(t), 720, 3600.0, busy, int(util), 40_000, 0.0, 50, 0.0, 0.0)
+            if owner:
+                hour_owner[(owner, gid, t)] = (3600, owner, gid, int(t), 720, 3600.0, busy, 40_000)
+            t += 3600
+        t = raw_from
+        while t < now:
+            util, owner = at(g.uuid, t)
+            ms = int(t * 1000)
+            raw_rows.append(
+                (gid, ms, int(tick * 1000), int(util), int(util), 40_000 if owner else 0, 50, 3000, 0, 0, 1)
+            )
+            if owner:
+                proc_rows.append((gid, ms, 1000 + owner, owner, int(tick * 1000), 40_000, int(util), int(util * 10)))
+            t += tick
+    con.executemany("INSERT INTO telemetry_gpu_rollup VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", minute_rows)
+    con.executemany("INSERT INTO telemetry_gpu_rollup VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", list(hour_gpu.values()))
+    con.executemany("INSERT INTO telemetry_owner_rollup VALUES (?,?,?,?,?,?,?,?)", owner_minute)
+    con.executemany("INSERT INTO telemetry_owner_rollup VALUES (?,?,?,?,?,?,?,?)", list(hour_owner.values()))
+    con.executemany("INSERT INTO telemetry_gpu_sample VALUES (?,?,?,?,?,?,?,?,?,?,?)", raw_rows)
+    con.executemany("INSERT INTO telemetry_process_sample VALUES (?,?,?,?,?,?,?,?)", proc_rows)
+    state = {"rolled_60": rolled_60, "rolled_3600": rolled_3600, "kept_raw": raw_from - raw_from % 60}
+    state["kept_60"] = minute_from - minute_from % 3600
+    con.executemany("INSERT OR REPLACE INTO telemetry_state (key, value) VALUES (?, ?)", list(state.items()))
+    con.commit()
+    con.close()
