@@ -51,6 +51,7 @@ class WorkspaceSpec:
     mounts: tuple[Mapping[str, Any], ...] = ()
     run_as_uid: str = "1000"
     run_as_gid: str = "100"
+    group_add: tuple[str, ...] = ()  # supplementary gids: the user's groups' shared folders
     shm_size: int = 2 * 1024**3
     mem_limit: int | None = None
     mem_reservation: int | None = None  # soft guarantee, reclaimed from above it under pressure
@@ -238,6 +239,9 @@ def container_config(spec: WorkspaceSpec) -> tuple[dict[str, Any], dict[str, Any
     if spec.publish_on is not None:
         host_config["port_bindings"] = {spec.port: (spec.publish_on,)}
     _deep_merge(host_config, extra_host)
+    if spec.group_add:
+        admins = [str(g) for g in host_config.get("group_add") or []]
+        host_config["group_add"] = admins + [g for g in spec.group_add if g not in admins]
 
     # Hardening, last so nothing above can undo it.
     security_opt = [o for o in host_config.get("security_opt") or [] if not o.startswith("no-new-privileges")]

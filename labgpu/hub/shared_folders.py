@@ -13,6 +13,12 @@ mounted under ``/shared``, and the first spawn that needs a folder (in each hub 
 after a failure) gives its root to the workspace user, setgid and group-writable, in a throwaway
 container (no network, only the CHOWN, FOWNER and DAC_OVERRIDE capabilities). Running it again is
 harmless: that is how a folder a failed preparation left to root gets repaired.
+
+With a uid per user and a gid per group (:mod:`labgpu.hub.workspace_users`), a folder's root
+belongs to root and the group's gid, mode 3775: members write in it (group-writable), new files
+get the group (setgid) and show who wrote them, and only a file's owner removes it (sticky).
+Files of the one-uid layout before (uid 1000) become the group's, group-writable, once. The
+home is handed to its user's uid the first time it is not theirs (an existing home keeps working).
 """
 
 from __future__ import annotations
@@ -45,15 +51,42 @@ def shared_folder_binds(folders: Mapping[str, str], hub_id: str) -> dict[str, di
     }
 
 
-def preparation_script(folders: list[str], home: str | None, uid: str, gid: str) -> str:
-    """The shell commands that hand ``folders`` (mount points) to ``uid:gid`` and, with ``home``,
-    link ``<home>/shared`` to the folders. An old home's root-owned, empty ``shared`` directory
-    (the mount points of the layout before /shared) is removed first; nothing else is touched."""
+LEGACY_UID = "1000"  # the image's jovyan: every workspace ran as it before uids per user
+
+
+def preparation_script(
+    folders: list[str],
+    home: str | None,
+    uid: str,
+    gid: str,
+    *,
+    folder_gids: Mapping[str, str] | None = None,
+    own_home: bool = False,
+) -> str:
+    """The shell commands that hand ``folders`` (mount points) to ``uid:gid`` (or, for those in
+    ``folder_gids``, to root and that group's gid, group-writable, setgid and sticky) and, with
+    ``home``, link ``<home>/shared`` to the folders (``own_home``: and hand the home to ``uid:gid``
+    when its root is not theirs yet). An old home's root-owned, empty ``shared`` directory (the
+    mount points of the layout before /shared) is removed first; nothing else is touched."""
     owner = shlex.quote(f"{uid}:{gid}")
     lines = ["set -e"]
     for folder in folders:
         path = shlex.quote(folder)
-        lines.append(f"chown {owner} {path} && chmod 2775 {path}")
+        group_gid = (folder_gids or {}).get(folder)
+        if group_gid is None:
+            lines.append(f"chown {owner} {path} && chmod 2775 {path}")
+            continue
+        group_owner = shlex.quote(f"0:{group_gid}")
+        lines += [
+            # Once: what the one-uid layout wrote (uid 1000) becomes the group's, group-writable.
+            f'if [ "$(stat -c %g {path})" != {shlex.quote(group_gid)} ]; then '
+            f"find {path} -xdev -uid {LEGACY_UID} ! -type l -exec chmod g+rwX {{}} + ; "
+            f"find {path} -xdev -uid {LEGACY_UID} -exec chown -h {group_owner} {{}} + ; fi",
+            f"chown {group_owner} {path} && chmod 3775 {path}",
+        ]
+    if home is not None and own_home:
+        root = shlex.quote(home)
+        lines.append(f'if [ "$(stat -c %u {root})" != {shlex.quote(uid)} ]; then chown -R {owner} {root}; fi')
     if home is not None:
         link = shlex.quote(f"{home}/shared")
         lines += [
@@ -74,13 +107,17 @@ async def prepare_shared_folders(
     gid: str,
     home_volume: str,
     home_mount: str,
+    folder_gids: Mapping[str, str] | None = None,
+    own_home: bool = False,
     timeout: float = 60,
 ) -> list[str]:
     """Create the missing volumes among ``binds`` (from :func:`shared_folder_binds`), hand each
-    folder's root to ``uid:gid`` and link the home to them, unless this process did so already.
-    ``host_config`` is docker-py's ``create_host_config``. Returns the volumes it created."""
-    if not binds:
+    folder's root to ``uid:gid`` (or to its group's gid in ``folder_gids``, volume -> gid) and link
+    the home to them (``own_home``: and hand the home to ``uid:gid``), unless this process did so
+    already. ``host_config`` is docker-py's ``create_host_config``. Returns the volumes it created."""
+    if not binds and not own_home:
         return []
+    folder_gids = folder_gids or {}
     created = []
     for volume in binds:
         try:
@@ -89,15 +126,27 @@ async def prepare_shared_folders(
             await docker("create_volume", volume, labels=managed_labels(KIND_GROUP_SHARE))
             created.append(volume)
     owner = f"{uid}:{gid}"
-    todo = {v: b for v, b in binds.items() if (v, owner) not in _prepared_folders}
-    link_home = home_volume not in _linked_homes
+    todo = {
+        v: b
+        for v, b in binds.items()
+        if (v, f"0:{folder_gids[v]}" if v in folder_gids else owner) not in _prepared_folders
+    }
+    home_key = f"{home_volume}:{uid}" if own_home else home_volume
+    link_home = home_key not in _linked_homes
     if not todo and not link_home:
         return created
     # The home is mounted where the workspace mounts it, so that a new home volume gets the
     # image's home (and its owner) copied in, as it would at the workspace's first start.
     mounts = {volume: {"bind": bind["bind"], "mode": "rw"} for volume, bind in binds.items()}
     mounts[home_volume] = {"bind": home_mount, "mode": "rw"}
-    script = preparation_script([b["bind"] for b in todo.values()], home_mount if link_home else None, uid, gid)
+    script = preparation_script(
+        [b["bind"] for b in todo.values()],
+        home_mount if link_home else None,
+        uid,
+        gid,
+        folder_gids={b["bind"]: folder_gids[v] for v, b in todo.items() if v in folder_gids},
+        own_home=own_home,
+    )
     container = await docker(
         "create_container",
         image,
@@ -127,6 +176,6 @@ async def prepare_shared_folders(
             )
     finally:
         await docker("remove_container", container["Id"], force=True)
-    _prepared_folders.update((volume, owner) for volume in todo)
-    _linked_homes.add(home_volume)
+    _prepared_folders.update((v, f"0:{folder_gids[v]}" if v in folder_gids else owner) for v in todo)
+    _linked_homes.add(home_key)
     return created
