@@ -14,6 +14,7 @@ a small executor of our own, so that a long image pull never delays a ledger rea
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, ClassVar
@@ -21,13 +22,15 @@ from typing import Any, ClassVar
 from docker.errors import APIError, NotFound
 from dockerspawner import DockerSpawner
 from jupyterhub.spawner import SpawnException
-from traitlets import CaselessStrEnum, Unicode, default
+from traitlets import Bool, CaselessStrEnum, Unicode, default
 
 from labgpu.hub.containers import ContainerConfigError, WorkspaceSpec, container_config, render_templates
 from labgpu.hub.gpu_spawn import SIMULATED_NOTICE as SIMULATED_NOTICE  # re-exported: tests and pages read it
 from labgpu.hub.gpu_spawn import GpuSpawnPolicy
 from labgpu.hub.lifecycle import GpuLifecycleSpawner
 from labgpu.hub.shared_folders import prepare_shared_folders, shared_folder_binds
+from labgpu.hub.workspace_users import WorkspaceUser, id_store, workspace_user
+from labgpu.quota.volumes import group_volume_name
 
 
 class GPUDockerSpawner(GpuSpawnPolicy, GpuLifecycleSpawner):
@@ -52,6 +55,14 @@ class GPUDockerSpawner(GpuSpawnPolicy, GpuLifecycleSpawner):
         Container Toolkit); "cdi" = CDI device names nvidia.com/gpu=<UUID> (Docker 25+ with CDI);
         "simulated" = no device, only LABGPU_GPUS / NVIDIA_VISIBLE_DEVICES and the labels (simulated
         GPUs, LABGPU_GPU_SOURCE=simulated:PRESET: the demo and tests; production mode refuses it).""",
+    ).tag(config=True)
+
+    uid_per_user = Bool(
+        True,
+        help="""Run each user's workspace as a uid of their own (and give it each group folder's gid),
+        kept in the ledger (labgpu/hub/workspace_users.py), so files in group folders show who wrote
+        them; homes are handed to that uid on first start. False (or no ledger): every workspace
+        runs as run_as_uid, as before.""",
     ).tag(config=True)
 
     _host_cpus: ClassVar[int | None] = None
@@ -171,28 +182,41 @@ class GPUDockerSpawner(GpuSpawnPolicy, GpuLifecycleSpawner):
                 return None
         return cls._host_cpus
 
+    async def workspace_user(self) -> WorkspaceUser:
+        """The uid and gids this workspace runs as (:mod:`labgpu.hub.workspace_users`)."""
+        if not (self.uid_per_user and self.ledger_url):
+            return WorkspaceUser(self.run_as_uid, self.run_as_gid)
+        folders = {
+            group_volume_name(self.hub_id, f): f for f in (self.limits.shared_volumes if self.limits else {}).values()
+        }
+        return await self.blocking(workspace_user, id_store(self.ledger_url), self.user.name, folders, self.run_as_gid)
+
     async def create_object(self) -> dict[str, Any]:
         """Create the container from :func:`container_config` (replaces DockerSpawner's)."""
+        ids = await self.workspace_user()
         try:
             await prepare_shared_folders(
                 self.docker,
                 self.client.create_host_config,
                 self.shared_folders(),
                 image=self.image,
-                uid=self.run_as_uid,
-                gid=self.run_as_gid,
+                uid=ids.uid,
+                gid=ids.gid,
                 home_volume=self.home_volume_name(),
                 home_mount=self.home_mount,
+                folder_gids=ids.folder_gids,
+                own_home=ids.uid != self.run_as_uid,
             )
         except APIError as e:
             raise self._docker_failure("prepare the shared folders of", e) from None
         spec = self.workspace_spec(
-            self.get_env(),
+            {**self.get_env(), **(ids.environment(self.user.name) if ids.uid != self.run_as_uid else {})},
             await self.get_command(),
             host_cpus=await self.docker_host_cpus() if self.cpu_limit else None,
             extra_create_kwargs=await self.admin_extras(self.extra_create_kwargs),
             extra_host_config=await self.admin_extras(self.extra_host_config),
         )
+        spec = dataclasses.replace(spec, run_as_uid=ids.uid, run_as_gid=ids.gid, group_add=ids.group_add)
         try:
             create_kwargs, host_config = container_config(spec)
         except ContainerConfigError as e:
