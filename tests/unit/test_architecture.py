@@ -25,8 +25,21 @@ PURE = [
     "metrics.accounting",
     "ssh.keys",
     "ssh.access",
+    "kube.objects",
+    "kube.placement",
 ]
-IO_LIBRARIES = {"docker", "dockerspawner", "pynvml", "tornado", "sqlalchemy", "alembic", "jupyterhub", "requests"}
+IO_LIBRARIES = {
+    "docker",
+    "dockerspawner",
+    "pynvml",
+    "tornado",
+    "sqlalchemy",
+    "alembic",
+    "jupyterhub",
+    "requests",
+    "kubespawner",
+    "kubernetes_asyncio",
+}
 
 # Which labgpu packages each package may import (besides itself and the shared vocabulary).
 VOCABULARY = {"labgpu", "labgpu.units", "labgpu.labels"}
@@ -41,6 +54,7 @@ ALLOWED = {
     # hub: the GPU queue's ordering and PolicyView (positions, estimates, fair-share factors)
     "web": {"quota", "gpus", "fairshare", "db", "hub", "metrics", "ssh"},
     "ssh": {"quota", "db"},
+    "kube": {"quota", "gpus", "fairshare", "db", "hub"},
     # the queue's fair-share view of the policy (hub.gpu_queue.PolicyView), for fair-share factors
     "metrics": {"quota", "gpus", "fairshare", "db", "hub"},
 }
