@@ -62,6 +62,7 @@ def preparation_script(
     *,
     folder_gids: Mapping[str, str] | None = None,
     own_home: bool = False,
+    link_shared: bool = True,
 ) -> str:
     """The shell commands that hand ``folders`` (mount points) to ``uid:gid`` (or, for those in
     ``folder_gids``, to root and that group's gid, group-writable, setgid and sticky) and, with
@@ -87,7 +88,7 @@ def preparation_script(
     if home is not None and own_home:
         root = shlex.quote(home)
         lines.append(f'if [ "$(stat -c %u {root})" != {shlex.quote(uid)} ]; then chown -R {owner} {root}; fi')
-    if home is not None:
+    if home is not None and link_shared:
         link = shlex.quote(f"{home}/shared")
         lines += [
             f'if [ -d {link} ] && [ ! -L {link} ] && [ "$(stat -c %u {link})" = 0 ]; then '
@@ -146,6 +147,7 @@ async def prepare_shared_folders(
         gid,
         folder_gids={b["bind"]: folder_gids[v] for v, b in todo.items() if v in folder_gids},
         own_home=own_home,
+        link_shared=bool(binds),
     )
     container = await docker(
         "create_container",

@@ -25,7 +25,7 @@ def test_login_spawn_run_persist_and_stop(hub):
     attrs = container.attrs
     assert container.status == "running"
     assert attrs["Config"]["Labels"][LABEL_SERVER] == ""
-    assert attrs["Config"]["User"] == "1000:100"
+    assert attrs["Config"]["User"] == "20001:100"  # alice's own uid (the first handed out), group users
     host = attrs["HostConfig"]
     assert host["ShmSize"] == 2 * 1024**3
     assert host["Privileged"] is False
@@ -44,7 +44,7 @@ def test_login_spawn_run_persist_and_stop(hub):
     )
     version, uid, shm = out.split()
     assert version.startswith("2.")
-    assert uid == "1000"
+    assert uid == "20001"
     assert int(shm) == 2 * 1024**3
 
     # A file written in the home survives a stop and a start (a new container).
