@@ -27,7 +27,7 @@ from traitlets import CaselessStrEnum, Float, Integer, List, Unicode, default, v
 
 from labgpu.db.ledger import Ledger
 from labgpu.gpus.allocator import GpuLimitExceeded, NotEnoughGpus
-from labgpu.hub import disk_quota, gpu_queue, hub_limits, sessions
+from labgpu.hub import disk_quota, event_log, gpu_queue, hub_limits, sessions
 from labgpu.hub import resources as hub_resources
 from labgpu.hub.gpu_queue import QueuedSpawn, QueueRefused
 from labgpu.labels import server_label
@@ -294,7 +294,8 @@ class GpuSpawnPolicy(SpawnerMixinBase):  # type: ignore[misc]  # JupyterHub's Sp
 
     @default("apply_user_options")
     def _default_apply_user_options(self) -> Callable[[GpuSpawnPolicy, dict[str, Any]], Awaitable[None]]:
-        return lambda spawner, user_options: spawner.apply_policy(user_options)
+        # A refusal (SpawnException) is also recorded for the metrics' labgpu_spawn_refusals_total.
+        return lambda spawner, opts: event_log.with_refusals_recorded(spawner, lambda: spawner.apply_policy(opts))
 
     async def apply_policy(self, user_options: dict[str, Any]) -> None:
         """Hold ``user_options`` (form, REST API, or a choice saved from an earlier spawn) to the
@@ -420,7 +421,7 @@ class GpuSpawnPolicy(SpawnerMixinBase):  # type: ignore[misc]  # JupyterHub's Sp
         the_ledger = self.ledger
         if the_ledger is not None:
             await self.settle_kept_gpus()  # an old workload of this server that could not be stopped
-            self.gpu_uuids = await self.acquire_gpus()
+            self.gpu_uuids = await event_log.with_refusals_recorded(self, self.acquire_gpus)
         try:
             async with hub_limits.start_slot():  # JupyterHub's concurrent_spawn_limit, not counting the GPU wait
                 await self.prepare_workload()
