@@ -21,8 +21,11 @@ from typing import Any
 
 from labgpu.gpus.sampling import DEFAULT_INTERVAL_S, MIN_INTERVAL_S, TelemetrySource
 from labgpu.gpus.telemetry import (
+    HOST,
     MINUTE,
+    WORKSPACE,
     GpuReading,
+    Owner,
     ProcessRecord,
     Retention,
     TelemetryStore,
@@ -82,6 +85,7 @@ class Poller:
         self._last_minute: int | None = None
         self._problems: dict[str, str] = {}
         self._health_reported: set[str] = set()  # GPUs whose current health the hook has taken
+        self._owners: dict[int, Owner] = {}  # the last tick's settled owners, by host PID
 
     def tick(self, now: float) -> TickReport:
         cpu_start = time.process_time()
@@ -90,6 +94,7 @@ class Poller:
         gpus: list[tuple[GpuReading, float, str | None]] = []
         processes: list[ProcessRecord] = []
         report = TickReport(ts=now, gpus=len(readings), processes=0)
+        owners: dict[int, Owner] = {}
         for reading in readings:
             last = self._last_ts.get(reading.uuid)
             # A gap (poller down) is not counted as seconds observed: cap each sample at 2 ticks.
@@ -102,9 +107,15 @@ class Poller:
             gpus.append((reading, dt, problem))
             shares = busy_shares(reading)
             for p in reading.processes:
-                owner = self.attributor.owner_of(p.pid)
+                owner = owners.get(p.pid) or self._owners.get(p.pid) or self.attributor.owner_of(p.pid)
+                owners[p.pid] = owner
                 processes.append(ProcessRecord(reading.uuid, p.pid, owner, p.used_memory_mib, p.sm_util, shares[p.pid]))
         report.processes = len(processes)
+        # A process listed on consecutive ticks keeps its owner: its /proc/PID/cgroup is read
+        # once, not every tick (a host PID is not reused while its process runs). Only settled
+        # answers are kept: another container (or one whose labels Docker did not give) and a
+        # process gone before we looked are asked again.
+        self._owners = {pid: o for pid, o in owners.items() if o.kind in (WORKSPACE, HOST)}
         self.store.write_tick(now, gpus, processes)
         minute = bucket_start(now, MINUTE)
         if minute != self._last_minute:

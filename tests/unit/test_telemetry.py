@@ -376,3 +376,25 @@ def test_real_nvml_source_reads_every_gpu():
     source.close()
     assert readings and all(r.uuid.startswith(("GPU-", "MIG-")) for r in readings)
     assert all(r.error or (r.memory_total_mib and not math.isnan(r.utilization_gpu)) for r in readings)
+
+
+def test_a_process_on_consecutive_ticks_is_attributed_once_and_unsettled_owners_are_asked_again():
+    asked = []
+
+    class CountingAttributor:
+        def owner_of(self, pid):
+            asked.append(pid)
+            return {1: Owner(WORKSPACE, CID, "alice"), 2: Owner(CONTAINER, "f" * 64), 3: Owner(GONE)}[pid]
+
+    def tick(*pids):
+        return [GpuReading(uuid="g", index=0, utilization_gpu=50, processes=tuple(ProcessReading(p) for p in pids))]
+
+    store = ListStore()
+    ticks = [tick(1, 2, 3), tick(1, 2, 3), tick(2), tick(1)]
+    poller = Poller(ScriptedSource(ticks), store, CountingAttributor(), interval_s=1)
+    for i in range(len(ticks)):
+        poller.tick(float(i))
+    # alice's PID 1 is read once while listed, again after a tick without it; the other
+    # container (its labels may come later) and the vanished PID 3 are asked every tick.
+    assert asked == [1, 2, 3, 2, 3, 2, 1]
+    assert [p.owner.user for _, _, procs in store.ticks for p in procs if p.pid == 1] == ["alice"] * 3
