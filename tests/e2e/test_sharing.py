@@ -17,6 +17,7 @@ import pytest
 import requests
 
 from labgpu.db.ledger import Ledger
+from labgpu.db.workspace_ids import WorkspaceIdStore
 from tests.harness import REPO, WORKSPACE_IMAGE, HubProcess, execute, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -26,7 +27,7 @@ images:
   pytorch: {{image: "{WORKSPACE_IMAGE}", display: "PyTorch workspace"}}
 defaults: {{gpus: 0, gpus_total: 0, memory: 2G, cpus: 1, shm: 1G, images: [pytorch]}}
 groups:
-  vision-lab: {{members: [alice, bob], gpus: 1, gpus_total: 1, pool: 1}}
+  vision-lab: {{members: [alice, bob], gpus: 1, gpus_total: 1, pool: 1, shared_volume: true}}
   nlp-lab: {{members: [alice], gpus: 1, gpus_total: 1, pool: 2}}
   robotics: {{members: [carol]}}
 """
@@ -163,6 +164,36 @@ def test_alice_revokes_and_bob_is_turned_away(hub, people):
     # The workspace asks the hub again after at most 10 s (HubOAuth.cache_max_age).
     wait_until(lambda: alices_server(hub, bob).status_code == 403, 40, "bob to lose access to alice's server")
     assert service(hub, bob, "GET", "shared-with-me").json()["shared"] == []
+
+
+def test_files_in_the_group_folder_show_who_wrote_them_and_only_their_owner_removes_them(hub, people):
+    alice, bob = people["alice"], people["bob"]
+    assert bob.start_server().status_code in (201, 202)
+    bob.wait_ready()
+    with WorkspaceIdStore(hub.state_dir / "ledger.sqlite", migrate=False) as ids:
+        uid = ids.all()["user"]
+        gid = ids.all()["group"]["vision-lab"]
+    assert len({uid["alice"], uid["bob"], uid["carol"]}) == 3
+    alice.run_code("open('/shared/vision-lab/alice.txt', 'w').write('from alice')")
+    bob.run_code("open('/shared/vision-lab/bob.txt', 'w').write('from bob')")
+    out = alice.run_code(
+        "import os, stat\n"
+        "d = os.stat('/shared/vision-lab')\n"
+        "home = os.stat(os.path.expanduser('~')).st_uid\n"
+        "print(oct(stat.S_IMODE(d.st_mode)), d.st_uid, d.st_gid, os.getuid(), home)\n"
+        "for f in ('alice.txt', 'bob.txt'): s = os.stat('/shared/vision-lab/' + f); print(f, s.st_uid, s.st_gid)"
+    )
+    folder, *files = out.strip().splitlines()
+    # Root's, the group's gid, group-writable, setgid and sticky; alice runs as her uid, in her home.
+    assert folder.split() == ["0o3775", "0", str(gid), str(uid["alice"]), str(uid["alice"])]
+    assert files == [f"alice.txt {uid['alice']} {gid}", f"bob.txt {uid['bob']} {gid}"]
+    # Bob may write in the folder but not remove alice's file.
+    out = bob.run_code(
+        "import os\ntry:\n    os.remove('/shared/vision-lab/alice.txt'); print('removed')\n"
+        "except PermissionError: print('refused')"
+    )
+    assert out.strip() == "refused"
+    bob.stop_server()
 
 
 def test_a_share_link_works_for_dave_until_it_expires(hub, people, alice_running):
