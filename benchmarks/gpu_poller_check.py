@@ -208,8 +208,8 @@ def count_process_utilization_calls() -> Callable[[], int] | None:
 
 
 def nvml_floor(gpu_index: int, repeats: int = 200) -> dict[str, Any]:
-    """Each NVML call the source may make, timed alone (median microseconds, wall clock), and
-    how far NVML's per-process timestamps are from the epoch clock."""
+    """Each NVML call the source may make, timed alone (median microseconds, wall clock and
+    this thread's CPU time), and how far NVML's per-process timestamps are from the epoch."""
     import pynvml
 
     pynvml.nvmlInit()
@@ -231,20 +231,25 @@ def nvml_floor(gpu_index: int, repeats: int = 200) -> dict[str, Any]:
         "process_utilization": lambda: pynvml.nvmlDeviceGetProcessUtilization(h, 0),
     }
     out: dict[str, Any] = {}
+    cpu: dict[str, float] = {}
     for name, call in calls.items():
-        times = []
+        times, cpu_times = [], []
         for _ in range(repeats if name != "process_utilization" else 20):
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.thread_time()
             try:
                 call()
             except pynvml.NVMLError as error:
                 out[name] = f"error: {error}"
                 break
+            cpu_times.append((time.thread_time() - cpu_start) * 1e6)
             times.append((time.perf_counter() - start) * 1e6)
         else:
             out[name] = round(statistics.median(times), 2)
+            cpu[name] = round(statistics.median(cpu_times), 2)
     every_tick = ("utilization", "memory", "compute_processes", "temperature", "power")
     out["every_tick_sum_us"] = round(sum(out[k] for k in every_tick if isinstance(out[k], float)), 2)
+    out["cpu_us"] = cpu
+    out["every_tick_cpu_sum_us"] = round(sum(cpu.get(k, 0.0) for k in every_tick), 2)
     try:
         samples = pynvml.nvmlDeviceGetProcessUtilization(h, 0)
         newest = max(int(s.timeStamp) for s in samples)
