@@ -168,13 +168,19 @@ def inserted_id(result: CursorResult[Any]) -> int:
 def upsert(conn: Connection, table: Table, rows: dict[str, Any] | Sequence[dict[str, Any]]) -> None:
     """Insert rows, or overwrite the other columns of those whose primary key exists already
     (``INSERT ... ON CONFLICT (key) DO UPDATE``: the same statement on SQLite and PostgreSQL)."""
+    first = rows if isinstance(rows, dict) else rows[0]
+    conn.execute(_upsert_statement(conn.dialect.name, table, tuple(first)), rows)
+
+
+@functools.cache
+def _upsert_statement(dialect: str, table: Table, columns: tuple[str, ...]) -> Any:
+    # Built once per table and column set: building one costs more than running it.
     from sqlalchemy.dialects import postgresql, sqlite
 
-    statement: Any = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(table)
+    statement: Any = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
     keys = [column.name for column in table.primary_key]
-    first = rows if isinstance(rows, dict) else rows[0]
-    changed = {name: statement.excluded[name] for name in first if name not in keys}
-    conn.execute(statement.on_conflict_do_update(index_elements=keys, set_=changed), rows)
+    changed = {name: statement.excluded[name] for name in columns if name not in keys}
+    return statement.on_conflict_do_update(index_elements=keys, set_=changed)
 
 
 # ============================================================================================

@@ -37,3 +37,15 @@ def ledger_db(request, tmp_path):
     url = cluster.new_database()
     yield url
     cluster.drop_database(url)
+
+
+@pytest.fixture
+def second_ledger_db(request, tmp_path, ledger_db):
+    """Another database on ``ledger_db``'s backend, for a test that compares two."""
+    if "://" not in ledger_db:
+        yield str(tmp_path / "second.sqlite")
+        return
+    cluster = request.getfixturevalue("postgres_cluster")
+    url = cluster.new_database()
+    yield url
+    cluster.drop_database(url)

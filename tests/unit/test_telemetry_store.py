@@ -1,5 +1,6 @@
-"""The telemetry tables in a real SQLite file: the recorded H100 trace replayed through the
-real poller, rollups, retention, health, and the scheduler's queries."""
+"""The telemetry tables in a real database, SQLite and PostgreSQL alike (``ledger_db``): the
+recorded H100 trace replayed through the real poller, rollups, retention, health, and the
+scheduler's queries."""
 
 from __future__ import annotations
 
@@ -39,10 +40,10 @@ def alice_attributor(proc_root: Path, pids) -> ProcessAttributor:
 
 
 @pytest.fixture
-def replayed(tmp_path):
-    """The H100 trace replayed at its recorded 1 s ticks into a SQLite ledger."""
+def replayed(tmp_path, ledger_db):
+    """The H100 trace replayed at its recorded 1 s ticks into a ledger."""
     source = ReplayTelemetrySource(H100_TRACE, loop=False)
-    db = TelemetryDB(f"sqlite:///{tmp_path / 'ledger.sqlite'}")
+    db = TelemetryDB(ledger_db)
     poller = Poller(source, db, alice_attributor(tmp_path / "proc", [source.recorded_on["load_pid"]]), interval_s=1)
     for offset in source.offsets_s:
         poller.tick(START + offset)
@@ -93,11 +94,12 @@ def simulate(db: TelemetryDB, tmp_path: Path, hours: int, retention: Retention, 
         poller.tick(START + i * step_s)
 
 
-def test_pruned_history_still_answers_from_rollups_with_the_same_figures(tmp_path):
-    full = TelemetryDB(f"sqlite:///{tmp_path / 'full.sqlite'}")
-    pruned = TelemetryDB(f"sqlite:///{tmp_path / 'pruned.sqlite'}")
-    simulate(full, tmp_path, 30, Retention(None, None, None))
-    simulate(pruned, tmp_path, 30, Retention(raw_s=2 * HOUR, minute_s=6 * HOUR, hour_s=None))
+def test_pruned_history_still_answers_from_rollups_with_the_same_figures(tmp_path, ledger_db, second_ledger_db):
+    full = TelemetryDB(ledger_db)
+    pruned = TelemetryDB(second_ledger_db)
+    # One tick per 2 minutes: 900 ticks per database, enough for every resolution and cutoff.
+    simulate(full, tmp_path, 30, Retention(None, None, None), step_s=120)
+    simulate(pruned, tmp_path, 30, Retention(raw_s=2 * HOUR, minute_s=6 * HOUR, hour_s=None), step_s=120)
     end = START + 30 * HOUR
     with pruned.reader.connect() as conn:
         oldest_raw = conn.execute(GPU_SAMPLE.select().order_by(GPU_SAMPLE.c.ts_ms).limit(1)).first().ts_ms / 1000
@@ -122,8 +124,8 @@ def test_pruned_history_still_answers_from_rollups_with_the_same_figures(tmp_pat
         assert a.gpu_hours_in_use == pytest.approx(b.gpu_hours_in_use, rel=1e-6)
 
 
-def test_rollups_resume_after_a_poller_restart_without_double_counting(tmp_path):
-    url = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
+def test_rollups_resume_after_a_poller_restart_without_double_counting(tmp_path, ledger_db):
+    url = ledger_db
     reading = [GpuReading(uuid="GPU-r", index=0, utilization_gpu=50, processes=(ProcessReading(7, 100, 50),))]
     attributor = alice_attributor(tmp_path / "proc", [7])
     first = Poller(ScriptedSource([reading]), TelemetryDB(url), attributor, interval_s=5)
@@ -139,8 +141,8 @@ def test_rollups_resume_after_a_poller_restart_without_double_counting(tmp_path)
     assert db.busy_fraction(["GPU-r"], START, START + 3600) == pytest.approx(0.5)
 
 
-def test_unhealthy_gpus_are_recorded_for_the_allocator_and_cleared_on_recovery(tmp_path):
-    db = TelemetryDB(f"sqlite:///{tmp_path / 'ledger.sqlite'}")
+def test_unhealthy_gpus_are_recorded_for_the_allocator_and_cleared_on_recovery(ledger_db):
+    db = TelemetryDB(ledger_db)
     ok = GpuReading(uuid="GPU-ok", index=0, utilization_gpu=0)
     lost = GpuReading(uuid="GPU-bad", index=1, error="Unknown Error")
     back = GpuReading(uuid="GPU-bad", index=1, utilization_gpu=0)
@@ -149,13 +151,13 @@ def test_unhealthy_gpus_are_recorded_for_the_allocator_and_cleared_on_recovery(t
     problems = db.unhealthy_gpus()
     assert list(problems) == ["GPU-bad"] and "Unknown Error" in problems["GPU-bad"] and "GPU 1" in problems["GPU-bad"]
     # A fresh store on the same file (the hub reading it) sees the same.
-    assert TelemetryDB(f"sqlite:///{tmp_path / 'ledger.sqlite'}").unhealthy_gpus() == problems
+    assert TelemetryDB(ledger_db).unhealthy_gpus() == problems
     poller.tick(START + 1)
     assert db.unhealthy_gpus() == {}
 
 
-def test_labgpu_poller_once_with_a_replay_source(tmp_path, capsys):
-    db_url = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
+def test_labgpu_poller_once_with_a_replay_source(tmp_path, capsys, ledger_db):
+    db_url = ledger_db
     rc = labgpu_main(
         [
             "poller",
@@ -195,12 +197,12 @@ def test_labgpu_poller_refuses_a_too_short_interval_and_a_bad_trace(tmp_path, ca
     assert rc == 2
 
 
-def test_telemetry_tables_live_beside_the_ledger_in_one_sqlite_file(tmp_path):
+def test_telemetry_tables_live_beside_the_ledger_in_one_database(ledger_db):
     from labgpu.db.ledger import Ledger
 
-    path = tmp_path / "ledger.sqlite"
+    path = ledger_db
     with Ledger(path) as ledger:
-        db = TelemetryDB(f"sqlite:///{path}")
+        db = TelemetryDB(path)
         poller = Poller(
             ScriptedSource([[GpuReading(uuid="GPU-l", index=0, utilization_gpu=40)]]),
             db,
@@ -212,17 +214,19 @@ def test_telemetry_tables_live_beside_the_ledger_in_one_sqlite_file(tmp_path):
         assert ledger.allocations() == []  # the ledger still opens and reads its own tables
     with Ledger(path) as reopened:  # and migrations still find the schema they expect
         assert reopened.allocations() == []
-    assert TelemetryDB(f"sqlite:///{path}").busy_fraction(["GPU-l"], START, START + 150) == pytest.approx(0.4)
+    assert TelemetryDB(path).busy_fraction(["GPU-l"], START, START + 150) == pytest.approx(0.4)
 
 
-def test_the_poller_process_runs_until_sigterm_and_leaves_its_samples(tmp_path):
+def test_the_poller_process_runs_until_sigterm_and_leaves_its_samples(tmp_path, ledger_db):
     import os
     import signal
     import subprocess
     import sys
     import time
 
-    db_url = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
+    from labgpu.db.engine import is_postgresql
+
+    db_url = ledger_db
     process = subprocess.Popen(
         [
             sys.executable,
@@ -250,7 +254,7 @@ def test_the_poller_process_runs_until_sigterm_and_leaves_its_samples(tmp_path):
         rows = 0
         while time.monotonic() < deadline and rows < 3:
             time.sleep(0.5)
-            if (tmp_path / "ledger.sqlite").exists():
+            if is_postgresql(db_url) or (tmp_path / "ledger.sqlite").exists():
                 with TelemetryDB(db_url).reader.connect() as conn:
                     rows = len(conn.execute(GPU_SAMPLE.select()).all())
         process.send_signal(signal.SIGTERM)
