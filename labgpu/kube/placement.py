@@ -9,15 +9,22 @@
   v2, cgroupfs and systemd drivers), and the pod's ``org.labgpu.*`` labels name the user.
 - In device-plugin mode the plugin, not the ledger, picks which of a node's GPUs a pod gets:
   :func:`count_mode_mismatches` compares what the poller saw each pod use with the ledger's grant.
+- The cluster's GPUs for the ledger: :func:`cluster_inventory` reads them from the ResourceSlices;
+  :func:`group_by_node` makes each node's GPUs one PCIe group for the allocator, whose "pack"
+  then keeps a multi-GPU request on one node whenever one node has enough free.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
+from labgpu.gpus.inventory import Gpu, MigDevice
+from labgpu.gpus.reconcile import ContainerClaim
 from labgpu.kube.objects import DRA_ATTRIBUTE_DOMAIN
+from labgpu.units import parse_size
 
 
 class PlacementError(ValueError):
@@ -45,6 +52,70 @@ def gpu_nodes_from_slices(slices: Iterable[Mapping[str, Any]], driver: str = DRA
             if uuid:
                 nodes[uuid] = str(node)
     return nodes
+
+
+def _capacity(device: Mapping[str, Any], name: str) -> int:
+    """A device capacity (a quantity such as ``81559Mi``) in bytes; 0 when absent or unreadable."""
+    value = ((device.get("capacity") or {}).get(name) or {}).get("value")
+    try:
+        return parse_size(str(value)) if value is not None else 0
+    except ValueError:
+        return 0
+
+
+def _index(device: Mapping[str, Any]) -> int:
+    """The GPU's minor number from the driver's device name (``gpu-3``, ``gpu-3-mig-…``)."""
+    match = re.match(r"gpu-(\d+)", str(device.get("name", "")))
+    return int(match.group(1)) if match else 0
+
+
+def cluster_inventory(slices: Iterable[Mapping[str, Any]], driver: str = DRA_ATTRIBUTE_DOMAIN) -> list[Gpu]:
+    """Every GPU the DRA driver publishes, as the ledger's inventory: whole GPUs (``type: gpu``)
+    and GPUs in MIG mode with their MIG devices (``type: mig``, grouped by ``parentUUID``), each
+    node's GPUs one group (:func:`group_by_node`)."""
+    whole: dict[str, Gpu] = {}
+    migs: dict[str, list[tuple[Mapping[str, Any], str]]] = {}
+    nodes: dict[str, str] = {}
+    for item in slices:
+        spec = item.get("spec") or {}
+        node = str(spec.get("nodeName") or "")
+        if spec.get("driver") != driver or not node:
+            continue
+        for device in spec.get("devices") or []:
+            uuid, kind = _attribute(device, "uuid"), _attribute(device, "type")
+            if not uuid:
+                continue
+            if kind == "mig":
+                parent = _attribute(device, "parentUUID") or ""
+                migs.setdefault(parent, []).append((device, uuid))
+                nodes.setdefault(parent, node)
+            else:
+                nodes[uuid] = node
+                whole[uuid] = Gpu(
+                    uuid=uuid,
+                    index=_index(device),
+                    model=_attribute(device, "productName") or "",
+                    memory_total=_capacity(device, "memory"),
+                    pci_bus_id=_attribute(device, "pcieBusID") or "",
+                )
+    for parent, devices in migs.items():
+        first = devices[0][0]
+        base = whole.get(parent) or Gpu(
+            uuid=parent, index=_index(first), model=_attribute(first, "productName") or "", memory_total=0
+        )
+        mig_devices = tuple(
+            MigDevice(uuid=uuid, index=i, memory_total=_capacity(d, "memory"), name=_attribute(d, "profile") or "")
+            for i, (d, uuid) in enumerate(sorted(devices, key=lambda pair: str(pair[0].get("name", ""))))
+        )
+        whole[parent] = replace(base, mig_enabled=True, mig_devices=mig_devices)
+    return group_by_node(sorted(whole.values(), key=lambda g: (nodes[g.uuid], g.index)), nodes)
+
+
+def group_by_node(gpus: Sequence[Gpu], nodes: Mapping[str, str]) -> list[Gpu]:
+    """The GPUs with each one's node as its PCIe group (``switch_group = "node:<name>"``): the
+    allocator places a request in the tightest group that fits, so a grant lands on one node
+    whenever one node has enough free GPUs (the pod must run on one node)."""
+    return [replace(g, switch_group=f"node:{nodes[g.uuid]}") if g.uuid in nodes else g for g in gpus]
 
 
 def gpu_nodes_from_map(node_gpus: Mapping[str, Sequence[str]]) -> dict[str, str]:
@@ -107,3 +178,28 @@ def count_mode_mismatches(
                 f"(granted: {', '.join(granted.get(key, ())) or 'none'})"
             )
     return lines
+
+
+# A pod's phase as the Docker state reconcile reads: a Pending pod may be pulling its image (its
+# GPUs are taken), a Running one runs; Succeeded and Failed pods run nothing.
+_PHASE_STATE = {"Pending": "running", "Running": "running", "Succeeded": "exited", "Failed": "exited"}
+
+
+def pod_claims(pods: Iterable[Mapping[str, Any]]) -> list[ContainerClaim]:
+    """This hub's workspace pods as :func:`labgpu.gpus.reconcile.reconcile` reads containers: the
+    exact ``org.labgpu.*`` values from their annotations, the pod's name as its id."""
+    claims = []
+    for pod in pods:
+        metadata = pod.get("metadata") or {}
+        phase = str((pod.get("status") or {}).get("phase") or "Unknown")
+        created = metadata.get("creationTimestamp") or metadata.get("creation_timestamp") or ""
+        claim = ContainerClaim.from_docker(
+            {
+                "id": str(metadata.get("name", "")),
+                "state": _PHASE_STATE.get(phase, "unknown"),
+                "created": str(created),
+                "labels": dict(metadata.get("annotations") or {}),
+            }
+        )
+        claims.append(claim)
+    return claims
