@@ -88,9 +88,9 @@ def test_the_spawn_page_says_how_full_the_home_and_folders_are(policy):
     assert '<p class="help-block labgpu-disk">Disk: your home uses 12.5M of your 2G quota;' in form
 
 
-def test_the_store_keeps_the_last_round_and_forgets_gone_volumes_of_this_hub_only(tmp_path):
+def test_the_store_keeps_the_last_round_and_forgets_gone_volumes_of_this_hub_only(ledger_db):
     clock = iter([NOON, NOON.replace(hour=13)])
-    with VolumeSizeStore(tmp_path / "ledger.sqlite", clock=lambda: next(clock)) as store:
+    with VolumeSizeStore(ledger_db, clock=lambda: next(clock)) as store:
         prefixes = ("lab-home-", "lab-group-")
         store.record({"lab-home-alice": 10, "lab-home-bob": 20, "other-home-x": 5}, prefixes)
         store.record({"lab-home-alice": 30}, prefixes)  # bob's home was removed

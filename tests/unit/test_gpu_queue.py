@@ -1,4 +1,4 @@
-"""The GPU queue on a real SQLite ledger: persistence across a restart, fair-share order,
+"""The GPU queue on a real ledger, SQLite and PostgreSQL alike: persistence across a restart, fair-share order,
 pools and per-user totals while dequeuing, waiting spawns, cancel, and the spawn-page status."""
 
 import asyncio
@@ -53,8 +53,8 @@ def clock():
 
 
 @pytest.fixture
-def ledger(tmp_path, clock):
-    with Ledger(tmp_path / "ledger.sqlite", clock=clock) as ledger:
+def ledger(ledger_db, clock):
+    with Ledger(ledger_db, clock=clock) as ledger:
         ledger.sync_inventory(ReplayInventory(DATA / "a100x8-two-nvlink-islands.json").gpus())
         yield ledger
 
@@ -65,8 +65,8 @@ def queue(ledger, clock):
     return GpuQueue(ledger, lambda: policy, poll_interval=0.05, clock=clock)
 
 
-def test_waiting_entries_survive_a_restart_and_keep_their_place(tmp_path, clock):
-    path = tmp_path / "ledger.sqlite"
+def test_waiting_entries_survive_a_restart_and_keep_their_place(ledger_db, clock):
+    path = ledger_db
     with Ledger(path, clock=clock) as ledger:
         store = QueueStore(ledger)
         first = store.enqueue("alice", "", 2, groups=["vision"], models=["A100"], max_runtime=3600)

@@ -1,4 +1,5 @@
-"""Workspace sessions in the ledger: what `labgpu usage --sessions` shows to reproduce a result."""
+"""Workspace sessions in the ledger (SQLite and PostgreSQL): what `labgpu usage --sessions` shows
+to reproduce a result."""
 
 from __future__ import annotations
 
@@ -20,9 +21,9 @@ class Clock:
         return self.now
 
 
-def test_open_end_and_list(tmp_path):
+def test_open_end_and_list(ledger_db):
     clock = Clock()
-    ledger = Ledger(tmp_path / "ledger.sqlite")
+    ledger = Ledger(ledger_db)
     store = SessionStore(ledger, clock=clock)
     store.open(
         "alice",
@@ -48,8 +49,8 @@ def test_open_end_and_list(tmp_path):
     ledger.close()
 
 
-def test_a_new_start_closes_a_session_left_open(tmp_path):
-    ledger = Ledger(tmp_path / "ledger.sqlite")
+def test_a_new_start_closes_a_session_left_open(ledger_db):
+    ledger = Ledger(ledger_db)
     store = SessionStore(ledger)
     for container in ("c1", "c2"):
         store.open(
@@ -69,8 +70,8 @@ def test_a_new_start_closes_a_session_left_open(tmp_path):
     ledger.close()
 
 
-def test_usage_sessions_cli(tmp_path):
-    path = tmp_path / "ledger.sqlite"
+def test_usage_sessions_cli(ledger_db):
+    path = ledger_db
     ledger = Ledger(path)
     store = SessionStore(ledger)
     store.open(

@@ -1,4 +1,5 @@
-"""`labgpu usage` on a real ledger: GPU-hours held, efficiency, queue waits and reclaims."""
+"""`labgpu usage` on a real ledger (SQLite and PostgreSQL): GPU-hours held, efficiency, queue waits
+and reclaims."""
 
 import csv
 import io
@@ -30,12 +31,12 @@ class Clock:
 
 
 @pytest.fixture
-def history(tmp_path):
+def history(ledger_db):
     """Five hours ago: alice holds 2 GPUs for 3 h; bob waits 30 min in the queue, then holds 4
     GPUs for 1 h; carol's 2 idle GPUs are reclaimed after 1 h idle."""
     start = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=5)
     clock = Clock(start)
-    path = tmp_path / "ledger.sqlite"
+    path = ledger_db
     with Ledger(path, clock=clock) as ledger:
         ledger.sync_inventory(ReplayInventory(DATA / "a100x8-two-nvlink-islands.json").gpus())
         store = QueueStore(ledger)
