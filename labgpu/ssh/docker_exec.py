@@ -17,7 +17,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +30,10 @@ import docker.errors
 
 from labgpu.labels import LABEL_HUB, LABEL_SERVER, LABEL_USER, hub_filter
 
+log = logging.getLogger("labgpu.ssh")
+
 STDOUT, STDERR = 1, 2
+_PASSWD_NAME = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
 SFTP_SERVER = "/usr/lib/openssh/sftp-server"  # Debian's openssh-sftp-server, in the workspace image
 
 # The relay for a forwarded port: runs inside the workspace (so "localhost" is the workspace's
@@ -78,6 +83,8 @@ class Workspace:
     server: str
     addresses: tuple[str, ...]  # its IP addresses on its networks
     hostname: str
+    run_as: str = ""  # its user, "uid:gid" (Config.User)
+    home: str = "/home/jovyan"
 
 
 class DockerExec:
@@ -88,6 +95,7 @@ class DockerExec:
         self.client = client or docker.from_env()
         self.api = self.client.api
         self._endpoint = _endpoint(docker_host if docker_host is not None else os.environ.get("DOCKER_HOST", ""))
+        self._accounts: set[str] = set()  # containers whose uid has a passwd entry (ensure_account)
 
     async def find_workspace(self, user: str, server: str) -> Workspace | None:
         """The user's running container for ``server`` ("" the default one), if any."""
@@ -103,9 +111,40 @@ class DockerExec:
                 continue
             networks = container.attrs.get("NetworkSettings", {}).get("Networks") or {}
             addresses = tuple(sorted({n.get("IPAddress") for n in networks.values() if n.get("IPAddress")}))
-            hostname = container.attrs.get("Config", {}).get("Hostname", "")
-            return Workspace(container.id, user, server, addresses, hostname)
+            config = container.attrs.get("Config", {})
+            env = dict(e.partition("=")[::2] for e in config.get("Env") or [])
+            return Workspace(
+                container.id,
+                user,
+                server,
+                addresses,
+                config.get("Hostname", ""),
+                str(config.get("User") or ""),
+                env.get("HOME") or "/home/jovyan",
+            )
         return None
+
+    async def ensure_account(self, workspace: Workspace) -> None:
+        """Give the workspace's uid an /etc/passwd entry (named after the hub user) if it has none,
+        once per container: with a uid of its own per user the image knows no name for it, and
+        ``sftp-server`` refuses to start without one (shells show "I have no name!"). A fixed
+        command run as root in the container, which owns /etc/passwd (no capability needed)."""
+        uid, _, gid = workspace.run_as.partition(":")
+        if not uid.isdigit() or uid == "0" or workspace.container_id in self._accounts:
+            return
+        name = workspace.user if _PASSWD_NAME.match(workspace.user) else f"u{uid}"
+        script = (
+            'getent passwd "$1" >/dev/null && exit 0; '
+            'n="$2"; getent passwd "$n" >/dev/null && n="u$1"; '
+            'echo "$n:x:$1:$3:$n:$4:/bin/bash" >> /etc/passwd'
+        )
+        command = ["/bin/sh", "-c", script, "sh", uid, name, gid if gid.isdigit() else "100", workspace.home]
+        try:
+            created = await asyncio.to_thread(self.api.exec_create, workspace.container_id, command, user="0")
+            await asyncio.to_thread(self.api.exec_start, created["Id"])
+            self._accounts.add(workspace.container_id)
+        except docker.errors.APIError as e:
+            log.warning("cannot add an account for uid %s in %s: %s", uid, workspace.container_id[:12], e)
 
     async def start(
         self, workspace: Workspace, command: list[str], *, tty: bool, environment: dict[str, str] | None = None

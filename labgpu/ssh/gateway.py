@@ -79,6 +79,12 @@ class Gateway:
             except OSError as e:
                 log.warning("cannot write the audit file %s: %s", self.audit_file, e)
 
+    def note_key_used(self, user: str, key_fingerprint: str) -> None:
+        try:
+            self.keys.mark_used(user, key_fingerprint)
+        except Exception as e:  # the database busy or gone: the login goes on
+            log.warning("cannot note the use of %s's key %s: %s", user, key_fingerprint, e)
+
     async def workspace(self, ref: ServerRef) -> Workspace | str:
         """The running workspace of ``ref``, or what to tell the user instead."""
         try:
@@ -147,6 +153,7 @@ class GatewayConnection(asyncssh.SSHServer):
         self.ref: ServerRef | None = None  # set once authenticated
         self.method = ""  # "publickey SHA256:..." or "token"
         self.rejected = False  # a key was refused (counted once per connection, at its end)
+        self._key_answers: dict[tuple[str, bytes], tuple[ServerRef, str] | None] = {}
         self.conn: asyncssh.SSHServerConnection | None = None
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
@@ -185,20 +192,30 @@ class GatewayConnection(asyncssh.SSHServer):
         return True
 
     async def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
-        if self._blocked():
-            return False
+        # Called for the client's query and again for its signed request: answered once per key.
         blob = key.public_data
+        if (username, blob) not in self._key_answers:
+            self._key_answers[username, blob] = await self._registered_key(username, blob)
+        found = self._key_answers[username, blob]
+        if found is None:
+            self.rejected = True
+            return False
+        self.ref, self.method = found  # final only once asyncssh has checked the signature
+        return True
+
+    async def _registered_key(self, username: str, blob: bytes) -> tuple[ServerRef, str] | None:
+        """The server and method a key lets in as: registered for a user the login may name, who
+        still exists in the hub; None when it is nobody's (or the pair is locked out)."""
+        if self._blocked():
+            return None
+        encoded = base64.b64encode(blob).decode()
         for ref in login_candidates(username):
             keys = await asyncio.to_thread(self.gateway.keys.keys, ref.user)
-            match = next((k for k in keys if k.public_key.split()[1:2] == [_b64(blob)]), None)
+            match = next((k for k in keys if k.public_key.split()[1:2] == [encoded]), None)
             if match and await self._hub_user_exists(ref.user):
-                self.ref, self.method = ref, f"publickey {match.fingerprint}"
-                with contextlib.suppress(Exception):
-                    await asyncio.to_thread(self.gateway.keys.mark_used, ref.user, match.fingerprint)
-                return True
-        self.rejected = True
+                return ref, f"publickey {match.fingerprint}"
         log.info("key %s offered for %r from %s is not theirs", fingerprint(blob), username, self.source)
-        return False
+        return None
 
     def password_auth_supported(self) -> bool:
         return True
@@ -232,6 +249,8 @@ class GatewayConnection(asyncssh.SSHServer):
     def auth_completed(self) -> None:
         assert self.ref is not None
         log.info("login: %s (%s) from %s", self.ref.label, self.method, self.source)
+        if self.method.startswith("publickey "):  # the page shows when each key was last used
+            _background(asyncio.to_thread(self.gateway.note_key_used, self.ref.user, self.method.split()[1]))
 
     def session_requested(self) -> WorkspaceSession:
         assert self.ref is not None
@@ -277,10 +296,6 @@ class GatewayConnection(asyncssh.SSHServer):
                 )
         stream.close()
         raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, f"the relay to {host}:{port} ended at once")
-
-
-def _b64(blob: bytes) -> str:
-    return base64.b64encode(blob).decode()
 
 
 _tasks: set[asyncio.Task[None]] = set()
@@ -435,6 +450,7 @@ class WorkspaceSession(_Pump, asyncssh.SSHServerSession[bytes]):
                 self.chan.write_stderr(found.encode())
                 return
             workspace = found
+            await gateway.docker.ensure_account(found)
             command, tty = self._exec_command()
             try:
                 stream = await gateway.docker.start(found, command, tty=tty, environment=self._environment())
