@@ -168,50 +168,43 @@ def write_telemetry(path, inventory, spans, now: float, days: int, raw_hours: fl
     for user, gpu, begun, end, util in spans:
         by_gpu.setdefault(gpu, []).append((begun, end, util, owners[user]))
 
-    def at(gpu: str, t: float) -> tuple[float, int | None]:
-        for begun, end, util, owner in by_gpu.get(gpu, ()):
-            if begun <= t < end:
-                return util, owner
-        return 0.0, None
+    def walk(gpu: str, first: float, last: float, step: float, offset: float):
+        """(t, util, owner or None) every ``step`` over [first, last), in one pass over the spans."""
+        held = sorted(by_gpu.get(gpu, ()))
+        i, t = 0, first
+        while t < last:
+            while i < len(held) and held[i][1] <= t + offset:
+                i += 1
+            if i < len(held) and held[i][0] <= t + offset < held[i][1]:
+                yield t, held[i][2], held[i][3]
+            else:
+                yield t, 0.0, None
+            t += step
 
-    minute_rows, owner_minute, hour_gpu, hour_owner = [], [], {}, {}
-    raw_rows, proc_rows = [], []
-    for g in inventory:
+    gpu_rollup = "INSERT INTO telemetry_gpu_rollup VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
+    owner_rollup = "INSERT INTO telemetry_owner_rollup VALUES (?,?,?,?,?,?,?,?)"
+    for g in inventory:  # one GPU at a time: bounded memory at 64 GPUs x 30 days
         gid = gpu_id[g.uuid]
-        t = minute_from - minute_from % 60
-        while t < rolled_60:
-            util, owner = at(g.uuid, t + 30)
-            busy = 60 * util / 100
-            memory = 40_000 if owner else 0
-            if t >= minute_from:
-                minute_rows.append((60, gid, int(t), 12, 60.0, busy, int(util), memory, memory * 60.0, 50, 600.0, 0.0))
-                if owner:
-                    owner_minute.append((60, owner, gid, int(t), 12, 60.0, busy, memory))
-            t += 60
-        t = start - start % 3600
-        while t < rolled_3600:
-            util, owner = at(g.uuid, t + 1800)
-            busy = 3600 * util / 100
-            hour_gpu[(gid, t)] = (3600, gid, int(t), 720, 3600.0, busy, int(util), 40_000, 0.0, 50, 0.0, 0.0)
+        minute_rows, owner_minute, hour_gpu, hour_owner, raw_rows, proc_rows = [], [], [], [], [], []
+        for t, util, owner in walk(g.uuid, minute_from - minute_from % 60, rolled_60, 60, 30):
+            busy, memory = 60 * util / 100, (40_000 if owner else 0)
+            minute_rows.append((60, gid, int(t), 12, 60.0, busy, int(util), memory, memory * 60.0, 50, 600.0, 0.0))
             if owner:
-                hour_owner[(owner, gid, t)] = (3600, owner, gid, int(t), 720, 3600.0, busy, 40_000)
-            t += 3600
-        t = raw_from
-        while t < now:
-            util, owner = at(g.uuid, t)
-            ms = int(t * 1000)
-            raw_rows.append(
-                (gid, ms, int(tick * 1000), int(util), int(util), 40_000 if owner else 0, 50, 3000, 0, 0, 1)
-            )
+                owner_minute.append((60, owner, gid, int(t), 12, 60.0, busy, memory))
+        for t, util, owner in walk(g.uuid, start - start % 3600, rolled_3600, 3600, 1800):
+            busy = 3600 * util / 100
+            hour_gpu.append((3600, gid, int(t), 720, 3600.0, busy, int(util), 40_000, 0.0, 50, 0.0, 0.0))
+            if owner:
+                hour_owner.append((3600, owner, gid, int(t), 720, 3600.0, busy, 40_000))
+        for t, util, owner in walk(g.uuid, raw_from, now, tick, 0):
+            ms, memory = int(t * 1000), (40_000 if owner else 0)
+            raw_rows.append((gid, ms, int(tick * 1000), int(util), int(util), memory, 50, 3000, 0, 0, 1))
             if owner:
                 proc_rows.append((gid, ms, 1000 + owner, owner, int(tick * 1000), 40_000, int(util), int(util * 10)))
-            t += tick
-    con.executemany("INSERT INTO telemetry_gpu_rollup VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", minute_rows)
-    con.executemany("INSERT INTO telemetry_gpu_rollup VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", list(hour_gpu.values()))
-    con.executemany("INSERT INTO telemetry_owner_rollup VALUES (?,?,?,?,?,?,?,?)", owner_minute)
-    con.executemany("INSERT INTO telemetry_owner_rollup VALUES (?,?,?,?,?,?,?,?)", list(hour_owner.values()))
-    con.executemany("INSERT INTO telemetry_gpu_sample VALUES (?,?,?,?,?,?,?,?,?,?,?)", raw_rows)
-    con.executemany("INSERT INTO telemetry_process_sample VALUES (?,?,?,?,?,?,?,?)", proc_rows)
+        con.executemany(gpu_rollup, minute_rows + hour_gpu)
+        con.executemany(owner_rollup, owner_minute + hour_owner)
+        con.executemany("INSERT INTO telemetry_gpu_sample VALUES (?,?,?,?,?,?,?,?,?,?,?)", raw_rows)
+        con.executemany("INSERT INTO telemetry_process_sample VALUES (?,?,?,?,?,?,?,?)", proc_rows)
     state = {"rolled_60": rolled_60, "rolled_3600": rolled_3600, "kept_raw": raw_from - raw_from % 60}
     state["kept_60"] = minute_from - minute_from % 3600
     con.executemany("INSERT OR REPLACE INTO telemetry_state (key, value) VALUES (?, ?)", list(state.items()))

@@ -12,11 +12,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
-from sqlalchemy import and_, func, select
+from sqlalchemy import and_, case, func, select
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
 from labgpu.db.engine import Store
-from labgpu.db.telemetry_store import GPU, GPU_ROLLUP, GPU_SAMPLE, OWNER, OWNER_ROLLUP, STATE
+from labgpu.db.telemetry_store import GPU, GPU_ROLLUP, GPU_SAMPLE, OWNER, OWNER_ROLLUP, PROCESS_SAMPLE, STATE
 from labgpu.gpus.telemetry import HOUR, MINUTE
 
 DAY = 86400
@@ -138,6 +139,96 @@ class TelemetryViews(Store):
             per_user = days.setdefault(owners[owner_id], {})
             per_user[when] = per_user.get(when, 0.0) + (busy_s or 0.0) / HOUR
         return days
+
+    def busy_hours(self, since: float, until: float) -> dict[str, float] | None:
+        """Busy GPU-hours per user over [since, until), or None when no workspace process was
+        recorded in it. Read from the coarsest data that is complete for each span: hour rollups
+        for the whole hours, minute rollups around them, raw samples after the last rolled-up
+        minute. Rollups are exact sums of the raw samples (labgpu.gpus.telemetry), so this is
+        what summing every raw sample would give, at the cost of ~one row per GPU-hour."""
+        try:
+            with self.reader.connect() as conn:
+                state = {row.key: row.value for row in conn.execute(select(STATE))}
+                users = {
+                    row.id: row.user for row in conn.execute(select(OWNER.c.id, OWNER.c.user).where(OWNER.c.user != ""))
+                }
+                if not users:
+                    return None
+                spans = self._spans(since, until, state)
+                busy: dict[str, float] = {}
+                seen = False
+                for source, start, end in spans:
+                    for owner_id, busy_s in self._owner_busy(conn, source, start, end, list(users)):
+                        seen = True
+                        busy[users[owner_id]] = busy.get(users[owner_id], 0.0) + busy_s / HOUR
+        except DBAPIError:  # no telemetry tables (no poller ever ran)
+            return None
+        return busy if seen else None
+
+    @staticmethod
+    def _spans(since: float, until: float, state: dict[str, float]) -> list[tuple[int | str, float, float]]:
+        """[since, until) as whole hours (hour rollups), whole minutes (minute rollups; hour
+        rollups where those are pruned) and the partial minutes at both ends and the minutes not
+        rolled up yet (raw samples, where still kept; else left out, as TelemetryDB.usage does)."""
+        rolled_60, rolled_3600 = state.get("rolled_60", 0.0), state.get("rolled_3600", 0.0)
+        kept_raw, kept_60 = state.get("kept_raw", 0.0), state.get("kept_60", 0.0)
+
+        def ceil(t: float, step: float) -> float:
+            return t if t % step == 0 else t - t % step + step
+
+        first_minute = ceil(since, MINUTE)
+        last_minute = max(first_minute, min(until - until % MINUTE, rolled_60))
+        spans: list[tuple[int | str, float, float]] = []
+        for start, end in ((since, min(first_minute, until)), (last_minute, until)):
+            if max(start, kept_raw) < end:
+                spans.append(("raw", max(start, kept_raw), end))
+        first_hour = ceil(first_minute, HOUR)
+        last_hour = min(last_minute - last_minute % HOUR, rolled_3600)
+        minutes = [(first_minute, last_minute)]
+        if first_hour < last_hour:
+            spans.append((HOUR, first_hour, last_hour))
+            minutes = [(first_minute, first_hour), (last_hour, last_minute)]
+        for start, end in minutes:
+            if start < end:
+                spans.append((MINUTE if start >= kept_60 else HOUR, start, end))
+        return spans
+
+    def _owner_busy(
+        self, conn: Connection, source: int | str, start: float, end: float, owner_ids: list[int]
+    ) -> list[tuple[int, float]]:
+        if source == "raw":
+            # As the rollups count it: several processes of one owner on one GPU in one tick
+            # count that GPU-second once (labgpu.gpus.telemetry.rollup_owner_samples).
+            per_tick = (
+                select(
+                    PROCESS_SAMPLE.c.owner_id,
+                    func.max(PROCESS_SAMPLE.c.dt_ms).label("dt_ms"),
+                    func.sum(PROCESS_SAMPLE.c.busy_pm).label("busy_pm"),
+                )
+                .where(
+                    PROCESS_SAMPLE.c.owner_id.in_(owner_ids),
+                    PROCESS_SAMPLE.c.ts_ms >= int(start * 1000),
+                    PROCESS_SAMPLE.c.ts_ms < int(end * 1000),
+                )
+                .group_by(PROCESS_SAMPLE.c.owner_id, PROCESS_SAMPLE.c.gpu_id, PROCESS_SAMPLE.c.ts_ms)
+                .subquery()
+            )
+            capped = case((per_tick.c.busy_pm > 1000, 1000), else_=per_tick.c.busy_pm)
+            rows = conn.execute(
+                select(per_tick.c.owner_id, func.sum(per_tick.c.dt_ms * capped)).group_by(per_tick.c.owner_id)
+            )
+            return [(r[0], (r[1] or 0) / 1_000_000) for r in rows]
+        rows = conn.execute(
+            select(OWNER_ROLLUP.c.owner_id, func.sum(OWNER_ROLLUP.c.busy_s))
+            .where(
+                OWNER_ROLLUP.c.resolution == source,
+                OWNER_ROLLUP.c.owner_id.in_(owner_ids),
+                OWNER_ROLLUP.c.bucket >= start,
+                OWNER_ROLLUP.c.bucket < end,
+            )
+            .group_by(OWNER_ROLLUP.c.owner_id)
+        )
+        return [(r[0], r[1] or 0.0) for r in rows]
 
     def rolled_up_to(self) -> float | None:
         """Until when hour rollups exist (the busy bars stop there; later hours are not whole)."""

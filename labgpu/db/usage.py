@@ -105,15 +105,10 @@ def usage_rows(
 def busy_hours_of(ledger_url: str, since: datetime, until: datetime) -> dict[str, float] | None:
     """GPU-hours busy per user from the poller's telemetry, or None when it has recorded nothing
     (or the ledger has no telemetry tables yet)."""
-    try:
-        from labgpu.db.telemetry_store import TelemetryDB
+    from labgpu.db.telemetry_views import TelemetryViews
 
-        report = TelemetryDB(ledger_url, migrate=False).usage(since.timestamp(), until.timestamp())
-    except Exception:  # no telemetry tables (no poller yet): report held hours only
-        return None
-    if not report.by_user:
-        return None
-    return {user: usage.gpu_hours_busy for user, usage in report.by_user.items()}
+    with TelemetryViews(ledger_url) as views:
+        return views.busy_hours(since.timestamp(), until.timestamp())
 
 
 def held_per_day(
