@@ -23,7 +23,7 @@ from labgpu.gpus.sampling import (
 )
 from labgpu.gpus.simulated import SimulatedTelemetrySource, simulated_gpus
 from labgpu.gpus.telemetry import Retention
-from labgpu.services.attribution import ProcessAttributor, docker_label_lookup
+from labgpu.services.attribution import ProcessAttributor, container_id_from_cgroup, docker_label_lookup
 from labgpu.services.poller import Poller, open_with_backoff
 from labgpu.units import gpus_text, parse_duration
 
@@ -94,13 +94,19 @@ def run_poller(args: argparse.Namespace) -> int:
     if source is None:
         return 0
     lookup = None if args.labels == "none" else docker_label_lookup(args.hub_id)
+    id_from_cgroup = container_id_from_cgroup
+    if args.labels == "kube":  # the DaemonSet of deploy/kubernetes: pods, not containers
+        from labgpu.kube.attribution import pod_label_lookup, pod_uid_from_cgroup
+
+        namespace, node = os.environ.get("LABGPU_KUBE_NAMESPACE", "default"), os.environ.get("LABGPU_KUBE_NODE")
+        lookup, id_from_cgroup = pod_label_lookup(args.hub_id, namespace, node), pod_uid_from_cgroup
     db = ledger_url(args)
     ledger = Ledger(db)  # migrates the file to the newest schema (telemetry tables included)
     telemetry = TelemetryDB(db, migrate=False)
     poller = Poller(
         source,
         telemetry,
-        ProcessAttributor(lookup, args.proc_root),
+        ProcessAttributor(lookup, args.proc_root, id_from_cgroup=id_from_cgroup),
         interval_s=args.interval,
         retention=Retention(args.keep_raw, args.keep_minutes, args.keep_hours),
         on_health_change=ledger.set_gpu_health,  # a failing GPU is not allocated until it recovers
@@ -151,9 +157,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     parser.add_argument("--once", action="store_true", help="take one tick, print a summary and exit")
     parser.add_argument(
         "--labels",
-        choices=("docker", "none"),
+        choices=("docker", "kube", "none"),
         default="docker",
-        help="where container labels come from: the Docker API, or none (container ids only)",
+        help="where container labels come from: the Docker API, Kubernetes pods (the poller DaemonSet; "
+        "$LABGPU_KUBE_NAMESPACE, $LABGPU_KUBE_NODE), or none (container ids only)",
     )
     parser.add_argument(
         "--proc-root",

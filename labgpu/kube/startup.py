@@ -6,82 +6,24 @@ cluster's GPUs (from the DRA driver's ResourceSlices, or in device-plugin mode f
 inventory and the node map), and the ledger is reconciled with this hub's workspace pods (a
 pod that runs keeps its GPUs, GPUs of a pod that is gone go back).
 
-Runs while JupyterHub loads its configuration, inside the hub's event loop: the API calls go
-through kubernetes_asyncio in a thread with a loop of its own.
+Runs while JupyterHub loads its configuration, inside the hub's event loop: the API calls
+(:mod:`labgpu.kube.api`) run in a thread with a loop of their own.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
 
 from labgpu.db.ledger import ReconcileResult
 from labgpu.gpus.reconcile import ReconcilePlan, reconcile
 from labgpu.hub import resources as hub_resources
-from labgpu.kube.objects import DRA_ATTRIBUTE_DOMAIN, label_value
+from labgpu.kube.api import delete_pod, list_resource_slices, list_workspace_pods
+from labgpu.kube.objects import DRA_ATTRIBUTE_DOMAIN
 from labgpu.kube.placement import cluster_inventory, gpu_nodes_from_map, group_by_node, pod_claims
-from labgpu.labels import LABEL_HUB
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
-
-
-def run_blocking(call: Callable[[], Awaitable[T]]) -> T:
-    """Run an async API call to completion from synchronous code, even inside a running loop."""
-    with ThreadPoolExecutor(1) as pool:
-        return pool.submit(lambda: asyncio.run(call())).result()  # type: ignore[arg-type]
-
-
-async def _load_config() -> None:
-    from kubernetes_asyncio import config
-
-    try:
-        config.load_incluster_config()  # type: ignore[no-untyped-call]
-    except config.ConfigException:
-        await config.load_kube_config()
-
-
-def list_resource_slices(driver: str) -> list[dict[str, Any]]:
-    """Every ResourceSlice of ``driver`` (cluster-scoped: the hub's ClusterRole allows list)."""
-    from kubernetes_asyncio import client
-
-    async def call() -> list[dict[str, Any]]:
-        await _load_config()
-        async with client.ApiClient() as api:
-            slices = await client.ResourceV1Api(api).list_resource_slice(field_selector=f"spec.driver={driver}")
-            return [api.sanitize_for_serialization(s) for s in slices.items]
-
-    return run_blocking(call)
-
-
-def list_workspace_pods(namespace: str, hub_id: str) -> list[dict[str, Any]]:
-    """This hub's workspace pods in ``namespace`` (label ``org.labgpu.hub``)."""
-    from kubernetes_asyncio import client
-
-    async def call() -> list[dict[str, Any]]:
-        await _load_config()
-        async with client.ApiClient() as api:
-            pods = await client.CoreV1Api(api).list_namespaced_pod(
-                namespace, label_selector=f"{LABEL_HUB}={label_value(hub_id)}"
-            )
-            return [api.sanitize_for_serialization(p) for p in pods.items]
-
-    return run_blocking(call)
-
-
-def delete_pod(namespace: str, name: str) -> None:
-    from kubernetes_asyncio import client
-
-    async def call() -> None:
-        await _load_config()
-        async with client.ApiClient() as api:
-            await client.CoreV1Api(api).delete_namespaced_pod(name, namespace)
-
-    run_blocking(call)
 
 
 @dataclass(frozen=True)

@@ -44,9 +44,16 @@ class ProcessAttributor:
     for the life of a container, and a failed lookup is retried on the next tick."""
 
     def __init__(
-        self, label_lookup: LabelLookup | None, proc_root: str | os.PathLike[str] = "/proc", cache_size: int = 4096
+        self,
+        label_lookup: LabelLookup | None,
+        proc_root: str | os.PathLike[str] = "/proc",
+        cache_size: int = 4096,
+        id_from_cgroup: Callable[[str], str | None] = container_id_from_cgroup,
     ) -> None:
+        """``id_from_cgroup``: a process's container id from its cgroup file (on Kubernetes, its
+        pod's UID: :func:`labgpu.kube.placement.pod_uid_from_cgroup`), the key of ``label_lookup``."""
         self.label_lookup = label_lookup
+        self.id_from_cgroup = id_from_cgroup
         self.proc_root = Path(proc_root)
         self.cache_size = cache_size
         self._owners_by_container: OrderedDict[str, Owner] = OrderedDict()
@@ -57,7 +64,7 @@ class ProcessAttributor:
             cgroup_text = (self.proc_root / str(pid) / "cgroup").read_text()
         except OSError:
             return Owner(GONE)
-        container_id = container_id_from_cgroup(cgroup_text)
+        container_id = self.id_from_cgroup(cgroup_text)
         if container_id is None:
             return Owner(HOST)
         cached = self._owners_by_container.get(container_id)
