@@ -24,8 +24,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sqlite3
 import statistics
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -53,6 +55,7 @@ TARGET_RATIO = 1.05
 GPUS = 8
 GROUPS = 5
 SPAWN_TIMEOUT_S = 900.0
+KEPT_LEDGER = Path(tempfile.gettempdir()) / "storm-ledger.sqlite"  # the GPU storm's ledger, kept
 # The limits plain DockerSpawner gets in plain_dockerspawner_config.py, so both spawners match.
 LIMITS = "memory: 4G, cpus: 2, shm: 2G"
 
@@ -186,7 +189,7 @@ def gpu_storm(hub: HubProcess, clients: list[HubClient], policy_text: str) -> di
     queued_at_settle = held_at_settle = None
     stopped: set[str] = set()
     waves = []
-    deadline = time.monotonic() + SPAWN_TIMEOUT_S * 2
+    deadline = time.monotonic() + 1200  # 20 min: a queue that stops draining is a failure, not a wait
     while len(stopped) < len(spawns) and time.monotonic() < deadline:
         pending = len(spawns) - len(stopped)
         ready = [s.user for s in spawns if s.ready_at and s.user not in stopped]
@@ -208,6 +211,9 @@ def gpu_storm(hub: HubProcess, clients: list[HubClient], policy_text: str) -> di
     pool.shutdown(wait=True)
     wait_until(lambda: all(c.server_model() is None for c in clients), 600, "every server to stop", interval=1)
     wait_until(lambda: not hub.containers(), 300, "every container to be removed", interval=1)
+    # Kept for a look afterwards (the hub's state dir goes with its cleanup).
+    with sqlite3.connect(hub.state_dir / "ledger.sqlite") as src, sqlite3.connect(KEPT_LEDGER) as dst:
+        src.backup(dst)
     audit = audit_replay(ledger)
     order = fairshare_replay(ledger, queue, policy_text)
     result = summary(spawns)
