@@ -1,9 +1,12 @@
 """The GPU ledger: who holds which GPU. The only code that writes the ``gpus``, ``allocations``,
 ``allocation_gpus`` and ``allocation_events`` tables (:mod:`labgpu.db.tables`).
 
-Every grant is one ``BEGIN IMMEDIATE`` transaction (:mod:`labgpu.db.engine`), so allocations
-from several processes (hub, CLI, poller) are serialized by SQLite itself and a GPU is never
-granted twice. Every GPU limit is checked inside that transaction, whichever path led there (a
+Every grant is one transaction that first takes the database's exclusive lock (SQLite's
+``BEGIN IMMEDIATE``, a PostgreSQL advisory lock: :mod:`labgpu.db.engine`), so allocations from
+several processes (hubs, CLI, poller) are serialized by the database itself and a GPU is never
+granted twice. Grants, releases and reconcile steps run the statements of
+:mod:`labgpu.db.grant_sql` on the driver's cursor (the hot path); the rest reads through
+SQLAlchemy. Every GPU limit is checked inside that transaction, whichever path led there (a
 spawn with free GPUs, the queue's dequeue grant): the server's, the user's total across their
 servers, and the pool of the group the allocation is charged to (recorded with it, so a pool's
 use is counted from the ledger itself). The ledger is the single source of truth for who holds which GPU; each grant
@@ -19,11 +22,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import bindparam, delete, insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.engine.interfaces import DBAPICursor
 
-from labgpu.db.engine import Clock, Store, inserted_id
+from labgpu.db import grant_sql
+from labgpu.db.engine import Clock, Store
 from labgpu.db.tables import AllocatedGpuRow, AllocationEventRow, AllocationRow, GpuRow
 from labgpu.gpus.allocator import (
     Allocation,
@@ -120,7 +124,7 @@ def _gpu_from_row(row: Any) -> Gpu:
     )
 
 
-# Statements on the allocation path, built once (building them per call costs more than SQLite).
+# The statements of the readers (the write path's are grant_sql's), built once.
 _SERVER_ALLOCATION = select(_allocations).where(
     _allocations.c.user == bindparam("user"), _allocations.c.server == bindparam("server")
 )
@@ -130,33 +134,12 @@ _ALLOCATION_GPUS = (
     .where(_allocated.c.allocation_id == bindparam("allocation_id"))
     .order_by(_gpus.c.index, _gpus.c.mig_index.nulls_first(), _gpus.c.uuid)
 )
-_GPUS_WITH_HOLDERS = (
-    select(
-        *(column for column in _gpus.c if column.name not in ("first_seen", "last_seen")),
-        _allocations.c.user.label("holder"),
-        _allocations.c.server.label("holder_server"),
-        _allocations.c.since.label("held_since"),
-        _allocations.c.id.label("allocation_id"),
-        _allocations.c.group_name.label("holder_group"),
-    )
-    .select_from(
-        _gpus.outerjoin(_allocated, _allocated.c.gpu_uuid == _gpus.c.uuid).outerjoin(
-            _allocations, _allocations.c.id == _allocated.c.allocation_id
-        )
-    )
-    .order_by(_gpus.c.index, _gpus.c.mig_index.nulls_first(), _gpus.c.uuid)
-)
 _ALL_ALLOCATED_GPUS = (
     select(_allocated.c.allocation_id, _allocated.c.gpu_uuid)
     .join(_gpus, _gpus.c.uuid == _allocated.c.gpu_uuid)
     .order_by(_allocated.c.allocation_id, _gpus.c.index, _gpus.c.mig_index.nulls_first(), _gpus.c.uuid)
 )
-_INSERT_EVENT = insert(_events)
-_INSERT_ALLOCATION = insert(_allocations)
-_INSERT_ALLOCATED = insert(_allocated)
-_DELETE_ALLOCATED = delete(_allocated).where(_allocated.c.allocation_id == bindparam("allocation_id"))
-_DELETE_ALLOCATION = delete(_allocations).where(_allocations.c.id == bindparam("allocation_id"))
-_GPU_COLUMNS = len(_gpus.c) - 2  # the columns of _GPUS_WITH_HOLDERS before the holder's
+_GPU_COLUMNS = len(grant_sql.GPU_COLUMNS)
 
 
 class Ledger(Store):
@@ -169,15 +152,22 @@ class Ledger(Store):
     def __init__(self, url_or_path: str | Path, *, clock: Clock | None = None, migrate: bool = True) -> None:
         super().__init__(url_or_path, clock=clock, migrate=migrate)
         self._parsed_gpus: dict[tuple[Any, ...], Gpu] = {}
+        self._sql = grant_sql.statements(self.postgresql)
+        self._integrity_error: type[Exception] = self.writer.dialect.dbapi.IntegrityError  # type: ignore[union-attr]
 
-    def _gpu(self, row: Any) -> Gpu:
-        """A row's GPU, parsed once per distinct row (the allocation path reads every GPU)."""
-        key = tuple(row[:_GPU_COLUMNS])  # every GPU column, so a changed row is parsed again
+    def _gpu(self, row: tuple[Any, ...]) -> Gpu:
+        """A grant_sql row's GPU, parsed once per distinct row (a grant reads every GPU)."""
+        key = row[:_GPU_COLUMNS]  # every GPU column, so a changed row is parsed again
         gpu = self._parsed_gpus.get(key)
         if gpu is None:
             if len(self._parsed_gpus) > 4096:
                 self._parsed_gpus.clear()
-            gpu = self._parsed_gpus[key] = _gpu_from_row(row)
+            values = dict(zip(grant_sql.GPU_COLUMNS, key, strict=True))
+            override = values["health_override"]  # what the poller saw wrong wins
+            values.update(
+                healthy=bool(values["healthy"]) and not override, health_reason=override or values["health_reason"]
+            )
+            gpu = self._parsed_gpus[key] = gpu_from_row(values)
         return gpu
 
     # -- inventory -------------------------------------------------------------------------
@@ -300,7 +290,7 @@ class Ledger(Store):
 
     def _audit(
         self,
-        conn: Connection,
+        cursor: DBAPICursor,
         action: str,
         allocation_id: int,
         user: str,
@@ -309,35 +299,46 @@ class Ledger(Store):
         image: str | None,
         reason: str,
         at: datetime,
-        group: str = "",
+        group: str,
     ) -> None:
-        conn.execute(
-            _INSERT_EVENT,
-            {
-                "at": at,
-                "action": action,
-                "user": user,
-                "server": server,
-                "gpu_uuids": ",".join(uuids),
-                "allocation_id": allocation_id,
-                "image": image,
-                "reason": reason,
-                "group_name": group,
-            },
+        cursor.execute(
+            self._sql["insert_event"],
+            (self._time(at), action, user, server, ",".join(uuids), allocation_id, image, reason, group),
         )
 
-    def _delete_allocation(self, conn: Connection, row: Any, reason: str, now: datetime) -> Allocation:
-        allocation = self._allocation(conn, row)
-        conn.execute(_DELETE_ALLOCATED, {"allocation_id": row.id})
-        conn.execute(_DELETE_ALLOCATION, {"allocation_id": row.id})
-        self._audit(
-            conn, "release", row.id, row.user, row.server, allocation.gpu_uuids, row.image, reason, now, row.group_name
-        )
-        return allocation
+    def _time(self, when: datetime) -> Any:
+        return grant_sql.db_time(when, self.postgresql)
+
+    def _server_allocation(self, cursor: DBAPICursor, user: str, server: str) -> tuple[Any, ...] | None:
+        """This server's allocation row: (id, since, image, group_name), or None."""
+        cursor.execute(self._sql["server_allocation"], (user, server))
+        row = cursor.fetchone()
+        return None if row is None else tuple(row)
+
+    def _delete_allocation(
+        self,
+        cursor: DBAPICursor,
+        row: tuple[Any, ...],
+        user: str,
+        server: str,
+        reason: str,
+        now: datetime,
+        uuids: Sequence[str] | None = None,
+    ) -> Allocation:
+        """Delete the allocation ``row`` (a :meth:`_server_allocation`) and audit its release;
+        ``uuids``: its GPUs, when the caller has read them already."""
+        allocation_id, since, image, group = row
+        if uuids is None:
+            cursor.execute(self._sql["allocation_gpus"], (allocation_id,))
+            uuids = [uuid for (uuid,) in cursor.fetchall()]
+        cursor.execute(self._sql["delete_allocated"], (allocation_id,))
+        cursor.execute(self._sql["delete_allocation"], (allocation_id,))
+        self._audit(cursor, "release", allocation_id, user, server, uuids, image, reason, now, group)
+        return Allocation(user, server, tuple(uuids), grant_sql.utc_time(since), image, group)
 
     def _insert_allocation(
         self,
-        conn: Connection,
+        cursor: DBAPICursor,
         action: str,
         user: str,
         server: str,
@@ -348,21 +349,11 @@ class Ledger(Store):
         container_id: str | None = None,
         group: str = "",
     ) -> int:
-        allocation_id = inserted_id(
-            conn.execute(
-                _INSERT_ALLOCATION,
-                {
-                    "user": user,
-                    "server": server,
-                    "since": now,
-                    "image": image,
-                    "container_id": container_id,
-                    "group_name": group,
-                },
-            )
-        )
-        conn.execute(_INSERT_ALLOCATED, [{"gpu_uuid": u, "allocation_id": allocation_id} for u in uuids])
-        self._audit(conn, action, allocation_id, user, server, uuids, image, reason, now, group)
+        cursor.execute(self._sql["insert_allocation"], (user, server, self._time(now), image, container_id, group))
+        returned = cursor.fetchone()  # RETURNING id: one row
+        allocation_id = int(returned[0]) if returned else 0
+        cursor.executemany(self._sql["insert_allocated"], [(uuid, allocation_id) for uuid in uuids])
+        self._audit(cursor, action, allocation_id, user, server, uuids, image, reason, now, group)
         return allocation_id
 
     def allocate(
@@ -398,58 +389,62 @@ class Ledger(Store):
         now = self._clock()
         rule = GrantRule(n, models, frozenset(exclude))
         group = group or ""
-        with self.writer.begin() as conn:
-            existing = conn.execute(_SERVER_ALLOCATION, {"user": user, "server": server}).first()
-            rows = conn.execute(_GPUS_WITH_HOLDERS).all()
+        with self.raw_write() as cursor:
+            existing = self._server_allocation(cursor, user, server)
+            cursor.execute(self._sql["gpus_with_holders"])
+            rows = [(self._gpu(r), r) for r in cursor.fetchall()]
+            freed: set[str] = set()
             if existing is not None:
-                mine = [r for r in rows if r.allocation_id == existing.id]
+                mine = [(gpu, r) for gpu, r in rows if r[grant_sql.ALLOCATION_ID] == existing[0]]
                 if (
                     len(mine) == n
-                    and all(rule.grantable(self._gpu(r), r.present) for r in mine)
-                    and (image is None or image == existing.image)
-                    and group == existing.group_name
+                    and all(rule.grantable(gpu, r[grant_sql.PRESENT]) for gpu, r in mine)
+                    and (image is None or image == existing[2])
+                    and group == existing[3]
                 ):
-                    return self._allocation(conn, existing)
-                self._delete_allocation(conn, existing, "replaced by a new request", now)
-                freed = {r.uuid for r in mine}  # released above, in this same transaction
-            else:
-                freed = set()
+                    return Allocation(
+                        user, server, tuple(g.uuid for g, _ in mine), grant_sql.utc_time(existing[1]), *existing[2:]
+                    )
+                freed = {gpu.uuid for gpu, _ in mine}  # released here, in this same transaction
+                self._delete_allocation(
+                    cursor, existing, user, server, "replaced by a new request", now, [g.uuid for g, _ in mine]
+                )
             if n == 0:
                 return Allocation(user, server, (), now, image, group)
-            free, held = [], []
-            total = 0
-            active = [r for r in rows if r.holder is not None and r.uuid not in freed]
+            active = [(gpu, r) for gpu, r in rows if r[grant_sql.HOLDER] is not None and gpu.uuid not in freed]
             if user_total is not None:
-                elsewhere = sum(1 for r in active if r.holder == user and r.holder_server != server)
+                elsewhere = sum(
+                    1 for _, r in active if r[grant_sql.HOLDER] == user and r[grant_sql.HOLDER_SERVER] != server
+                )
                 if elsewhere + n > user_total:
                     raise UserTotalExceeded(n, elsewhere, user_total)
             if group and pool is not None:
                 members: dict[str, int] = {}
-                for r in active:
-                    if r.holder_group == group:
-                        members[r.holder] = members.get(r.holder, 0) + 1
+                for _, r in active:
+                    if r[grant_sql.HOLDER_GROUP] == group:
+                        members[r[grant_sql.HOLDER]] = members.get(r[grant_sql.HOLDER], 0) + 1
                 if sum(members.values()) + n > pool:
                     raise GroupPoolFull(n, group, pool, members)
-            holds = HeldUnits.of(self._gpu(r) for r in active)
-            for r in rows:
-                gpu = self._gpu(r)
-                if not rule.qualifies(gpu, r.present):
+            holds = HeldUnits.of(gpu for gpu, _ in active)
+            free, held = [], []
+            total = 0
+            for gpu, r in rows:
+                if not rule.qualifies(gpu, r[grant_sql.PRESENT]):
                     continue
                 total += 1
-                if r.holder is not None and r.uuid not in freed:
-                    held.append(HeldGpu(r.uuid, r.holder, r.holder_server, r.held_since))
+                if r[grant_sql.HOLDER] is not None and gpu.uuid not in freed:
+                    since = grant_sql.utc_time(r[grant_sql.HELD_SINCE])
+                    held.append(HeldGpu(gpu.uuid, r[grant_sql.HOLDER], r[grant_sql.HOLDER_SERVER], since))
                 elif holds.free(gpu):
                     free.append(gpu)
             chosen = choose_gpus(free, n, models=models, placement=placement, held=held, total=total, now=now)
             uuids = tuple(g.uuid for g in chosen)
             try:
                 self._insert_allocation(
-                    conn, "grant", user, server, uuids, image, f"asked for {n} ({placement})", now, group=group
+                    cursor, "grant", user, server, uuids, image, f"asked for {n} ({placement})", now, group=group
                 )
-            except IntegrityError as exc:  # a constraint caught what the lock should have prevented
-                raise LedgerError(
-                    f"could not record the allocation for {server_label(user, server)}: {exc.orig}"
-                ) from None
+            except self._integrity_error as exc:  # a constraint caught what the lock should have prevented
+                raise LedgerError(f"could not record the allocation for {server_label(user, server)}: {exc}") from None
             return Allocation(user, server, uuids, now, image, group)
 
     def release(
@@ -461,11 +456,11 @@ class Ledger(Store):
         be stopped), never a newer one of the same server.
         """
         now = self._clock()
-        with self.writer.begin() as conn:
-            row = conn.execute(_SERVER_ALLOCATION, {"user": user, "server": server}).first()
-            if row is None or (granted_at is not None and row.since != granted_at):
+        with self.raw_write() as cursor:
+            row = self._server_allocation(cursor, user, server)
+            if row is None or (granted_at is not None and grant_sql.utc_time(row[1]) != granted_at):
                 return None
-            return self._delete_allocation(conn, row, reason, now)
+            return self._delete_allocation(cursor, row, user, server, reason, now)
 
     def attach_container(self, user: str, server: str, container_id: str) -> bool:
         """Remember which container runs on this server's GPUs; False if it holds none."""
@@ -485,47 +480,42 @@ class Ledger(Store):
         """
         now = self._clock()
         released, adopted, skipped = [], [], []
-        with self.writer.begin() as conn:
+        with self.raw_write() as cursor:
             for release in plan.releases:
-                row = conn.execute(
-                    select(_allocations).where(
-                        _allocations.c.user == release.user, _allocations.c.server == release.server
-                    )
-                ).first()
+                row = self._server_allocation(cursor, release.user, release.server)
                 if row is None:
                     continue
-                current = self._allocation(conn, row)
-                if set(current.gpu_uuids) != set(release.gpu_uuids):
+                cursor.execute(self._sql["allocation_gpus"], (row[0],))
+                current = [uuid for (uuid,) in cursor.fetchall()]
+                if set(current) != set(release.gpu_uuids):
                     skipped.append(
                         f"release of {server_label(release.user, release.server)}: its GPUs changed meanwhile"
                     )
                     continue
-                released.append(self._delete_allocation(conn, row, release.reason, now))
+                released.append(
+                    self._delete_allocation(cursor, row, release.user, release.server, release.reason, now, current)
+                )
             for adoption in plan.adoptions:
                 label = server_label(adoption.user, adoption.server)
-                if conn.execute(
-                    select(_allocations.c.id).where(
-                        _allocations.c.user == adoption.user, _allocations.c.server == adoption.server
-                    )
-                ).first():
+                if self._server_allocation(cursor, adoption.user, adoption.server) is not None:
                     skipped.append(f"adoption of {label}: it already holds an allocation")
                     continue
-                known = set(conn.execute(select(_gpus.c.uuid).where(_gpus.c.uuid.in_(adoption.gpu_uuids))).scalars())
-                taken = set(
-                    conn.execute(
-                        select(_allocated.c.gpu_uuid).where(_allocated.c.gpu_uuid.in_(adoption.gpu_uuids))
-                    ).scalars()
-                )
-                if taken or known != set(adoption.gpu_uuids):
+                wanted = list(adoption.gpu_uuids)
+                marks = grant_sql.placeholders(len(wanted), self.postgresql)
+                cursor.execute(self._sql["known_gpus"].format(marks), wanted)
+                known = {uuid for (uuid,) in cursor.fetchall()}
+                cursor.execute(self._sql["held_gpus"].format(marks), wanted)
+                taken = {uuid for (uuid,) in cursor.fetchall()}
+                if taken or known != set(wanted):
                     why = (
                         f"held: {', '.join(sorted(taken))}"
                         if taken
-                        else f"unknown: {', '.join(sorted(set(adoption.gpu_uuids) - known))}"
+                        else f"unknown: {', '.join(sorted(set(wanted) - known))}"
                     )
                     skipped.append(f"adoption of {label}: GPUs {why}")
                     continue
                 self._insert_allocation(
-                    conn,
+                    cursor,
                     "adopt",
                     adoption.user,
                     adoption.server,
