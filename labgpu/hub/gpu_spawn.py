@@ -29,6 +29,7 @@ from labgpu.db.ledger import Ledger
 from labgpu.gpus.allocator import GpuLimitExceeded, NotEnoughGpus
 from labgpu.hub import disk_quota, event_log, gpu_queue, hub_limits, sessions
 from labgpu.hub import resources as hub_resources
+from labgpu.hub.admin_profile import record_profile
 from labgpu.hub.gpu_queue import QueuedSpawn, QueueRefused
 from labgpu.labels import server_label
 from labgpu.quota import (
@@ -181,6 +182,11 @@ class GpuSpawnPolicy(SpawnerMixinBase):  # type: ignore[misc]  # JupyterHub's Sp
         """The backend's own spawn form, used when no quota policy is configured."""
         return ""
 
+    async def image_versions(self, limits: Limits) -> Mapping[str, str | None] | None:
+        """Per image choice, the versions inside it, or None for one this backend does not
+        have (the spawn page greys it out); None: the backend cannot tell."""
+        return None
+
     def plain_options_from_form(self) -> Callable[[dict[str, list[str]]], dict[str, Any]]:
         """The backend's own form parser, used when no quota policy is configured."""
         return lambda formdata: {}
@@ -284,6 +290,7 @@ class GpuSpawnPolicy(SpawnerMixinBase):  # type: ignore[misc]  # JupyterHub's Sp
             gpus_in_use_by_user=await self.gpus_held_elsewhere(),
             previous=self.orm_spawner.user_options,
             disk_note=await disk_quota.spawn_page_note(self, limits),
+            image_versions=await self.image_versions(limits),
         )
         return (SIMULATED_NOTICE if self.gpus_simulated() and limits.gpus else "") + form
 
@@ -330,6 +337,7 @@ class GpuSpawnPolicy(SpawnerMixinBase):  # type: ignore[misc]  # JupyterHub's Sp
                 "This hub has no GPUs to hand out; start a server with 0 GPUs.", reason="capacity", status_code=400
             )
         self.limits, self.spawn_request = limits, request
+        record_profile(self.orm_spawner, user_options, request.profile)  # the admin page's Profile column
         if self._configured_image_and_guarantee is None:
             self._configured_image_and_guarantee = (self.image, self.mem_guarantee)  # type: ignore[has-type]
         # What the policy no longer sets falls back to the configuration, not to the last spawn's.

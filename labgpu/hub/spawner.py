@@ -24,12 +24,14 @@ from dockerspawner import DockerSpawner
 from jupyterhub.spawner import SpawnException
 from traitlets import Bool, CaselessStrEnum, Unicode, default
 
+from labgpu.hub import image_info
 from labgpu.hub.containers import ContainerConfigError, WorkspaceSpec, container_config, render_templates
 from labgpu.hub.gpu_spawn import SIMULATED_NOTICE as SIMULATED_NOTICE  # re-exported: tests and pages read it
 from labgpu.hub.gpu_spawn import GpuSpawnPolicy
 from labgpu.hub.lifecycle import GpuLifecycleSpawner
 from labgpu.hub.shared_folders import prepare_shared_folders, shared_folder_binds
 from labgpu.hub.workspace_users import WorkspaceUser, id_store, workspace_user
+from labgpu.quota import Limits
 from labgpu.quota.volumes import group_volume_name
 
 
@@ -84,6 +86,10 @@ class GPUDockerSpawner(GpuSpawnPolicy, GpuLifecycleSpawner):
 
     def plain_options_form(self) -> Any:
         return DockerSpawner._default_options_form(self)  # DockerSpawner's form (its allowed_images)
+
+    async def image_versions(self, limits: Limits) -> Mapping[str, str | None] | None:
+        choices = [(c.name, c.image) for c in limits.images]
+        return await image_info.image_versions(lambda ref: self.docker("inspect_image", ref), choices)
 
     def plain_options_from_form(self) -> Callable[[dict[str, list[str]]], dict[str, Any]]:
         return DockerSpawner._default_options_from_form(self)  # type: ignore[no-any-return]
