@@ -34,9 +34,9 @@ from labgpu.quota import Policy, resolve
 from labgpu.quota.spawn_options import default_group
 from labgpu.quota.volumes import group_volume_name
 from labgpu.units import format_size
-from labgpu.web.base import BaseHandler, WebContext
+from labgpu.web.base import WebContext
 from labgpu.web.hub_api import HubApiError
-from labgpu.web.sharing import hub_api
+from labgpu.web.sharing import ScriptOrPageHandler, hub_api
 
 WEEK = 7 * 86400.0
 IDLE_WINDOW = 600.0  # seconds of telemetry a "stop idle server" looks at (less for a newer server)
@@ -144,7 +144,7 @@ def group_report(
     }
 
 
-class GroupHandler(BaseHandler):
+class GroupHandler(ScriptOrPageHandler):
     def hub_id(self) -> str:
         return os.environ.get("LABGPU_HUB_ID", "labgpu")
 
