@@ -155,10 +155,11 @@ class TelemetryViews(Store):
                 if not users:
                     return None
                 spans = self._spans(since, until, state)
+                gpu_ids = list(conn.execute(select(GPU.c.id)).scalars())
                 busy: dict[str, float] = {}
                 seen = False
                 for source, start, end in spans:
-                    for owner_id, busy_s in self._owner_busy(conn, source, start, end, list(users)):
+                    for owner_id, busy_s in self._owner_busy(conn, source, start, end, list(users), gpu_ids):
                         seen = True
                         busy[users[owner_id]] = busy.get(users[owner_id], 0.0) + busy_s / HOUR
         except DBAPIError:  # no telemetry tables (no poller ever ran)
@@ -194,8 +195,11 @@ class TelemetryViews(Store):
         return spans
 
     def _owner_busy(
-        self, conn: Connection, source: int | str, start: float, end: float, owner_ids: list[int]
+        self, conn: Connection, source: int | str, start: float, end: float, owner_ids: list[int], gpu_ids: list[int]
     ) -> list[tuple[int, float]]:
+        """(owner, busy GPU-seconds) over [start, end) from one source; the GPUs are named so
+        that each table's key ((gpu_id, ts_ms, ...) for samples, (resolution, owner_id, gpu_id,
+        bucket) for rollups) narrows the read to the time range."""
         if source == "raw":
             # As the rollups count it: several processes of one owner on one GPU in one tick
             # count that GPU-second once (labgpu.gpus.telemetry.rollup_owner_samples).
@@ -206,6 +210,7 @@ class TelemetryViews(Store):
                     func.sum(PROCESS_SAMPLE.c.busy_pm).label("busy_pm"),
                 )
                 .where(
+                    PROCESS_SAMPLE.c.gpu_id.in_(gpu_ids),
                     PROCESS_SAMPLE.c.owner_id.in_(owner_ids),
                     PROCESS_SAMPLE.c.ts_ms >= int(start * 1000),
                     PROCESS_SAMPLE.c.ts_ms < int(end * 1000),
@@ -223,6 +228,7 @@ class TelemetryViews(Store):
             .where(
                 OWNER_ROLLUP.c.resolution == source,
                 OWNER_ROLLUP.c.owner_id.in_(owner_ids),
+                OWNER_ROLLUP.c.gpu_id.in_(gpu_ids),
                 OWNER_ROLLUP.c.bucket >= start,
                 OWNER_ROLLUP.c.bucket < end,
             )

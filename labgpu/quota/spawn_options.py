@@ -19,6 +19,10 @@ from labgpu.units import format_duration, format_size, gpus_text, parse_size
 
 # Options a request may carry; anything else is refused.
 OPTION_KEYS = ("gpus", "image", "memory", "cpus", "gpu_model", "group")
+# Written by the hub beside a server's options, never read: "profile" is what JupyterHub 6's admin
+# page shows in its Profile column (GPUs, memory, image; SpawnRequest.profile), so it comes back
+# with a saved choice and is ignored.
+DERIVED_KEYS = ("profile",)
 # The smallest memory limit a user may ask for: below it JupyterLab itself is OOM-killed.
 MIN_MEMORY = 512 * 1024**2
 # The smallest CPU limit: Docker's (a 1 ms quota per 100 ms period). Below it the quota rounds to
@@ -47,6 +51,13 @@ class SpawnRequest:
     idle_timeout: int | None
     max_runtime: int | None
     group: str | None = None  # the group this server is charged to (its pool, fair share, usage)
+
+    @property
+    def profile(self) -> str:
+        """``2 GPUs · 16G · pytorch``: the admin page's Profile column (user_options["profile"])."""
+        return " · ".join(
+            [gpus_text(self.gpus), format_size(self.memory), self.image_name or self.image or "default image"]
+        )
 
     def as_user_options(self) -> dict[str, Any]:
         """JSON-able options that, validated again, give this same request (to persist)."""
@@ -120,6 +131,7 @@ def validate_user_options(
         raise SpawnOptionsError(
             f"Spawn options must be a JSON object of {', '.join(OPTION_KEYS)}, not {type(options).__name__}."
         )
+    options = {k: v for k, v in options.items() if k not in DERIVED_KEYS}
     unknown = sorted(str(k)[:40] for k in options if k not in OPTION_KEYS)
     if unknown:
         shown = ", ".join(repr(k) for k in unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")

@@ -13,7 +13,7 @@ from functools import partial
 from typing import Any
 
 from labgpu.db.queue_store import GRANTED
-from labgpu.db.usage import NO_GROUP, UsageRow, busy_hours_of, held_per_day, no_groups, usage_rows
+from labgpu.db.usage import NO_GROUP, UsageRow, held_per_day, no_groups, usage_rows
 from labgpu.fairshare import scheduler
 from labgpu.hub.gpu_queue import DEFAULT_HALF_LIFE, PolicyView
 from labgpu.quota import Policy, user_groups
@@ -85,7 +85,7 @@ def my_usage(stores: Stores, user: str, days: int) -> dict[str, Any]:
     """One user's page: totals, per day, queue waits, reclaim notices, sessions."""
     since, until = period_bounds(stores, days)
     held = stores.queue.held_intervals(since, until)
-    busy = busy_hours_of(stores.url, since, until)
+    busy = stores.views.busy_hours(since.timestamp(), until.timestamp())  # = busy_hours_of, engines reused
     rows = usage_rows(stores.queue, since, until, busy_hours=busy, held=held)
     mine = next((r for r in rows if r.name == user), UsageRow(user, gpu_hours_busy=None if busy is None else 0.0))
     busy_days = stores.views.busy_per_day(since.timestamp(), until.timestamp(), [user])
@@ -172,7 +172,7 @@ def lab_usage(stores: Stores, policy: Policy | None, days: int, group: str | Non
     since, until = period_bounds(stores, days)
     groups_of: Callable[[str], Sequence[str]] = partial(user_groups, policy) if policy is not None else no_groups
     held = stores.queue.held_intervals(since, until)
-    busy = busy_hours_of(stores.url, since, until)
+    busy = stores.views.busy_hours(since.timestamp(), until.timestamp())  # = busy_hours_of, engines reused
     by_user = usage_rows(stores.queue, since, until, busy_hours=busy, held=held)
     by_group = usage_rows(stores.queue, since, until, by="group", groups_of=groups_of, busy_hours=busy, held=held)
     if group is not None:

@@ -27,7 +27,8 @@ from labgpu.fairshare import scheduler
 from labgpu.gpus.allocator import HeldUnits, allocatable_unit
 from labgpu.gpus.inventory import Gpu
 from labgpu.hub.gpu_queue import GpuQueue
-from labgpu.quota import Policy, user_groups
+from labgpu.quota import Limits, Policy, resolve, user_groups
+from labgpu.units import format_duration, format_size, gpus_text
 
 HOUR = 3600.0
 SOMEONE = "another user"
@@ -242,3 +243,42 @@ def board_for(snapshot: dict[str, Any], viewer: Any, policy: Policy | None) -> d
         for w in snapshot["reclaim_warnings"]
     ]
     return {**snapshot, "show_names": rule, "gpus": gpus, "queue": queue, "reclaim_warnings": warnings}
+
+
+def my_servers(board: dict[str, Any], viewer: Any, policy: Policy | None) -> dict[str, Any]:
+    """The viewer's servers from their board (GPUs held, since; queue place and estimate) and
+    their limits from the quota policy (per server, in all, memory, CPUs, time limits)."""
+    servers: dict[str, dict[str, Any]] = {}
+    for gpu in board["gpus"]:
+        held = gpu["held_by"]
+        if held is not None and held["mine"]:
+            server = servers.setdefault(held["server"], {"name": held["server"], "gpus": [], "since": held["since"]})
+            server["gpus"].append(gpu["label"])
+    for entry in board["queue"]:
+        if entry["mine"]:
+            servers.setdefault(entry["server"], {"name": entry["server"], "gpus": [], "since": None})["queue"] = {
+                key: entry[key] for key in ("position", "gpus", "waiting_for", "estimated_wait_s")
+            }
+    limits = None
+    if policy is not None:
+        resolved = resolve(policy, viewer.name, viewer.groups)
+        limits = {
+            "gpus_per_server": resolved.gpus,
+            "gpus_total": resolved.gpus_total,
+            "memory": resolved.memory,
+            "cpus": resolved.cpus,
+            "max_runtime_s": resolved.max_runtime,
+            "idle_timeout_s": resolved.idle_timeout,
+            "text": limits_text(resolved),
+        }
+    return {"user": viewer.name, "servers": sorted(servers.values(), key=lambda s: s["name"]), "limits": limits}
+
+
+def limits_text(limits: Limits) -> str:
+    parts = [f"{gpus_text(limits.gpus)} per server", f"{gpus_text(limits.gpus_total)} in all"]
+    parts.append(f"{format_size(limits.memory)} memory, {limits.cpus:g} CPUs")
+    if limits.max_runtime:
+        parts.append(f"servers with GPUs stop after {format_duration(limits.max_runtime)}")
+    if limits.idle_timeout:
+        parts.append(f"idle servers stop after {format_duration(limits.idle_timeout)}")
+    return "; ".join(parts)

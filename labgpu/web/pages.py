@@ -13,7 +13,7 @@ from labgpu.units import gpus_text
 from labgpu.web import svg
 from labgpu.web.accounting import PERIODS, lab_usage, my_usage, table_csv, usage_csv
 from labgpu.web.base import BaseHandler
-from labgpu.web.data import Cached, Stores, board_for, board_snapshot
+from labgpu.web.data import Cached, Stores, board_for, board_snapshot, my_servers
 from labgpu.web.estimates import spawn_estimates
 
 
@@ -92,6 +92,15 @@ class EstimateApi(PageHandler):
         self.write_json(await self.in_thread(spawn_estimates, stores, self.context.policy, viewer.name, viewer.groups))
 
 
+class MeApi(PageHandler):
+    """My servers' GPUs and queue places and my limits (the hub's home page shows them)."""
+
+    @web.authenticated
+    async def get(self) -> None:
+        board = await self.board()
+        self.write_json(my_servers(board, self.viewer, self.context.policy))
+
+
 # --- my usage --------------------------------------------------------------------------------
 class UsagePage(PageHandler):
     @web.authenticated
@@ -165,6 +174,7 @@ def routes() -> list[tuple[str, type[web.RequestHandler]]]:
         (r"gpus", BoardPage),
         (r"api/gpus", BoardApi),
         (r"api/estimate", EstimateApi),
+        (r"api/me", MeApi),
         (r"usage", UsagePage),
         (r"api/usage", UsageApi),
         (r"usage\.csv", UsageCsv),
