@@ -12,6 +12,7 @@ store's; their own modules stay the only writers.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -33,7 +34,7 @@ from labgpu.db.tables import (
 )
 from labgpu.gpus.telemetry import HOUR, MINUTE, WORKSPACE
 
-__all__ = ["AuditRow", "EndedEntry", "GpuTelemetry", "MetricsReader", "ReclaimCounts", "WaitingEntry"]
+__all__ = ["AuditRow", "GpuTelemetry", "MetricsReader", "QueueRow", "ReclaimCounts", "WaitingEntry"]
 
 _events = AllocationEventRow.__table__
 _queue = QueueEntryRow.__table__
@@ -88,14 +89,14 @@ class WaitingEntry:
 
 
 @dataclass(frozen=True)
-class EndedEntry:
-    """A queue entry that left the queue: granted, cancelled or abandoned."""
+class QueueRow:
+    """A queue entry as the exporter counts it: waiting, or how it left the queue and when."""
 
     id: int
     user: str
     status: str
     submitted_at: datetime
-    ended_at: datetime
+    ended_at: datetime | None
 
 
 @dataclass(frozen=True)
@@ -298,16 +299,15 @@ class MetricsReader(Store):
         with self.reader.connect() as conn:
             return [WaitingEntry(r.user, r.server, r.gpus, r.submitted_at) for r in conn.execute(query)]
 
-    def ended_since(self, since: datetime | None) -> list[EndedEntry]:
-        """Queue entries that ended at or after ``since`` (all when None), by end time."""
-        query = select(_queue.c.id, _queue.c.user, _queue.c.status, _queue.c.submitted_at, _queue.c.ended_at).where(
-            _queue.c.status != WAITING, _queue.c.ended_at.is_not(None)
-        )
-        if since is not None:
-            query = query.where(_queue.c.ended_at >= since)
+    def queue_rows(self, after_id: int, also: Collection[int] = ()) -> list[QueueRow]:
+        """Queue entries after ``after_id`` and those of ``also`` (the ones still waiting at the
+        previous read: they may have ended since), by primary key: never the whole history."""
+        columns = (_queue.c.id, _queue.c.user, _queue.c.status, _queue.c.submitted_at, _queue.c.ended_at)
         with self.reader.connect() as conn:
-            rows = conn.execute(query.order_by(_queue.c.ended_at, _queue.c.id)).all()
-        return [EndedEntry(r.id, r.user, r.status, r.submitted_at, r.ended_at) for r in rows]
+            rows = list(conn.execute(select(*columns).where(_queue.c.id > after_id)))
+            if also:
+                rows += conn.execute(select(*columns).where(_queue.c.id.in_(sorted(also)), _queue.c.id <= after_id))
+        return [QueueRow(r.id, r.user, r.status, r.submitted_at, r.ended_at) for r in rows]
 
     def reclaim_counts(self) -> ReclaimCounts:
         query = (

@@ -40,8 +40,8 @@ class AuditLike(Protocol):
     def group(self) -> str: ...
 
 
-class EndedLike(Protocol):
-    """A queue entry that left the queue (:class:`labgpu.db.metrics_store.EndedEntry`)."""
+class QueueRowLike(Protocol):
+    """A queue entry (:class:`labgpu.db.metrics_store.QueueRow`)."""
 
     @property
     def id(self) -> int: ...
@@ -50,7 +50,7 @@ class EndedLike(Protocol):
     @property
     def submitted_at(self) -> datetime: ...
     @property
-    def ended_at(self) -> datetime: ...
+    def ended_at(self) -> datetime | None: ...
 
 
 @dataclass(frozen=True)
@@ -136,29 +136,30 @@ class BusyAccount:
 @dataclass
 class QueueAccount:
     """How spawns left the GPU queue (granted, cancelled, abandoned) and how long the granted
-    ones waited, as a cumulative histogram; read by end time past a watermark."""
+    ones waited, as a cumulative histogram. Reads entries past the highest id seen, and again
+    the ones still waiting then (:attr:`waiting_ids`), so each ended entry is counted once."""
 
     buckets: Sequence[float] = WAIT_BUCKETS
     exits: dict[str, int] = field(default_factory=dict)
     bucket_counts: list[int] = field(default_factory=list)
     wait_sum: float = 0.0
     wait_count: int = 0
-    since: datetime | None = None
-    _ids_at_since: set[int] = field(default_factory=set)
+    last_id: int = 0
+    waiting_ids: set[int] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         if not self.bucket_counts:
             self.bucket_counts = [0] * len(self.buckets)
 
-    def add(self, entries: Iterable[EndedLike]) -> None:
-        """Entries that ended at or after :attr:`since`, by end time (those already counted, at
-        exactly :attr:`since`, are skipped)."""
+    def add(self, entries: Iterable[QueueRowLike]) -> None:
+        """Entries after :attr:`last_id` and those of :attr:`waiting_ids`, as they are now."""
         for entry in entries:
-            if entry.ended_at == self.since and entry.id in self._ids_at_since:
+            self.last_id = max(self.last_id, entry.id)
+            if entry.status == "waiting" or entry.ended_at is None:
+                self.waiting_ids.add(entry.id)
                 continue
-            if self.since is None or entry.ended_at > self.since:
-                self.since, self._ids_at_since = entry.ended_at, set()
-            self._ids_at_since.add(entry.id)
+            if entry.id in self.waiting_ids:
+                self.waiting_ids.discard(entry.id)
             self.exits[entry.status] = self.exits.get(entry.status, 0) + 1
             if entry.status != "granted":
                 continue

@@ -16,21 +16,21 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
-from labgpu.db.hub_events import HubEventStore
+from labgpu.db.hub_events import EventCounts, HubEventStore
 from labgpu.db.ledger import GpuHolding, Ledger
-from labgpu.db.metrics_store import GpuTelemetry, MetricsReader
+from labgpu.db.metrics_store import GpuTelemetry, MetricsReader, ReclaimCounts
 from labgpu.fairshare.scheduler import fairshare_factors
 from labgpu.hub.gpu_queue import DEFAULT_HALF_LIFE, PolicyView
 from labgpu.metrics.accounting import BusyAccount, HeldAccount, QueueAccount
-from labgpu.metrics.series import GpuSample, GpuState, Histogram, Snapshot, build_families
+from labgpu.metrics.series import GpuSample, GpuState, Histogram, Snapshot, build_families, exposition_text
 from labgpu.quota import Policy
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 DEFAULT_STALE_AFTER = 120.0  # seconds: an older sample is not shown as the GPU's current figures
+DEFAULT_SLOW_EVERY = 30.0  # seconds between reads of what changes at most once a reclaimer round
 
 
 class LedgerCollector(Collector):
@@ -38,7 +38,10 @@ class LedgerCollector(Collector):
 
     ``policy`` gives the quota policy in force (shares, groups, the fair-share half-life; None:
     everyone has a share of 1); ``hostname`` is the ``Hostname`` label of the GPU series
-    (dcgm-exporter's); a GPU sample older than ``stale_after`` seconds is not shown.
+    (dcgm-exporter's); a GPU sample older than ``stale_after`` seconds is not shown. Refusal,
+    reconcile and reclaim counts are read every ``slow_every`` seconds (whole-table counts; the
+    reclaimer acts once a minute), fair-share factors computed as often (usage decays over
+    days), the ledger's GPUs read when an audit row came or as often.
     """
 
     def __init__(
@@ -48,6 +51,7 @@ class LedgerCollector(Collector):
         policy: Callable[[], Policy | None] = lambda: None,
         hostname: str | None = None,
         stale_after: float = DEFAULT_STALE_AFTER,
+        slow_every: float = DEFAULT_SLOW_EVERY,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.ledger = Ledger(url_or_path, migrate=False)
@@ -56,12 +60,18 @@ class LedgerCollector(Collector):
         self.policy = policy
         self.hostname = hostname or socket.gethostname()
         self.stale_after = stale_after
+        self.slow_every = slow_every
         self.clock = clock
         self._lock = threading.Lock()  # scrapes may overlap; the accounts are not thread-safe
         self._held: HeldAccount | None = None
         self._busy = BusyAccount()
         self._queue = QueueAccount()
         self._previous_scrape: float | None = None
+        self._view: PolicyView | None = None
+        self._newest_tick = 0.0
+        self._holdings: tuple[int, float, list[GpuHolding]] | None = None
+        self._slow: tuple[float, EventCounts, ReclaimCounts] | None = None
+        self._factors: tuple[float, PolicyView, dict[str, float]] | None = None
 
     def close(self) -> None:
         for store in (self.events, self.reader, self.ledger):
@@ -81,7 +91,9 @@ class LedgerCollector(Collector):
     def _snapshot(self) -> Snapshot:
         now = self.clock()
         policy = self.policy()
-        view = PolicyView(policy)
+        if self._view is None or self._view.policy is not policy:
+            self._view = PolicyView(policy)  # per policy: it caches each user's resolved limits
+        view = self._view
         half_life = view.half_life() if policy is not None else DEFAULT_HALF_LIFE
         if self._held is None or self._held.half_life != half_life:
             self._held = HeldAccount(half_life)  # a new half-life: decay everything again
@@ -91,28 +103,37 @@ class LedgerCollector(Collector):
             self._busy.add(*self.reader.busy_history())
         else:
             self._busy.add(*self.reader.busy_since(self._busy.watermark_ms))
-        self._queue.add(self.reader.ended_since(self._queue.since))
+        self._queue.add(self.reader.queue_rows(self._queue.last_id, self._queue.waiting_ids))
 
         def group_of(user: str) -> str:
             return held.last_group.get(user) or view.group(user) or ""
 
-        samples = self.reader.latest_samples(now - self.stale_after)
-        unhealthy = self.reader.unhealthy_gpus()
-        gpus = gpu_states(self.ledger.holdings(), samples, unhealthy)
+        # The poller samples every GPU at each tick: read from the previous scrape's newest tick on.
+        samples = self.reader.latest_samples(max(now - self.stale_after, self._newest_tick))
         last_sample = max((s.ts for s in samples.values()), default=None)
+        self._newest_tick = last_sample or self._newest_tick
+        unhealthy = self.reader.unhealthy_gpus()
+        if self._holdings is None or self._holdings[0] != held.last_id or now - self._holdings[1] > self.slow_every:
+            self._holdings = (held.last_id, now, self.ledger.holdings())  # changes with an audit row, or the inventory
+        gpus = gpu_states(self._holdings[2], samples, unhealthy)
         if last_sample is None and gpus:
             last_sample = self.reader.last_sample_time()
-        usage = held.usage(now)
         waiting = self.reader.waiting()
-        users = sorted(set(usage) | set(self._busy.busy_s) | {e.user for e in waiting})
-        factors = fairshare_factors(usage, view.shares(users), users)
+        if self._factors is None or now - self._factors[0] > self.slow_every or view is not self._factors[1]:
+            # Usage decays over days (the policy's half-life): a factor 30 s old is still right.
+            usage = held.usage(now)
+            users = sorted(set(usage) | set(self._busy.busy_s) | {e.user for e in waiting})
+            self._factors = (now, view, fairshare_factors(usage, view.shares(users), users))
+        factors = self._factors[2]
         held_seconds = held.held_seconds(now)
         # Every user who held GPUs has a busy counter (0 when never busy), so efficiency is defined.
         busy_seconds = {key: 0.0 for key in held_seconds}
         for user, seconds in self._busy.busy_s.items():
             busy_seconds[(user, group_of(user))] = seconds
-        counts = self.events.counts()
-        reclaim = self.reader.reclaim_counts()
+        if self._slow is None or now - self._slow[0] > self.slow_every:
+            # Refusals, reconcile findings and reclaims change at most once a reclaimer round.
+            self._slow = (now, self.events.counts(), self.reader.reclaim_counts())
+        _, counts, reclaim = self._slow
         return Snapshot(
             hostname=self.hostname,
             now=now,
@@ -179,6 +200,4 @@ def gpu_states(
 
 def render(collector: LedgerCollector) -> bytes:
     """The text of one scrape (Prometheus' text format 0.0.4)."""
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(collector)
-    return generate_latest(registry)
+    return exposition_text(collector.collect())

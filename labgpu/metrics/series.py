@@ -18,10 +18,11 @@ without a database or a server. Two sets of series:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.utils import floatToGoString
 
 GPU_LABELS = ("gpu", "UUID", "device", "modelName", "Hostname", "pci_bus_id")
 HOLDER_LABELS = ("labgpu_user", "labgpu_server", "labgpu_group")
@@ -302,3 +303,34 @@ def _counter(name: str, help_text: str, label: str, known: Sequence[str], counts
     for value in sorted(set(known) | set(counts)):
         family.add_metric([value], float(counts.get(value, 0)))
     return family
+
+
+_TYPES = {"counter": "counter", "gauge": "gauge", "histogram": "histogram"}
+
+
+def _number(value: float) -> str:
+    """A sample's value as Go writes it (prometheus_client's own function)."""
+    return str(floatToGoString(value))  # type: ignore[no-untyped-call]
+
+
+def _label_value(value: str) -> str:
+    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+
+
+def exposition_text(families: Iterable[Metric]) -> bytes:
+    """Prometheus' text format (0.0.4) of these families, byte for byte what prometheus_client's
+    ``generate_latest`` writes for them (a unit test holds it to that), for the three kinds we
+    export and names that need no escaping. ``generate_latest`` validates every label name of
+    every sample again, which was a third of a 500-user scrape; our names are fixed here."""
+    out: list[str] = []
+    for family in families:
+        name = family.name + "_total" if family.type == "counter" else family.name
+        doc = family.documentation.replace("\\", r"\\").replace("\n", r"\n")
+        out.append(f"# HELP {name} {doc}\n# TYPE {name} {_TYPES[family.type]}\n")
+        for sample in family.samples:
+            if sample.labels:
+                labels = ",".join(f'{k}="{_label_value(v)}"' for k, v in sorted(sample.labels.items()))
+                out.append(f"{sample.name}{{{labels}}} {_number(sample.value)}\n")
+            else:
+                out.append(f"{sample.name} {_number(sample.value)}\n")
+    return "".join(out).encode("utf-8")

@@ -165,27 +165,47 @@ def test_fair_share_usage_decays_exactly_as_the_queue_computes_it_however_often_
     assert account.usage(now)["bob"] == pytest.approx(expected, rel=1e-9)
 
 
-class Ended:
-    def __init__(self, id, status, waited_s, ended_at):
+class Entry:
+    def __init__(self, id, status, waited_s=0.0, ended_at=None):
         self.id, self.status, self.ended_at = id, status, ended_at
-        self.submitted_at = ended_at - timedelta(seconds=waited_s)
+        self.submitted_at = (ended_at or T0) - timedelta(seconds=waited_s)
 
 
-def test_queue_waits_fill_a_cumulative_histogram_and_an_entry_is_counted_once_across_reads():
+def test_queue_waits_fill_a_cumulative_histogram_and_each_entry_counts_once_when_it_ends():
     account = QueueAccount(buckets=(60, 3600))
-    first = [Ended(1, "granted", 30, T0), Ended(2, "granted", 600, T0 + timedelta(seconds=1))]
-    account.add(first)
-    # The next read starts at the watermark (its own end time), so it sees entry 2 again.
-    account.add(
-        [
-            first[1],
-            Ended(3, "cancelled", 5, T0 + timedelta(seconds=1)),
-            Ended(4, "granted", 7200, T0 + timedelta(seconds=2)),
-        ]
-    )
+    account.add([Entry(1, "granted", 30, T0), Entry(2, "waiting"), Entry(3, "granted", 600, T0)])
+    assert (account.last_id, account.waiting_ids) == (3, {2})
+    # The next read: entries after 3, and entry 2 again (it was waiting).
+    account.add([Entry(2, "granted", 7200, T0 + timedelta(hours=2)), Entry(4, "cancelled", 5, T0)])
+    account.add([Entry(5, "waiting")])
+    account.add([Entry(5, "waiting")])  # still waiting: nothing counted
     assert account.histogram() == [("60", 1.0), ("3600", 2.0), ("+Inf", 3.0)]
     assert account.wait_sum == 30 + 600 + 7200
     assert account.exits == {"granted": 3, "cancelled": 1}
+    assert account.waiting_ids == {5}
+
+
+def test_our_text_is_byte_for_byte_what_prometheus_client_writes():
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from labgpu.metrics.series import exposition_text
+
+    snapshot = Snapshot(
+        hostname='gpu "1"\\n',
+        now=10.0,
+        gpus=[GpuState(0, "GPU-a", "H100", user="a\nb", sample=GpuSample(1, 2, 3, 4, 5, 6.5, 7))],
+        held_seconds={("alice", "vision"): 1e21},
+        refusals={"quota": 3},
+        last_sample=float("nan"),
+    )
+
+    class Fixed:
+        def collect(self):
+            return build_families(snapshot)
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(Fixed())  # type: ignore[arg-type]
+    assert exposition_text(build_families(snapshot)) == generate_latest(registry)
 
 
 # ---------------------------------------------------------------------------------------------
