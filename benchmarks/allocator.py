@@ -1,19 +1,26 @@
-"""Allocation and release latency on the real SQLite ledger (WAL, BEGIN IMMEDIATE, fresh file).
+"""Allocation and release latency on the real ledger: SQLite (WAL, BEGIN IMMEDIATE, a fresh file
+per round) or PostgreSQL (a throwaway local cluster from tests/postgres.py, a fresh database per
+round, the advisory-lock transaction).
 
 Boxes of 8 and 64 GPUs, 500 users asking for 1, 2 or 4 GPUs and stopping at random, so the
 ledger runs near full (many refusals) like a busy lab. Every operation is one real
 transaction through ``labgpu.db.ledger.Ledger``; latency is wall time around the call.
-Writes benchmarks/results/allocator.json; the last line is the verdict: the worst (over 8/64
-GPUs, allocate/release) median-over-rounds of the per-round p99 must be under 5 ms.
+Writes benchmarks/results/allocator.json (allocator_postgresql.json); the last line is the
+verdict: the worst (over 8/64 GPUs, allocate/release) median-over-rounds of the per-round p99
+against the target (issue 21: 1 ms on SQLite; PostgreSQL has no target, it is reported).
 
-    python benchmarks/allocator.py [--quick]
+    python benchmarks/allocator.py [--quick] [--backend sqlite|postgresql] [--profile]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import cProfile
+import io
 import json
 import os
+import pstats
 import random
 import resource
 import statistics
@@ -32,7 +39,7 @@ from labgpu.gpus.allocator import NotEnoughGpus
 from labgpu.gpus.inventory import Gpu
 
 RESULTS = REPO / "benchmarks" / "results"
-TARGET_P99_MS = 5.0
+TARGET_P99_MS = {"sqlite": 1.0, "postgresql": 5.0}
 USERS = 500
 
 
@@ -80,7 +87,7 @@ def involuntary_switches() -> int:
     return resource.getrusage(resource.RUSAGE_THREAD).ru_nivcsw
 
 
-def run_round(gpu_count: int, operations: int, seed: int) -> dict[str, list[float]]:
+def run_round(gpu_count: int, operations: int, seed: int, new_url) -> dict[str, list[float]]:
     rng = random.Random(seed)
     timings: dict[str, list[float]] = {"allocate": [], "refuse": [], "release": [], "unpreempted": []}
 
@@ -90,7 +97,7 @@ def run_round(gpu_count: int, operations: int, seed: int) -> dict[str, list[floa
         if kind != "refuse" and involuntary_switches() == switches:
             timings["unpreempted"].append(elapsed)
 
-    with tempfile.TemporaryDirectory() as tmp, Ledger(Path(tmp) / "ledger.sqlite") as ledger:
+    with new_url() as url, Ledger(url) as ledger:
         ledger.sync_inventory(box(gpu_count))
         holding: list[str] = []
         idle = [f"user{u:03d}" for u in range(USERS)]
@@ -119,19 +126,74 @@ def run_round(gpu_count: int, operations: int, seed: int) -> dict[str, list[floa
     return timings
 
 
+@contextlib.contextmanager
+def sqlite_urls():
+    """A fresh SQLite file per round."""
+
+    @contextlib.contextmanager
+    def new_url():
+        with tempfile.TemporaryDirectory() as tmp:
+            yield str(Path(tmp) / "ledger.sqlite")
+
+    yield new_url
+
+
+@contextlib.contextmanager
+def postgresql_urls():
+    """A fresh database per round in one throwaway cluster (fsync on, commits not waited to disk)."""
+    from tests.postgres import throwaway_cluster
+
+    with throwaway_cluster(durable=True) as cluster:
+
+        @contextlib.contextmanager
+        def new_url():
+            url = cluster.new_database()
+            try:
+                yield url
+            finally:
+                cluster.drop_database(url)
+
+        yield new_url
+
+
+def profile_summary(new_url, gpu_count: int, operations: int) -> str:
+    """cProfile of one round, the 25 functions with the most cumulative time."""
+    profiler = cProfile.Profile()
+    profiler.enable()
+    run_round(gpu_count, operations, 99, new_url)
+    profiler.disable()
+    out = io.StringIO()
+    pstats.Stats(profiler, stream=out).sort_stats("cumulative").print_stats(25)
+    return out.getvalue()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer operations (under a minute)")
+    parser.add_argument("--backend", choices=("sqlite", "postgresql"), default="sqlite", help="the ledger's database")
+    parser.add_argument("--profile", action="store_true", help="also profile one 64-GPU round (cProfile), printed")
     args = parser.parse_args(argv)
     rounds, operations = (3, 600) if args.quick else (5, 3000)
+    target = TARGET_P99_MS[args.backend]
+    with (sqlite_urls if args.backend == "sqlite" else postgresql_urls)() as new_url:
+        return measure(args, rounds, operations, target, new_url)
+
+
+def measure(args: argparse.Namespace, rounds: int, operations: int, target: float, new_url) -> int:
     report: dict = {
         "machine": machine(),
-        "target_p99_ms": TARGET_P99_MS,
+        "backend": args.backend,
+        "target_p99_ms": target,
         "users": USERS,
         "rounds": rounds,
         "operations_per_round": operations,
         "quick": args.quick,
-        "sqlite": "WAL, synchronous=NORMAL, BEGIN IMMEDIATE, busy_timeout 30 s, one file per round",
+        "database": {
+            "sqlite": "WAL, synchronous=NORMAL, BEGIN IMMEDIATE, busy_timeout 30 s, one file per round",
+            "postgresql": "a local throwaway cluster (Unix user labgpu-pg, TCP 127.0.0.1), fsync on, "
+            "synchronous_commit off (SQLite's NORMAL in WAL), pg_advisory_xact_lock per write "
+            "transaction, one database per round",
+        }[args.backend],
         "load_average_before": os.getloadavg(),
         "configs": {},
         "note": "unpreempted = allocate+release calls during which the OS did not switch this "
@@ -144,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         merged: dict[str, list[float]] = {"allocate": [], "refuse": [], "release": [], "unpreempted": []}
         per_round = []
         for seed in range(rounds):
-            timings = run_round(gpu_count, operations, seed)
+            timings = run_round(gpu_count, operations, seed, new_url)
             per_round.append({kind: summary(timings[kind]) for kind in merged})
             for kind in merged:
                 merged[kind] += timings[kind]
@@ -176,12 +238,18 @@ def main(argv: list[str] | None = None) -> int:
         f"load average before/after: {report['load_average_before'][0]:.2f} / {report['load_average_after'][0]:.2f} "
         f"on {os.cpu_count()} cores"
     )
-    status = "PASS" if worst < TARGET_P99_MS else "FAIL"
+    if args.profile:
+        report["profile_64_gpus"] = profile_summary(new_url, 64, operations)
+        print(report["profile_64_gpus"])
+    status = "PASS" if worst < target else "FAIL"
     report["worst_median_round_p99_ms"] = round(worst, 4)
     report["status"] = status
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "allocator.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
-    print(f"allocator: p99_ms={worst:.2f} target={TARGET_P99_MS:g} {status}")  # median over rounds of round p99
+    name = "allocator.json" if args.backend == "sqlite" else f"allocator_{args.backend}.json"
+    (RESULTS / name).write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    print(
+        f"allocator ({args.backend}): p99_ms={worst:.2f} target={target:g} {status}"
+    )  # median over rounds of round p99
     return 0 if status == "PASS" else 1
 
 

@@ -75,8 +75,12 @@ class PostgresCluster:
             "max_connections = 200",
             "shared_buffers = 64MB",
         ]
-        if not durable:  # tests: what a crash of the machine would lose does not matter here
-            settings += ["fsync = off", "synchronous_commit = off", "full_page_writes = off"]
+        # Commits are not waited to disk, like the SQLite ledger's synchronous=NORMAL in WAL mode:
+        # a power cut may lose the last commits, never consistency. Tests (not ``durable``)
+        # skip fsync altogether: what a crash of the machine would lose does not matter there.
+        settings.append("synchronous_commit = off")
+        if not durable:
+            settings += ["fsync = off", "full_page_writes = off"]
         with (self.data / "postgresql.conf").open("a") as conf:
             conf.write("\n".join(settings) + "\n")
 

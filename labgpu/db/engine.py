@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Self
 
 from sqlalchemy import CursorResult, Engine, Table, create_engine, event
 from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.engine.interfaces import DBAPIConnection, DBAPICursor
+from sqlalchemy.engine.interfaces import DBAPICursor
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -144,7 +144,8 @@ def _postgresql_engine(url: str, immediate: bool, busy_timeout_ms: int, lock: st
     engine = create_engine(
         url,
         isolation_level="READ COMMITTED" if immediate else "REPEATABLE READ",
-        pool_pre_ping=True,  # a server restart leaves dead pooled connections behind
+        # No pool_pre_ping: a round trip per transaction. A connection the server dropped fails
+        # once and is thrown away (SQLAlchemy's disconnect handling, Store.raw_write's).
         connect_args={"options": f"-c lock_timeout={int(busy_timeout_ms)}", "connect_timeout": 10},
     )
     if immediate:
@@ -273,17 +274,25 @@ class Store:
         """One write transaction on the driver's own connection and cursor, for the few hot
         paths (a grant, a release) where SQLAlchemy's per-statement work costs more than the
         database's: the same lock as :attr:`writer` (taken first), committed at the end,
-        rolled back on any error. Statements use ``?`` placeholders (see :meth:`sql`)."""
-        connection: DBAPIConnection = self.writer.raw_connection()
+        rolled back on any error. Statements use the driver's placeholders (see
+        :mod:`labgpu.db.grant_sql`). A connection the server dropped (a PostgreSQL restart) is
+        thrown away, so the next transaction opens a new one."""
+        connection = self.writer.raw_connection()
+        cursor = None
         try:
             cursor = connection.cursor()
             cursor.execute(self._lock_sql)
-            try:
-                yield cursor
-            except BaseException:
-                connection.rollback()
-                raise
+            yield cursor
             connection.commit()
+        except BaseException as exc:
+            dialect = self.writer.dialect
+            if isinstance(exc, dialect.loaded_dbapi.Error) and dialect.is_disconnect(
+                exc, connection.dbapi_connection, cursor
+            ):
+                connection.invalidate(exc)
+            else:
+                connection.rollback()
+            raise
         finally:
             connection.close()  # back to the pool
 
