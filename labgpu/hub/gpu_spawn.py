@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from jupyterhub.spawner import SpawnException
 from jupyterhub.traitlets import ByteSpecification
-from traitlets import CaselessStrEnum, Float, Integer, List, Unicode, default, validate
+from traitlets import Bool, CaselessStrEnum, Float, Integer, List, Unicode, default, validate
 
 from labgpu.db.ledger import Ledger
 from labgpu.gpus.allocator import GpuLimitExceeded, NotEnoughGpus
@@ -31,6 +31,7 @@ from labgpu.hub import disk_quota, event_log, gpu_queue, hub_limits, sessions
 from labgpu.hub import resources as hub_resources
 from labgpu.hub.admin_profile import record_profile
 from labgpu.hub.gpu_queue import QueuedSpawn, QueueRefused
+from labgpu.hub.workspace_users import WorkspaceUser, id_store, workspace_user
 from labgpu.labels import server_label
 from labgpu.quota import (
     Limits,
@@ -87,6 +88,14 @@ class GpuSpawnPolicy(SpawnerMixinBase):  # type: ignore[misc]  # JupyterHub's Sp
     ).tag(config=True)
 
     run_as_gid = Unicode("100", help="Numeric gid the workspace runs as.").tag(config=True)
+
+    uid_per_user = Bool(
+        True,
+        help="""Run each user's workspace as a uid of their own (and give it each group folder's gid),
+        kept in the ledger (labgpu/hub/workspace_users.py), so files in group folders show who wrote
+        them; homes are handed to that uid on first start. False (or no ledger): every workspace
+        runs as run_as_uid, as before.""",
+    ).tag(config=True)
 
     hub_id = Unicode(
         "labgpu",
@@ -206,6 +215,19 @@ class GpuSpawnPolicy(SpawnerMixinBase):  # type: ignore[misc]  # JupyterHub's Sp
     async def start_failure(self, error: BaseException) -> BaseException | None:
         """The backend's start error as a message for the user (None: raise it as it is)."""
         return None
+
+    def shared_folder_names(self) -> dict[str, str]:
+        """The backend's name of each of the user's group folders (a volume, a claim) -> the folder."""
+        return {}
+
+    async def workspace_user(self) -> WorkspaceUser:
+        """The uid and gids this workspace runs as (:mod:`labgpu.hub.workspace_users`): the same
+        numbers on every backend, kept in the ledger."""
+        if not (self.uid_per_user and self.ledger_url):
+            return WorkspaceUser(self.run_as_uid, self.run_as_gid)
+        return await self.blocking(
+            workspace_user, id_store(self.ledger_url), self.user.name, self.shared_folder_names(), self.run_as_gid
+        )
 
     async def prepare_workload(self) -> None:
         """What the backend does with the granted GPUs before its own start (e.g. the node that

@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 from docker.errors import APIError, NotFound
 from dockerspawner import DockerSpawner
 from jupyterhub.spawner import SpawnException
-from traitlets import Bool, CaselessStrEnum, Unicode, default
+from traitlets import CaselessStrEnum, Unicode, default
 
 from labgpu.hub import image_info
 from labgpu.hub.containers import ContainerConfigError, WorkspaceSpec, container_config, render_templates
@@ -30,7 +30,6 @@ from labgpu.hub.gpu_spawn import SIMULATED_NOTICE as SIMULATED_NOTICE  # re-expo
 from labgpu.hub.gpu_spawn import GpuSpawnPolicy
 from labgpu.hub.lifecycle import GpuLifecycleSpawner
 from labgpu.hub.shared_folders import prepare_shared_folders, shared_folder_binds
-from labgpu.hub.workspace_users import WorkspaceUser, id_store, workspace_user
 from labgpu.quota import Limits
 from labgpu.quota.volumes import group_volume_name
 
@@ -57,14 +56,6 @@ class GPUDockerSpawner(GpuSpawnPolicy, GpuLifecycleSpawner):
         Container Toolkit); "cdi" = CDI device names nvidia.com/gpu=<UUID> (Docker 25+ with CDI);
         "simulated" = no device, only LABGPU_GPUS / NVIDIA_VISIBLE_DEVICES and the labels (simulated
         GPUs, LABGPU_GPU_SOURCE=simulated:PRESET: the demo and tests; production mode refuses it).""",
-    ).tag(config=True)
-
-    uid_per_user = Bool(
-        True,
-        help="""Run each user's workspace as a uid of their own (and give it each group folder's gid),
-        kept in the ledger (labgpu/hub/workspace_users.py), so files in group folders show who wrote
-        them; homes are handed to that uid on first start. False (or no ledger): every workspace
-        runs as run_as_uid, as before.""",
     ).tag(config=True)
 
     _host_cpus: ClassVar[int | None] = None
@@ -188,14 +179,9 @@ class GPUDockerSpawner(GpuSpawnPolicy, GpuLifecycleSpawner):
                 return None
         return cls._host_cpus
 
-    async def workspace_user(self) -> WorkspaceUser:
-        """The uid and gids this workspace runs as (:mod:`labgpu.hub.workspace_users`)."""
-        if not (self.uid_per_user and self.ledger_url):
-            return WorkspaceUser(self.run_as_uid, self.run_as_gid)
-        folders = {
-            group_volume_name(self.hub_id, f): f for f in (self.limits.shared_volumes if self.limits else {}).values()
-        }
-        return await self.blocking(workspace_user, id_store(self.ledger_url), self.user.name, folders, self.run_as_gid)
+    def shared_folder_names(self) -> dict[str, str]:
+        folders = self.limits.shared_volumes if self.limits else {}
+        return {group_volume_name(self.hub_id, f): f for f in folders.values()}
 
     async def create_object(self) -> dict[str, Any]:
         """Create the container from :func:`container_config` (replaces DockerSpawner's)."""
