@@ -19,6 +19,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "web",
     "backup",
     "ssh",
+    "migrate_ledger",
 )
 
 
