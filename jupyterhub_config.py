@@ -64,6 +64,8 @@ LABGPU_WEB_PORT             8090                             port (on 127.0.0.1)
                                                              labgpu web service at /services/labgpu/
 LABGPU_PROMETHEUS_TOKEN     (none)                           a token for Prometheus (openssl rand -hex 32): reads
                                                              /hub/metrics and /services/labgpu/metrics
+LABGPU_METRICS_HOSTNAME     (the hub host's name)            the Hostname label of the per-GPU metrics (set it
+                                                             when the hub runs in a container)
 LABGPU_SSH                  off                              the SSH gateway (ssh -p 2222 alice@hub: a shell,
                                                              commands, scp/sftp and forwards into her running
                                                              workspace; keys or a hub token): on or off
@@ -290,6 +292,8 @@ def wanted(name):
 service_env = {"LABGPU_HUB_ID": hub_id, "LABGPU_LEDGER": ledger_url, "PYTHONUNBUFFERED": "1"}
 if env("DOCKER_HOST"):
     service_env["DOCKER_HOST"] = env("DOCKER_HOST")
+if env("LABGPU_METRICS_HOSTNAME"):  # the Hostname label of the GPU series (default: the host's name)
+    service_env["LABGPU_METRICS_HOSTNAME"] = env("LABGPU_METRICS_HOSTNAME")
 c.JupyterHub.services = []
 c.JupyterHub.load_roles = []
 if wanted("LABGPU_POLLER"):
