@@ -14,6 +14,7 @@ the scope: 403.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from typing import Any
 
@@ -21,6 +22,8 @@ from jupyterhub.services.auth import HubOAuth
 from tornado import web
 
 from labgpu.metrics.collector import CONTENT_TYPE, LedgerCollector, render
+
+log = logging.getLogger("labgpu.web")
 
 METRICS_SCOPE = "custom:labgpu:metrics"
 METRICS_SCOPE_DESCRIPTION = "Read LabGPU's Prometheus metrics (GPUs, queue, usage per user and group)."
@@ -54,7 +57,12 @@ class MetricsHandler(web.RequestHandler):
                 policy=lambda: context.policy,
                 hostname=os.environ.get("LABGPU_METRICS_HOSTNAME") or None,
             )
-        body = await asyncio.get_running_loop().run_in_executor(context.executor, render, collector)
+        try:
+            body = await asyncio.get_running_loop().run_in_executor(context.executor, render, collector)
+        except Exception as e:  # the database is away (PostgreSQL restarting, a locked file): Prometheus retries
+            log.warning("metrics: could not read the ledger's database: %s", e)
+            self._refuse(503, f"Could not read the ledger's database: {type(e).__name__}: {e}")
+            return
         self.set_header("Content-Type", CONTENT_TYPE)
         self.set_header("Cache-Control", "no-store")
         self.finish(body)
