@@ -291,8 +291,9 @@ def fairshare_replay(ledger: Ledger, queue: QueueStore, policy_text: str) -> dic
             GpuRequest(str(e.id), e.user, e.gpus, ts(e.submitted_at), group=view.group(e.user, e.group))
             for e in waiting
         ]
-        shares = view.shares([r.user for r in requests] + sorted(holders))
-        factors = scheduler.fairshare_factors(usage, shares, (r.user for r in requests))
+        # Everyone with usage counts in their group (as the usage pages and /metrics compute it).
+        shares = view.shares([r.user for r in requests] + sorted(holders) + sorted(usage))
+        factors = scheduler.fairshare_factors(usage, shares, [r.user for r in requests])
         order = scheduler.order_queue(requests, usage, shares, ts(at))
         rank = {r.id: i for i, r in enumerate(order)}
         mine = rank[str(granted.id)]

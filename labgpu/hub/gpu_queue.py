@@ -290,7 +290,9 @@ class GpuQueue:
     def _ordered(
         self, view: PolicyView, requests: list[GpuRequest], holdings: list[RunningAllocation], usage: dict[str, float]
     ) -> list[GpuRequest]:
-        users = [r.user for r in requests] + [h.user for h in holdings]
+        # Everyone with usage is in the share tree, in their group: a member who stopped still
+        # weighs on their group's usage (as the usage pages and /metrics compute the factors).
+        users = [r.user for r in requests] + [h.user for h in holdings] + sorted(usage)
         return scheduler.order_queue(requests, usage, view.shares(users), _ts(self.store.now()))
 
     # -- dequeue ------------------------------------------------------------------------------

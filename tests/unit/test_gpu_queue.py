@@ -116,6 +116,21 @@ def test_light_user_goes_ahead_of_a_heavy_user_who_asked_first(ledger, queue, cl
     assert queue.status("hana", "").position == 1
 
 
+def test_a_group_keeps_the_usage_of_a_member_who_stopped(ledger, queue, clock):
+    # alice (vision) held 8 GPUs for a day and stopped; bob (vision) asks before hana (nlp).
+    # Fair share charges vision with alice's day, as the usage pages and /metrics do: hana first.
+    ledger.allocate("alice", "", 8)
+    clock.advance(days=1)
+    ledger.release("alice", "")
+    ledger.allocate("zed", "", 8)
+    bob = queue.store.enqueue("bob", "", 4, groups=["vision"])
+    clock.advance(minutes=1)
+    hana = queue.store.enqueue("hana", "", 8, groups=["nlp"])
+    assert queue.status("hana", "").position == 1 and queue.status("bob", "").position == 2
+    ledger.release("zed", "")
+    assert [e.user for e in queue.dequeue_pass({bob.id, hana.id})] == ["hana"]
+
+
 def test_dequeue_respects_group_pools_and_user_totals(ledger, queue, clock):
     alice = queue.store.enqueue("alice", "", 3, groups=["vision"])
     bob = queue.store.enqueue("bob", "", 3, groups=["vision"])  # vision's pool is 4
