@@ -110,6 +110,7 @@ class PodWorkspace:
     port: int = 8888
     run_as_uid: int = 1000
     run_as_gid: int = 100
+    supplemental_groups: tuple[int, ...] = ()  # each group folder's gid (per-user uids)
     shm_size: int = 2 * 1024**3
     mem_limit: int | None = None
     mem_guarantee: int | None = None
@@ -327,8 +328,12 @@ def make_pod(ws: PodWorkspace) -> dict[str, Any]:
         "runAsUser": ws.run_as_uid,
         "runAsGroup": ws.run_as_gid,
         "fsGroup": ws.run_as_gid,
+        # The home's group is set once, not at every start; group folders keep their own gids.
+        "fsGroupChangePolicy": "OnRootMismatch",
         "seccompProfile": {"type": "RuntimeDefault"},
     }
+    if ws.supplemental_groups:
+        spec["securityContext"]["supplementalGroups"] = list(ws.supplemental_groups)
     container["securityContext"] = {
         "allowPrivilegeEscalation": False,
         "capabilities": {"drop": ["ALL"]},

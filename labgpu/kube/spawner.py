@@ -15,6 +15,7 @@ Registered as the ``labgpu-kube`` spawner: ``c.JupyterHub.spawner_class = "labgp
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import replace
 from typing import Any
 
 from jupyterhub.spawner import SpawnException
@@ -187,6 +188,10 @@ class GPUKubeSpawner(GpuSpawnPolicy, GpuLifecycle, KubeSpawner):  # type: ignore
     def claim_name(self) -> str:
         return dns_name(f"{self.pod_name}-gpus")
 
+    def shared_folder_names(self) -> dict[str, str]:
+        folders = self.limits.shared_volumes if self.limits else {}
+        return {dns_name(group_volume_name(self.hub_id, f)): f for f in folders.values()}
+
     def shared_claims(self) -> dict[str, str]:
         """The user's groups' shared folders: each one's ReadWriteMany claim (``<hub_id>-group-<name>``)."""
         folders = self.limits.shared_volumes if self.limits else {}
@@ -280,8 +285,16 @@ class GPUKubeSpawner(GpuSpawnPolicy, GpuLifecycle, KubeSpawner):  # type: ignore
     async def get_pod_manifest(self) -> V1Pod:
         """The pod from :func:`labgpu.kube.objects.make_pod` (replaces KubeSpawner's)."""
         command = [*self.cmd, *self.get_args()] if self.cmd else None
+        ids = await self.workspace_user()  # the same uid and group-folder gids as on Docker
+        environment = {**self.get_env(), **(ids.environment(self.user.name) if ids.uid != self.run_as_uid else {})}
+        workspace = replace(
+            self.pod_workspace(environment, command),
+            run_as_uid=int(ids.uid),
+            run_as_gid=int(ids.gid),
+            supplemental_groups=tuple(int(g) for g in ids.group_add),
+        )
         try:
-            pod = make_pod(self.pod_workspace(self.get_env(), command))
+            pod = make_pod(workspace)
         except PodConfigError as e:
             raise SpawnException(
                 f"This workspace cannot be started: {e}. Ask the hub's admin to fix the configuration.",

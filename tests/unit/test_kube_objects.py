@@ -70,6 +70,7 @@ POD_SECURITY = {
     "runAsUser": 1000,
     "runAsGroup": 100,
     "fsGroup": 100,
+    "fsGroupChangePolicy": "OnRootMismatch",
     "seccompProfile": {"type": "RuntimeDefault"},
 }
 LABELS = {
