@@ -123,6 +123,16 @@ class AllocatedGpuRow(Base):
     allocation_id: Mapped[int] = mapped_column(Integer, ForeignKey("allocations.id", ondelete="CASCADE"), index=True)
 
 
+class LedgerStateRow(Base):
+    """The ledger's counters (migration 0011): ``inventory_version`` goes up with every write to
+    ``gpus``, in the same transaction, so a grant re-reads the inventory only when it changed."""
+
+    __tablename__ = "ledger_state"
+
+    key: Mapped[str] = mapped_column(String(32), primary_key=True)
+    value: Mapped[int] = mapped_column(BigInteger)
+
+
 class AllocationEventRow(Base):
     """Audit: every grant, adoption and release, with why; never updated or deleted."""
 
