@@ -28,7 +28,11 @@ from labgpu.units import parse_size
 
 
 class PlacementError(ValueError):
-    """A grant that no single node holds (or that is on no node the cluster reports)."""
+    """A grant on GPUs that no node of the cluster reports (a configuration problem)."""
+
+
+class GrantSpansNodes(PlacementError):
+    """A grant whose GPUs are on more than one node (no node had enough free GPUs together)."""
 
 
 def _attribute(device: Mapping[str, Any], name: str) -> str | None:
@@ -142,7 +146,7 @@ def node_of_grant(gpu_uuids: Sequence[str], nodes: Mapping[str, str]) -> str:
         by_node.setdefault(nodes[uuid], []).append(uuid)
     if len(by_node) > 1:
         where = "; ".join(f"{node}: {', '.join(uuids)}" for node, uuids in sorted(by_node.items()))
-        raise PlacementError(f"the granted GPUs are on {len(by_node)} nodes ({where}); a pod runs on one node")
+        raise GrantSpansNodes(f"the granted GPUs are on {len(by_node)} nodes ({where}); a pod runs on one node")
     if not by_node:
         raise PlacementError("no GPUs granted")
     return next(iter(by_node))

@@ -38,7 +38,13 @@ from labgpu.kube.objects import (
     make_home_pvc,
     make_pod,
 )
-from labgpu.kube.placement import PlacementError, gpu_nodes_from_map, gpu_nodes_from_slices, node_of_grant
+from labgpu.kube.placement import (
+    GrantSpansNodes,
+    PlacementError,
+    gpu_nodes_from_map,
+    gpu_nodes_from_slices,
+    node_of_grant,
+)
 from labgpu.quota.volumes import group_volume_name
 
 GONE_PHASES = {"Succeeded", "Failed"}  # a pod in these runs no process that can use a GPU
@@ -213,6 +219,13 @@ class GPUKubeSpawner(GpuSpawnPolicy, GpuLifecycle, KubeSpawner):  # type: ignore
         if self.gpu_uuids and self.gpu_mode != "simulated":
             try:
                 self._gpu_node = node_of_grant(self.gpu_uuids, await self.gpu_nodes())
+            except GrantSpansNodes as e:
+                raise SpawnException(
+                    f"No single node has {len(self.gpu_uuids)} free GPUs together ({e}). Try again later or ask "
+                    "for fewer GPUs.",
+                    reason="capacity",
+                    status_code=503,
+                ) from None
             except (PlacementError, ApiException) as e:
                 detail = api_error(e) if isinstance(e, ApiException) else str(e)
                 raise SpawnException(

@@ -318,3 +318,17 @@ def test_the_spawner_is_registered_as_labgpu_kube():
 
     (entry,) = [e for e in entry_points(group="jupyterhub.spawners") if e.name == "labgpu-kube"]
     assert entry.load() is GPUKubeSpawner
+
+
+async def test_a_grant_across_nodes_is_refused_as_capacity_and_its_gpus_go_back(make, quotas, ledger_url, kube_api):
+    uuids = [h.gpu.uuid for h in hub_resources.ledger(ledger_url).holdings()]
+    kube_api.slices = [resource_slice(f"node-{i}", [u]) for i, u in enumerate(uuids)]  # one GPU per node
+    kube = make(GPUKubeSpawner, groups=("vision-lab",), quota_files=[quotas], ledger_url=ledger_url)
+    await kube.apply_user_options(kube, {"gpus": 2})
+    kube.gpu_uuids = await kube.acquire_gpus()
+    with pytest.raises(SpawnException) as refused:
+        await kube.prepare_workload()
+    assert refused.value.status_code == 503
+    assert refused.value.log_message.startswith(
+        "No single node has 2 free GPUs together (the granted GPUs are on 2 nodes"
+    )
