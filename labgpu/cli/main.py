@@ -20,6 +20,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "backup",
     "ssh",
     "migrate_ledger",
+    "metrics",
 )
 
 

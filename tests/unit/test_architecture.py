@@ -50,7 +50,7 @@ ALLOWED = {
     "db": {"gpus", "quota"},
     "hub": {"quota", "gpus", "fairshare", "db"},
     "services": {"quota", "gpus", "fairshare", "db"},
-    "cli": {"quota", "gpus", "fairshare", "db", "hub", "services", "web", "ssh", "kube"},
+    "cli": {"quota", "gpus", "fairshare", "db", "hub", "services", "web", "metrics", "ssh", "kube"},
     # hub: the GPU queue's ordering and PolicyView (positions, estimates, fair-share factors)
     "web": {"quota", "gpus", "fairshare", "db", "hub", "metrics", "ssh"},
     "ssh": {"quota", "db"},

@@ -376,3 +376,16 @@ def test_a_gpu_the_poller_marked_unhealthy_is_shown_unhealthy(hub_db):
         labgpu_group="",
     )
     assert value(found, "labgpu_gpu_healthy", **gpu2) == 0
+
+
+def test_labgpu_metrics_prints_what_the_endpoint_serves(tmp_path, capsysbinary):
+    from labgpu.cli.main import main
+
+    with Ledger(tmp_path / "ledger.sqlite") as ledger:
+        ledger.sync_inventory(gpus(2))
+        ledger.allocate("alice", "", 1)
+    assert main(["metrics", "--db", str(tmp_path / "ledger.sqlite"), "--quotas", "none", "--hostname", "gpu1"]) == 0
+    found = samples(capsysbinary.readouterr().out)
+    assert value(found, "labgpu_gpus", state="allocated") == 1
+    assert value(found, "labgpu_gpus", state="free") == 1
+    assert main(["metrics", "--db", str(tmp_path / "missing.sqlite")]) == 1
