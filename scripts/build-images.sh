@@ -146,23 +146,24 @@ build_torch_base() {  # tag torch torchvision
 }
 
 build_workspace() {  # flavour base tag
-  local flavour=$1 base=$2 tag=$3 ctx labels
+  local flavour=$1 base=$2 tag=$3 ctx labels unlabelled
   if have_image "$tag"; then log "  workspace $tag: cached"; return; fi
   ctx=$(make_context images/workspace/.)
   mkdir -p "$ctx/labgpu-src/labgpu/doctor"
   cp labgpu/__init__.py "$ctx/labgpu-src/labgpu/"
   cp labgpu/doctor/*.py "$ctx/labgpu-src/labgpu/doctor/"
   log "  workspace $tag on $base: JupyterLab and the lab's stack (about 4 minutes)"
-  docker_build --build-arg BASE_IMAGE="$base" -t "$tag-unlabelled" "$ctx"
+  # Built by image ID, untagged: the labelled image below is its only name (nothing to remove).
+  docker_build --build-arg BASE_IMAGE="$base" --iidfile "$ctx/unlabelled.iid" "$ctx"
+  unlabelled=$(cat "$ctx/unlabelled.iid")
   # Label the image with the versions inside it (read from the image itself), in one step.
   labels=(--label "org.labgpu.base-image=$base" --label "org.labgpu.flavour=$flavour"
           --label "org.labgpu.version.labgpu=$(sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)")
   while IFS='=' read -r name value; do
     [ -n "$name" ] && labels+=(--label "org.labgpu.version.$name=$value")
-  done < <(docker run --rm --network none --entrypoint cat "$tag-unlabelled" /etc/labgpu/versions.env)
-  echo "FROM $tag-unlabelled" > "$ctx/Dockerfile.labels"
+  done < <(docker run --rm --network none --entrypoint cat "$unlabelled" /etc/labgpu/versions.env)
+  echo "FROM $unlabelled" > "$ctx/Dockerfile.labels"
   docker_build -f "$ctx/Dockerfile.labels" "${labels[@]}" -t "$tag" "$ctx"
-  docker image rm "$tag-unlabelled" >/dev/null
   rm -rf "$ctx"
 }
 
@@ -198,7 +199,12 @@ build_flavour() {  # name torch torchvision cuda python official minutes
   log "flavour $name: $tag (also $(name_tag "$name"))"
 }
 
-[ $plan -eq 1 ] || docker info >/dev/null 2>&1 || die "cannot reach the Docker engine (is dockerd running, and may this user use it?)"
+if [ $plan -eq 0 ]; then
+  docker info >/dev/null 2>&1 || die "cannot reach the Docker engine (is dockerd running, and may this user use it?)"
+  # One build at a time on this engine: a second run waits, then finds the images cached.
+  exec 9>"${TMPDIR:-/tmp}/labgpu-build-images.lock"
+  flock -n 9 || { log "another build-images.sh is running; waiting for it"; flock 9; }
+fi
 for name in "${wanted[@]}"; do
   # shellcheck disable=SC2046
   build_flavour $(flavour_row "$name")
