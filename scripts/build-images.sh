@@ -186,6 +186,9 @@ build_flavour() {  # name torch torchvision cuda python official minutes
       "$1" "$2" "$3" "$4" "$5" "$base" "$tag" "$(name_tag "$1")"
     return
   fi
+  # One build of a flavour at a time on this engine: a second run waits, then finds it cached.
+  exec 9>"${TMPDIR:-/tmp}/labgpu-build-images-$name.lock"
+  flock -n 9 || { log "flavour $name is being built by another run; waiting for it"; flock 9; }
   log "flavour $name: torch $2, CUDA $4, Python $5 (cold: about $7 minutes; cached steps are instant)"
   if [ -z "${BASE_IMAGE:-}" ] && [ $official -eq 0 ]; then
     log "  step 1/3"; build_rootfs
@@ -199,12 +202,7 @@ build_flavour() {  # name torch torchvision cuda python official minutes
   log "flavour $name: $tag (also $(name_tag "$name"))"
 }
 
-if [ $plan -eq 0 ]; then
-  docker info >/dev/null 2>&1 || die "cannot reach the Docker engine (is dockerd running, and may this user use it?)"
-  # One build at a time on this engine: a second run waits, then finds the images cached.
-  exec 9>"${TMPDIR:-/tmp}/labgpu-build-images.lock"
-  flock -n 9 || { log "another build-images.sh is running; waiting for it"; flock 9; }
-fi
+[ $plan -eq 1 ] || docker info >/dev/null 2>&1 || die "cannot reach the Docker engine (is dockerd running, and may this user use it?)"
 for name in "${wanted[@]}"; do
   # shellcheck disable=SC2046
   build_flavour $(flavour_row "$name")
