@@ -334,7 +334,7 @@ def test_every_error_at_once_each_on_one_line_with_line_and_column():
         ("images: {x: {display: X}}", "images.x.image is required"),
         (
             "surprise: 1",
-            "unknown key 'surprise' in the top level (allowed: images, defaults, groups, users, gpus, fairshare)",
+            "unknown key 'surprise' in the top level (allowed: images, defaults, groups, users, gpus, fairshare, pages)",
         ),
         ("users: {alice: {gpus: 1}, alice: {gpus: 2}}", "duplicate key users.alice"),
         ("defaults: !!python/object {}", "YAML tags such as"),
@@ -491,7 +491,7 @@ def test_unknown_top_level_key_that_looks_like_a_pydantic_tag_is_reported_not_cr
         load_policy_text('"0[x": 1\n')
     assert err.value.errors == (
         "quotas.yaml:1:1: unknown key '0[x' in the top level "
-        "(allowed: images, defaults, groups, users, gpus, fairshare)",
+        "(allowed: images, defaults, groups, users, gpus, fairshare, pages)",
     )
 
 
