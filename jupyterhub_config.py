@@ -99,6 +99,7 @@ from labgpu.gpus.inventory import InventoryError
 from labgpu.hub import resources as hub_resources
 from labgpu.hub.announcement import hub_announcement
 from labgpu.hub.docker_network import DockerUnavailable, ensure_workspace_network
+from labgpu.hub.group_shares import include_group_shares
 from labgpu.hub.group_sync import start_in_hub as start_group_sync
 from labgpu.hub.hub_limits import container_starts, named_server_limit
 from labgpu.hub.login_checks import demo_address_problem, production_authenticator_problem
@@ -218,6 +219,9 @@ c.JupyterHub.allow_named_servers = True  # how many: the quota policy's named_se
 # A workspace asks the hub again about a visitor's token after 10 s (JupyterHub's default: 5 min),
 # so a share revoked on the Sharing page ends within seconds in the shared server too.
 c.GPUDockerSpawner.args = ["--HubOAuth.cache_max_age=10"]
+# A server shared with a group opens for its members (JupyterHub 6.1 leaves group shares out of
+# tokens' scopes: labgpu/hub/group_shares.py).
+include_group_shares()
 
 # --- quotas, GPUs and the ledger -------------------------------------------------------------
 quotas = env("LABGPU_QUOTAS")
