@@ -35,6 +35,7 @@ from labgpu.gpus.allocator import (
     GroupPoolFull,
     HeldGpu,
     HeldUnits,
+    NotEnoughGpus,
     Placement,
     ServerLimitExceeded,
     UserTotalExceeded,
@@ -152,11 +153,25 @@ class Ledger(Store):
     def __init__(self, url_or_path: str | Path, *, clock: Clock | None = None, migrate: bool = True) -> None:
         super().__init__(url_or_path, clock=clock, migrate=migrate)
         self._parsed_gpus: dict[tuple[Any, ...], Gpu] = {}
+        self._inventory: tuple[Any, list[tuple[Gpu, bool]]] = (None, [])  # (version, [(GPU, present)])
         self._sql = grant_sql.statements(self.postgresql)
         self._integrity_error: type[Exception] = self.writer.dialect.dbapi.IntegrityError  # type: ignore[union-attr]
 
+    def _inventory_now(self, cursor: DBAPICursor) -> list[tuple[Gpu, bool]]:
+        """Every GPU (in index order) and whether the inventory lists it: read again only when
+        ``inventory_version`` moved (every write to gpus moves it, in its transaction)."""
+        cursor.execute(self._sql["inventory_version"])
+        found = cursor.fetchone()
+        version = found[0] if found else None
+        cached_version, inventory = self._inventory
+        if version is None or version != cached_version:
+            cursor.execute(self._sql["inventory"])
+            inventory = [(self._gpu(row), bool(row[grant_sql.PRESENT])) for row in cursor.fetchall()]
+            self._inventory = (version, inventory)
+        return inventory
+
     def _gpu(self, row: tuple[Any, ...]) -> Gpu:
-        """A grant_sql row's GPU, parsed once per distinct row (a grant reads every GPU)."""
+        """An inventory row's GPU, parsed once per distinct row."""
         key = row[:_GPU_COLUMNS]  # every GPU column, so a changed row is parsed again
         gpu = self._parsed_gpus.get(key)
         if gpu is None:
@@ -197,6 +212,7 @@ class Ledger(Store):
                 if uuid not in listed and previous.present:
                     conn.execute(update(_gpus).where(_gpus.c.uuid == uuid).values(present=False))
                     gone.append(uuid)
+            conn.exec_driver_sql(self._sql["bump_inventory_version"])
         return InventorySync(tuple(added), tuple(gone), tuple(sick), tuple(recovered))
 
     def set_gpu_health(self, uuid: str, problem: str | None) -> None:
@@ -220,6 +236,7 @@ class Ledger(Store):
                         **placeholder, present=False, first_seen=now, last_seen=now, health_override=problem
                     )
                 )
+            conn.exec_driver_sql(self._sql["bump_inventory_version"])
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -391,14 +408,16 @@ class Ledger(Store):
         group = group or ""
         with self.raw_write() as cursor:
             existing = self._server_allocation(cursor, user, server)
-            cursor.execute(self._sql["gpus_with_holders"])
-            rows = [(self._gpu(r), r) for r in cursor.fetchall()]
+            inventory = self._inventory_now(cursor)
+            cursor.execute(self._sql["holders"])
+            holder_of = {row[0]: row for row in cursor.fetchall()}
             freed: set[str] = set()
             if existing is not None:
-                mine = [(gpu, r) for gpu, r in rows if r[grant_sql.ALLOCATION_ID] == existing[0]]
+                ours = {uuid for uuid, h in holder_of.items() if h[grant_sql.ALLOCATION_ID] == existing[0]}
+                mine = [(gpu, present) for gpu, present in inventory if gpu.uuid in ours]
                 if (
                     len(mine) == n
-                    and all(rule.grantable(gpu, r[grant_sql.PRESENT]) for gpu, r in mine)
+                    and all(rule.grantable(gpu, present) for gpu, present in mine)
                     and (image is None or image == existing[2])
                     and group == existing[3]
                 ):
@@ -409,35 +428,42 @@ class Ledger(Store):
                 self._delete_allocation(
                     cursor, existing, user, server, "replaced by a new request", now, [g.uuid for g, _ in mine]
                 )
+                for uuid in freed:
+                    del holder_of[uuid]
             if n == 0:
                 return Allocation(user, server, (), now, image, group)
-            active = [(gpu, r) for gpu, r in rows if r[grant_sql.HOLDER] is not None and gpu.uuid not in freed]
             if user_total is not None:
                 elsewhere = sum(
-                    1 for _, r in active if r[grant_sql.HOLDER] == user and r[grant_sql.HOLDER_SERVER] != server
+                    1
+                    for h in holder_of.values()
+                    if h[grant_sql.HOLDER] == user and h[grant_sql.HOLDER_SERVER] != server
                 )
                 if elsewhere + n > user_total:
                     raise UserTotalExceeded(n, elsewhere, user_total)
             if group and pool is not None:
                 members: dict[str, int] = {}
-                for _, r in active:
-                    if r[grant_sql.HOLDER_GROUP] == group:
-                        members[r[grant_sql.HOLDER]] = members.get(r[grant_sql.HOLDER], 0) + 1
+                for h in holder_of.values():
+                    if h[grant_sql.HOLDER_GROUP] == group:
+                        members[h[grant_sql.HOLDER]] = members.get(h[grant_sql.HOLDER], 0) + 1
                 if sum(members.values()) + n > pool:
                     raise GroupPoolFull(n, group, pool, members)
-            holds = HeldUnits.of(gpu for gpu, _ in active)
-            free, held = [], []
+            holds = HeldUnits.of(gpu for gpu, _ in inventory if gpu.uuid in holder_of)
+            free, held_rows = [], []
             total = 0
-            for gpu, r in rows:
-                if not rule.qualifies(gpu, r[grant_sql.PRESENT]):
+            for gpu, present in inventory:
+                if not rule.qualifies(gpu, present):
                     continue
                 total += 1
-                if r[grant_sql.HOLDER] is not None and gpu.uuid not in freed:
-                    since = grant_sql.utc_time(r[grant_sql.HELD_SINCE])
-                    held.append(HeldGpu(gpu.uuid, r[grant_sql.HOLDER], r[grant_sql.HOLDER_SERVER], since))
+                if gpu.uuid in holder_of:
+                    held_rows.append(holder_of[gpu.uuid])
                 elif holds.free(gpu):
                     free.append(gpu)
-            chosen = choose_gpus(free, n, models=models, placement=placement, held=held, total=total, now=now)
+            try:
+                chosen = choose_gpus(free, n, models=models, placement=placement, total=total, now=now)
+            except NotEnoughGpus:  # again, with who holds the rest (parsed only for the message)
+                held = [HeldGpu(h[0], h[1], h[2], grant_sql.utc_time(h[3])) for h in held_rows]
+                choose_gpus(free, n, models=models, placement=placement, held=held, total=total, now=now)
+                raise
             uuids = tuple(g.uuid for g in chosen)
             try:
                 self._insert_allocation(

@@ -28,6 +28,7 @@ from labgpu.db.tables import Base
 __all__ = ["CopyReport", "LedgerCopyError", "TableCheck", "copy_ledger"]
 
 BATCH = 2000
+SEEDED = {"ledger_state"}  # rows the migrations write themselves: the source's replace them
 
 
 class LedgerCopyError(RuntimeError):
@@ -148,12 +149,18 @@ def copy_ledger(source_url: str, target_url: str, *, progress: Callable[[str, in
         with source.begin() as src, target.begin() as dst:  # both writers: nothing moves meanwhile
             if is_postgresql(target_url):
                 dst.exec_driver_sql(f"SELECT pg_advisory_xact_lock({lock_key(TELEMETRY_LOCK)})")
-            filled = [t.name for t in _tables() if dst.execute(select(func.count()).select_from(t)).scalar()]
+            filled = [
+                t.name
+                for t in _tables()
+                if t.name not in SEEDED and dst.execute(select(func.count()).select_from(t)).scalar()
+            ]
             if filled:
                 raise LedgerCopyError(
                     f"the target already holds rows in {', '.join(filled)}: migrate into a new, empty database"
                 )
             for table in _tables():
+                if table.name in SEEDED:
+                    dst.execute(table.delete())
                 copied = 0
                 for rows in _batches(src, table):
                     try:

@@ -90,11 +90,12 @@ def schema_drift(conn: Connection) -> list:
     return drift
 
 
-def test_a_database_migrated_to_head_has_every_table_column_index_and_key_of_the_metadata(tmp_path):
-    with Ledger(tmp_path / "ledger.sqlite") as ledger, ledger.reader.connect() as conn:
+def test_a_database_migrated_to_head_has_every_table_column_index_and_key_of_the_metadata(ledger_db):
+    with Ledger(ledger_db) as ledger, ledger.reader.connect() as conn:  # SQLite and PostgreSQL alike
         assert schema_drift(conn) == []
-    # the ledger's 4, queue and notices, sessions, telemetry's 7, volume sizes, ssh keys, workspace ids, hub events
-    assert len(Base.metadata.tables) == 18
+    # the ledger's 4 and its state, queue and notices, sessions, telemetry's 7, volume sizes, ssh keys,
+    # workspace ids, hub events
+    assert len(Base.metadata.tables) == 19
 
 
 def test_the_schema_check_sees_what_a_migration_forgot_in_any_table(tmp_path):
