@@ -19,6 +19,7 @@ from sqlalchemy import Table, insert, select, update
 from sqlalchemy.engine import Connection, Row
 
 from labgpu.db.engine import Clock, Store, inserted_id
+from labgpu.db.held_log import HeldIntervalLog
 from labgpu.db.ledger import Ledger
 from labgpu.db.tables import (
     ABANDONED,
@@ -182,6 +183,7 @@ class QueueStore(Store):
     def __init__(self, ledger: Ledger, *, clock: Clock | None = None) -> None:
         super().__init__(ledger.url, clock=clock or ledger.now, migrate=False)
         self.ledger = ledger
+        self.held_log: HeldIntervalLog | None = None  # set by a long-lived reader (the web service)
 
     # -- the queue ----------------------------------------------------------------------------
 
@@ -311,43 +313,12 @@ class QueueStore(Store):
 
     def held_intervals(self, since: datetime, until: datetime | None = None) -> list[HeldInterval]:
         """Allocations overlapping [since, until) from the ledger's audit: grants/adoptions
-        paired with their releases; ones granted before ``since`` start at ``since``."""
+        paired with their releases; ones granted before ``since`` start at ``since``. The whole
+        audit is read, unless ``held_log`` keeps one read incrementally (a long-lived reader)."""
         until = until or self._clock()
+        log = self.held_log or HeldIntervalLog()
         with self.reader.connect() as conn:
-            rows = conn.execute(
-                select(
-                    _events.c.at,
-                    _events.c.action,
-                    _events.c.user,
-                    _events.c.server,
-                    _events.c.gpu_uuids,
-                    _events.c.allocation_id,
-                    _events.c.reason,
-                    _events.c.group_name,
-                )
-                .where(_events.c.at < until)
-                .order_by(_events.c.id)
-            ).all()
-        open_: dict[int, HeldInterval] = {}
-        intervals: list[HeldInterval] = []
-        for at, action, user, server, uuids, allocation_id, reason, group in rows:
-            gpus = len([u for u in (uuids or "").split(",") if u])
-            if action in ("grant", "adopt"):
-                open_[allocation_id] = HeldInterval(user, server, gpus, at, None, group=group or "")
-            elif action == "release":
-                start = open_.pop(allocation_id, None)
-                begin = start.start if start is not None else since
-                if at > since and gpus:
-                    charged = start.group if start is not None else group or ""
-                    intervals.append(HeldInterval(user, server, gpus, max(begin, since), at, reason or "", charged))
-        for held in open_.values():
-            if held.gpus:
-                intervals.append(
-                    HeldInterval(held.user, held.server, held.gpus, max(held.start, since), None, group=held.group)
-                )
-        return sorted(intervals, key=lambda h: (h.start, h.user, h.server))
-
-    # -- reclaim notices ------------------------------------------------------------------------
+            return log.intervals(conn, since, until)
 
     def notices(self, *, active_only: bool = False) -> list[ReclaimNotice]:
         query = select(_notices).order_by(_notices.c.id)

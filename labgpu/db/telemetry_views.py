@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
-from sqlalchemy import and_, case, func, select
+from sqlalchemy import case, func, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
@@ -43,31 +43,30 @@ class TelemetryViews(Store):
     def latest(self, within: float = 120.0) -> dict[str, GpuNow]:
         """GPU UUID -> its newest sample of the last ``within`` seconds (none: poller silent)."""
         since_ms = int((self.now().timestamp() - within) * 1000)
-        # Per GPU, its newest sample through the (gpu_id, ts_ms) key: one index probe each.
-        inner = GPU_SAMPLE.alias("newest")
-        newest = select(func.max(inner.c.ts_ms)).where(inner.c.gpu_id == GPU.c.id).correlate(GPU).scalar_subquery()
-        query = (
-            select(
-                GPU.c.uuid,
-                GPU_SAMPLE.c.ts_ms,
-                GPU_SAMPLE.c.util_gpu,
-                GPU_SAMPLE.c.memory_used_mib,
-                GPU_SAMPLE.c.temperature_c,
-                GPU_SAMPLE.c.healthy,
-            )
-            .select_from(GPU)
-            .join(GPU_SAMPLE, and_(GPU_SAMPLE.c.gpu_id == GPU.c.id, GPU_SAMPLE.c.ts_ms == newest))
-            .where(GPU_SAMPLE.c.ts_ms >= since_ms)
-        )
+        newest: dict[str, GpuNow] = {}
         try:
             with self.reader.connect() as conn:
-                rows = conn.execute(query).all()
+                uuids = dict(conn.execute(select(GPU.c.id, GPU.c.uuid)).all())
+                # The samples of the last `within` seconds, each GPU's a range of its key.
+                rows = conn.execute(
+                    select(
+                        GPU_SAMPLE.c.gpu_id,
+                        GPU_SAMPLE.c.ts_ms,
+                        GPU_SAMPLE.c.util_gpu,
+                        GPU_SAMPLE.c.memory_used_mib,
+                        GPU_SAMPLE.c.temperature_c,
+                        GPU_SAMPLE.c.healthy,
+                    )
+                    .where(GPU_SAMPLE.c.gpu_id.in_(list(uuids)), GPU_SAMPLE.c.ts_ms >= since_ms)
+                    .order_by(GPU_SAMPLE.c.gpu_id, GPU_SAMPLE.c.ts_ms)
+                ).all()
         except DBAPIError:  # no telemetry tables (no poller ever ran): nothing to show
             return {}
-        return {
-            r.uuid: GpuNow(r.ts_ms / 1000, r.util_gpu, r.memory_used_mib, r.temperature_c, bool(r.healthy))
-            for r in rows
-        }
+        for r in rows:  # oldest first: the last one per GPU stays
+            newest[uuids[r.gpu_id]] = GpuNow(
+                r.ts_ms / 1000, r.util_gpu, r.memory_used_mib, r.temperature_c, bool(r.healthy)
+            )
+        return newest
 
     def minute_series(self, since: float, until: float) -> dict[str, list[tuple[float, float, int]]]:
         """GPU UUID -> [(minute, mean utilization %, peak memory MiB)] from the minute rollups of

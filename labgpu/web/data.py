@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from labgpu.db.held_log import HeldIntervalLog
 from labgpu.db.ledger import Ledger
 from labgpu.db.queue_store import QueueStore
 from labgpu.db.session_store import SessionStore
@@ -94,6 +95,8 @@ class Stores:
         self.views = TelemetryViews(self.url)
         self.telemetry = TelemetryDB(self.url, migrate=False)
         self.gpu_queue = GpuQueue(self.ledger, self.policy)
+        # The allocation audit read once, then only its new events (usage, fair-share usage).
+        self.queue.held_log = self.gpu_queue.store.held_log = HeldIntervalLog()
 
 
 class Cached:

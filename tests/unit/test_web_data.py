@@ -145,3 +145,32 @@ def test_sparkline_scales_and_labels():
 @pytest.mark.parametrize(("value", "top"), [(0, 1), (0.3, 0.5), (7, 10), (12, 20), (180, 200), (2600, 5000)])
 def test_axis_tops(value, top):
     assert svg.nice_ceiling(value) == top
+
+
+def test_an_incremental_held_log_gives_what_a_fresh_read_gives(tmp_path):
+    """The web service keeps one HeldIntervalLog and reads only new audit events; after every
+    grant and release it answers held_intervals exactly as a full read of the audit does."""
+    from labgpu.db.held_log import HeldIntervalLog
+    from labgpu.db.ledger import Ledger
+    from labgpu.db.queue_store import QueueStore
+
+    now = [datetime(2026, 11, 1, tzinfo=UTC)]
+    clock = lambda: now[0]  # noqa: E731
+    with Ledger(tmp_path / "l.sqlite", clock=clock) as ledger:
+        ledger.sync_inventory(simulated_gpus("4xH100"))
+        fresh, kept = QueueStore(ledger), QueueStore(ledger)
+        kept.held_log = HeldIntervalLog()
+        rng = random.Random(3)
+        for step in range(40):
+            now[0] += timedelta(minutes=rng.randint(1, 90))
+            user = f"u{rng.randint(0, 3)}"
+            if ledger.allocation_for(user, "") is None:
+                if sum(len(a.gpu_uuids) for a in ledger.allocations()) < 4:
+                    ledger.allocate(user, "", 1)
+            else:
+                ledger.release(user, "", "stopped")
+            for since in (now[0] - timedelta(hours=3), now[0] - timedelta(days=30)):
+                for until in (now[0], now[0] - timedelta(minutes=30)):
+                    assert kept.held_intervals(since, until) == fresh.held_intervals(since, until), step
+        fresh.close()
+        kept.close()
