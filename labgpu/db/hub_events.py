@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import insert, select
 
 from labgpu.db.engine import Clock, Store
 from labgpu.db.tables import HubEventRow
 
-__all__ = ["RECONCILE", "REFUSAL", "EventCounts", "HubEventStore"]
+__all__ = ["RECONCILE", "REFUSAL", "HubEvent", "HubEventStore"]
 
 REFUSAL, RECONCILE = "refusal", "reconcile"
 
@@ -27,14 +27,17 @@ _events = HubEventRow.__table__
 
 
 @dataclass(frozen=True)
-class EventCounts:
-    """Totals so far: refusals per reason, reconcile findings per kind; when the last reconcile
-    ran (None: never recorded) and what it found."""
+class HubEvent:
+    """One row: a refusal or one kind of finding of one reconcile (``count`` of them)."""
 
-    refusals: Mapping[str, int]
-    drift: Mapping[str, int]
-    last_reconcile: datetime | None
-    last_drift: Mapping[str, int]
+    id: int
+    at: datetime
+    kind: str
+    reason: str
+    user: str
+    server: str
+    count: int
+    message: str
 
 
 class HubEventStore(Store):
@@ -61,25 +64,12 @@ class HubEventStore(Store):
             with self.writer.begin() as conn:
                 conn.execute(insert(_events), rows)
 
-    def counts(self) -> EventCounts:
-        """Totals per kind and reason, and the time of the last reconcile."""
-        query = select(_events.c.kind, _events.c.reason, func.sum(_events.c.count), func.max(_events.c.at)).group_by(
-            _events.c.kind, _events.c.reason
-        )
-        refusals: dict[str, int] = {}
-        drift: dict[str, int] = {}
-        last: datetime | None = None
+    def after(self, after_id: int) -> list[HubEvent]:
+        """Rows after ``after_id``, in the order they were written (append-only: a reader that
+        keeps the last id it saw reads each row once)."""
+        query = select(_events).where(_events.c.id > after_id).order_by(_events.c.id)
         with self.reader.connect() as conn:
-            for kind, reason, total, at in conn.execute(query):
-                if kind == REFUSAL:
-                    refusals[reason] = int(total or 0)
-                elif kind == RECONCILE:
-                    drift[reason] = int(total or 0)
-                    last = at if last is None or (at is not None and at > last) else last
-            last_drift: dict[str, int] = {}
-            if last is not None:
-                rows = conn.execute(
-                    select(_events.c.reason, _events.c.count).where(_events.c.kind == RECONCILE, _events.c.at == last)
-                )
-                last_drift = {reason: int(count) for reason, count in rows}
-        return EventCounts(refusals, drift, last, last_drift)
+            return [
+                HubEvent(**r._mapping)  # (r.count would be the row tuple's count method)
+                for r in conn.execute(query)
+            ]

@@ -40,6 +40,21 @@ class AuditLike(Protocol):
     def group(self) -> str: ...
 
 
+class HubEventLike(Protocol):
+    """A refusal or a reconcile finding (:class:`labgpu.db.hub_events.HubEvent`)."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def at(self) -> datetime: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def reason(self) -> str: ...
+    @property
+    def count(self) -> int: ...
+
+
 class QueueRowLike(Protocol):
     """A queue entry (:class:`labgpu.db.metrics_store.QueueRow`)."""
 
@@ -175,6 +190,30 @@ class QueueAccount:
         return [(_le(bound), float(n)) for bound, n in zip(self.buckets, self.bucket_counts, strict=True)] + [
             ("+Inf", float(self.wait_count))
         ]
+
+
+@dataclass
+class EventAccount:
+    """Refusals per reason, reconcile findings per kind in total and at the last reconcile, from
+    the append-only hub events read in id order."""
+
+    last_id: int = 0
+    refusals: dict[str, int] = field(default_factory=dict)
+    drift: dict[str, int] = field(default_factory=dict)
+    last_reconcile: datetime | None = None
+    last_drift: dict[str, int] = field(default_factory=dict)
+
+    def add(self, events: Iterable[HubEventLike]) -> None:
+        for event in events:
+            self.last_id = max(self.last_id, event.id)
+            if event.kind == "refusal":
+                self.refusals[event.reason] = self.refusals.get(event.reason, 0) + event.count
+            elif event.kind == "reconcile":
+                self.drift[event.reason] = self.drift.get(event.reason, 0) + event.count
+                if self.last_reconcile is None or event.at > self.last_reconcile:
+                    self.last_reconcile, self.last_drift = event.at, {}
+                if event.at == self.last_reconcile:
+                    self.last_drift[event.reason] = self.last_drift.get(event.reason, 0) + event.count
 
 
 def _le(bound: float) -> str:

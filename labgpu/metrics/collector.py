@@ -19,12 +19,12 @@ from pathlib import Path
 from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
-from labgpu.db.hub_events import EventCounts, HubEventStore
+from labgpu.db.hub_events import HubEventStore
 from labgpu.db.ledger import GpuHolding, Ledger
 from labgpu.db.metrics_store import GpuTelemetry, MetricsReader, ReclaimCounts
 from labgpu.fairshare.scheduler import fairshare_factors
 from labgpu.hub.gpu_queue import DEFAULT_HALF_LIFE, PolicyView
-from labgpu.metrics.accounting import BusyAccount, HeldAccount, QueueAccount
+from labgpu.metrics.accounting import BusyAccount, EventAccount, HeldAccount, QueueAccount
 from labgpu.metrics.series import GpuSample, GpuState, Histogram, Snapshot, build_families, exposition_text
 from labgpu.quota import Policy
 
@@ -38,10 +38,10 @@ class LedgerCollector(Collector):
 
     ``policy`` gives the quota policy in force (shares, groups, the fair-share half-life; None:
     everyone has a share of 1); ``hostname`` is the ``Hostname`` label of the GPU series
-    (dcgm-exporter's); a GPU sample older than ``stale_after`` seconds is not shown. Refusal,
-    reconcile and reclaim counts are read every ``slow_every`` seconds (whole-table counts; the
-    reclaimer acts once a minute), fair-share factors computed as often (usage decays over
-    days), the ledger's GPUs read when an audit row came or as often.
+    (dcgm-exporter's); a GPU sample older than ``stale_after`` seconds is not shown. Reclaim
+    counts are read every ``slow_every`` seconds (whole-table counts; the reclaimer acts once a
+    minute), fair-share factors computed as often (usage decays over days), the ledger's GPUs
+    read when an audit row came or as often; the rest at every scrape.
     """
 
     def __init__(
@@ -70,7 +70,8 @@ class LedgerCollector(Collector):
         self._view: PolicyView | None = None
         self._newest_tick = 0.0
         self._holdings: tuple[int, float, list[GpuHolding]] | None = None
-        self._slow: tuple[float, EventCounts, ReclaimCounts] | None = None
+        self._events = EventAccount()
+        self._reclaims: tuple[float, ReclaimCounts] | None = None
         self._factors: tuple[float, PolicyView, dict[str, float]] | None = None
 
     def close(self) -> None:
@@ -104,6 +105,7 @@ class LedgerCollector(Collector):
         else:
             self._busy.add(*self.reader.busy_since(self._busy.watermark_ms))
         self._queue.add(self.reader.queue_rows(self._queue.last_id, self._queue.waiting_ids))
+        self._events.add(self.events.after(self._events.last_id))
 
         def group_of(user: str) -> str:
             return held.last_group.get(user) or view.group(user) or ""
@@ -130,10 +132,12 @@ class LedgerCollector(Collector):
         busy_seconds = {key: 0.0 for key in held_seconds}
         for user, seconds in self._busy.busy_s.items():
             busy_seconds[(user, group_of(user))] = seconds
-        if self._slow is None or now - self._slow[0] > self.slow_every:
-            # Refusals, reconcile findings and reclaims change at most once a reclaimer round.
-            self._slow = (now, self.events.counts(), self.reader.reclaim_counts())
-        _, counts, reclaim = self._slow
+        if self._reclaims is None or now - self._reclaims[0] > self.slow_every:
+            # Notices are updated in place (warned, then reclaimed): counted over the whole table,
+            # so not at every scrape; the reclaimer acts once a round (a minute by default).
+            self._reclaims = (now, self.reader.reclaim_counts())
+        reclaim = self._reclaims[1]
+        events = self._events
         return Snapshot(
             hostname=self.hostname,
             now=now,
@@ -142,16 +146,16 @@ class LedgerCollector(Collector):
             queue_wait=Histogram(self._queue.histogram(), self._queue.wait_sum),
             queue_exits=dict(self._queue.exits),
             allocation_events=dict(held.events),
-            refusals=counts.refusals,
+            refusals=dict(events.refusals),
             reclaim_warnings=reclaim.warned,
             reclaims=reclaim.reclaimed,
             held_seconds=held_seconds,
             busy_seconds=busy_seconds,
             fairshare={(user, group_of(user)): f for user, f in factors.items()},
             last_sample=last_sample,
-            drift=counts.drift,
-            last_reconcile=counts.last_reconcile.timestamp() if counts.last_reconcile else None,
-            last_drift=counts.last_drift,
+            drift=dict(events.drift),
+            last_reconcile=events.last_reconcile.timestamp() if events.last_reconcile else None,
+            last_drift=dict(events.last_drift),
             previous_scrape_seconds=self._previous_scrape,
         )
 

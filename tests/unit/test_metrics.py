@@ -15,7 +15,7 @@ from labgpu.db.telemetry_store import TelemetryDB
 from labgpu.fairshare.scheduler import usage_from_intervals
 from labgpu.gpus.inventory import Gpu
 from labgpu.gpus.telemetry import WORKSPACE, GpuReading, Owner, ProcessRecord
-from labgpu.metrics.accounting import HeldAccount, QueueAccount
+from labgpu.metrics.accounting import EventAccount, HeldAccount, QueueAccount
 from labgpu.metrics.collector import LedgerCollector, render
 from labgpu.metrics.series import GpuSample, GpuState, Snapshot, build_families
 
@@ -183,6 +183,22 @@ def test_queue_waits_fill_a_cumulative_histogram_and_each_entry_counts_once_when
     assert account.wait_sum == 30 + 600 + 7200
     assert account.exits == {"granted": 3, "cancelled": 1}
     assert account.waiting_ids == {5}
+
+
+class Event:
+    def __init__(self, id, at, kind, reason, count=1):
+        self.id, self.at, self.kind, self.reason, self.count = id, at, kind, reason, count
+
+
+def test_drift_totals_add_up_and_the_last_reconcile_is_the_newest_ones_findings():
+    account = EventAccount()
+    later = T0 + timedelta(days=1)
+    account.add([Event(1, T0, "reconcile", "released", 2), Event(2, T0, "reconcile", "conflict", 1)])
+    account.add([Event(3, T0 + timedelta(hours=1), "refusal", "quota"), Event(4, later, "reconcile", "released", 0)])
+    account.add([Event(5, later, "reconcile", "adopted", 3)])
+    assert account.drift == {"released": 2, "conflict": 1, "adopted": 3}
+    assert (account.last_reconcile, account.last_drift) == (later, {"released": 0, "adopted": 3})
+    assert (account.refusals, account.last_id) == ({"quota": 1}, 5)
 
 
 def test_our_text_is_byte_for_byte_what_prometheus_client_writes():
