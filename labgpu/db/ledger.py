@@ -154,6 +154,7 @@ class Ledger(Store):
         super().__init__(url_or_path, clock=clock, migrate=migrate)
         self._parsed_gpus: dict[tuple[Any, ...], Gpu] = {}
         self._inventory: tuple[Any, list[tuple[Gpu, bool]]] = (None, [])  # (version, [(GPU, present)])
+        self._qualifying: dict[tuple[Any, ...], list[Gpu]] = {}  # (version, rule) -> the GPUs it may get
         self._sql = grant_sql.statements(self.postgresql)
         self._integrity_error: type[Exception] = self.writer.dialect.dbapi.IntegrityError  # type: ignore[union-attr]
 
@@ -169,6 +170,23 @@ class Ledger(Store):
             inventory = [(self._gpu(row), bool(row[grant_sql.PRESENT])) for row in cursor.fetchall()]
             self._inventory = (version, inventory)
         return inventory
+
+    def _qualifying_gpus(self, rule: GrantRule, version: Any, inventory: list[tuple[Gpu, bool]]) -> list[Gpu]:
+        """The inventory's GPUs that would do for this kind of request, in index order; worked out
+        once per inventory version and kind of request (most grants ask alike)."""
+        models = None if rule.models is None else tuple(rule.models)
+        key = (version, rule.gpus == 1, models, frozenset(rule.exclude))
+        found = self._qualifying.get(key)
+        if found is None or version is None:
+            if len(self._qualifying) > 256:
+                self._qualifying.clear()
+            found = self._qualifying[key] = [gpu for gpu, present in inventory if rule.qualifies(gpu, present)]
+        return found
+
+    def _inventory_seen(self, inventory: list[tuple[Gpu, bool]]) -> tuple[Any, list[tuple[Gpu, bool]]]:
+        """The version of this inventory list (None unless it is still the cached one)."""
+        version, cached = self._inventory
+        return (version if cached is inventory else None), inventory
 
     def _gpu(self, row: tuple[Any, ...]) -> Gpu:
         """An inventory row's GPU, parsed once per distinct row."""
@@ -450,9 +468,7 @@ class Ledger(Store):
             holds = HeldUnits.of(gpu for gpu, _ in inventory if gpu.uuid in holder_of)
             free, held_rows = [], []
             total = 0
-            for gpu, present in inventory:
-                if not rule.qualifies(gpu, present):
-                    continue
+            for gpu in self._qualifying_gpus(rule, *self._inventory_seen(inventory)):
                 total += 1
                 if gpu.uuid in holder_of:
                     held_rows.append(holder_of[gpu.uuid])

@@ -314,10 +314,16 @@ def _group_key(keys: Mapping[str, tuple[str, ...]], gpu: Gpu, level: int) -> str
 
 
 def _groups(gpus: Sequence[Gpu], keys: Mapping[str, tuple[str, ...]], level: int) -> dict[str, list[Gpu]]:
-    """Partition at one level, by group key."""
+    """Partition at one level, by group key (:func:`_group_key`, inlined: this runs for every
+    free GPU at every level of every grant)."""
     grouped: dict[str, list[Gpu]] = {}
     for gpu in gpus:
-        grouped.setdefault(_group_key(keys, gpu, level), []).append(gpu)
+        key = keys[gpu.uuid][level] or "\0" + gpu.uuid
+        group = grouped.get(key)
+        if group is None:
+            grouped[key] = [gpu]
+        else:
+            group.append(gpu)
     return grouped
 
 
