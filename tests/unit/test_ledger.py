@@ -229,3 +229,18 @@ def test_a_release_for_one_grant_never_frees_a_newer_allocation_of_the_server(le
     assert ledger.allocation_for("alice") == old
     assert ledger.release("alice", "", "container gone", granted_at=old.since) == old
     assert ledger.allocation_for("alice") is None
+
+
+def test_an_inventory_change_made_by_another_process_is_seen_by_the_next_grant(ledger, ledger_db, box8):
+    """A grant re-reads the inventory only when its version moved: a GPU the poller (another
+    process) took out of service, or one the hub's inventory no longer lists, is never granted."""
+    assert ledger.allocate("alice", "", 1).gpu_uuids == (box8[0].uuid,)  # this ledger has read the inventory
+    with Ledger(ledger_db) as poller:
+        poller.set_gpu_health(box8[1].uuid, "Xid 79: GPU has fallen off the bus")
+    with pytest.raises(NotEnoughGpus):
+        ledger.allocate("bob", "", 7)
+    assert box8[1].uuid not in ledger.allocate("bob", "", 6).gpu_uuids
+    ledger.release("bob")
+    with Ledger(ledger_db) as other_hub:
+        other_hub.sync_inventory(box8[:4])  # GPUs 4-7 are gone
+    assert set(ledger.allocate("carol", "", 2).gpu_uuids) == {box8[2].uuid, box8[3].uuid}
