@@ -314,7 +314,9 @@ def _number(value: float) -> str:
 
 
 def _label_value(value: str) -> str:
-    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+    if "\\" in value or '"' in value or "\n" in value:
+        return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+    return value
 
 
 def exposition_text(families: Iterable[Metric]) -> bytes:
@@ -323,14 +325,18 @@ def exposition_text(families: Iterable[Metric]) -> bytes:
     export and names that need no escaping. ``generate_latest`` validates every label name of
     every sample again, which was a third of a 500-user scrape; our names are fixed here."""
     out: list[str] = []
+    orders: dict[tuple[str, ...], list[str]] = {}  # a family's label names -> sorted, once
     for family in families:
         name = family.name + "_total" if family.type == "counter" else family.name
         doc = family.documentation.replace("\\", r"\\").replace("\n", r"\n")
         out.append(f"# HELP {name} {doc}\n# TYPE {name} {_TYPES[family.type]}\n")
         for sample in family.samples:
-            if sample.labels:
-                labels = ",".join(f'{k}="{_label_value(v)}"' for k, v in sorted(sample.labels.items()))
-                out.append(f"{sample.name}{{{labels}}} {_number(sample.value)}\n")
+            labels = sample.labels
+            if labels:
+                key = tuple(labels)
+                order = orders.get(key) or orders.setdefault(key, sorted(key))
+                text = ",".join([f'{k}="{_label_value(labels[k])}"' for k in order])
+                out.append(f"{sample.name}{{{text}}} {_number(sample.value)}\n")
             else:
                 out.append(f"{sample.name} {_number(sample.value)}\n")
     return "".join(out).encode("utf-8")
