@@ -249,11 +249,14 @@ class QueueStore(Store):
         with self.reader.connect() as conn:
             return conn.execute(query.limit(1)).first() is not None
 
-    def history(self, since: datetime | None = None) -> list[QueueEntry]:
-        """Every entry submitted at or after ``since`` (all when None), oldest first."""
+    def history(self, since: datetime | None = None, user: str | None = None) -> list[QueueEntry]:
+        """Every entry submitted at or after ``since`` (all when None), of ``user`` (everyone's
+        when None), oldest first."""
         query = select(_queue).order_by(_queue.c.submitted_at, _queue.c.id)
         if since is not None:
             query = query.where(_queue.c.submitted_at >= since)
+        if user is not None:
+            query = query.where(_queue.c.user == user)
         with self.reader.connect() as conn:
             return [_entry(r) for r in conn.execute(query)]
 

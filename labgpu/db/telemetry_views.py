@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
-from sqlalchemy import case, func, select
+from sqlalchemy import case, func, select, true
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
@@ -227,7 +227,9 @@ class TelemetryViews(Store):
             .where(
                 OWNER_ROLLUP.c.resolution == source,
                 OWNER_ROLLUP.c.owner_id.in_(owner_ids),
-                OWNER_ROLLUP.c.gpu_id.in_(gpu_ids),
+                # Hours: each owner's rows are few, read them whole; minutes: name the GPUs too,
+                # so that the key narrows each (owner, GPU) to the span.
+                OWNER_ROLLUP.c.gpu_id.in_(gpu_ids) if source == MINUTE else true(),
                 OWNER_ROLLUP.c.bucket >= start,
                 OWNER_ROLLUP.c.bucket < end,
             )

@@ -13,6 +13,8 @@ from datetime import date, datetime, timedelta
 from labgpu.db.queue_store import GRANTED, HeldInterval, QueueStore
 
 HOUR = 3600.0
+DAY = 86400.0
+EPOCH = date(1970, 1, 1)
 NO_GROUP = "(no group)"
 
 
@@ -54,12 +56,14 @@ def usage_rows(
     groups_of: Callable[[str], Sequence[str]] = no_groups,
     busy_hours: dict[str, float] | None = None,
     held: Iterable[HeldInterval] | None = None,
+    user: str | None = None,
 ) -> list[UsageRow]:
     """Figures per user (or per group) over [since, until); ``busy_hours`` per user comes from
     telemetry when there is any; ``held``: the store's ``held_intervals(since, until)`` when the
-    caller has read them already. Per group, GPUs held and queue waits count for the group the
-    ledger charged them to (the spawn's choice, recorded since migration 0009); what carries no
-    group (older rows, reclaims, busy hours) counts in each of the user's groups."""
+    caller has read them already; ``user``: that user's figures only (their page). Per group,
+    GPUs held and queue waits count for the group the ledger charged them to (the spawn's
+    choice, recorded since migration 0009); what carries no group (older rows, reclaims, busy
+    hours) counts in each of the user's groups."""
     rows: dict[str, UsageRow] = {}
 
     def keys(user: str, charged: str = "") -> Sequence[str]:
@@ -73,11 +77,13 @@ def usage_rows(
         return rows.setdefault(key, UsageRow(key))
 
     for interval in store.held_intervals(since, until) if held is None else held:
+        if user is not None and interval.user != user:
+            continue
         end = min(interval.end or until, until)
         hours = max(0.0, (end - max(interval.start, since)).total_seconds()) * interval.gpus / HOUR
         for key in keys(interval.user, interval.group):
             row(key).gpu_hours_held += hours
-    for entry in store.history(since):
+    for entry in store.history(since, user):
         if entry.status != GRANTED or entry.ended_at is None or entry.ended_at >= until:
             continue
         waited = (entry.ended_at - entry.submitted_at).total_seconds() / HOUR
@@ -87,7 +93,11 @@ def usage_rows(
             r.wait_hours_total += waited
             r.wait_hours_max = max(r.wait_hours_max, waited)
     for notice in store.notices():
-        if notice.reclaimed_at is None or not since <= notice.reclaimed_at < until:
+        if (
+            (user is not None and notice.user != user)
+            or notice.reclaimed_at is None
+            or not since <= notice.reclaimed_at < until
+        ):
             continue
         for key in keys(notice.user):
             row(key).reclaims += 1
@@ -95,8 +105,10 @@ def usage_rows(
     if busy_hours is not None:
         for r in rows.values():
             r.gpu_hours_busy = 0.0
-        for user, hours in busy_hours.items():
-            for key in keys(user):
+        for who, hours in busy_hours.items():
+            if user is not None and who != user:
+                continue
+            for key in keys(who):
                 r = row(key)
                 r.gpu_hours_busy = (r.gpu_hours_busy or 0.0) + hours
     return sorted(rows.values(), key=lambda r: (-r.gpu_hours_held, r.name))
@@ -118,15 +130,17 @@ def held_per_day(
     split at midnights, so a user's days add up to their ``gpu_hours_held``."""
     wanted = None if users is None else set(users)
     days: dict[str, dict[date, float]] = {}
+    first, last = since.timestamp(), until.timestamp()
     for held in intervals:
         if wanted is not None and held.user not in wanted:
             continue
-        start = max(held.start, since)
-        end = min(held.end or until, until)
+        start = max(held.start.timestamp(), first)
+        end = min(held.end.timestamp() if held.end is not None else last, last)
         per_user = days.setdefault(held.user, {})
         while start < end:
-            midnight = datetime.combine(start.date() + timedelta(days=1), datetime.min.time(), tzinfo=start.tzinfo)
+            midnight = (start // DAY + 1) * DAY  # UTC
             stop = min(end, midnight)
-            per_user[start.date()] = per_user.get(start.date(), 0.0) + (stop - start).total_seconds() * held.gpus / HOUR
+            day = EPOCH + timedelta(days=int(start // DAY))
+            per_user[day] = per_user.get(day, 0.0) + (stop - start) * held.gpus / HOUR
             start = stop
     return days

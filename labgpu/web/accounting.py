@@ -86,7 +86,7 @@ def my_usage(stores: Stores, user: str, days: int) -> dict[str, Any]:
     since, until = period_bounds(stores, days)
     held = stores.queue.held_intervals(since, until)
     busy = stores.views.busy_hours(since.timestamp(), until.timestamp())  # = busy_hours_of, engines reused
-    rows = usage_rows(stores.queue, since, until, busy_hours=busy, held=held)
+    rows = usage_rows(stores.queue, since, until, busy_hours=busy, held=held, user=user)
     mine = next((r for r in rows if r.name == user), UsageRow(user, gpu_hours_busy=None if busy is None else 0.0))
     busy_days = stores.views.busy_per_day(since.timestamp(), until.timestamp(), [user])
     waits = [
@@ -99,8 +99,7 @@ def my_usage(stores: Stores, user: str, days: int) -> dict[str, Any]:
             "waited_hours": ((e.ended_at or until) - e.submitted_at).total_seconds() / HOUR,
             "reason": e.reason,
         }
-        for e in stores.queue.history(since)
-        if e.user == user
+        for e in stores.queue.history(since, user)
     ]
     notices = [
         {
@@ -191,18 +190,22 @@ def lab_usage(stores: Stores, policy: Policy | None, days: int, group: str | Non
             in_use = sum(len(a.gpu_uuids) for a in allocations if a.group == name)
             pools.append({"group": name, "pool": entry.pool, "held": in_use})
     now = until.timestamp()
+    # Busy share of each holder's GPUs over the last hour (or since the grant), from the minute
+    # rollups: one read for all GPUs instead of one query per allocation.
+    minutes = stores.views.minute_series(now - HOUR, now)
     idle: list[dict[str, Any]] = []
     for a in allocations:
         if not a.gpu_uuids or (group is not None and group not in groups_of(a.user)):
             continue
-        busy_fraction = stores.telemetry.busy_fraction(a.gpu_uuids, max(a.since.timestamp(), now - HOUR), now)
+        start = max(a.since.timestamp(), now - HOUR)
+        utils = [u for uuid in a.gpu_uuids for bucket, u, _ in minutes.get(uuid, ()) if bucket >= start - start % 60]
         idle.append(
             {
                 "user": a.user,
                 "server": a.server,
                 "gpus": len(a.gpu_uuids),
                 "since": _iso(a.since),
-                "busy_last_hour": busy_fraction,
+                "busy_last_hour": sum(utils) / len(utils) / 100 if utils else None,
                 "held_hours": (now - a.since.timestamp()) / HOUR,
             }
         )
