@@ -23,6 +23,7 @@ PURE = [
     "hub.admin_extras",
     "metrics.series",
     "metrics.accounting",
+    "web.svg",
     "ssh.keys",
     "ssh.access",
     "kube.objects",
