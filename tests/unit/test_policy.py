@@ -334,7 +334,8 @@ def test_every_error_at_once_each_on_one_line_with_line_and_column():
         ("images: {x: {display: X}}", "images.x.image is required"),
         (
             "surprise: 1",
-            "unknown key 'surprise' in the top level (allowed: images, defaults, groups, users, gpus, fairshare, pages)",
+            "unknown key 'surprise' in the top level "
+            "(allowed: images, defaults, groups, users, gpus, fairshare, pages)",
         ),
         ("users: {alice: {gpus: 1}, alice: {gpus: 2}}", "duplicate key users.alice"),
         ("defaults: !!python/object {}", "YAML tags such as"),
