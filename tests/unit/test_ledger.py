@@ -1,4 +1,5 @@
-"""The ledger on a real SQLite file: grants, releases, audit, inventory changes, reconcile."""
+"""The ledger on a real database, SQLite and PostgreSQL alike (``ledger_db``): grants, releases,
+audit, inventory changes, reconcile."""
 
 import sqlite3
 from dataclasses import replace
@@ -6,7 +7,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy import create_engine, text
 
+from labgpu.db.engine import database_url
 from labgpu.db.ledger import Ledger
 from labgpu.gpus.allocator import NotEnoughGpus
 from labgpu.gpus.inventory import ReplayInventory
@@ -30,8 +33,8 @@ def box8():
 
 
 @pytest.fixture
-def ledger(tmp_path, box8):
-    with Ledger(tmp_path / "ledger.sqlite", clock=Clock()) as ledger:
+def ledger(ledger_db, box8):
+    with Ledger(ledger_db, clock=Clock()) as ledger:
         ledger.sync_inventory(box8)
         yield ledger
 
@@ -123,8 +126,8 @@ def test_models_filter_in_the_ledger(ledger):
     assert len(ledger.allocate("alice", "", 1, models=["A100"]).gpu_uuids) == 1
 
 
-def test_ledger_survives_reopening(tmp_path, box8):
-    path = tmp_path / "ledger.sqlite"
+def test_ledger_survives_reopening(ledger_db, box8):
+    path = ledger_db
     with Ledger(path) as first:
         first.sync_inventory(box8)
         granted = first.allocate("alice", "", 3)
@@ -174,26 +177,27 @@ def test_stale_adoption_never_takes_a_gpu_someone_holds(ledger, box8):
     assert ledger.allocation_for("eve") is None
 
 
-def test_ledger_can_share_a_database_with_jupyterhubs_own_migrations(tmp_path):
-    path = tmp_path / "jupyterhub.sqlite"
-    db = sqlite3.connect(path)
-    db.execute("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL PRIMARY KEY)")
-    db.execute("INSERT INTO alembic_version VALUES ('4621fec11365')")  # a JupyterHub revision
-    db.commit()
-    with Ledger(path) as ledger:
+def test_ledger_can_share_a_database_with_jupyterhubs_own_migrations(ledger_db):
+    engine = create_engine(database_url(ledger_db))
+    with engine.begin() as db:
+        db.execute(text("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL PRIMARY KEY)"))
+        db.execute(text("INSERT INTO alembic_version VALUES ('4621fec11365')"))  # a JupyterHub revision
+    with Ledger(ledger_db) as ledger:
         ledger.sync_inventory(ReplayInventory(DATA / "h100x1.json").gpus())
         assert len(ledger.allocate("alice").gpu_uuids) == 1
-    assert db.execute("SELECT version_num FROM alembic_version").fetchall() == [("4621fec11365",)]
+    with engine.connect() as db:
+        assert db.execute(text("SELECT version_num FROM alembic_version")).all() == [("4621fec11365",)]
+    engine.dispose()
 
 
-def test_user_total_is_checked_inside_the_allocation_transaction(tmp_path):
+def test_user_total_is_checked_inside_the_allocation_transaction(ledger_db):
     """Two servers of one user starting at once cannot both pass the quota's GPU total."""
     import threading
 
     from labgpu.gpus.allocator import UserTotalExceeded
     from labgpu.gpus.inventory import ReplayInventory
 
-    path = tmp_path / "ledger.sqlite"
+    path = ledger_db
     ledger = Ledger(path)
     ledger.sync_inventory(
         ReplayInventory(Path(__file__).resolve().parent.parent / "data" / "a100x8-two-nvlink-islands.json").gpus()
@@ -207,11 +211,12 @@ def test_user_total_is_checked_inside_the_allocation_transaction(tmp_path):
     outcomes: list[str] = []
 
     def start(server: str) -> None:
-        try:
-            Ledger(path).allocate("bob", server, 1, user_total=1)
-            outcomes.append("granted")
-        except UserTotalExceeded:
-            outcomes.append("refused")
+        with Ledger(path) as hub:
+            try:
+                hub.allocate("bob", server, 1, user_total=1)
+                outcomes.append("granted")
+            except UserTotalExceeded:
+                outcomes.append("refused")
 
     threads = [threading.Thread(target=start, args=(f"s{i}",)) for i in range(6)]
     for t in threads:
