@@ -100,8 +100,8 @@ def clock():
 
 
 @pytest.fixture
-def ledger(tmp_path, clock):
-    with Ledger(tmp_path / "ledger.sqlite", clock=clock) as ledger:
+def ledger(ledger_db, clock):
+    with Ledger(ledger_db, clock=clock) as ledger:
         ledger.sync_inventory(ReplayInventory(DATA / "a100x8-two-nvlink-islands.json").gpus())
         yield ledger
 
