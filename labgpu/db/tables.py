@@ -112,6 +112,9 @@ class AllocationRow(Base):
     # The group whose pool these GPUs count against ("" = none), as the spawn's limits charged
     # it (migration 0006): a group's pool use is counted from here, inside the grant.
     group_name: Mapped[str] = mapped_column(String(255), default="", server_default="")
+    # The hub that granted it (migration 0012; "" = not recorded): with several hubs on one
+    # ledger, a hub reconciles only its own allocations.
+    hub_id: Mapped[str] = mapped_column(String(64), default="", server_default="")
 
 
 class AllocatedGpuRow(Base):
