@@ -57,8 +57,8 @@ STATEMENTS = {
         f" WHERE ag.allocation_id = ? ORDER BY {_GPU_ORDER}"
     ),
     "insert_allocation": (
-        'INSERT INTO allocations ("user", server, since, image, container_id, group_name)'
-        " VALUES (?, ?, ?, ?, ?, ?) RETURNING id"
+        'INSERT INTO allocations ("user", server, since, image, container_id, group_name, hub_id)'
+        " VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id"
     ),
     "insert_allocated": "INSERT INTO allocation_gpus (gpu_uuid, allocation_id) VALUES (?, ?)",
     "delete_allocated": "DELETE FROM allocation_gpus WHERE allocation_id = ?",

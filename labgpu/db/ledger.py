@@ -22,7 +22,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import bindparam, insert, select, true, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.engine.interfaces import DBAPICursor
 
@@ -150,8 +150,11 @@ class Ledger(Store):
     All methods are safe to call from several threads and processes at once.
     """
 
-    def __init__(self, url_or_path: str | Path, *, clock: Clock | None = None, migrate: bool = True) -> None:
+    def __init__(
+        self, url_or_path: str | Path, *, clock: Clock | None = None, migrate: bool = True, hub_id: str = ""
+    ) -> None:
         super().__init__(url_or_path, clock=clock, migrate=migrate)
+        self.hub_id = hub_id  # recorded with every grant: several hubs on one ledger reconcile their own
         self._parsed_gpus: dict[tuple[Any, ...], Gpu] = {}
         self._inventory: tuple[Any, list[tuple[Gpu, bool]]] = (None, [])  # (version, [(GPU, present)])
         self._qualifying: dict[tuple[Any, ...], list[Gpu]] = {}  # (version, rule) -> the GPUs it may get
@@ -268,8 +271,9 @@ class Ledger(Store):
             row = conn.execute(_SERVER_ALLOCATION, {"user": user, "server": server}).first()
             return self._allocation(conn, row) if row else None
 
-    def _all_allocations(self, conn: Connection) -> dict[int, Allocation]:
-        """Every allocation by id, in two queries (the GPU board reads this often)."""
+    def _all_allocations(self, conn: Connection, hub_id: str | None = None) -> dict[int, Allocation]:
+        """Every allocation by id, in two queries (the GPU board reads this often); with
+        ``hub_id``, only those that hub granted (or whose hub was not recorded)."""
         gpus_of: dict[int, list[str]] = {}
         for allocation_id, uuid in conn.execute(_ALL_ALLOCATED_GPUS):
             gpus_of.setdefault(allocation_id, []).append(uuid)
@@ -277,13 +281,18 @@ class Ledger(Store):
             row.id: Allocation(
                 row.user, row.server, tuple(gpus_of.get(row.id, ())), row.since, row.image, row.group_name
             )
-            for row in conn.execute(select(_allocations).order_by(_allocations.c.since, _allocations.c.id))
+            for row in conn.execute(
+                select(_allocations)
+                .where(_allocations.c.hub_id.in_([hub_id, ""]) if hub_id is not None else true())
+                .order_by(_allocations.c.since, _allocations.c.id)
+            )
         }
 
-    def allocations(self) -> list[Allocation]:
-        """Every current allocation, oldest first."""
+    def allocations(self, *, hub_id: str | None = None) -> list[Allocation]:
+        """Every current allocation, oldest first; with ``hub_id``, only that hub's (and those
+        whose hub was not recorded): what its reconcile may release."""
         with self.reader.connect() as conn:
-            return list(self._all_allocations(conn).values())
+            return list(self._all_allocations(conn, hub_id).values())
 
     def holdings(self, *, include_gone: bool = False) -> list[GpuHolding]:
         """Every GPU (in index order) with the allocation holding it, if any."""
@@ -384,7 +393,9 @@ class Ledger(Store):
         container_id: str | None = None,
         group: str = "",
     ) -> int:
-        cursor.execute(self._sql["insert_allocation"], (user, server, self._time(now), image, container_id, group))
+        cursor.execute(
+            self._sql["insert_allocation"], (user, server, self._time(now), image, container_id, group, self.hub_id)
+        )
         returned = cursor.fetchone()  # RETURNING id: one row
         allocation_id = int(returned[0]) if returned else 0
         cursor.executemany(self._sql["insert_allocated"], [(uuid, allocation_id) for uuid in uuids])

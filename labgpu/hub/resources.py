@@ -105,7 +105,8 @@ def reconcile_with_docker(
     for c in docker_client.containers.list(all=True, filters={"label": hub_filter(hub_id)}):
         containers.append({"id": c.id, "state": c.status, "created": c.attrs.get("Created", ""), "labels": c.labels})
     known = {h.gpu.uuid for h in the_ledger.holdings()}
-    plan = reconcile(the_ledger.allocations(), containers, hub_id=hub_id, known_gpus=known)
+    # Only this hub's allocations: another hub on the same (PostgreSQL) ledger keeps its own.
+    plan = reconcile(the_ledger.allocations(hub_id=hub_id), containers, hub_id=hub_id, known_gpus=known)
     for line in plan.conflicts:
         log.warning("Ledger/Docker conflict: %s", line)
     result = the_ledger.apply_reconcile(plan) if not plan.empty else None
@@ -127,6 +128,7 @@ def prepare_hub(
     if quota_files:
         policy_store(quota_files)
     the_ledger = ledger(ledger_url)
+    the_ledger.hub_id = hub_id  # recorded with its grants, for reconcile with several hubs
     gpus = read_inventory(gpu_source)
     the_ledger.sync_inventory(gpus)
     plan, result, stopped = reconcile_with_docker(the_ledger, hub_id, docker_client)

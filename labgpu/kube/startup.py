@@ -49,6 +49,7 @@ def prepare_cluster_hub(
     if quota_files:
         hub_resources.policy_store(quota_files)
     the_ledger = hub_resources.ledger(ledger_url)
+    the_ledger.hub_id = hub_id  # recorded with its grants, for reconcile with several hubs
     if gpu_mode == "dra":
         gpus = cluster_inventory(list_resource_slices(dra_driver), dra_driver)
     elif gpu_mode == "count":
@@ -58,7 +59,7 @@ def prepare_cluster_hub(
     the_ledger.sync_inventory(gpus)
     known = {h.gpu.uuid for h in the_ledger.holdings()}
     pods = pod_claims(list_workspace_pods(namespace, hub_id))
-    plan = reconcile(the_ledger.allocations(), pods, hub_id=hub_id, known_gpus=known)
+    plan = reconcile(the_ledger.allocations(hub_id=hub_id), pods, hub_id=hub_id, known_gpus=known)
     for line in plan.conflicts:
         log.warning("Ledger/pod conflict: %s", line)
     result = the_ledger.apply_reconcile(plan) if not plan.empty else None

@@ -249,3 +249,28 @@ def test_an_inventory_change_made_by_another_process_is_seen_by_the_next_grant(l
     with Ledger(ledger_db) as other_hub:
         other_hub.sync_inventory(box8[:4])  # GPUs 4-7 are gone
     assert set(ledger.allocate("carol", "", 2).gpu_uuids) == {box8[2].uuid, box8[3].uuid}
+
+
+def test_with_several_hubs_on_one_ledger_each_reconciles_only_its_own_allocations(ledger_db, box8):
+    """Two hubs (an active pair on one PostgreSQL ledger): hub B restarting releases what its own
+    vanished containers held, never what hub A's running servers hold."""
+    with Ledger(ledger_db, hub_id="hub-a") as a, Ledger(ledger_db, hub_id="hub-b") as b:
+        a.sync_inventory(box8)
+        alice = a.allocate("alice", "", 2)
+        bob = b.allocate("bob", "", 1)
+        b.allocate("carol", "", 1)  # her container is gone when hub B restarts
+        containers = [
+            {
+                "id": "c-bob",
+                "state": "running",
+                "org.labgpu.user": "bob",
+                "org.labgpu.server": "",
+                "org.labgpu.gpus": bob.gpu_uuids[0],
+                "org.labgpu.hub": "hub-b",
+            }
+        ]
+        mine = b.allocations(hub_id="hub-b")
+        assert [x.user for x in mine] == ["bob", "carol"]
+        result = b.apply_reconcile(reconcile(mine, containers, hub_id="hub-b", known_gpus={g.uuid for g in box8}))
+        assert [x.user for x in result.released] == ["carol"]
+        assert a.allocation_for("alice") == alice and [x.user for x in a.allocations()] == ["alice", "bob"]
