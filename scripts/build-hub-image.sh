@@ -25,7 +25,7 @@ fi
 base_id=$(docker image inspect -f '{{.Id}}' "$base" 2>/dev/null || echo "$base (pulled)")
 
 # What goes into the image, in the layout the Dockerfile expects (the repository's).
-inputs=(images/hub/Dockerfile images/hub/entrypoint.sh pyproject.toml jupyterhub_config.py)
+inputs=(images/hub/Dockerfile images/hub/entrypoint.sh images/hub/Caddyfile pyproject.toml jupyterhub_config.py)
 mapfile -t code < <(find labgpu quotas -type f ! -path '*/__pycache__/*' ! -name '*.pyc' | sort)
 key=$( { echo "$base_id"; for f in "${inputs[@]}" "${code[@]}"; do echo "== $f"; cat "$f"; done; } | sha256sum | cut -c1-16)
 tag=labgpu/hub:$key
