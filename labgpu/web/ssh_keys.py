@@ -25,11 +25,12 @@ from tornado import web
 
 from labgpu.db.ssh_key_store import SshKey, SshKeyStore
 from labgpu.ssh.registry import register_key
-from labgpu.web.base import BaseHandler
+from labgpu.web.sharing import ScriptOrPageHandler
 
 
-class SshKeysHandler(BaseHandler):
-    """What the page and the API share: whose keys, the store, the gateway's address."""
+class SshKeysHandler(ScriptOrPageHandler):
+    """What the page and the API share: whose keys, the store, the gateway's address. Scripts
+    with a token need no XSRF token; the page's forms carry one (:class:`ScriptOrPageHandler`)."""
 
     @property
     def store(self) -> SshKeyStore:
