@@ -23,7 +23,7 @@ import sys
 import tempfile
 import threading
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,7 +43,7 @@ from labgpu.web.app import make_app
 from labgpu.web.base import WebContext
 from labgpu.web.data import Cached, Stores
 from tests.harness import free_port
-from tests.web_data import build_lab
+from tests.web_data import Lab, build_lab
 
 TARGET_MS = 200.0
 PREFIX = "/services/labgpu/"
@@ -99,6 +99,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--keep", metavar="DIR", help="build the lab in DIR and keep it; reuse it when it is there")
     args = parser.parse_args()
     size = (
         {"preset": "8xH100-NVLink", "users": 100, "days": 7, "raw_hours": 6.0, "waiting": 8, "warned": 3}
@@ -106,9 +107,17 @@ def main() -> int:
         else {"preset": "64xH100-NVLink", "users": 500, "days": 30, "raw_hours": 48.0, "waiting": 20, "warned": 5}
     )
     repeats = args.repeats or (5 if args.quick else 7)
-    work = Path(tempfile.mkdtemp(prefix="labgpu-pages-"))
+    work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="labgpu-pages-"))
+    work.mkdir(parents=True, exist_ok=True)
+    saved = work / "lab.json"
     t0 = time.perf_counter()
-    lab = build_lab(work / "ledger.sqlite", **size)
+    if saved.exists() and json.loads(saved.read_text())["size"] == size:
+        lab = Lab(work / "ledger.sqlite", datetime.fromisoformat(json.loads(saved.read_text())["now"]), [], [])
+        lab.holders = json.loads(saved.read_text())["holders"]
+    else:
+        (work / "ledger.sqlite").unlink(missing_ok=True)
+        lab = build_lab(work / "ledger.sqlite", **size)
+        saved.write_text(json.dumps({"size": size, "now": lab.now.isoformat(), "holders": lab.holders}))
     build_s = time.perf_counter() - t0
     (work / "quotas.yaml").write_text(quotas(size["users"]))
     context = WebContext(ledger_url=str(lab.path), policy_store=PolicyStore([str(work / "quotas.yaml")]))

@@ -4,6 +4,7 @@ page for their group (403 otherwise). Each page's figures are its API's JSON, re
 
 from __future__ import annotations
 
+import json
 from datetime import date
 from typing import Any
 
@@ -101,6 +102,36 @@ class MeApi(PageHandler):
         self.write_json(my_servers(board, self.viewer, self.context.policy))
 
 
+class HubPageScript(PageHandler):
+    """``api/me.js`` and ``api/estimate.js``: the same JSON as a script that sets
+    ``window.labgpu.me`` / ``window.labgpu.estimate``, for the hub's own pages (home, spawn). A
+    script is a same-origin "no-cors" request, which the hub's OAuth cookie may authenticate
+    without the service's XSRF token (a page under /hub/ cannot read it: fetch() would be
+    refused); cross-site pages cannot use it (JupyterHub's XSRF rules refuse those)."""
+
+    async def data(self) -> Any:
+        raise NotImplementedError
+
+    @web.authenticated
+    async def get(self) -> None:
+        name = type(self).__name__.removesuffix("Script").lower()
+        value = json.dumps(await self.data())
+        self.set_header("Content-Type", "text/javascript; charset=UTF-8")
+        self.set_header("Cache-Control", "no-store")
+        self.finish(f"window.labgpu = window.labgpu || {{}};\nwindow.labgpu.{name} = {value};\n")
+
+
+class MeScript(HubPageScript):
+    async def data(self) -> Any:
+        return my_servers(await self.board(), self.viewer, self.context.policy)
+
+
+class EstimateScript(HubPageScript):
+    async def data(self) -> Any:
+        viewer = self.viewer
+        return await self.in_thread(spawn_estimates, self.stores, self.context.policy, viewer.name, viewer.groups)
+
+
 # --- my usage --------------------------------------------------------------------------------
 class UsagePage(PageHandler):
     @web.authenticated
@@ -175,6 +206,8 @@ def routes() -> list[tuple[str, type[web.RequestHandler]]]:
         (r"api/gpus", BoardApi),
         (r"api/estimate", EstimateApi),
         (r"api/me", MeApi),
+        (r"api/me\.js", MeScript),
+        (r"api/estimate\.js", EstimateScript),
         (r"usage", UsagePage),
         (r"api/usage", UsageApi),
         (r"usage\.csv", UsageCsv),

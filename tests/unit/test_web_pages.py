@@ -223,3 +223,21 @@ def test_json_is_json_and_not_cached(service):
 def test_hub_template_extends_the_stock_page(service):
     text = (Path(base.__file__).parent / "hub_templates" / "page.html").read_text()
     assert '{% extends "templates/page.html" %}' in text and "{{ super() }}" in text
+
+
+def test_my_servers_and_limits_for_the_home_page(service, lab):
+    me = get(service, "api/me", "user001").json()
+    held = sorted(label.split("/")[1] for label, user in lab.holders.items() if user == "user001")
+    assert sorted(s["name"] for s in me["servers"] if s["gpus"]) == held
+    assert me["limits"]["gpus_per_server"] == 2 and "2 GPUs per server" in me["limits"]["text"]
+
+
+def test_hub_pages_get_their_figures_as_scripts(service):
+    """The hub's home and spawn pages load api/me.js and api/estimate.js (a same-origin script
+    needs no XSRF token, which a /hub/ page cannot read)."""
+    me = get(service, "api/me.js", "user001")
+    assert me.headers["Content-Type"].startswith("text/javascript")
+    prefix = "window.labgpu = window.labgpu || {};\nwindow.labgpu.me = "
+    assert me.text.startswith(prefix)
+    assert json.loads(me.text[len(prefix) :].rstrip().rstrip(";"))["user"] == "user001"
+    assert "window.labgpu.estimate = " in get(service, "api/estimate.js", "user001").text

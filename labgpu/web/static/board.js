@@ -5,6 +5,7 @@
   "use strict";
   const api = new URL("api/gpus", window.location.href.replace(/gpus([?#].*)?$/, "")).toString();
   const NS = "http://www.w3.org/2000/svg";
+  const xsrf = (document.querySelector('meta[name="labgpu-xsrf"]') || {}).content || "";
 
   function el(tag, text, cls) {
     const e = document.createElement(tag);
@@ -77,7 +78,8 @@
   }
   async function poll() {
     try {
-      const r = await fetch(api, { credentials: "same-origin", headers: { Accept: "application/json" } });
+      // A fetch() is authenticated by the service's cookie only with its XSRF token (JupyterHub's rule).
+      const r = await fetch(api, { credentials: "same-origin", headers: { Accept: "application/json", "X-XSRFToken": xsrf } });
       if (r.ok) render(await r.json());
     } catch (e) { /* the next poll tries again */ }
   }

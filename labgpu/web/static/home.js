@@ -1,5 +1,6 @@
 // The hub's home page: each server's GPUs (or its place in the GPU queue) beside it, and my
-// limits, from the labgpu web service's api/me (same origin; the hub logs the service in).
+// limits, from the labgpu web service's api/me.js (loaded just before this script; it sets
+// window.labgpu.me: a fetch() from a /hub/ page could not carry the service's XSRF token).
 (function () {
   "use strict";
   const box = document.getElementById("labgpu-home");
@@ -19,8 +20,8 @@
     span.textContent = text;
     return span;
   }
-  fetch(box.dataset.api, { credentials: "same-origin", headers: { Accept: "application/json" } })
-    .then((r) => (r.ok ? r.json() : Promise.reject(r.status)))
+  const loaded = window.labgpu && window.labgpu.me;
+  (loaded ? Promise.resolve(loaded) : Promise.reject(new Error("api/me.js did not load")))
     .then((me) => {
       const list = document.getElementById("labgpu-home-servers");
       list.replaceChildren();

@@ -1,13 +1,14 @@
 // The hub's spawn page: GPUs free now and, per GPU count, where a request would stand in the
-// GPU queue and how long it would wait (api/estimate); the GPU choice in the form gets the same
-// words, so the estimate is beside each choice before Start.
+// GPU queue and how long it would wait (api/estimate.js, loaded just before this script, sets
+// window.labgpu.estimate); the GPU choice in the form gets the same words, so the estimate is
+// beside each choice before Start.
 (function () {
   "use strict";
   const box = document.getElementById("labgpu-spawn");
   if (!box) return;
   const out = document.getElementById("labgpu-spawn-estimates");
-  fetch(box.dataset.api, { credentials: "same-origin", headers: { Accept: "application/json" } })
-    .then((r) => (r.ok ? r.json() : Promise.reject(r.status)))
+  const loaded = window.labgpu && window.labgpu.estimate;
+  (loaded ? Promise.resolve(loaded) : Promise.reject(new Error("api/estimate.js did not load")))
     .then((estimate) => {
       out.replaceChildren();
       const head = document.createElement("strong");
