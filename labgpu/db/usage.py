@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 
-from labgpu.db.queue_store import GRANTED, HeldInterval, QueueStore
+from labgpu.db.queue_store import GRANTED, HeldInterval, QueueEntry, QueueStore
 
 HOUR = 3600.0
 DAY = 86400.0
@@ -57,10 +57,12 @@ def usage_rows(
     busy_hours: dict[str, float] | None = None,
     held: Iterable[HeldInterval] | None = None,
     user: str | None = None,
+    history: Iterable[QueueEntry] | None = None,
 ) -> list[UsageRow]:
     """Figures per user (or per group) over [since, until); ``busy_hours`` per user comes from
     telemetry when there is any; ``held``: the store's ``held_intervals(since, until)`` when the
-    caller has read them already; ``user``: that user's figures only (their page). Per group,
+    caller has read them already (``history``: ``store.history(since, user)``, likewise);
+    ``user``: that user's figures only (their page). Per group,
     GPUs held and queue waits count for the group the ledger charged them to (the spawn's
     choice, recorded since migration 0009); what carries no group (older rows, reclaims, busy
     hours) counts in each of the user's groups."""
@@ -83,7 +85,7 @@ def usage_rows(
         hours = max(0.0, (end - max(interval.start, since)).total_seconds()) * interval.gpus / HOUR
         for key in keys(interval.user, interval.group):
             row(key).gpu_hours_held += hours
-    for entry in store.history(since, user):
+    for entry in store.history(since, user) if history is None else history:
         if entry.status != GRANTED or entry.ended_at is None or entry.ended_at >= until:
             continue
         waited = (entry.ended_at - entry.submitted_at).total_seconds() / HOUR

@@ -9,7 +9,7 @@ import csv
 import io
 from collections.abc import Callable, Sequence
 from datetime import date, datetime, timedelta
-from functools import partial
+from functools import cache, partial
 from typing import Any
 
 from labgpu.db.queue_store import GRANTED
@@ -169,11 +169,15 @@ def lab_usage(stores: Stores, policy: Policy | None, days: int, group: str | Non
     """The lab page (admins; a group's managers with ``group``): per user and per group over the
     period, per day, fair-share factors, pools, the idlest current holders."""
     since, until = period_bounds(stores, days)
-    groups_of: Callable[[str], Sequence[str]] = partial(user_groups, policy) if policy is not None else no_groups
+    # One answer per user for the whole page (user_groups is asked for every interval otherwise).
+    groups_of: Callable[[str], Sequence[str]] = cache(partial(user_groups, policy)) if policy is not None else no_groups
     held = stores.queue.held_intervals(since, until)
+    history = stores.queue.history(since)
     busy = stores.views.busy_hours(since.timestamp(), until.timestamp())  # = busy_hours_of, engines reused
-    by_user = usage_rows(stores.queue, since, until, busy_hours=busy, held=held)
-    by_group = usage_rows(stores.queue, since, until, by="group", groups_of=groups_of, busy_hours=busy, held=held)
+    by_user = usage_rows(stores.queue, since, until, busy_hours=busy, held=held, history=history)
+    by_group = usage_rows(
+        stores.queue, since, until, by="group", groups_of=groups_of, busy_hours=busy, held=held, history=history
+    )
     if group is not None:
         by_user = [r for r in by_user if group in groups_of(r.name)]
         by_group = [r for r in by_group if r.name == group]
