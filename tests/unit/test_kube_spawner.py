@@ -332,3 +332,16 @@ async def test_a_grant_across_nodes_is_refused_as_capacity_and_its_gpus_go_back(
     assert refused.value.log_message.startswith(
         "No single node has 2 free GPUs together (the granted GPUs are on 2 nodes"
     )
+
+
+async def test_a_start_that_fails_before_the_pod_gives_the_gpus_back(make, quotas, ledger_url, kube_api, monkeypatch):
+    """The whole start: the ledger grants, placement refuses (GPUs on no node), the grant is released."""
+    ledger = hub_resources.ledger(ledger_url)
+    kube = make(GPUKubeSpawner, groups=("vision-lab",), quota_files=[quotas], ledger_url=ledger_url)
+    await kube.apply_user_options(kube, {"gpus": 2})
+    reached = []
+    monkeypatch.setattr(kubespawner_module.KubeSpawner, "start", lambda self: reached.append(self))
+    with pytest.raises(SpawnException, match="Your GPUs cannot be given to a pod"):
+        await kube.start()  # no ResourceSlice names the granted GPUs
+    assert reached == []  # KubeSpawner never created a pod
+    assert ledger.allocation_for("alice") is None  # the pod does not exist: released at once
