@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
-from sqlalchemy import case, func, select, true
+from sqlalchemy import case, func, null, select, true
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
@@ -102,65 +102,45 @@ class TelemetryViews(Store):
             series.setdefault(r.uuid, []).append((float(r.bucket), util, int(r.memory_used_max_mib or 0)))
         return series
 
-    def busy_per_day(
-        self, since: float, until: float, users: Iterable[str] | None = None
-    ) -> dict[str, dict[date, float]]:
-        """Busy GPU-hours per user per UTC day over [since, until), from the hour rollups (whole
-        hours: the chart's bars; the pages' totals come from :func:`labgpu.db.usage.busy_hours_of`,
-        as ``labgpu usage``'s do)."""
+    def busy_hours(
+        self,
+        since: float,
+        until: float,
+        per_day: dict[str, dict[date, float]] | None = None,
+        users: Iterable[str] | None = None,
+    ) -> dict[str, float] | None:
+        """Busy GPU-hours per user over [since, until), or None when no workspace process was
+        recorded in it. Read from the coarsest data that is complete for each span: hour rollups
+        for the whole hours, minute rollups around them, raw samples after the last rolled-up
+        minute. Rollups are exact sums of the raw samples (labgpu.gpus.telemetry), so this is
+        what summing every raw sample would give, at the cost of ~one row per GPU-hour.
+        ``per_day``, when given, gets the whole hours' busy hours per user per UTC day (the
+        charts' bars; the minutes at the period's two ends are in the totals only). ``users``:
+        only theirs (one user's page)."""
         wanted = None if users is None else set(users)
-        day = (OWNER_ROLLUP.c.bucket - OWNER_ROLLUP.c.bucket % DAY).label("day")
-        days: dict[str, dict[date, float]] = {}
         try:
             with self.reader.connect() as conn:
+                state = {row.key: row.value for row in conn.execute(select(STATE))}
                 owners = {
                     row.id: row.user
                     for row in conn.execute(select(OWNER.c.id, OWNER.c.user).where(OWNER.c.user != ""))
                     if wanted is None or row.user in wanted
                 }
                 if not owners:
-                    return {}
-                # The key is (resolution, owner_id, gpu_id, bucket): name the owners.
-                rows = conn.execute(
-                    select(OWNER_ROLLUP.c.owner_id, day, func.sum(OWNER_ROLLUP.c.busy_s))
-                    .where(
-                        OWNER_ROLLUP.c.resolution == HOUR,
-                        OWNER_ROLLUP.c.owner_id.in_(list(owners)),
-                        OWNER_ROLLUP.c.bucket >= since - since % HOUR,
-                        OWNER_ROLLUP.c.bucket < until,
-                    )
-                    .group_by(OWNER_ROLLUP.c.owner_id, day)
-                ).all()
-        except DBAPIError:  # no telemetry tables (no poller ever ran)
-            return {}
-        for owner_id, start, busy_s in rows:
-            when = datetime.fromtimestamp(start, UTC).date()
-            per_user = days.setdefault(owners[owner_id], {})
-            per_user[when] = per_user.get(when, 0.0) + (busy_s or 0.0) / HOUR
-        return days
-
-    def busy_hours(self, since: float, until: float) -> dict[str, float] | None:
-        """Busy GPU-hours per user over [since, until), or None when no workspace process was
-        recorded in it. Read from the coarsest data that is complete for each span: hour rollups
-        for the whole hours, minute rollups around them, raw samples after the last rolled-up
-        minute. Rollups are exact sums of the raw samples (labgpu.gpus.telemetry), so this is
-        what summing every raw sample would give, at the cost of ~one row per GPU-hour."""
-        try:
-            with self.reader.connect() as conn:
-                state = {row.key: row.value for row in conn.execute(select(STATE))}
-                users = {
-                    row.id: row.user for row in conn.execute(select(OWNER.c.id, OWNER.c.user).where(OWNER.c.user != ""))
-                }
-                if not users:
                     return None
                 spans = self._spans(since, until, state)
                 gpu_ids = list(conn.execute(select(GPU.c.id)).scalars())
                 busy: dict[str, float] = {}
                 seen = False
                 for source, start, end in spans:
-                    for owner_id, busy_s in self._owner_busy(conn, source, start, end, list(users), gpu_ids):
+                    for owner_id, day, busy_s in self._owner_busy(conn, source, start, end, list(owners), gpu_ids):
                         seen = True
-                        busy[users[owner_id]] = busy.get(users[owner_id], 0.0) + busy_s / HOUR
+                        user = owners[owner_id]
+                        busy[user] = busy.get(user, 0.0) + busy_s / HOUR
+                        if per_day is not None and day is not None:
+                            days = per_day.setdefault(user, {})
+                            when = datetime.fromtimestamp(day, UTC).date()
+                            days[when] = days.get(when, 0.0) + busy_s / HOUR
         except DBAPIError:  # no telemetry tables (no poller ever ran)
             return None
         return busy if seen else None
@@ -195,10 +175,10 @@ class TelemetryViews(Store):
 
     def _owner_busy(
         self, conn: Connection, source: int | str, start: float, end: float, owner_ids: list[int], gpu_ids: list[int]
-    ) -> list[tuple[int, float]]:
-        """(owner, busy GPU-seconds) over [start, end) from one source; the GPUs are named so
-        that each table's key ((gpu_id, ts_ms, ...) for samples, (resolution, owner_id, gpu_id,
-        bucket) for rollups) narrows the read to the time range."""
+    ) -> list[tuple[int, int | None, float]]:
+        """(owner, UTC day (hour rollups) or None, busy GPU-seconds) over [start, end) from one
+        source; the GPUs are named so that each table's key ((gpu_id, ts_ms, ...) for samples,
+        (resolution, owner_id, gpu_id, bucket) for minute rollups) narrows the read to the span."""
         if source == "raw":
             # As the rollups count it: several processes of one owner on one GPU in one tick
             # count that GPU-second once (labgpu.gpus.telemetry.rollup_owner_samples).
@@ -218,12 +198,13 @@ class TelemetryViews(Store):
                 .subquery()
             )
             capped = case((per_tick.c.busy_pm > 1000, 1000), else_=per_tick.c.busy_pm)
-            rows = conn.execute(
+            raw = conn.execute(
                 select(per_tick.c.owner_id, func.sum(per_tick.c.dt_ms * capped)).group_by(per_tick.c.owner_id)
-            )
-            return [(r[0], (r[1] or 0) / 1_000_000) for r in rows]
-        rows = conn.execute(
-            select(OWNER_ROLLUP.c.owner_id, func.sum(OWNER_ROLLUP.c.busy_s))
+            ).all()
+            return [(r[0], None, (r[1] or 0) / 1_000_000) for r in raw]
+        day = (OWNER_ROLLUP.c.bucket - OWNER_ROLLUP.c.bucket % DAY).label("day") if source == HOUR else null()
+        rolled = conn.execute(
+            select(OWNER_ROLLUP.c.owner_id, day, func.sum(OWNER_ROLLUP.c.busy_s))
             .where(
                 OWNER_ROLLUP.c.resolution == source,
                 OWNER_ROLLUP.c.owner_id.in_(owner_ids),
@@ -233,9 +214,9 @@ class TelemetryViews(Store):
                 OWNER_ROLLUP.c.bucket >= start,
                 OWNER_ROLLUP.c.bucket < end,
             )
-            .group_by(OWNER_ROLLUP.c.owner_id)
-        )
-        return [(r[0], r[1] or 0.0) for r in rows]
+            .group_by(OWNER_ROLLUP.c.owner_id, day)
+        ).all()
+        return [(r[0], None if r[1] is None else int(r[1]), r[2] or 0.0) for r in rolled]
 
     def rolled_up_to(self) -> float | None:
         """Until when hour rollups exist (the busy bars stop there; later hours are not whole)."""

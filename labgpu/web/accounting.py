@@ -85,10 +85,11 @@ def my_usage(stores: Stores, user: str, days: int) -> dict[str, Any]:
     """One user's page: totals, per day, queue waits, reclaim notices, sessions."""
     since, until = period_bounds(stores, days)
     held = stores.queue.held_intervals(since, until)
-    busy = stores.views.busy_hours(since.timestamp(), until.timestamp())  # = busy_hours_of, engines reused
+    busy_days: dict[str, dict[date, float]] = {}
+    # busy_hours_of's figures, for this user only
+    busy = stores.views.busy_hours(since.timestamp(), until.timestamp(), busy_days, [user])
     rows = usage_rows(stores.queue, since, until, busy_hours=busy, held=held, user=user)
     mine = next((r for r in rows if r.name == user), UsageRow(user, gpu_hours_busy=None if busy is None else 0.0))
-    busy_days = stores.views.busy_per_day(since.timestamp(), until.timestamp(), [user])
     waits = [
         {
             "server": e.server,
@@ -173,7 +174,8 @@ def lab_usage(stores: Stores, policy: Policy | None, days: int, group: str | Non
     groups_of: Callable[[str], Sequence[str]] = cache(partial(user_groups, policy)) if policy is not None else no_groups
     held = stores.queue.held_intervals(since, until)
     history = stores.queue.history(since)
-    busy = stores.views.busy_hours(since.timestamp(), until.timestamp())  # = busy_hours_of, engines reused
+    busy_days: dict[str, dict[date, float]] = {}
+    busy = stores.views.busy_hours(since.timestamp(), until.timestamp(), busy_days)  # = busy_hours_of
     by_user = usage_rows(stores.queue, since, until, busy_hours=busy, held=held, history=history)
     by_group = usage_rows(
         stores.queue, since, until, by="group", groups_of=groups_of, busy_hours=busy, held=held, history=history
@@ -183,7 +185,7 @@ def lab_usage(stores: Stores, policy: Policy | None, days: int, group: str | Non
         by_group = [r for r in by_group if r.name == group]
     users = [r.name for r in by_user]
     held_days = held_per_day(held, since, until, users)
-    busy_days = stores.views.busy_per_day(since.timestamp(), until.timestamp(), users)
+    busy_days = {u: busy_days[u] for u in users if u in busy_days}
     factors = _fairshare(stores, policy, users)
     allocations = stores.ledger.allocations()
     pools = []
