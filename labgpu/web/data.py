@@ -87,6 +87,7 @@ class Stores:
     views: TelemetryViews = field(init=False)
     telemetry: TelemetryDB = field(init=False)
     gpu_queue: GpuQueue = field(init=False)
+    fairshare_usage: Cached = field(init=False)  # decayed usage per user, for the lab page
 
     def __post_init__(self) -> None:
         self.ledger = Ledger(self.url, migrate=False)
@@ -97,6 +98,7 @@ class Stores:
         self.gpu_queue = GpuQueue(self.ledger, self.policy)
         # The allocation audit read once, then only its new events (usage, fair-share usage).
         self.queue.held_log = self.gpu_queue.store.held_log = HeldIntervalLog()
+        self.fairshare_usage = Cached(60.0)
 
 
 class Cached:
