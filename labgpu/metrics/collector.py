@@ -20,9 +20,11 @@ from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
 from labgpu.db.hub_events import HubEventStore
-from labgpu.db.ledger import GpuHolding, Ledger
+from labgpu.db.ledger import Ledger
 from labgpu.db.metrics_store import GpuTelemetry, MetricsReader, ReclaimCounts
 from labgpu.fairshare.scheduler import fairshare_factors
+from labgpu.gpus.allocator import Allocation
+from labgpu.gpus.inventory import Gpu
 from labgpu.hub.gpu_queue import DEFAULT_HALF_LIFE, PolicyView
 from labgpu.metrics.accounting import BusyAccount, EventAccount, HeldAccount, QueueAccount
 from labgpu.metrics.series import GpuSample, GpuState, Histogram, Snapshot, build_families, exposition_text
@@ -69,7 +71,8 @@ class LedgerCollector(Collector):
         self._previous_scrape: float | None = None
         self._view: PolicyView | None = None
         self._newest_tick = 0.0
-        self._holdings: tuple[int, float, list[GpuHolding]] | None = None
+        self._inventory: tuple[float, list[Gpu]] | None = None
+        self._allocations: tuple[int, list[Allocation]] | None = None
         self._events = EventAccount()
         self._reclaims: tuple[float, ReclaimCounts] | None = None
         self._factors: tuple[float, PolicyView, dict[str, float]] | None = None
@@ -115,9 +118,11 @@ class LedgerCollector(Collector):
         last_sample = max((s.ts for s in samples.values()), default=None)
         self._newest_tick = last_sample or self._newest_tick
         unhealthy = self.reader.unhealthy_gpus()
-        if self._holdings is None or self._holdings[0] != held.last_id or now - self._holdings[1] > self.slow_every:
-            self._holdings = (held.last_id, now, self.ledger.holdings())  # changes with an audit row, or the inventory
-        gpus = gpu_states(self._holdings[2], samples, unhealthy)
+        if self._inventory is None or now - self._inventory[0] > self.slow_every:
+            self._inventory = (now, [h.gpu for h in self.ledger.holdings()])  # changes when the hub starts
+        if self._allocations is None or self._allocations[0] != held.last_id:
+            self._allocations = (held.last_id, self.ledger.allocations())  # changes with an audit row
+        gpus = gpu_states(self._inventory[1], self._allocations[1], samples, unhealthy)
         if last_sample is None and gpus:
             last_sample = self.reader.last_sample_time()
         waiting = self.reader.waiting()
@@ -161,41 +166,42 @@ class LedgerCollector(Collector):
 
 
 def gpu_states(
-    holdings: list[GpuHolding], samples: dict[str, GpuTelemetry], unhealthy: dict[str, str]
+    inventory: list[Gpu], allocations: list[Allocation], samples: dict[str, GpuTelemetry], unhealthy: dict[str, str]
 ) -> list[GpuState]:
-    """Each whole GPU with its holder(s) (a MIG GPU's are its slices' holders) and fresh sample."""
-    holders: dict[str, list[tuple[str, str, str]]] = {}
-    for h in holdings:
-        if h.allocation is not None:
-            key = h.gpu.mig_parent or h.gpu.uuid
-            holders.setdefault(key, []).append((h.allocation.user, h.allocation.server, h.allocation.group))
+    """Each whole GPU of the inventory with its holder(s) (a MIG GPU's are its slices' holders)
+    and its fresh sample, if any."""
+    parent = {g.uuid: g.mig_parent or g.uuid for g in inventory}
+    holders: dict[str, set[tuple[str, str, str]]] = {}
+    for a in allocations:
+        for uuid in a.gpu_uuids:
+            holders.setdefault(parent.get(uuid, uuid), set()).add((a.user, a.server, a.group))
     states = []
-    for h in holdings:
-        if h.gpu.mig_parent:
+    for gpu in inventory:
+        if gpu.mig_parent:
             continue
-        who = sorted(set(holders.get(h.gpu.uuid, [])))
-        t = samples.get(h.gpu.uuid)
+        who = holders.get(gpu.uuid, set())
+        t = samples.get(gpu.uuid)
         sample = None
         if t is not None:
             sample = GpuSample(
                 t.utilization_gpu,
                 t.utilization_memory,
                 t.memory_used_mib,
-                t.memory_total_mib or (h.gpu.memory_total // 2**20 or None),
+                t.memory_total_mib or (gpu.memory_total // 2**20 or None),
                 t.temperature_c,
                 t.power_w,
                 t.ecc_uncorrected,
             )
         states.append(
             GpuState(
-                index=h.gpu.index,
-                uuid=h.gpu.uuid,
-                model=h.gpu.model,  # the inventory's (NVML's) name: stable, so series do not split
-                pci_bus_id=h.gpu.pci_bus_id,
+                index=gpu.index,
+                uuid=gpu.uuid,
+                model=gpu.model,  # the inventory's (NVML's) name: stable, so series do not split
+                pci_bus_id=gpu.pci_bus_id,
                 user=",".join(sorted({u for u, _, _ in who})),
                 server=",".join(sorted({s for _, s, _ in who})),
                 group=",".join(sorted({g for _, _, g in who if g})),
-                healthy=h.gpu.healthy and h.gpu.uuid not in unhealthy,
+                healthy=gpu.healthy and gpu.uuid not in unhealthy,
                 sample=sample,
             )
         )
