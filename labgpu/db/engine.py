@@ -137,16 +137,30 @@ def ledger_engine(
     return engine
 
 
+def _session_settings(busy_timeout_ms: int) -> dict[str, int]:
+    """Each PostgreSQL session's settings: how long to wait for the lock, and how soon the server
+    gives up on a client that stalls inside a transaction or whose machine vanished (its
+    transaction ends and its lock with it: a dead hub holds nothing after about a minute)."""
+    return {
+        "lock_timeout": int(busy_timeout_ms),
+        "idle_in_transaction_session_timeout": 60_000,
+        "tcp_keepalives_idle": 30,
+        "tcp_keepalives_interval": 10,
+        "tcp_keepalives_count": 3,
+    }
+
+
 def _postgresql_engine(url: str, immediate: bool, busy_timeout_ms: int, lock: str) -> Engine:
     # READ COMMITTED for writers: each statement after the lock sees what was committed before
     # it was granted (a REPEATABLE READ snapshot could predate the lock). A lock wait longer
     # than the busy timeout fails the transaction, as SQLite's busy timeout does.
+    options = " ".join(f"-c {name}={value}" for name, value in _session_settings(busy_timeout_ms).items())
     engine = create_engine(
         url,
         isolation_level="READ COMMITTED" if immediate else "REPEATABLE READ",
         # No pool_pre_ping: a round trip per transaction. A connection the server dropped fails
         # once and is thrown away (SQLAlchemy's disconnect handling, Store.raw_write's).
-        connect_args={"options": f"-c lock_timeout={int(busy_timeout_ms)}", "connect_timeout": 10},
+        connect_args={"options": options, "connect_timeout": 10},
     )
     if immediate:
         statement = f"SELECT pg_advisory_xact_lock({lock_key(lock)})"
