@@ -82,7 +82,9 @@ class LedgerCollector(Collector):
             store.close()
 
     def collect(self) -> Iterator[Metric]:
-        yield from build_families(self.snapshot())
+        """prometheus_client's Collector interface (a registry can hold this collector)."""
+        for family in build_families(self.snapshot()):
+            yield family.to_metric()
 
     def snapshot(self) -> Snapshot:
         """Read the database and bring the counters up to date; one scrape's figures."""
@@ -210,4 +212,4 @@ def gpu_states(
 
 def render(collector: LedgerCollector) -> bytes:
     """The text of one scrape (Prometheus' text format 0.0.4)."""
-    return exposition_text(collector.collect())
+    return exposition_text(build_families(collector.snapshot()))

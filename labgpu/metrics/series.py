@@ -93,6 +93,53 @@ QUEUE_EXITS = ("granted", "cancelled", "abandoned")
 ALLOCATION_EVENTS = ("grant", "adopt", "release")
 RECLAIM_REASONS = ("idle", "max_runtime")
 
+
+class Family:
+    """One metric family as plain data: its series as (label values, value) pairs, the way
+    prometheus_client's ``*MetricFamily`` are filled (``add_metric``) but without a Sample
+    object and a label dict per series; :meth:`to_metric` gives prometheus_client's family
+    (for a Collector), :func:`exposition_text` the text."""
+
+    def __init__(self, name: str, documentation: str, kind: str, labels: Sequence[str] = ()) -> None:
+        self.name, self.documentation, self.type = name, documentation, kind
+        self.labels = tuple(labels)
+        self.series: list[tuple[Sequence[str], float]] = []
+        self.buckets: list[tuple[str, float]] = []  # a histogram's cumulative (le, count)
+        self.sum = 0.0
+
+    @classmethod
+    def gauge(cls, name: str, documentation: str, labels: Sequence[str] = (), value: float | None = None) -> Family:
+        family = cls(name, documentation, "gauge", labels)
+        if value is not None:
+            family.add_metric((), value)
+        return family
+
+    @classmethod
+    def counter(cls, name: str, documentation: str, labels: Sequence[str] = ()) -> Family:
+        return cls(name, documentation, "counter", labels)
+
+    @classmethod
+    def histogram(cls, name: str, documentation: str, buckets: Sequence[tuple[str, float]], sum_value: float) -> Family:
+        family = cls(name, documentation, "histogram")
+        family.buckets, family.sum = list(buckets), sum_value
+        return family
+
+    def add_metric(self, values: Sequence[str], value: float) -> None:
+        self.series.append((values, float(value)))
+
+    def to_metric(self) -> Metric:
+        """The same family as prometheus_client's object."""
+        if self.type == "histogram":
+            return HistogramMetricFamily(self.name, self.documentation, buckets=self.buckets, sum_value=self.sum)
+        make = GaugeMetricFamily if self.type == "gauge" else CounterMetricFamily
+        if not self.labels:
+            return make(self.name, self.documentation, value=self.series[0][1])
+        family = make(self.name, self.documentation, labels=list(self.labels))
+        for values, value in self.series:
+            family.add_metric(list(values), value)
+        return family
+
+
 # dcgm-exporter's name, help and how to read it from a sample.
 _DCGM: tuple[tuple[str, str, Callable[[GpuSample], float | None]], ...] = (
     ("DCGM_FI_DEV_GPU_UTIL", "GPU utilization (in %).", lambda s: s.utilization_gpu),
@@ -117,21 +164,21 @@ def _gpu_labels(gpu: GpuState, hostname: str) -> list[str]:
     return [str(gpu.index), gpu.uuid, f"nvidia{gpu.index}", gpu.model, hostname, gpu.pci_bus_id]
 
 
-def gpu_families(snapshot: Snapshot) -> Iterator[Metric]:
+def gpu_families(snapshot: Snapshot) -> Iterator[Family]:
     labels = [*GPU_LABELS, *HOLDER_LABELS]
     for name, help_text, read in _DCGM:
-        family = GaugeMetricFamily(name, help_text, labels=labels)
+        family = Family.gauge(name, help_text, labels=labels)
         for gpu in snapshot.gpus:
             value = read(gpu.sample) if gpu.sample is not None else None
             if value is not None:
                 family.add_metric([*_gpu_labels(gpu, snapshot.hostname), gpu.user, gpu.server, gpu.group], value)
         yield family
-    allocated = GaugeMetricFamily(
+    allocated = Family.gauge(
         "labgpu_gpu_allocated",
         "1 while the ledger gives this GPU to a server (who: the labgpu_* labels).",
         labels=labels,
     )
-    healthy = GaugeMetricFamily(
+    healthy = Family.gauge(
         "labgpu_gpu_healthy", "1 if the GPU may be handed out; 0 after an NVML error, ECC errors, ...", labels=labels
     )
     for gpu in snapshot.gpus:
@@ -142,15 +189,15 @@ def gpu_families(snapshot: Snapshot) -> Iterator[Metric]:
     yield healthy
 
 
-def machine_families(snapshot: Snapshot) -> Iterator[Metric]:
-    total = GaugeMetricFamily("labgpu_gpus", "GPUs this hub schedules, by state.", labels=["state"])
+def machine_families(snapshot: Snapshot) -> Iterator[Family]:
+    total = Family.gauge("labgpu_gpus", "GPUs this hub schedules, by state.", labels=["state"])
     states = {"free": 0, "allocated": 0, "unhealthy": 0}
     for gpu in snapshot.gpus:
         states["allocated" if gpu.user else "unhealthy" if not gpu.healthy else "free"] += 1
     for state, n in states.items():
         total.add_metric([state], n)
     yield total
-    by_group = GaugeMetricFamily(
+    by_group = Family.gauge(
         "labgpu_gpus_allocated", "GPUs held, by the group they are charged to ('' = none).", labels=["labgpu_group"]
     )
     groups: dict[str, int] = {}
@@ -162,9 +209,9 @@ def machine_families(snapshot: Snapshot) -> Iterator[Metric]:
     yield by_group
 
 
-def queue_families(snapshot: Snapshot) -> Iterator[Metric]:
-    length = GaugeMetricFamily("labgpu_queue_length", "Spawns waiting in the GPU queue.", labels=["labgpu_group"])
-    gpus = GaugeMetricFamily("labgpu_queue_gpus_requested", "GPUs the waiting spawns ask for.", labels=["labgpu_group"])
+def queue_families(snapshot: Snapshot) -> Iterator[Family]:
+    length = Family.gauge("labgpu_queue_length", "Spawns waiting in the GPU queue.", labels=["labgpu_group"])
+    gpus = Family.gauge("labgpu_queue_gpus_requested", "GPUs the waiting spawns ask for.", labels=["labgpu_group"])
     per_group: dict[str, tuple[int, int]] = {"": (0, 0)}
     for group, asked, _ in snapshot.queue_waiting:
         n, g = per_group.get(group, (0, 0))
@@ -175,12 +222,12 @@ def queue_families(snapshot: Snapshot) -> Iterator[Metric]:
     yield length
     yield gpus
     oldest = min((submitted for _, _, submitted in snapshot.queue_waiting), default=None)
-    yield GaugeMetricFamily(
+    yield Family.gauge(
         "labgpu_queue_oldest_wait_seconds",
         "How long the longest-waiting spawn has waited (0: nobody waits).",
         value=0.0 if oldest is None else max(0.0, snapshot.now - oldest),
     )
-    yield HistogramMetricFamily(
+    yield Family.histogram(
         "labgpu_queue_wait_seconds",
         "How long spawns that got their GPUs waited in the queue.",
         buckets=list(snapshot.queue_wait.buckets),
@@ -195,7 +242,7 @@ def queue_families(snapshot: Snapshot) -> Iterator[Metric]:
     )
 
 
-def event_families(snapshot: Snapshot) -> Iterator[Metric]:
+def event_families(snapshot: Snapshot) -> Iterator[Family]:
     yield _counter(
         "labgpu_allocation_events",
         "Ledger events: GPUs granted to a spawn, adopted from a running container at reconcile, released.",
@@ -228,12 +275,12 @@ def event_families(snapshot: Snapshot) -> Iterator[Metric]:
         snapshot.drift,
     )
     if snapshot.last_reconcile is not None:
-        yield GaugeMetricFamily(
+        yield Family.gauge(
             "labgpu_reconcile_last_timestamp_seconds",
             "When the ledger was last reconciled with Docker (at hub start).",
             value=snapshot.last_reconcile,
         )
-        last = GaugeMetricFamily(
+        last = Family.gauge(
             "labgpu_ledger_drift_last_reconcile",
             "What the last reconcile of the ledger with Docker found, by kind.",
             labels=["kind"],
@@ -243,16 +290,16 @@ def event_families(snapshot: Snapshot) -> Iterator[Metric]:
         yield last
 
 
-def usage_families(snapshot: Snapshot) -> Iterator[Metric]:
+def usage_families(snapshot: Snapshot) -> Iterator[Family]:
     for name, help_text, values in (
         ("labgpu_gpu_held_seconds", "GPU-seconds held (allocated), per user and charged group.", snapshot.held_seconds),
         ("labgpu_gpu_busy_seconds", "GPU-seconds busy (kernels running), per user and group.", snapshot.busy_seconds),
     ):
-        family = CounterMetricFamily(name, help_text, labels=["labgpu_user", "labgpu_group"])
+        family = Family.counter(name, help_text, labels=["labgpu_user", "labgpu_group"])
         for (user, group), seconds in sorted(values.items()):
             family.add_metric([user, group], seconds)
         yield family
-    factor = GaugeMetricFamily(
+    factor = Family.gauge(
         "labgpu_fairshare_factor",
         "Fair-share factor 2^(-usage/share): 1 = no recent use, 0.5 = exactly one's share, toward 0 above it.",
         labels=["labgpu_user", "labgpu_group"],
@@ -262,29 +309,29 @@ def usage_families(snapshot: Snapshot) -> Iterator[Metric]:
     yield factor
 
 
-def poller_families(snapshot: Snapshot) -> Iterator[Metric]:
+def poller_families(snapshot: Snapshot) -> Iterator[Family]:
     if snapshot.last_sample is not None:
-        yield GaugeMetricFamily(
+        yield Family.gauge(
             "labgpu_poller_last_sample_timestamp_seconds",
             "When the telemetry poller last sampled the GPUs.",
             value=snapshot.last_sample,
         )
     if snapshot.gpus:
         age = math.inf if snapshot.last_sample is None else max(0.0, snapshot.now - snapshot.last_sample)
-        yield GaugeMetricFamily(
+        yield Family.gauge(
             "labgpu_poller_last_sample_age_seconds",
             "Seconds since the telemetry poller's last sample (+Inf: it never sampled).",
             value=age,
         )
     if snapshot.previous_scrape_seconds is not None:
-        yield GaugeMetricFamily(
+        yield Family.gauge(
             "labgpu_metrics_previous_scrape_seconds",
             "How long the exporter's previous scrape took to read the database.",
             value=snapshot.previous_scrape_seconds,
         )
 
 
-def build_families(snapshot: Snapshot) -> list[Metric]:
+def build_families(snapshot: Snapshot) -> list[Family]:
     """Every family of one scrape, in a stable order."""
     return [
         *gpu_families(snapshot),
@@ -296,16 +343,13 @@ def build_families(snapshot: Snapshot) -> list[Metric]:
     ]
 
 
-def _counter(name: str, help_text: str, label: str, known: Sequence[str], counts: Mapping[str, int]) -> Metric:
+def _counter(name: str, help_text: str, label: str, known: Sequence[str], counts: Mapping[str, int]) -> Family:
     """A counter with one label, every known value present from the start (0), so that rate()
     and increase() see the first event."""
-    family = CounterMetricFamily(name, help_text, labels=[label])
+    family = Family.counter(name, help_text, labels=[label])
     for value in sorted(set(known) | set(counts)):
         family.add_metric([value], float(counts.get(value, 0)))
     return family
-
-
-_TYPES = {"counter": "counter", "gauge": "gauge", "histogram": "histogram"}
 
 
 def _number(value: float) -> str:
@@ -319,24 +363,26 @@ def _label_value(value: str) -> str:
     return value
 
 
-def exposition_text(families: Iterable[Metric]) -> bytes:
+def exposition_text(families: Iterable[Family]) -> bytes:
     """Prometheus' text format (0.0.4) of these families, byte for byte what prometheus_client's
-    ``generate_latest`` writes for them (a unit test holds it to that), for the three kinds we
-    export and names that need no escaping. ``generate_latest`` validates every label name of
-    every sample again, which was a third of a 500-user scrape; our names are fixed here."""
+    ``generate_latest`` writes for their :meth:`Family.to_metric` (a unit test holds it to that).
+    ``generate_latest`` builds a label dict per series and validates every label name again:
+    with 500 users, half a scrape; here each family's label names are sorted once."""
     out: list[str] = []
-    orders: dict[tuple[str, ...], list[str]] = {}  # a family's label names -> sorted, once
     for family in families:
         name = family.name + "_total" if family.type == "counter" else family.name
         doc = family.documentation.replace("\\", r"\\").replace("\n", r"\n")
-        out.append(f"# HELP {name} {doc}\n# TYPE {name} {_TYPES[family.type]}\n")
-        for sample in family.samples:
-            labels = sample.labels
-            if labels:
-                key = tuple(labels)
-                order = orders.get(key) or orders.setdefault(key, sorted(key))
-                text = ",".join([f'{k}="{_label_value(labels[k])}"' for k in order])
-                out.append(f"{sample.name}{{{text}}} {_number(sample.value)}\n")
+        out.append(f"# HELP {name} {doc}\n# TYPE {name} {family.type}\n")
+        if family.type == "histogram":
+            for le, count in family.buckets:
+                out.append(f'{name}_bucket{{le="{le}"}} {_number(count)}\n')
+            out.append(f"{name}_count {_number(family.buckets[-1][1])}\n{name}_sum {_number(family.sum)}\n")
+            continue
+        order = sorted(range(len(family.labels)), key=lambda i: family.labels[i])
+        for values, value in family.series:
+            if values:
+                text = ",".join([f'{family.labels[i]}="{_label_value(values[i])}"' for i in order])
+                out.append(f"{name}{{{text}}} {_number(value)}\n")
             else:
-                out.append(f"{sample.name} {_number(sample.value)}\n")
+                out.append(f"{name} {_number(value)}\n")
     return "".join(out).encode("utf-8")

@@ -120,7 +120,7 @@ def _text(snapshot: Snapshot) -> list[str]:
 
     class Fixed:
         def collect(self):
-            return build_families(snapshot)
+            return [f.to_metric() for f in build_families(snapshot)]
 
     registry = CollectorRegistry(auto_describe=False)
     registry.register(Fixed())  # type: ignore[arg-type]
@@ -217,7 +217,7 @@ def test_our_text_is_byte_for_byte_what_prometheus_client_writes():
 
     class Fixed:
         def collect(self):
-            return build_families(snapshot)
+            return [f.to_metric() for f in build_families(snapshot)]
 
     registry = CollectorRegistry(auto_describe=False)
     registry.register(Fixed())  # type: ignore[arg-type]

@@ -62,7 +62,7 @@ def exposition() -> str:
 
     class Fixed:
         def collect(self):
-            return build_families(full_snapshot())
+            return [f.to_metric() for f in build_families(full_snapshot())]
 
     registry = CollectorRegistry(auto_describe=False)
     registry.register(Fixed())  # type: ignore[arg-type]
@@ -136,7 +136,7 @@ def exported_series() -> set[str]:
     from jupyterhub import metrics  # noqa: F401  (registers JupyterHub's metrics)
     from prometheus_client import REGISTRY
 
-    names = {s.name for family in build_families(full_snapshot()) for s in family.samples}
+    names = {s.name for family in build_families(full_snapshot()) for s in family.to_metric().samples}
     names |= {s.name for family in REGISTRY.collect() for s in family.samples}
     return names
 
@@ -149,3 +149,9 @@ def test_the_dashboard_queries_only_series_labgpu_or_jupyterhub_export():
         used = set(re.findall(r"\b((?:DCGM_FI|labgpu|jupyterhub)_[A-Za-z0-9_]+)", expr)) - set(HOLDER_LABELS)
         assert used, expr
         assert used <= known, f"{expr}: {sorted(used - known)} not exported"
+
+
+def test_our_text_of_every_series_is_prometheus_clients():
+    from labgpu.metrics.series import exposition_text
+
+    assert exposition_text(build_families(full_snapshot())).decode() == exposition()
