@@ -10,4 +10,8 @@ Docker server, with each workspace a pod.
 - :mod:`labgpu.kube.spawner`: ``GPUKubeSpawner``, KubeSpawner with
   :class:`labgpu.hub.gpu_spawn.GpuSpawnPolicy` (the policy shared with the Docker spawner)
   and the Kubernetes API calls.
+- :mod:`labgpu.kube.startup`: the hub's start-up on a cluster (policy, the cluster's GPUs into
+  the ledger, reconcile with the workspace pods), run from Zero-to-JupyterHub's extraConfig.
+- :mod:`labgpu.kube.attribution`: the poller DaemonSet's process -> pod -> user lookup
+  (``labgpu poller --labels kube``); :mod:`labgpu.kube.api`: the few synchronous API calls.
 """
