@@ -27,7 +27,7 @@ images:
   pytorch: {{image: "{WORKSPACE_IMAGE}", display: "PyTorch workspace"}}
 defaults: {{gpus: 0, gpus_total: 0, memory: 2G, cpus: 1, shm: 1G, images: [pytorch]}}
 groups:
-  vision-lab: {{members: [alice, bob], gpus: 1, gpus_total: 1, pool: 1, shared_volume: true}}
+  vision-lab: {{members: [alice, bob], managers: [alice], gpus: 1, gpus_total: 1, pool: 1, shared_volume: true}}
   nlp-lab: {{members: [alice], gpus: 1, gpus_total: 1, pool: 2}}
   robotics: {{members: [carol]}}
 """
@@ -115,7 +115,8 @@ def test_alice_shares_with_her_group_and_bob_runs_a_cell_in_her_server(hub, peop
     state = service(hub, alice, "GET", "shares").json()
     assert state["servers"][0]["shared_with"] == [{"kind": "group", "name": "vision-lab"}]
 
-    assert alices_server(hub, bob).status_code == 200
+    # Bob's earlier visit is remembered by the workspace for at most 10 s (HubOAuth.cache_max_age).
+    wait_until(lambda: alices_server(hub, bob).status_code == 200, 40, "bob to get into alice's server")
     kernel = requests.post(
         f"{hub.url}/user/alice/api/kernels",
         headers={"Authorization": f"token {bob.token}"},
@@ -168,7 +169,7 @@ def test_alice_revokes_and_bob_is_turned_away(hub, people):
 
 def test_files_in_the_group_folder_show_who_wrote_them_and_only_their_owner_removes_them(hub, people):
     alice, bob = people["alice"], people["bob"]
-    assert bob.start_server().status_code in (201, 202)
+    assert bob.start_server(options={"gpus": 1}).status_code in (201, 202)  # charged to vision-lab
     bob.wait_ready()
     with WorkspaceIdStore(hub.state_dir / "ledger.sqlite", migrate=False) as ids:
         uid = ids.all()["user"]
@@ -193,7 +194,31 @@ def test_files_in_the_group_folder_show_who_wrote_them_and_only_their_owner_remo
         "except PermissionError: print('refused')"
     )
     assert out.strip() == "refused"
-    bob.stop_server()
+
+
+def test_the_group_page_and_its_manager_stopping_a_members_idle_server(hub, people):
+    alice, bob, carol = people["alice"], people["bob"], people["carol"]
+    page = service(hub, bob, "GET", "groups/vision-lab")
+    assert page.status_code == 200, page.text
+    report = page.json()
+    assert report["members"] == ["alice", "bob"] and report["managers"] == ["alice"]
+    assert report["pool"] == {"size": 1, "held": 1}
+    assert [(h["label"], len(h["gpus"])) for h in report["holders"]] == [("bob", 1)]
+    assert report["shared_folder"]["path"] == "/shared/vision-lab"
+    assert report["may_stop"] is False
+    assert service(hub, carol, "GET", "groups/vision-lab").status_code == 403
+    # Only a manager stops a member's server, and only once telemetry shows its GPUs idle.
+    refused = service(hub, bob, "POST", "groups/vision-lab/stop", json={"user": "bob", "server": ""})
+    assert refused.status_code == 403
+    wait_until(
+        lambda: (
+            service(hub, alice, "POST", "groups/vision-lab/stop", json={"user": "bob", "server": ""}).status_code == 202
+        ),
+        60,
+        "alice (vision-lab's manager) to stop bob's idle GPU server",
+        interval=2,
+    )
+    wait_until(lambda: bob.server_model() is None, 60, "bob's server to stop")
 
 
 def test_a_share_link_works_for_dave_until_it_expires(hub, people, alice_running):
