@@ -233,7 +233,7 @@ def test_a_share_link_works_for_dave_until_it_expires(hub, people, alice_running
         f"{hub.url}/hub/accept-share", data={"code": code, "_xsrf": dave.xsrf}, allow_redirects=False, timeout=30
     )
     assert r.status_code == 302, r.text
-    assert alices_server(hub, dave).status_code == 200
+    wait_until(lambda: alices_server(hub, dave).status_code == 200, 40, "dave to get into alice's server")
     # Once the link has expired, nobody else gets in with it.
     left = LINK_SECONDS + 2 - (time.monotonic() - alice_running["made_at"])
     wait_until(
