@@ -70,6 +70,10 @@ def test_alice_shares_from_the_sharing_page_and_bob_finds_it(hub, browser, outpu
     bob.screenshot(path=str(output_dir / "sharing-shared-with-me.png"), full_page=True)
     # Bob opens it: alice's JupyterLab, as bob.
     bob.click("a.labgpu-open")
+    bob.wait_for_url(re.compile(r".*(/user/alice/|oauth2/authorize).*"), timeout=60_000)
+    if "oauth2/authorize" in bob.url:  # JupyterHub asks bob to confirm opening someone else's server
+        bob.screenshot(path=str(output_dir / "sharing-authorize.png"), full_page=True)
+        bob.click("form input[type=submit], form button[type=submit]")
     bob.wait_for_url(re.compile(r".*/user/alice/.*"), timeout=60_000)
     bob.wait_for_selector(".jp-Launcher, #jp-main-dock-panel", timeout=120_000)
 
