@@ -146,7 +146,7 @@ build_torch_base() {  # tag torch torchvision
 }
 
 build_workspace() {  # flavour base tag
-  local flavour=$1 base=$2 tag=$3 ctx labels unlabelled
+  local flavour=$1 base=$2 tag=$3 ctx labels unlabelled name value
   if have_image "$tag"; then log "  workspace $tag: cached"; return; fi
   ctx=$(make_context images/workspace/.)
   mkdir -p "$ctx/labgpu-src/labgpu/doctor"
