@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build the hub image (images/hub/Dockerfile) as labgpu/hub:<hash of its inputs>, also tagged
 # labgpu/hub:local (the tag docker-compose.yml runs). An unchanged image is never rebuilt, and a
-# change to the labgpu code rebuilds only the last layer (seconds).
+# change to the labgpu code rebuilds only the last layer (1-2 min on fuse-overlayfs).
 # The base: BASE_IMAGE when set (e.g. debian:bookworm-slim where a registry is reachable), else
 # ROOTFS_IMAGE, else the debootstrap rootfs scripts/build-images.sh made (labgpu/rootfs:<hash>).
 # LABGPU_BUILD_CA: a CA bundle pip inside `docker build` should trust (default: the host's).
@@ -39,7 +39,7 @@ else
   # pyproject names README.md; a fixed stand-in keeps README edits from rebuilding the dependencies.
   echo "LabGPU Hub (see the repository's README.md)" > "$ctx/README.md"
   if [ -n "$BUILD_CA" ] && [ -s "$BUILD_CA" ]; then cp "$BUILD_CA" "$ctx/build-ca.crt"; fi
-  log "building $tag on $base (a few minutes the first time, seconds after a code change)"
+  log "building $tag on $base (about 9 min the first time on a busy 2-core machine; after a code change only its last layer)"
   build_log=$(mktemp)
   start=$SECONDS
   if ! docker build -f "$ctx/images/hub/Dockerfile" --build-arg BASE_IMAGE="$base" \
