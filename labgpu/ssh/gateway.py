@@ -28,7 +28,7 @@ import logging
 import os
 import shlex
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -321,6 +321,7 @@ class _Pump:
         self.stream: ExecStream | None = None
         self.pending: list[bytes] = []  # input that came before the exec started
         self.input_eof = False
+        self.copied = 0  # bytes of output sent to the client
         self._writable = asyncio.Event()
         self._writable.set()
 
@@ -357,22 +358,20 @@ class _Pump:
         if self.input_eof:
             stream.write_eof()
 
-    async def copy_output(self, early: list[bytes] = ()) -> int:  # type: ignore[assignment]
-        """Copy the exec's output to the channel until it ends; the number of bytes copied."""
+    async def copy_output(self, early: Sequence[bytes] = ()) -> None:
+        """Copy the exec's output to the channel until it ends, counting the bytes (``copied``)."""
         assert self.stream is not None
-        total = 0
         for data in early:
             self.chan.write(data)
-            total += len(data)
+            self.copied += len(data)
         while (frame := await self.stream.read()) is not None:
             kind, data = frame
             if kind == STDERR:
                 self.chan.write_stderr(data)
             else:
                 self.chan.write(data)
-            total += len(data)
+            self.copied += len(data)
             await self._writable.wait()
-        return total
 
 
 class WorkspaceSession(_Pump, asyncssh.SSHServerSession[bytes]):
@@ -498,14 +497,14 @@ class ForwardSession(_Pump, asyncssh.SSHTCPSession[bytes]):
 
     async def _run(self) -> None:
         gateway = self.connection.gateway
-        started, copied = gateway.clock(), 0
+        started = gateway.clock()
         try:
-            copied = await self.copy_output(self.early)
+            await self.copy_output(self.early)
             self.chan.write_eof()
-        finally:
+        finally:  # also when the client closed the channel first (the task is cancelled)
             gateway.audit(
                 f"forward {self.connection.describe()} target={self.target} "
-                f"bytes_out={copied} seconds={gateway.clock() - started:.1f}"
+                f"bytes_out={self.copied} seconds={gateway.clock() - started:.1f}"
             )
             self._stream.close()
             with contextlib.suppress(Exception):
