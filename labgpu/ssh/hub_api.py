@@ -49,6 +49,8 @@ class HubApi:
 
     async def token_owner(self, token: str) -> TokenOwner | None:
         """Who ``token`` belongs to; None if the hub does not know it (or it expired)."""
+        if not token or len(token) > 1024 or not token.isascii() or not token.isprintable() or " " in token:
+            return None  # no token of the hub's looks like that (and it would not fit in a header)
         status, body = await asyncio.to_thread(self._get, "/user", token)
         if status in (401, 403, 404):
             return None

@@ -17,6 +17,7 @@ from labgpu.ssh.access import (
     server_for_user,
     token_grants_access,
 )
+from labgpu.ssh.hub_api import HubApi
 
 
 def test_a_plain_login_is_the_users_default_server_lowercased_as_jupyterhub_does():
@@ -142,3 +143,9 @@ def test_a_token_lets_in_only_with_access_to_that_server():
     assert not token_grants_access({"access:servers!server=alice/gpu1"}, alice)
     assert not token_grants_access({"read:users!user=alice", "servers!user=alice"}, alice)
     assert not token_grants_access({"access:servers!user=bob"}, alice)
+
+
+@pytest.mark.parametrize("password", ["", "a\r\nX-Evil: 1", "two words", "é" * 10, "x" * 2000])
+async def test_a_password_that_cannot_be_a_hub_token_is_refused_without_asking_the_hub(password):
+    hub = HubApi("http://127.0.0.1:9/hub/api", "service-token", timeout=0.01)  # nothing listens: not asked
+    assert await hub.token_owner(password) is None
