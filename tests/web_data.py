@@ -60,60 +60,42 @@ def build_lab(
     names = [f"user{i:03d}" for i in range(users)]
     inventory = simulated_gpus(preset)
     clock = Clock(start)
-    events: list[tuple[datetime, int, str, str, float]] = []  # (at, 0 release / 1 grant, user, server, util)
+    # One GPU per session, back to back on each GPU: (gpu, user, server, start, end or None, util, waited).
+    planned: list[tuple[str, str, str, datetime, datetime | None, float, timedelta | None]] = []
     serial = 0
-    for _ in inventory:
+    for gpu in inventory:
         t = start + timedelta(minutes=rng.randint(0, 120))
         while t < now:
             length = timedelta(hours=rng.uniform(2, 9))
-            user = rng.choice(names)
             serial += 1
-            server = f"w{serial}"
+            waited = timedelta(minutes=rng.randint(5, 90)) if rng.random() < 0.1 else None
             util = rng.choice([0.0, 5.0, 40.0, 80.0, 95.0])
-            events.append((t, 1, user, server, util))
-            if t + length < now:
-                events.append((t + length, 0, user, server, util))
+            end = t + length if t + length < now else None
+            planned.append((gpu.uuid, rng.choice(names), f"w{serial}", t, end, util, waited))
             t = t + length + timedelta(minutes=rng.randint(0, 120))
-    events.sort(key=lambda e: (e[0], e[1]))
     lab = Lab(path, now, [g.uuid for g in inventory], names)
-    spans: list[tuple[str, str, float, float, float]] = []  # (user, gpu uuid, start, end, util)
-    open_at: dict[str, tuple[str, float, float]] = {}
+    spans = [(user, gpu, t.timestamp(), (end or now).timestamp(), util) for gpu, user, _, t, end, util, _ in planned]
     with Ledger(path, clock=clock) as ledger:
         ledger.sync_inventory(inventory)
+    # Finished sessions: the rows the Ledger, QueueStore and SessionStore write, written in bulk
+    # (through the API, 6,000 sessions take minutes); their allocation ids are apart from the API's.
+    write_history(path, [p for p in planned if p[4] is not None])
+    with Ledger(path, clock=clock) as ledger:
         store = QueueStore(ledger, clock=clock)
         sessions = SessionStore(ledger, clock=clock)
-        for at, grant, user, server, util in events:
-            clock.now = at
-            if grant:
-                if rng.random() < 0.1:  # some waited in the queue first
-                    clock.now = at - timedelta(minutes=rng.randint(5, 90))
-                    entry = store.enqueue(user, server, 1)
-                    clock.now = at
-                    allocation = ledger.allocate(user, server, 1)
-                    store.grant(entry.id, allocation.gpu_uuids)
-                else:
-                    allocation = ledger.allocate(user, server, 1)
-                sessions.open(
-                    user,
-                    server,
-                    container_id=f"c{server}",
-                    image="labgpu/workspace:local",
-                    image_digest="sha256:" + "ab" * 32,
-                    driver_version="580.65.06",
-                    cuda_version="13.0",
-                    torch_version="2.14.1",
-                    gpu_uuids=allocation.gpu_uuids,
-                )
-                open_at[f"{user}/{server}"] = (allocation.gpu_uuids[0], at.timestamp(), util)
-            else:
-                ledger.release(user, server, "stopped")
-                sessions.end(user, server, "stopped")
-                gpu, begun, util = open_at.pop(f"{user}/{server}")
-                spans.append((user, gpu, begun, at.timestamp(), util))
+        everyone = [g.uuid for g in inventory]
+        for gpu, user, server, t, _, _, waited in sorted((p for p in planned if p[4] is None), key=lambda p: p[3]):
+            entry = None
+            if waited is not None:
+                clock.now = t - waited
+                entry = store.enqueue(user, server, 1)
+            clock.now = t
+            allocation = ledger.allocate(user, server, 1, exclude=[u for u in everyone if u != gpu])
+            if entry is not None:
+                store.grant(entry.id, allocation.gpu_uuids)
+            sessions.open(user, server, gpu_uuids=allocation.gpu_uuids, **SESSION)
+            lab.holders[f"{user}/{server}"] = user
         clock.now = now
-        for label, (gpu, begun, util) in open_at.items():
-            spans.append((label.split("/")[0], gpu, begun, now.timestamp(), util))
-            lab.holders[label] = label.split("/")[0]
         for label in list(lab.holders)[:warned]:
             user, server = label.split("/")
             allocation = ledger.allocation_for(user, server)
@@ -138,6 +120,52 @@ def build_lab(
     TelemetryDB(path).close()  # the telemetry tables, migrated
     write_telemetry(path, inventory, spans, now.timestamp(), days, raw_hours, tick)
     return lab
+
+
+SESSION = dict(
+    container_id="c0",
+    image="labgpu/workspace:local",
+    image_digest="sha256:" + "ab" * 32,
+    driver_version="580.65.06",
+    cuda_version="13.0",
+    torch_version="2.14.1",
+)
+STAMP = "%Y-%m-%d %H:%M:%S.%f"
+
+
+def write_history(path: Path, finished) -> None:
+    """Grant and release events, sessions and granted queue entries of finished sessions."""
+    events, sessions, queue = [], [], []
+    for n, (gpu, user, server, t, end, _, waited) in enumerate(sorted(finished, key=lambda p: p[3])):
+        allocation_id = 1_000_000 + n
+        events.append((t, "grant", user, server, gpu, allocation_id, "asked for 1 (pack)"))
+        events.append((end, "release", user, server, gpu, allocation_id, "stopped"))
+        utc = t.astimezone(UTC).strftime(STAMP)
+        ended = end.astimezone(UTC).strftime(STAMP)
+        sessions.append((user, server, *SESSION.values(), gpu, utc, ended, "stopped"))
+        if waited is not None:
+            asked = (t - waited).astimezone(UTC).strftime(STAMP)
+            queue.append((user, server, asked, asked, utc, gpu))
+    events.sort(key=lambda e: e[0])
+    con = sqlite3.connect(path)
+    con.executemany(
+        "INSERT INTO allocation_events (at, action, user, server, gpu_uuids, allocation_id, image, reason, group_name) "
+        "VALUES (?, ?, ?, ?, ?, ?, NULL, ?, '')",
+        [(at.astimezone(UTC).strftime(STAMP), *rest) for at, *rest in events],
+    )
+    con.executemany(
+        "INSERT INTO sessions (user, server, container_id, image, image_digest, driver_version, cuda_version, "
+        "torch_version, gpu_uuids, started_at, ended_at, end_reason) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+        sessions,
+    )
+    con.executemany(
+        "INSERT INTO gpu_queue (user, server, gpus, groups, models, placement, image, exclude, max_runtime, "
+        "submitted_at, heartbeat_at, status, ended_at, reason, gpu_uuids, group_name) "
+        "VALUES (?, ?, 1, '[]', NULL, 'pack', NULL, '[]', NULL, ?, ?, 'granted', ?, 'granted', ?, '')",
+        queue,
+    )
+    con.commit()
+    con.close()
 
 
 def write_telemetry(path, inventory, spans, now: float, days: int, raw_hours: float, tick: float) -> None:
