@@ -11,7 +11,7 @@ Preparation: a new volume belongs to root, and a mount point inside the home wou
 workspace's safety on how the runtime handles a symlink the user put there; so the folders are
 mounted under ``/shared``, and the first spawn that needs a folder (in each hub process, and again
 after a failure) gives its root to the workspace user, setgid and group-writable, in a throwaway
-container (no network, only the CHOWN, FOWNER and DAC_OVERRIDE capabilities). Running it again is
+container (no network, only the CHOWN, FOWNER, FSETID and DAC_OVERRIDE capabilities). Running it again is
 harmless: that is how a folder a failed preparation left to root gets repaired.
 
 With a uid per user and a gid per group (:mod:`labgpu.hub.workspace_users`), a folder's root
@@ -158,7 +158,8 @@ async def prepare_shared_folders(
         host_config=host_config(
             binds=mounts,
             cap_drop=["ALL"],
-            cap_add=["CHOWN", "FOWNER", "DAC_OVERRIDE"],
+            # FSETID: chmod keeps the setgid bit on a folder whose group root is not in.
+            cap_add=["CHOWN", "FOWNER", "FSETID", "DAC_OVERRIDE"],
             security_opt=["no-new-privileges:true"],
             network_mode="none",
         ),

@@ -8,7 +8,7 @@ jovyan's, so what the image installed for it stays readable) with each of the us
 folders' gids as a supplementary group (``group_add``). Its home is handed to the uid the first
 time it is not theirs (an existing home of the one-uid layout keeps working), by the same
 throwaway helper container that prepares the shared folders (:mod:`labgpu.hub.shared_folders`:
-no network, only the CHOWN, FOWNER and DAC_OVERRIDE capabilities); the workspace itself keeps
+no network, only the CHOWN, FOWNER, FSETID and DAC_OVERRIDE capabilities); the workspace itself keeps
 every capability dropped. ``USER`` and ``LOGNAME`` name the user, since the uid has no entry in
 the image's /etc/passwd (``getpass.getuser()`` reads them first).
 """
