@@ -81,3 +81,29 @@ def test_hub_killed_after_a_grant_keeps_it_until_reconcile_finds_no_container(le
         assert [a.user for a in result.released] == ["bob"]
         assert ledger.allocations() == []
         assert [e.reason for e in ledger.audit()][-1] == "reconcile: no running container"
+
+
+def test_connections_the_postgresql_server_dropped_fail_once_and_the_ledger_goes_on(postgres_cluster):
+    """A database restart (here: every session of the ledger's database terminated) leaves dead
+    connections in the hub's pools: each fails one transaction, is thrown away, and the next
+    transactions run on new ones, with nothing granted twice."""
+    url = postgres_cluster.new_database()
+    try:
+        with Ledger(url) as ledger:
+            ledger.sync_inventory(ReplayInventory(DATA / "a100x8-two-nvlink-islands.json").gpus())
+            ledger.allocate("alice", "", 1)
+            postgres_cluster.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                f" WHERE datname = '{url.rsplit('/', 1)[1]}' AND pid <> pg_backend_pid()"
+            )
+            failures = 0
+            for _ in range(10):
+                try:
+                    granted = ledger.allocate("bob", "", 2)
+                    break
+                except Exception:  # the dead connection's one failure (psycopg's OperationalError)
+                    failures += 1
+            assert failures <= 5 and len(granted.gpu_uuids) == 2  # at most the pool's dead connections
+            assert [(a.user, len(a.gpu_uuids)) for a in ledger.allocations()] == [("alice", 1), ("bob", 2)]
+    finally:
+        postgres_cluster.drop_database(url)
