@@ -17,6 +17,8 @@ from labgpu.web.base import BaseHandler
 from labgpu.web.data import Cached, Stores, board_for, board_snapshot, my_servers
 from labgpu.web.estimates import spawn_estimates
 
+TOP_USERS = 50  # users in the lab page's table (largest first); the CSV and JSON have them all
+
 
 class PageHandler(BaseHandler):
     """A handler with the service's stores (made once) and the period argument."""
@@ -179,7 +181,9 @@ class LabPage(PageHandler):
                 title=f"GPU-hours per user, last {days} days (top 15)",
             ),
         }
-        self.render_page("lab.html", title="Lab usage", lab=lab, charts=charts, period=f"{days}d", periods=PERIODS)
+        self.render_page(
+            "lab.html", title="Lab usage", lab=lab, charts=charts, period=f"{days}d", periods=PERIODS, top=TOP_USERS
+        )
 
 
 class LabApi(PageHandler):
