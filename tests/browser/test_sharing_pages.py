@@ -39,7 +39,8 @@ def log_in(page, hub, user: str) -> None:
     page.fill("input[name=username]", user)
     page.fill("input[name=password]", hub.password)
     page.click("input[type=submit], button[type=submit]")
-    page.wait_for_url(re.compile(r".*/hub/(spawn|home).*"), timeout=30_000)
+    # Logged in: the spawn page, the home page, or (a running server) that server.
+    page.wait_for_url(re.compile(r".*/(hub/spawn|hub/home|user/).*"), timeout=30_000)
 
 
 def test_alice_shares_from_the_sharing_page_and_bob_finds_it(hub, browser, output_dir):
