@@ -150,6 +150,8 @@ class Ledger(Store):
     All methods are safe to call from several threads and processes at once.
     """
 
+    background_checkpoints = True  # the grant path never pays for a WAL checkpoint (WalCheckpointer)
+
     def __init__(
         self, url_or_path: str | Path, *, clock: Clock | None = None, migrate: bool = True, hub_id: str = ""
     ) -> None:
