@@ -274,3 +274,28 @@ def test_with_several_hubs_on_one_ledger_each_reconciles_only_its_own_allocation
         result = b.apply_reconcile(reconcile(mine, containers, hub_id="hub-b", known_gpus={g.uuid for g in box8}))
         assert [x.user for x in result.released] == ["carol"]
         assert a.allocation_for("alice") == alice and [x.user for x in a.allocations()] == ["alice", "bob"]
+
+
+def test_the_sqlite_wal_is_checkpointed_by_a_thread_not_inside_a_grant(tmp_path, box8):
+    """A grant's commit never copies the WAL back (that was the allocation p99's tail): the
+    ledger's writers have SQLite's automatic checkpoint off, and its checkpoint thread moves the
+    grants into the database file soon after (read here from the file alone, ignoring the WAL)."""
+    from tests.harness import wait_until
+
+    path = tmp_path / "ledger.sqlite"
+    with Ledger(path) as ledger:
+        ledger.sync_inventory(box8)
+        with ledger.writer.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == 0
+        for _ in range(250):
+            ledger.allocate("alice", "", 1)
+            ledger.release("alice")
+
+        def events_in_the_database_file() -> int:
+            db = sqlite3.connect(f"file:{path}?immutable=1", uri=True)
+            try:
+                return db.execute("SELECT count(*) FROM allocation_events").fetchone()[0]
+            finally:
+                db.close()
+
+        wait_until(lambda: events_in_the_database_file() >= 400, 30, "the checkpoint thread to copy the WAL back")
