@@ -165,7 +165,7 @@ def held_gpus(stack: Stack) -> dict[str, tuple[str, str]]:
 def sessions(stack: Stack) -> list[tuple[str, str, str]]:
     """The workspace sessions the ledger recorded (`labgpu usage --sessions`): server, start, GPUs."""
     rows = csv.DictReader(io.StringIO(stack.labgpu("usage", "--sessions", "--csv")))
-    return sorted((r["SERVER"], r["STARTED"], r["GPUS"]) for r in rows)
+    return sorted((r["server"], r["started"], r["gpus"]) for r in rows)
 
 
 def test_up_spawn_upgrade_backup_restore_down(place):
