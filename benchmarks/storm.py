@@ -32,7 +32,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -56,6 +56,7 @@ GPUS = 8
 GROUPS = 5
 SPAWN_TIMEOUT_S = 900.0
 HTTP_TIMEOUT_S = 900
+PASS_GAP_S = 0.5  # queued grants closer than this came from one dequeue pass
 KEPT_LEDGER = Path(tempfile.gettempdir()) / "storm-ledger.sqlite"  # the GPU storm's ledger, kept
 # The limits plain DockerSpawner gets in plain_dockerspawner_config.py, so both spawners match.
 LIMITS = "memory: 4G, cpus: 2, shm: 2G"
@@ -261,25 +262,29 @@ def still_waiting(entry: Any, at: datetime) -> bool:
 
 
 def fairshare_replay(ledger: Ledger, queue: QueueStore, policy_text: str) -> dict[str, Any]:
-    """For each queued request granted, the scheduler's order at that moment (its requests,
-    holders and decayed usage read back from the queue's history and the audit): did a request
-    that stayed waiting come before it? Uses the hub's own PolicyView and order_queue."""
+    """For each dequeue pass (queued grants less than PASS_GAP_S apart), the scheduler's order
+    at its start (its requests, holders and decayed usage read back from the queue's history and
+    the audit): did a request that stayed waiting after the pass come before one it granted?
+    Uses the hub's own PolicyView and order_queue. The hub orders once per pass, so the order is
+    replayed at the pass's first grant, not at each grant (factors move by ~1e-5 in between)."""
     view = PolicyView(load_policy_text(policy_text, "storm-quotas.yaml"))
-    entries = [e for e in queue.history() if e.status == "granted" and e.ended_at is not None]
     every = queue.history()
+    granted = sorted((e for e in every if e.status == "granted" and e.ended_at is not None), key=lambda e: e.ended_at)
+    passes: list[list[Any]] = []
+    for entry in granted:
+        if passes and (entry.ended_at - passes[-1][-1].ended_at).total_seconds() < PASS_GAP_S:
+            passes[-1].append(entry)
+        else:
+            passes.append([entry])
     half_life = view.half_life()
     violations = []
-
-    def ts(moment: datetime) -> float:
-        return moment.timestamp()
-
-    for granted in entries:
-        at = granted.ended_at
-        assert at is not None
+    for grants in passes:
+        at = grants[0].ended_at - timedelta(milliseconds=1)
+        after = grants[-1].ended_at
         waiting = [
             e
             for e in every
-            if e.submitted_at <= at and (e.ended_at is None or e.ended_at >= at) and e.status in ("granted", "waiting")
+            if e.submitted_at <= at and (e.ended_at is None or e.ended_at > at) and e.status in ("granted", "waiting")
         ]
         intervals: dict[str, list[tuple[float, float | None, float]]] = {}
         holders = set()
@@ -295,17 +300,27 @@ def fairshare_replay(ledger: Ledger, queue: QueueStore, policy_text: str) -> dic
         # Everyone with usage counts in their group (as the usage pages and /metrics compute it).
         shares = view.shares([r.user for r in requests] + sorted(holders) + sorted(usage))
         factors = scheduler.fairshare_factors(usage, shares, [r.user for r in requests])
-        order = scheduler.order_queue(requests, usage, shares, ts(at))
-        rank = {r.id: i for i, r in enumerate(order)}
-        mine = rank[str(granted.id)]
-        ahead = [r for r in order[:mine] if still_waiting(next(e for e in waiting if str(e.id) == r.id), at)]
-        if ahead:
-            violations.append(
-                f"{granted.user} (factor {factors.get(granted.user, 0):.4f}) granted at {at.isoformat()} while "
-                + ", ".join(f"{r.user} (factor {factors.get(r.user, 0):.4f})" for r in ahead[:3])
-                + " came first and kept waiting"
-            )
-    return {"queued_grants_checked": len(entries), "out_of_order": len(violations), "examples": violations[:5]}
+        order = [r.id for r in scheduler.order_queue(requests, usage, shares, ts(at))]
+        left = {str(e.id) for e in waiting if still_waiting(e, after)}
+        for g in grants:
+            ahead = [i for i in order[: order.index(str(g.id))] if i in left]
+            if ahead:
+                user = {str(e.id): e.user for e in waiting}
+                violations.append(
+                    f"{g.user} (factor {factors.get(g.user, 0):.6f}) granted at {g.ended_at.isoformat()} while "
+                    + ", ".join(f"{user[i]} (factor {factors.get(user[i], 0):.6f})" for i in ahead[:3])
+                    + " came first and kept waiting"
+                )
+    return {
+        "queued_grants_checked": len(granted),
+        "passes": len(passes),
+        "out_of_order": len(violations),
+        "examples": violations[:5],
+    }
+
+
+def ts(moment: datetime) -> float:
+    return moment.timestamp()
 
 
 # ---- main -------------------------------------------------------------------------------------
