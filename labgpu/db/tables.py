@@ -330,8 +330,11 @@ class TelemetryOwnerRollup(Base):
     """Per-owner, per-GPU sums over a minute or an hour: GPU-seconds in use and busy."""
 
     __tablename__ = "telemetry_owner_rollup"
-    # By time (migration 0013): the pages' busy hours read a period's end minutes for every owner.
-    __table_args__ = (Index("ix_telemetry_owner_rollup_bucket", "resolution", "bucket"), {"sqlite_with_rowid": False})
+    # By time, covering the pages' busy-hours read of a period for every owner (migration 0013).
+    __table_args__ = (
+        Index("ix_telemetry_owner_rollup_bucket", "resolution", "bucket", "owner_id", "busy_s"),
+        {"sqlite_with_rowid": False},
+    )
     resolution: Mapped[int] = mapped_column(Integer, primary_key=True)
     owner_id: Mapped[int] = mapped_column(Integer, primary_key=True)
     gpu_id: Mapped[int] = mapped_column(Integer, primary_key=True)

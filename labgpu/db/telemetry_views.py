@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
-from sqlalchemy import case, func, null, select, true
+from sqlalchemy import case, func, null, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
@@ -39,6 +39,10 @@ class TelemetryViews(Store):
 
     def __init__(self, url: str) -> None:
         super().__init__(url, migrate=False)
+        # Busy seconds read from hour rollups of whole hours already rolled up: those rows are
+        # final (the poller rolls up an hour once, after its last minute), so each answer is
+        # kept until the rolled-up or pruned bound moves (a page's 30 days: ~6,500 rows a read).
+        self._final_hours: dict[tuple[object, ...], list[tuple[int, int | None, float]]] = {}
 
     def latest(self, within: float = 120.0) -> dict[str, GpuNow]:
         """GPU UUID -> its newest sample of the last ``within`` seconds (none: poller silent)."""
@@ -97,9 +101,13 @@ class TelemetryViews(Store):
                 ).all()
         except DBAPIError:
             return {}
-        for r in rows:
-            util = 100.0 * r.busy_s / r.seconds if r.seconds else 0.0
-            series.setdefault(r.uuid, []).append((float(r.bucket), util, int(r.memory_used_max_mib or 0)))
+        points: list[tuple[float, float, int]] = []
+        last = None
+        for uuid, bucket, seconds, busy_s, memory in rows:  # by GPU, then time (tuples: no Row lookups)
+            if uuid != last:
+                points = series.setdefault(uuid, [])
+                last = uuid
+            points.append((float(bucket), 100.0 * busy_s / seconds if seconds else 0.0, int(memory or 0)))
         return series
 
     def busy_hours(
@@ -132,18 +140,41 @@ class TelemetryViews(Store):
                 gpu_ids = list(conn.execute(select(GPU.c.id)).scalars())
                 busy: dict[str, float] = {}
                 seen = False
+                dates: dict[int, date] = {}
                 for source, start, end in spans:
-                    for owner_id, day, busy_s in self._owner_busy(conn, source, start, end, list(owners), gpu_ids):
+                    for owner_id, day, busy_s in self._read_span(conn, state, source, start, end, owners, gpu_ids):
                         seen = True
                         user = owners[owner_id]
                         busy[user] = busy.get(user, 0.0) + busy_s / HOUR
                         if per_day is not None and day is not None:
                             days = per_day.setdefault(user, {})
-                            when = datetime.fromtimestamp(day, UTC).date()
+                            when = dates.get(day) or dates.setdefault(day, datetime.fromtimestamp(day, UTC).date())
                             days[when] = days.get(when, 0.0) + busy_s / HOUR
         except DBAPIError:  # no telemetry tables (no poller ever ran)
             return None
         return busy if seen else None
+
+    def _read_span(
+        self,
+        conn: Connection,
+        state: dict[str, float],
+        source: int | str,
+        start: float,
+        end: float,
+        owners: dict[int, str],
+        gpu_ids: list[int],
+    ) -> list[tuple[int, int | None, float]]:
+        """:meth:`_owner_busy`, kept for spans of final hour rollups (see ``_final_hours``)."""
+        if source != HOUR or end > state.get("rolled_3600", 0.0):
+            return self._owner_busy(conn, source, start, end, list(owners), gpu_ids)
+        key = (start, end, state.get("rolled_3600"), state.get("kept_3600"), tuple(owners))
+        rows = self._final_hours.get(key)
+        if rows is None:
+            rows = self._owner_busy(conn, source, start, end, list(owners), gpu_ids)
+            if len(self._final_hours) >= 32:  # one per page and period in use: keep it small
+                self._final_hours.clear()
+            self._final_hours[key] = rows
+        return rows
 
     @staticmethod
     def _spans(since: float, until: float, state: dict[str, float]) -> list[tuple[int | str, float, float]]:
@@ -177,8 +208,9 @@ class TelemetryViews(Store):
         self, conn: Connection, source: int | str, start: float, end: float, owner_ids: list[int], gpu_ids: list[int]
     ) -> list[tuple[int, int | None, float]]:
         """(owner, UTC day (hour rollups) or None, busy GPU-seconds) over [start, end) from one
-        source; the GPUs are named so that each table's key ((gpu_id, ts_ms, ...) for samples,
-        (resolution, owner_id, gpu_id, bucket) for minute rollups) narrows the read to the span."""
+        source. Raw samples: the GPUs are named so that the key (gpu_id, ts_ms, ...) narrows the
+        read to the span; rollups: one range of the index (resolution, bucket, owner_id, busy_s),
+        which holds all the query reads (migration 0013)."""
         if source == "raw":
             # As the rollups count it: several processes of one owner on one GPU in one tick
             # count that GPU-second once (labgpu.gpus.telemetry.rollup_owner_samples).
@@ -208,9 +240,6 @@ class TelemetryViews(Store):
             .where(
                 OWNER_ROLLUP.c.resolution == source,
                 OWNER_ROLLUP.c.owner_id.in_(owner_ids),
-                # Hours: each owner's rows are few, read them whole; minutes: name the GPUs too,
-                # so that the key narrows each (owner, GPU) to the span.
-                OWNER_ROLLUP.c.gpu_id.in_(gpu_ids) if source == MINUTE else true(),
                 OWNER_ROLLUP.c.bucket >= start,
                 OWNER_ROLLUP.c.bucket < end,
             )

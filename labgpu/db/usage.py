@@ -76,7 +76,10 @@ def usage_rows(
         return tuple(groups_of(user)) or (NO_GROUP,)
 
     def row(key: str) -> UsageRow:
-        return rows.setdefault(key, UsageRow(key))
+        found = rows.get(key)
+        if found is None:  # not setdefault: that would build a row for every interval
+            found = rows[key] = UsageRow(key)
+        return found
 
     for interval in store.held_intervals(since, until) if held is None else held:
         if user is not None and interval.user != user:
@@ -132,6 +135,7 @@ def held_per_day(
     split at midnights, so a user's days add up to their ``gpu_hours_held``."""
     wanted = None if users is None else set(users)
     days: dict[str, dict[date, float]] = {}
+    dates: dict[float, date] = {}
     first, last = since.timestamp(), until.timestamp()
     for held in intervals:
         if wanted is not None and held.user not in wanted:
@@ -142,7 +146,7 @@ def held_per_day(
         while start < end:
             midnight = (start // DAY + 1) * DAY  # UTC
             stop = min(end, midnight)
-            day = EPOCH + timedelta(days=int(start // DAY))
+            day = dates.get(start // DAY) or dates.setdefault(start // DAY, EPOCH + timedelta(days=int(start // DAY)))
             per_user[day] = per_user.get(day, 0.0) + (stop - start) * held.gpus / HOUR
             start = stop
     return days

@@ -1,7 +1,8 @@
-"""An index on the owner rollups by (resolution, bucket): the pages' busy hours read the minutes at
-a period's two ends for every owner and GPU, a time range that the primary key (resolution,
-owner_id, gpu_id, bucket) answers only as one seek per (owner, GPU) pair (~32,000 with 500 users
-on 64 GPUs); by bucket it is one range read (issue 14).
+"""An index on the owner rollups by time, covering the busy-hours read: (resolution, bucket,
+owner_id, busy_s). The pages' busy hours read a period's hours and its end minutes for every
+owner, a time range that the primary key (resolution, owner_id, gpu_id, bucket) answers only as
+one seek per (owner, GPU) pair (~32,000 with 500 users on 64 GPUs) or a read of each owner's
+every row; by bucket it is one range read of the index alone (issue 14).
 
 Revision ID: 0013
 Revises: 0012
@@ -17,7 +18,9 @@ depends_on = None
 
 
 def upgrade() -> None:
-    op.create_index("ix_telemetry_owner_rollup_bucket", "telemetry_owner_rollup", ["resolution", "bucket"])
+    op.create_index(
+        "ix_telemetry_owner_rollup_bucket", "telemetry_owner_rollup", ["resolution", "bucket", "owner_id", "busy_s"]
+    )
 
 
 def downgrade() -> None:
