@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
-from sqlalchemy import case, func, null, select
+from sqlalchemy import case, func, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
@@ -233,19 +233,20 @@ class TelemetryViews(Store):
             raw = conn.execute(
                 select(per_tick.c.owner_id, func.sum(per_tick.c.dt_ms * capped)).group_by(per_tick.c.owner_id)
             ).all()
-            return [(r[0], None, (r[1] or 0) / 1_000_000) for r in raw]
-        day = (OWNER_ROLLUP.c.bucket - OWNER_ROLLUP.c.bucket % DAY).label("day") if source == HOUR else null()
+            return [(r[0], None, float(r[1] or 0) / 1_000_000) for r in raw]  # PostgreSQL sums integers as numeric
+        # Hours: per UTC day too (the bars). Minutes: per owner only (PostgreSQL refuses GROUP BY NULL).
+        per_day = [(OWNER_ROLLUP.c.bucket - OWNER_ROLLUP.c.bucket % DAY).label("day")] if source == HOUR else []
         rolled = conn.execute(
-            select(OWNER_ROLLUP.c.owner_id, day, func.sum(OWNER_ROLLUP.c.busy_s))
+            select(OWNER_ROLLUP.c.owner_id, func.sum(OWNER_ROLLUP.c.busy_s), *per_day)
             .where(
                 OWNER_ROLLUP.c.resolution == source,
                 OWNER_ROLLUP.c.owner_id.in_(owner_ids),
                 OWNER_ROLLUP.c.bucket >= start,
                 OWNER_ROLLUP.c.bucket < end,
             )
-            .group_by(OWNER_ROLLUP.c.owner_id, day)
+            .group_by(OWNER_ROLLUP.c.owner_id, *per_day)
         ).all()
-        return [(r[0], None if r[1] is None else int(r[1]), r[2] or 0.0) for r in rolled]
+        return [(r[0], int(r[2]) if per_day else None, float(r[1] or 0.0)) for r in rolled]
 
     def rolled_up_to(self) -> float | None:
         """Until when hour rollups exist (the busy bars stop there; later hours are not whole)."""
