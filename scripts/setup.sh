@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up everything LabGPU Hub needs on a fresh Debian machine (idempotent, fast when done):
-# system packages (debootstrap, the proxy, chromium for browser tests), the virtual
+# system packages (debootstrap, the proxy, chromium for browser tests, docker-compose, the
+# OpenSSH client), the virtual
 # environment .venv with labgpu and its test tools, and the workspace images.
 #   scripts/setup.sh            everything
 #   scripts/setup.sh --no-images   skip the image build
@@ -17,6 +18,8 @@ command -v debootstrap >/dev/null || [ -x /usr/sbin/debootstrap ] || need+=(debo
 command -v configurable-http-proxy >/dev/null || need+=(node-configurable-http-proxy)
 command -v chromium >/dev/null || need+=(chromium)
 command -v docker >/dev/null || need+=(docker.io)
+command -v docker-compose >/dev/null || need+=(docker-compose)        # the compose deployment and its test
+command -v ssh >/dev/null && command -v sftp >/dev/null || need+=(openssh-client)  # the SSH gateway's tests
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""; [ "$(id -u)" -ne 0 ] && sudo=sudo
   log "installing ${need[*]} from Debian"
