@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Set up everything LabGPU Hub needs on a fresh Debian machine (idempotent, fast when done):
 # system packages (debootstrap, the proxy, chromium for browser tests, docker-compose, the
-# OpenSSH client), the virtual
-# environment .venv with labgpu and its test tools, and the workspace images.
+# OpenSSH client), the virtual environment .venv with labgpu and its test tools, and the
+# workspace images.
 #   scripts/setup.sh            everything
 #   scripts/setup.sh --no-images   skip the image build
 set -euo pipefail
