@@ -137,6 +137,25 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):  # type: ignore[misc]
             self._viewer = Viewer.of(self.current_user, self.context.policy)
         return self._viewer
 
+    def set_default_headers(self) -> None:
+        # No other page may frame ours: a workspace on the hub's origin could otherwise load a
+        # page in a frame, read its XSRF token and act as the user (clickjacking as well).
+        self.set_header("Content-Security-Policy", "frame-ancestors 'none'")
+        self.set_header("X-Frame-Options", "DENY")
+
+    def check_xsrf_cookie(self) -> None:
+        """Scripts send ``Authorization: token ...`` and no XSRF token; pages send one. A request
+        is exempt from the XSRF check only once the hub has accepted its token: a bogus token must
+        not switch the check off for the session cookie sent with it (JupyterHub then falls back
+        to the cookie). Tornado checks before the user is known, so resolve the token first."""
+        if self.request.headers.get("Authorization") and not getattr(self, "_labgpu_resolving", False):
+            self._labgpu_resolving = True
+            try:
+                self.current_user  # noqa: B018  # sets _token_authenticated for a token the hub accepts
+            finally:
+                self._labgpu_resolving = False
+        super().check_xsrf_cookie()  # HubAuthenticated's: skipped for a token-authenticated request
+
     def forbid(self, message: str) -> None:
         raise web.HTTPError(403, message, reason="Forbidden")
 

@@ -70,18 +70,9 @@ def gpus_of(the_ledger: Ledger, servers: Sequence[tuple[str, str]]) -> dict[tupl
 
 
 class ScriptOrPageHandler(BaseHandler):
-    """A route for scripts (``Authorization: token ...``) and for our pages (session cookie).
-
-    Only a request that a browser could be tricked into sending needs the XSRF check: one
-    authenticated by the session cookie. A token in the Authorization header is never sent by
-    another site (a custom header needs CORS, which the service does not grant), so scripts
-    need no XSRF token; a page's fetch sends its ``X-XSRFToken``.
-    """
-
-    def check_xsrf_cookie(self) -> None:
-        if self.request.headers.get("Authorization", "").lower().startswith(("token ", "bearer ")):
-            return
-        super().check_xsrf_cookie()
+    """A route for scripts (``Authorization: token ...``, no XSRF token needed once the hub
+    accepts the token) and for our pages (session cookie, ``X-XSRFToken``): see
+    :meth:`BaseHandler.check_xsrf_cookie`."""
 
 
 class SharingHandler(ScriptOrPageHandler):
