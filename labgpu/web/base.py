@@ -134,7 +134,13 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):  # type: ignore[misc]
     def viewer(self) -> Viewer:
         """The logged-in user (call only in an ``@web.authenticated`` method)."""
         if not hasattr(self, "_viewer"):
-            self._viewer = Viewer.of(self.current_user, self.context.policy)
+            model = dict(self.current_user)
+            # A script's token acts as an admin only if it carries admin scopes: an admin's narrow
+            # token (say, only access to this service, for a dashboard) must not add SSH keys to
+            # others' accounts if it leaks. A browser session is the admin themself.
+            if getattr(self, "_token_authenticated", False) and "admin:users" not in (model.get("scopes") or ()):
+                model["admin"] = False
+            self._viewer = Viewer.of(model, self.context.policy)
         return self._viewer
 
     def set_default_headers(self) -> None:

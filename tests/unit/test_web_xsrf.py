@@ -79,3 +79,39 @@ def test_no_page_of_ours_can_be_framed(fetch):
     answer = fetch(Authorization="token script-token")
     assert answer.headers["Content-Security-Policy"] == "frame-ancestors 'none'"
     assert answer.headers["X-Frame-Options"] == "DENY"
+
+
+class WhoAmI(ScriptOrPageHandler):
+    @web.authenticated
+    async def get(self) -> None:
+        self.write_json({"admin": self.viewer.admin})
+
+
+def test_a_narrow_admin_token_does_not_act_as_admin(monkeypatch):
+    async def admin_tokens(self, token, session_id="", sync=True):
+        scopes = {"narrow": ["access:services!service=labgpu"], "full": ["admin:users", "access:servers"]}
+        return {"name": "root", "kind": "user", "admin": True, "groups": [], "scopes": scopes[token]}
+
+    monkeypatch.setenv("JUPYTERHUB_API_TOKEN", "service-token")
+    monkeypatch.setenv("JUPYTERHUB_SERVICE_PREFIX", "/services/labgpu/")
+    monkeypatch.setattr(HubOAuth, "user_for_token", admin_tokens)
+    module = types.ModuleType("whoami_test_routes")
+    module.routes = lambda: [(r"api/whoami", WhoAmI)]  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "whoami_test_routes", module)
+
+    class Case(AsyncHTTPTestCase):
+        def get_app(self):
+            context = WebContext(ledger_url="sqlite:///:memory:")
+            return make_app(context, modules=("whoami_test_routes",), cookie_secret=b"x" * 32)
+
+        def runTest(self):
+            pass
+
+    case = Case()
+    case.setUp()
+    try:
+        ask = lambda token: case.fetch("/services/labgpu/api/whoami", headers={"Authorization": f"token {token}"})  # noqa: E731
+        assert ask("narrow").body == b'{"admin": false}'
+        assert ask("full").body == b'{"admin": true}'
+    finally:
+        case.tearDown()
