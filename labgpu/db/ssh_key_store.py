@@ -50,14 +50,18 @@ class SshKeyStore(Store):
     def add(
         self, user: str, *, fingerprint: str, algorithm: str, public_key: str, comment: str = "", limit: int = 0
     ) -> SshKey:
-        """Register a key for ``user``; :class:`SshKeyRefused` if they have it already or have
-        ``limit`` keys (default :data:`MAX_KEYS_PER_USER`)."""
+        """Register a key for ``user``; :class:`SshKeyRefused` if they or another user have it
+        already (the gateway reads a dotted login name as whoever owns the key, and public keys
+        are public) or they have ``limit`` keys (default :data:`MAX_KEYS_PER_USER`)."""
         limit = limit or MAX_KEYS_PER_USER
         now = self.now()
         with self.writer.begin() as conn:
             mine = _keys.c.user == user
-            if conn.execute(select(_keys.c.id).where(mine, _keys.c.fingerprint == fingerprint)).first():
+            owner = conn.execute(select(_keys.c.user).where(_keys.c.fingerprint == fingerprint)).first()
+            if owner is not None and owner.user == user:
                 raise SshKeyRefused(f"this key ({fingerprint}) is registered already")
+            if owner is not None:  # a dotted login goes to whose key it is: one owner per key
+                raise SshKeyRefused(f"this key ({fingerprint}) is registered to another account")
             count = conn.execute(select(func.count()).select_from(_keys).where(mine)).scalar_one()
             if count >= limit:
                 raise SshKeyRefused(f"you have {count} keys, the most one may register: remove one first")

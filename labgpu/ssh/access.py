@@ -8,7 +8,10 @@
   (:func:`forward_target`): ``localhost``/loopback addresses, the workspace's own addresses
   and its host name; anything else on the network is refused.
 - Failed logins are limited per user and source address, and per source address over all
-  users (:class:`FailedLogins`, with an injected clock).
+  users (:class:`FailedLogins`, with an injected clock); one connection may offer at most
+  :data:`MAX_AUTH_TRIES` refused keys or passwords (OpenSSH's MaxAuthTries), and a login name is
+  at most :data:`MAX_LOGIN_LENGTH` characters with :data:`MAX_LOGIN_DOTS` dots, so each offer
+  costs a few key look-ups at most.
 - What a user reads when their server is not running (:func:`not_running_message`).
 """
 
@@ -27,6 +30,9 @@ from labgpu.quota.names import normalize_username
 
 # JupyterHub's server names: letters, digits and - . _ ~ (it refuses "/" and spaces).
 _SERVER_NAME = re.compile(r"^[A-Za-z0-9._~-]{1,255}$")
+MAX_LOGIN_LENGTH = 64  # longer login names are refused before any look-up
+MAX_LOGIN_DOTS = 3  # so at most 4 readings (look-ups) of one login name
+MAX_AUTH_TRIES = 6  # refused keys/passwords on one connection before it is closed
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"})
 
 
@@ -45,9 +51,13 @@ class ServerRef:
 
 def login_candidates(login: str) -> list[ServerRef]:
     """Every server a login name may mean, the whole name as a user first: ``a.b.c`` is user
-    ``a.b.c``'s default server, else ``a.b``'s server ``c``, else ``a``'s server ``b.c``."""
+    ``a.b.c``'s default server, else ``a.b``'s server ``c``, else ``a``'s server ``b.c``. Names longer than
+    :data:`MAX_LOGIN_LENGTH` or with more than :data:`MAX_LOGIN_DOTS` dots mean nothing (each
+    reading costs a look-up of that user's keys)."""
     raw = login.strip()
-    if not raw or len(raw) > 512 or any(c.isspace() or c == "/" for c in raw):
+    if not raw or len(raw) > MAX_LOGIN_LENGTH or raw.count(".") > MAX_LOGIN_DOTS:
+        return []
+    if any(c.isspace() or c == "/" for c in raw):
         return []
     found = [ServerRef(normalize_username(raw))]
     at = len(raw)

@@ -132,15 +132,11 @@ class DockerExec:
         uid, _, gid = workspace.run_as.partition(":")
         if not uid.isdigit() or uid == "0" or workspace.container_id in self._accounts:
             return
-        name = workspace.user if _PASSWD_NAME.match(workspace.user) else f"u{uid}"
-        script = (
-            'getent passwd "$1" >/dev/null && exit 0; '
-            'n="$2"; getent passwd "$n" >/dev/null && n="u$1"; '
-            'echo "$n:x:$1:$3:$n:$4:/bin/bash" >> /etc/passwd'
-        )
-        command = ["/bin/sh", "-c", script, "sh", uid, name, gid if gid.isdigit() else "100", workspace.home]
+        command, environment = account_command(workspace, uid, gid)
         try:
-            created = await asyncio.to_thread(self.api.exec_create, workspace.container_id, command, user="0")
+            created = await asyncio.to_thread(
+                self.api.exec_create, workspace.container_id, command, user="0", environment=environment
+            )
             await asyncio.to_thread(self.api.exec_start, created["Id"])
             self._accounts.add(workspace.container_id)
         except docker.errors.APIError as e:
@@ -293,3 +289,21 @@ def _endpoint(docker_host: str) -> tuple[str, str]:
         f"the SSH gateway speaks to Docker over a unix socket or plain tcp:// only (DOCKER_HOST={docker_host!r}"
         f"{', DOCKER_TLS_VERIFY set' if os.environ.get('DOCKER_TLS_VERIFY') else ''}): run it beside the engine"
     )
+
+
+# Root runs it in a container whose image (an admin's) sets the PATH: absolute paths and a PATH of
+# system directories only, so no directory of the image's PATH (group-writable, say) is searched.
+ACCOUNT_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+_ACCOUNT_SCRIPT = (
+    '/usr/bin/getent passwd "$1" >/dev/null && exit 0; '
+    'n="$2"; /usr/bin/getent passwd "$n" >/dev/null && n="u$1"; '
+    'echo "$n:x:$1:$3:$n:$4:/bin/bash" >> /etc/passwd'
+)
+
+
+def account_command(workspace: Workspace, uid: str, gid: str) -> tuple[list[str], dict[str, str]]:
+    """The command and environment :meth:`DockerExec.ensure_account` runs as root: a fixed script
+    (the values are its arguments, never part of it), absolute paths, :data:`ACCOUNT_PATH`."""
+    name = workspace.user if _PASSWD_NAME.match(workspace.user) else f"u{uid}"
+    args = [uid, name, gid if gid.isdigit() else "100", workspace.home]
+    return ["/bin/sh", "-c", _ACCOUNT_SCRIPT, "sh", *args], {"PATH": ACCOUNT_PATH, "LC_ALL": "C"}

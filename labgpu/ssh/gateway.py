@@ -37,6 +37,7 @@ import asyncssh
 
 from labgpu.db.ssh_key_store import SshKeyStore
 from labgpu.ssh.access import (
+    MAX_AUTH_TRIES,
     FailedLogins,
     ForwardRefused,
     ServerRef,
@@ -152,7 +153,8 @@ class GatewayConnection(asyncssh.SSHServer):
         self.login = ""
         self.ref: ServerRef | None = None  # set once authenticated
         self.method = ""  # "publickey SHA256:..." or "token"
-        self.rejected = False  # a key was refused (counted once per connection, at its end)
+        self.rejected_keys = 0  # keys refused (each counted as a failed login if none gets in)
+        self.tries = 0  # keys and passwords refused: the connection closes at MAX_AUTH_TRIES
         self._key_answers: dict[tuple[str, bytes], tuple[ServerRef, str] | None] = {}
         self.conn: asyncssh.SSHServerConnection | None = None
 
@@ -162,10 +164,13 @@ class GatewayConnection(asyncssh.SSHServer):
         self.source = str(peer[0])
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.ref is None and self.rejected:
+        # Refused keys count as failed logins only now, when no credential got in: an agent
+        # offering a user's other keys before the right one does not lock them out.
+        if self.ref is None and self.rejected_keys:
             for ref in login_candidates(self.login)[:1]:
-                self.gateway.failures.record(ref.user, self.source)
-            log.info("login refused: %r from %s (no key of theirs)", self.login, self.source)
+                for _ in range(self.rejected_keys):
+                    self.gateway.failures.record(ref.user, self.source)
+            log.info("login refused: %r from %s (%d keys not theirs)", self.login, self.source, self.rejected_keys)
 
     def begin_auth(self, username: str) -> bool:
         self.login = username
@@ -195,10 +200,13 @@ class GatewayConnection(asyncssh.SSHServer):
         # Called for the client's query and again for its signed request: answered once per key.
         blob = key.public_data
         if (username, blob) not in self._key_answers:
+            if self.tries >= MAX_AUTH_TRIES:  # not reached: asyncssh closes on the exception
+                raise asyncssh.PermissionDenied("Too many authentication failures")
             self._key_answers[username, blob] = await self._registered_key(username, blob)
         found = self._key_answers[username, blob]
         if found is None:
-            self.rejected = True
+            self.rejected_keys += 1
+            self._count_try()
             return False
         self.ref, self.method = found  # final only once asyncssh has checked the signature
         return True
@@ -217,11 +225,20 @@ class GatewayConnection(asyncssh.SSHServer):
         log.info("key %s offered for %r from %s is not theirs", fingerprint(blob), username, self.source)
         return None
 
+    def _count_try(self) -> None:
+        """One more refused key or password; past :data:`MAX_AUTH_TRIES` the connection is
+        closed (asyncssh sends the disconnect for the exception), as OpenSSH's MaxAuthTries."""
+        self.tries += 1
+        if self.tries >= MAX_AUTH_TRIES:
+            log.info("login refused: %r from %s (%d tries, disconnected)", self.login, self.source, self.tries)
+            raise asyncssh.PermissionDenied("Too many authentication failures")
+
     def password_auth_supported(self) -> bool:
         return True
 
     async def validate_password(self, username: str, password: str) -> bool:
         if self._blocked():
+            self._count_try()
             return False
         candidates = login_candidates(username)
         try:
@@ -229,12 +246,14 @@ class GatewayConnection(asyncssh.SSHServer):
         except HubUnavailable as e:
             log.warning("token login of %r: %s", username, e)
             self._banner("The hub does not answer right now; try again in a minute.")
+            self._count_try()
             return False
         ref = server_for_user(username, owner.name) if owner and owner.kind == "user" else None
         if owner is None or ref is None or not token_grants_access(owner.scopes, ref):
             self.gateway.failures.record(candidates[0].user, self.source)
             why = "unknown token" if owner is None else f"a token of {owner.name}" if ref is None else "no access scope"
             log.info("login refused: %r from %s (%s)", username, self.source, why)
+            self._count_try()
             return False
         self.ref, self.method = ref, "token"
         return True

@@ -43,13 +43,24 @@ def test_a_registered_key_is_listed_with_its_fingerprint_and_removed_by_it(store
     assert [k.fingerprint for k in store.keys("alice")] == [ECDSA384_FP]
 
 
-def test_the_same_key_twice_is_refused_but_two_users_may_register_one_key(store):
+def test_the_same_key_twice_is_refused(store):
     register_key(store, "alice", ED25519)
     with pytest.raises(SshKeyRefused) as refused:
         register_key(store, "alice", ED25519)
     assert str(refused.value) == f"this key ({ED25519_FP}) is registered already"
-    register_key(store, "bob", ED25519)  # bob lets alice's key in as bob: his choice
-    assert len(store.keys("bob")) == 1
+
+
+def test_a_key_another_user_registered_is_refused(store):
+    # Public keys are public, and the gateway reads "ssh a.b@hub" as whoever owns the key: were
+    # user a.b allowed a's public key, a's "ssh a.b@hub" (a's server b) would land in a.b's workspace.
+    register_key(store, "a", ED25519)
+    with pytest.raises(SshKeyRefused) as refused:
+        register_key(store, "a.b", ED25519)
+    assert str(refused.value) == f"this key ({ED25519_FP}) is registered to another account"
+    assert store.keys("a.b") == []
+    assert store.remove("a", ED25519_FP)
+    register_key(store, "a.b", ED25519)  # once its owner removed it, it is free again
+    assert [k.fingerprint for k in store.keys("a.b")] == [ED25519_FP]
 
 
 def test_a_bad_key_is_refused_before_it_is_stored(store):
