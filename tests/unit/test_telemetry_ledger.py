@@ -10,6 +10,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -291,14 +292,21 @@ def test_the_poller_service_on_a_host_without_nvidia_driver_waits_quietly_and_st
         text=True,
         env=dict(os.environ, PYTHONUNBUFFERED="1"),
     )
+    watchdog = threading.Timer(90, process.kill)  # a hung poller fails the test, never hangs it
+    watchdog.start()
     try:
-        time.sleep(4)  # attempts at 0, 1 and 3 s
+        # Its first line says it cannot start (it is up, its SIGTERM handler set, however loaded
+        # the machine is); then a few more attempts (at 1 and 3 s) must stay quiet.
+        first = process.stdout.readline() if process.stdout else ""
+        time.sleep(4)
         assert process.poll() is None, "the poller exited: a managed service would be restarted in a loop"
         process.send_signal(signal.SIGTERM)
-        output, _ = process.communicate(timeout=20)
+        rest, _ = process.communicate(timeout=20)
     finally:
+        watchdog.cancel()
         if process.poll() is None:
             process.kill()
+    output = first + rest
     assert process.returncode == 0, output
     lines = [line for line in output.splitlines() if line.strip()]
     assert len(lines) == 1 and "ERROR" in lines[0] and "Cannot start GPU telemetry" in lines[0], output
