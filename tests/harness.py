@@ -174,8 +174,13 @@ class HubProcess:
     def cleanup(self) -> None:
         self.stop()
         for c in self.containers():
-            with contextlib.suppress(docker.errors.NotFound):
+            try:
                 c.remove(force=True)
+            except docker.errors.NotFound:
+                pass
+            except docker.errors.APIError as e:
+                if e.status_code != 409:  # 409: the hub's own removal of it is in progress
+                    raise
         for v in self.volumes():
             with contextlib.suppress(docker.errors.APIError):
                 v.remove(force=True)
