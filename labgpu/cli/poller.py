@@ -24,7 +24,7 @@ from labgpu.gpus.sampling import (
 from labgpu.gpus.simulated import SimulatedTelemetrySource, simulated_gpus
 from labgpu.gpus.telemetry import Retention
 from labgpu.services.attribution import ProcessAttributor, container_id_from_cgroup, docker_label_lookup
-from labgpu.services.poller import Poller, open_with_backoff
+from labgpu.services.poller import DEFAULT_WRITE_EVERY, Poller, open_with_backoff
 from labgpu.units import gpus_text, parse_duration
 
 log = logging.getLogger("labgpu.poller")
@@ -54,6 +54,16 @@ def parse_interval(text: str) -> float:
         raise argparse.ArgumentTypeError(
             f"--interval must be >= {MIN_INTERVAL_S:g} s (got {text}): NVML takes a driver lock"
         )
+    return value
+
+
+def positive_ticks(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--write-every {text!r} is not a whole number of ticks") from None
+    if not 1 <= value <= 120:
+        raise argparse.ArgumentTypeError(f"--write-every must be 1-120 ticks (got {text})")
     return value
 
 
@@ -110,11 +120,13 @@ def run_poller(args: argparse.Namespace) -> int:
         interval_s=args.interval,
         retention=Retention(args.keep_raw, args.keep_minutes, args.keep_hours),
         on_health_change=ledger.set_gpu_health,  # a failing GPU is not allocated until it recovers
+        write_every=args.write_every,
     )
     log.info("GPU telemetry: %s every %g s into %s", args.source, args.interval, db)
     try:
         if args.once:
             report = poller.tick(time.time())
+            poller.flush()
             print(
                 f"{gpus_text(report.gpus)}, {report.processes} processes, "
                 f"unhealthy: {', '.join(report.unhealthy) or 'none'}"
@@ -147,6 +159,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         type=parse_interval,
         default=DEFAULT_INTERVAL_S,
         help="seconds between ticks, >= 1 (default %(default)s)",
+    )
+    parser.add_argument(
+        "--write-every",
+        type=positive_ticks,
+        default=DEFAULT_WRITE_EVERY,
+        metavar="TICKS",
+        help="ticks written to the database per transaction (default %(default)s: 30 s at the default "
+        "interval; a health change and each new minute are written at once; the pages and /metrics "
+        "show samples up to that old)",
     )
     parser.add_argument(
         "--source",

@@ -8,6 +8,7 @@ tick (:class:`labgpu.gpus.telemetry.GpuReading`). NVML is imported only inside
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import time
@@ -70,6 +71,7 @@ class NvmlTelemetrySource:
         # epoch), so each call returns only samples newer than the previous tick's.
         self._last_seen_us: dict[str, int] = {uuid: 0 for _, _, uuid, _ in self._devices}
         self._slow: dict[str, tuple[int | None, int | None, bool | None]] = {}
+        self._processes = process_list_reader(pynvml)
         self._ticks = 0
         # Renamed from "throttle reasons" to "clock event reasons" in newer nvidia-ml-py.
         self._clock_event_reasons = (
@@ -101,7 +103,7 @@ class NvmlTelemetrySource:
         nv = self._nvml
         utilization = nv.nvmlDeviceGetUtilizationRates(handle)
         memory = nv.nvmlDeviceGetMemoryInfo(handle)
-        processes = {p.pid: _mib(p.usedGpuMemory) for p in nv.nvmlDeviceGetComputeRunningProcesses(handle)}
+        processes = self._processes(handle)
         if self.wants_process_utilization(len(processes)):
             util_by_pid = self._process_utilization(handle, uuid)
         else:
@@ -183,6 +185,53 @@ class NvmlTelemetrySource:
 
     def close(self) -> None:
         self._nvml.nvmlShutdown()
+
+
+class _ProcessList:
+    """``nvmlDeviceGetComputeRunningProcesses_v3`` called once per GPU per tick, into a buffer
+    kept between ticks. nvidia-ml-py's wrapper calls it twice (for the count, then the list)
+    and turns each entry into a dict; under a virtualized driver each call is a slow ioctl."""
+
+    def __init__(self, nvml: Any, capacity: int = 64) -> None:
+        self._nvml = nvml
+        self._fn = nvml._nvmlGetFunctionPointer("nvmlDeviceGetComputeRunningProcesses_v3")
+        self._struct = nvml.c_nvmlProcessInfo_v3_t
+        self._not_available = nvml.NVML_VALUE_NOT_AVAILABLE_ulonglong.value
+        self._count = ctypes.c_uint(0)
+        self._resize(capacity)
+
+    def _resize(self, capacity: int) -> None:
+        self._capacity = capacity
+        self._buffer = (self._struct * capacity)()
+
+    def __call__(self, handle: Any) -> dict[int, int | None]:
+        nv = self._nvml
+        while True:
+            self._count.value = self._capacity
+            result = self._fn(handle, ctypes.byref(self._count), self._buffer)
+            if result == nv.NVML_SUCCESS:
+                break
+            if result == nv.NVML_ERROR_INSUFFICIENT_SIZE and self._capacity < MAX_PROCESSES_PER_GPU:
+                self._resize(min(MAX_PROCESSES_PER_GPU, max(2 * self._capacity, 2 * self._count.value)))
+                continue
+            raise nv.NVMLError(result)
+        na = self._not_available
+        return {
+            p.pid: None if p.usedGpuMemory == na else int(p.usedGpuMemory) // (1024 * 1024)
+            for p in self._buffer[: self._count.value]
+        }
+
+
+MAX_PROCESSES_PER_GPU = 4096
+
+
+def process_list_reader(nvml: Any) -> Callable[[Any], dict[int, int | None]]:
+    """PID -> used MiB of a GPU's compute processes: one NVML call (:class:`_ProcessList`), or
+    nvidia-ml-py's own wrapper where this NVML or nvidia-ml-py lacks what that needs."""
+    try:
+        return _ProcessList(nvml)
+    except Exception:  # an old driver (no _v3) or a different nvidia-ml-py: the public call
+        return lambda handle: {p.pid: _mib(p.usedGpuMemory) for p in nvml.nvmlDeviceGetComputeRunningProcesses(handle)}
 
 
 def _text(value: str | bytes) -> str:

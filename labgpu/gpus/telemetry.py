@@ -269,6 +269,11 @@ def merge_owner_rollups(rollups: Iterable[OwnerRollup], bucket_s: int) -> list[O
 # --------------------------------------------------------------------------------------------
 
 
+# One tick as the poller hands it to the store: when, each GPU's reading with the seconds it
+# stands for and its health problem (None: healthy), and the attributed processes.
+Tick = tuple[float, Sequence[tuple[GpuReading, float, str | None]], Sequence[ProcessRecord]]
+
+
 @dataclass(frozen=True)
 class Retention:
     """How long each resolution is kept, in seconds; None keeps it forever."""
@@ -282,9 +287,9 @@ class TelemetryStore(Protocol):
     """What the poller needs from the database (:class:`labgpu.db.telemetry_store.TelemetryDB`
     provides it); a test can hand the poller anything that has these three methods."""
 
-    def write_tick(
-        self, ts: float, gpus: Sequence[tuple[GpuReading, float, str | None]], processes: Sequence[ProcessRecord]
-    ) -> None: ...
+    def write_ticks(self, ticks: Sequence[Tick]) -> None:
+        """Several ticks' samples (oldest first) in one transaction, and each GPU's health."""
+        ...
 
     def roll_up(self, now: float) -> None: ...
 

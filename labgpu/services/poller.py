@@ -1,6 +1,6 @@
 """The GPU telemetry poller: every tick, read each GPU (NVML or a recorded trace), attribute its
-processes to the containers and users behind them, and write one transaction to the database;
-once a minute, roll up and prune.
+processes to the containers and users behind them, and write them to the database a few ticks
+per transaction; once a minute, roll up and prune.
 
 Like jupyterhub-idle-culler, the service reads top to bottom: the :class:`Poller` loop, then
 how it starts on a host whose driver is not ready. It runs in its own process
@@ -29,6 +29,7 @@ from labgpu.gpus.telemetry import (
     ProcessRecord,
     Retention,
     TelemetryStore,
+    Tick,
     bucket_start,
     busy_shares,
     health_problem,
@@ -36,6 +37,9 @@ from labgpu.gpus.telemetry import (
 from labgpu.services.attribution import ProcessAttributor
 
 log = logging.getLogger(__name__)
+
+DEFAULT_WRITE_EVERY = 6  # ticks per transaction for `labgpu poller`: 30 s at the 5 s default
+MAX_PENDING_TICKS = 720  # unwritten ticks kept while the database refuses writes (an hour at 5 s)
 
 
 @dataclass
@@ -67,20 +71,30 @@ class Poller:
         interval_s: float = DEFAULT_INTERVAL_S,
         retention: Retention | None = None,
         on_health_change: Callable[[str, str | None], Any] | None = None,
+        write_every: int = 1,
     ) -> None:
         """``on_health_change(uuid, problem_or_None)`` is called the first time this process
         sees each GPU (clearing what an earlier run left) and whenever one turns unhealthy or
-        recovers; ``labgpu poller`` wires it to :meth:`labgpu.db.ledger.Ledger.set_gpu_health`."""
+        recovers; ``labgpu poller`` wires it to :meth:`labgpu.db.ledger.Ledger.set_gpu_health`.
+
+        ``write_every`` ticks are written in one transaction (``labgpu poller`` writes every
+        :data:`DEFAULT_WRITE_EVERY` ticks); a health change and each new minute write at once,
+        and a tick whose write fails stays buffered for the next (up to :data:`MAX_PENDING_TICKS`)."""
         if interval_s < MIN_INTERVAL_S:
             raise ValueError(
                 f"--interval must be >= {MIN_INTERVAL_S:g} s (got {interval_s:g}): NVML takes a driver lock"
             )
+        if write_every < 1:
+            raise ValueError(f"--write-every must be >= 1 tick (got {write_every})")
         self.source = source
         self.store = store
         self.attributor = attributor
         self.interval_s = interval_s
         self.retention = retention or Retention()
         self.on_health_change = on_health_change
+        self.write_every = write_every
+        self._pending: list[Tick] = []  # ticks read but not written yet, oldest first
+        self._dropping = False
         self._last_ts: dict[str, float] = {}
         self._last_minute: int | None = None
         self._problems: dict[str, str] = {}
@@ -95,12 +109,14 @@ class Poller:
         processes: list[ProcessRecord] = []
         report = TickReport(ts=now, gpus=len(readings), processes=0)
         owners: dict[int, Owner] = {}
+        health_changed = False
         for reading in readings:
             last = self._last_ts.get(reading.uuid)
             # A gap (poller down) is not counted as seconds observed: cap each sample at 2 ticks.
             dt = self.interval_s if last is None else min(max(now - last, 0.0), 2 * self.interval_s)
             self._last_ts[reading.uuid] = now
             problem = health_problem(reading)
+            health_changed |= self._problems.get(reading.uuid) != problem
             self._log_health_change(reading.uuid, problem)
             if problem:
                 report.unhealthy.append(reading.uuid)
@@ -116,15 +132,30 @@ class Poller:
         # answers are kept: another container (or one whose labels Docker did not give) and a
         # process gone before we looked are asked again.
         self._owners = {pid: o for pid, o in owners.items() if o.kind in (WORKSPACE, HOST)}
-        self.store.write_tick(now, gpus, processes)
+        self._pending.append((now, gpus, processes))
+        if len(self._pending) > MAX_PENDING_TICKS:
+            del self._pending[0]
+            if not self._dropping:
+                log.error("Telemetry writes keep failing; from now on the oldest unwritten ticks are dropped")
+            self._dropping = True
         minute = bucket_start(now, MINUTE)
-        if minute != self._last_minute:
+        new_minute = minute != self._last_minute
+        if len(self._pending) >= self.write_every or new_minute or health_changed:
+            self.flush()  # before the roll-up, which reads what was written
+        if new_minute:
             self._last_minute = minute
             self.store.roll_up(now)
             self.store.prune(now, self.retention)
         report.source_cpu_s = cpu_source - cpu_start
         report.total_cpu_s = time.process_time() - cpu_start
         return report
+
+    def flush(self) -> None:
+        """Write the buffered ticks in one transaction; if that fails they stay buffered."""
+        if self._pending:
+            self.store.write_ticks(self._pending)
+            self._pending = []
+            self._dropping = False
 
     def _log_health_change(self, uuid: str, problem: str | None) -> None:
         previous = self._problems.get(uuid)
@@ -160,6 +191,10 @@ class Poller:
                 next_tick = time.monotonic()
                 delay = 0
             stop.wait(delay)
+        try:
+            self.flush()
+        except Exception:
+            log.exception("Could not write the last %d telemetry ticks at shutdown", len(self._pending))
 
 
 def open_with_backoff(

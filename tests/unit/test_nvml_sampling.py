@@ -166,6 +166,10 @@ class SampleStore:
         self.gpu_samples: list[GpuSample] = []
         self.owner_samples: list[OwnerSample] = []
 
+    def write_ticks(self, ticks):
+        for tick in ticks:
+            self.write_tick(*tick)
+
     def write_tick(self, ts, gpus, processes):
         dt_by_gpu = {}
         for reading, dt, problem in gpus:

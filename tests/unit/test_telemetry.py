@@ -225,6 +225,10 @@ class ListStore:
     def __init__(self):
         self.ticks, self.rollups, self.prunes = [], [], []
 
+    def write_ticks(self, ticks):
+        for tick in ticks:
+            self.write_tick(*tick)
+
     def write_tick(self, ts, gpus, processes):
         self.ticks.append((ts, gpus, processes))
 
