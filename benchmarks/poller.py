@@ -32,7 +32,7 @@ from labgpu.db.telemetry_store import TelemetryDB
 from labgpu.gpus.sampling import ReplayTelemetrySource
 from labgpu.gpus.telemetry import DAY_S, GpuReading, Retention
 from labgpu.services.attribution import ProcessAttributor
-from labgpu.services.poller import Poller
+from labgpu.services.poller import DEFAULT_ROLL_UP_EVERY_S, DEFAULT_WRITE_EVERY, Poller
 
 TRACE = ROOT / "tests" / "data" / "nvml-1xh100-load.json"
 START = 1_800_000_000.0  # a whole hour
@@ -105,7 +105,14 @@ def cpu_cost(work: Path, gpus: int, ticks: int, repeats: int) -> dict:
     for r in range(repeats):
         run_dir = work / f"cpu{gpus}-{r}"
         db = TelemetryDB(f"sqlite:///{run_dir}.sqlite")
-        poller = Poller(ManyGpuReplay(gpus, busy_only=False), db, synthetic_proc(run_dir, gpus), interval_s=5)
+        poller = Poller(
+            ManyGpuReplay(gpus, busy_only=False),
+            db,
+            synthetic_proc(run_dir, gpus),
+            interval_s=5,
+            write_every=DEFAULT_WRITE_EVERY,
+            roll_up_every_s=DEFAULT_ROLL_UP_EVERY_S,
+        )
         reports = [poller.tick(START + i * 5) for i in range(ticks)]
         per_gpu_ms = [rep.poller_cpu_s * 1000 / gpus for rep in reports[1:]]  # tick 0 creates rows
         runs.append(
@@ -126,6 +133,26 @@ def cpu_cost(work: Path, gpus: int, ticks: int, repeats: int) -> dict:
     }
 
 
+class TimedUpkeep:
+    """The store, timing roll_up and prune (CPU seconds)."""
+
+    def __init__(self, inner: TelemetryDB) -> None:
+        self.inner, self.cpu_s = inner, []
+
+    def write_ticks(self, ticks) -> None:
+        self.inner.write_ticks(ticks)
+
+    def roll_up(self, now: float) -> None:
+        start = time.process_time()
+        self.inner.roll_up(now)
+        self.cpu_s.append(time.process_time() - start)
+
+    def prune(self, now: float, retention: Retention) -> None:
+        start = time.process_time()
+        self.inner.prune(now, retention)
+        self.cpu_s.append(time.process_time() - start)
+
+
 def growth(work: Path, gpus: int, days: int) -> dict:
     """Simulate ``days`` at a 5 s tick with default retention; bytes in use after each day."""
     db = TelemetryDB(f"sqlite:///{work / f'growth{gpus}.sqlite'}")
@@ -135,6 +162,8 @@ def growth(work: Path, gpus: int, days: int) -> dict:
         synthetic_proc(work / f"growth{gpus}", gpus),
         interval_s=5,
         retention=Retention(),
+        write_every=DEFAULT_WRITE_EVERY,
+        roll_up_every_s=DEFAULT_ROLL_UP_EVERY_S,
     )
     per_day = int(DAY_S / 5)
     sizes = [db.size_bytes()]
@@ -144,6 +173,14 @@ def growth(work: Path, gpus: int, days: int) -> dict:
             poller.tick(START + (day * per_day + i) * 5)
         sizes.append(db.size_bytes())
     daily = [(b - a) / gpus / 1e6 for a, b in itertools.pairwise(sizes)]
+    # The once-a-minute roll-up and pruning with days of samples in the tables (what a fresh
+    # database never shows): CPU per minute over 30 more simulated minutes.
+    timed = TimedUpkeep(db)
+    poller.store = timed
+    end = START + days * DAY_S
+    for i in range(30 * 12):
+        poller.tick(end + i * 5)
+    upkeep_ms_per_minute = sum(timed.cpu_s) * 1000 / 30
     with db.reader.connect() as conn:
         rows = {
             table: conn.exec_driver_sql(f"SELECT COUNT(*) FROM {table}").scalar()
@@ -163,6 +200,8 @@ def growth(work: Path, gpus: int, days: int) -> dict:
         "mb_per_gpu_each_day": daily,
         "worst_day_mb_per_gpu": max(daily),
         "rows": rows,
+        "upkeep_ms_per_minute": upkeep_ms_per_minute,
+        "upkeep_ms_per_gpu_per_tick": upkeep_ms_per_minute / 12 / gpus,
         "simulated_in_s": time.perf_counter() - started,
     }
     if days >= 3:
@@ -213,6 +252,10 @@ def main() -> int:
     print(
         f"growth per GPU per day at 5 s ({grow['days']} simulated days, {grow['gpus']} GPUs): "
         + ", ".join(f"{d:.2f} MB" for d in grow["mb_per_gpu_each_day"])
+    )
+    print(
+        f"roll-up and pruning after {grow['days']} days of samples: {grow['upkeep_ms_per_minute']:.2f} ms CPU a "
+        f"minute, {grow['upkeep_ms_per_gpu_per_tick']:.4f} ms per GPU per tick"
     )
     if "steady_state" in grow:
         st = grow["steady_state"]

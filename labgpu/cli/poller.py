@@ -24,7 +24,7 @@ from labgpu.gpus.sampling import (
 from labgpu.gpus.simulated import SimulatedTelemetrySource, simulated_gpus
 from labgpu.gpus.telemetry import Retention
 from labgpu.services.attribution import ProcessAttributor, container_id_from_cgroup, docker_label_lookup
-from labgpu.services.poller import DEFAULT_WRITE_EVERY, Poller, open_with_backoff
+from labgpu.services.poller import DEFAULT_ROLL_UP_EVERY_S, DEFAULT_WRITE_EVERY, Poller, open_with_backoff
 from labgpu.units import gpus_text, parse_duration
 
 log = logging.getLogger("labgpu.poller")
@@ -121,6 +121,7 @@ def run_poller(args: argparse.Namespace) -> int:
         retention=Retention(args.keep_raw, args.keep_minutes, args.keep_hours),
         on_health_change=ledger.set_gpu_health,  # a failing GPU is not allocated until it recovers
         write_every=args.write_every,
+        roll_up_every_s=DEFAULT_ROLL_UP_EVERY_S,
     )
     log.info("GPU telemetry: %s every %g s into %s", args.source, args.interval, db)
     try:
@@ -166,8 +167,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         default=DEFAULT_WRITE_EVERY,
         metavar="TICKS",
         help="ticks written to the database per transaction (default %(default)s: 30 s at the default "
-        "interval; a health change and each new minute are written at once; the pages and /metrics "
-        "show samples up to that old)",
+        "interval; a health change is written at once; the pages and /metrics show samples up to that old)",
     )
     parser.add_argument(
         "--source",

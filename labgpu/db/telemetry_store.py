@@ -150,6 +150,15 @@ class TelemetryDB(Store):
         self._problems: dict[str, str | None] = {}  # last health written per GPU UUID
         self._gpu_sample_sql = self._insert_sql(GPU_SAMPLE)
         self._process_sample_sql = self._insert_sql(PROCESS_SAMPLE)
+        each_gpu = "gpu_id IN (SELECT id FROM telemetry_gpu) AND ts_ms >= ? AND ts_ms < ?"
+        self._select_raw_gpu_sql = self.sql(
+            "SELECT gpu_id, ts_ms, dt_ms, util_gpu, memory_used_mib, temperature_c, power_dw, healthy "
+            f"FROM telemetry_gpu_sample WHERE {each_gpu}"
+        )
+        self._select_raw_process_sql = self.sql(
+            "SELECT gpu_id, owner_id, ts_ms, dt_ms, busy_pm, memory_used_mib "
+            f"FROM telemetry_process_sample WHERE {each_gpu}"
+        )
 
     # ---- writing (the poller) ---------------------------------------------------------------
 
@@ -326,36 +335,34 @@ class TelemetryDB(Store):
             self._set_state(conn, "rolled_3600", max(hour_end, hour_start))
 
     def _roll_raw(self, conn: Connection, start: int, end: int) -> None:
-        gpu_samples = [
-            GpuSample(
-                r.gpu_id,
-                r.ts_ms / 1000,
-                r.dt_ms / 1000,
-                r.util_gpu,
-                r.memory_used_mib,
-                r.temperature_c,
-                None if r.power_dw is None else r.power_dw / 10,
-                bool(r.healthy),
-            )
-            for r in conn.execute(
-                select(GPU_SAMPLE).where(
-                    _each_gpu(GPU_SAMPLE), GPU_SAMPLE.c.ts_ms >= start * 1000, GPU_SAMPLE.c.ts_ms < end * 1000
+        """Raw samples of [start, end) into minute rollups, on the driver's cursor inside this
+        transaction: every few minutes, hundreds of rows a GPU, where SQLAlchemy's rows and
+        statements cost more than SQLite's work (issue 21)."""
+        cursor = conn.connection.cursor()
+        try:
+            bounds = (start * 1000, end * 1000)
+            cursor.execute(self._select_raw_gpu_sql, bounds)
+            gpu_samples = [
+                GpuSample(
+                    gpu, ts / 1000, dt / 1000, util, memory, temperature, None if dw is None else dw / 10, bool(ok)
                 )
-            )
-        ]
-        owner_samples = [
-            OwnerSample(r.gpu_id, r.owner_id, r.ts_ms / 1000, r.dt_ms / 1000, r.busy_pm / 1000, r.memory_used_mib)
-            for r in conn.execute(
-                select(PROCESS_SAMPLE).where(
-                    _each_gpu(PROCESS_SAMPLE),
-                    PROCESS_SAMPLE.c.ts_ms >= start * 1000,
-                    PROCESS_SAMPLE.c.ts_ms < end * 1000,
-                )
-            )
-        ]
-        self._insert_rollups(
-            conn, MINUTE, rollup_gpu_samples(gpu_samples, MINUTE), rollup_owner_samples(owner_samples, MINUTE)
-        )
+                for gpu, ts, dt, util, memory, temperature, dw, ok in cursor.fetchall()
+            ]
+            cursor.execute(self._select_raw_process_sql, bounds)
+            owner_samples = [
+                OwnerSample(gpu, owner, ts / 1000, dt / 1000, pm / 1000, memory)
+                for gpu, owner, ts, dt, pm, memory in cursor.fetchall()
+            ]
+            for table, rollups in (
+                (GPU_ROLLUP, rollup_gpu_samples(gpu_samples, MINUTE)),
+                (OWNER_ROLLUP, rollup_owner_samples(owner_samples, MINUTE)),
+            ):
+                if rollups:
+                    columns = [column.name for column in table.columns]
+                    rows = [_rollup_row(MINUTE, r) for r in rollups]
+                    cursor.executemany(self._insert_sql(table), [tuple(row[c] for c in columns) for row in rows])
+        finally:
+            cursor.close()
 
     def _roll_minutes(self, conn: Connection, start: int, end: int) -> None:
         def in_range(table: Table) -> ColumnElement[bool]:

@@ -1,6 +1,6 @@
 """The GPU telemetry poller: every tick, read each GPU (NVML or a recorded trace), attribute its
 processes to the containers and users behind them, and write them to the database a few ticks
-per transaction; once a minute, roll up and prune.
+per transaction; every few minutes, roll finished minutes up and prune.
 
 Like jupyterhub-idle-culler, the service reads top to bottom: the :class:`Poller` loop, then
 how it starts on a host whose driver is not ready. It runs in its own process
@@ -22,6 +22,7 @@ from typing import Any
 from labgpu.gpus.sampling import DEFAULT_INTERVAL_S, MIN_INTERVAL_S, TelemetrySource
 from labgpu.gpus.telemetry import (
     HOST,
+    HOUR,
     MINUTE,
     WORKSPACE,
     GpuReading,
@@ -39,6 +40,7 @@ from labgpu.services.attribution import ProcessAttributor
 log = logging.getLogger(__name__)
 
 DEFAULT_WRITE_EVERY = 6  # ticks per transaction for `labgpu poller`: 30 s at the 5 s default
+DEFAULT_ROLL_UP_EVERY_S = 600  # `labgpu poller` rolls up (and prunes) every 10 minutes
 MAX_PENDING_TICKS = 720  # unwritten ticks kept while the database refuses writes (an hour at 5 s)
 
 
@@ -72,20 +74,26 @@ class Poller:
         retention: Retention | None = None,
         on_health_change: Callable[[str, str | None], Any] | None = None,
         write_every: int = 1,
+        roll_up_every_s: int = MINUTE,
     ) -> None:
         """``on_health_change(uuid, problem_or_None)`` is called the first time this process
         sees each GPU (clearing what an earlier run left) and whenever one turns unhealthy or
         recovers; ``labgpu poller`` wires it to :meth:`labgpu.db.ledger.Ledger.set_gpu_health`.
 
-        ``write_every`` ticks are written in one transaction (``labgpu poller`` writes every
-        :data:`DEFAULT_WRITE_EVERY` ticks); a health change and each new minute write at once,
-        and a tick whose write fails stays buffered for the next (up to :data:`MAX_PENDING_TICKS`)."""
+        ``write_every`` ticks are written in one transaction, and finished minutes are rolled up
+        (and what is past its retention pruned) every ``roll_up_every_s`` seconds; ``labgpu
+        poller`` uses :data:`DEFAULT_WRITE_EVERY` and :data:`DEFAULT_ROLL_UP_EVERY_S`. A health
+        change and a roll-up write at once; a tick whose write fails stays buffered for the
+        next (up to :data:`MAX_PENDING_TICKS`). Queries read raw samples where minutes are not
+        rolled up yet, so the figures do not depend on either."""
         if interval_s < MIN_INTERVAL_S:
             raise ValueError(
                 f"--interval must be >= {MIN_INTERVAL_S:g} s (got {interval_s:g}): NVML takes a driver lock"
             )
         if write_every < 1:
             raise ValueError(f"--write-every must be >= 1 tick (got {write_every})")
+        if roll_up_every_s < MINUTE or roll_up_every_s % MINUTE or HOUR % roll_up_every_s:
+            raise ValueError(f"roll_up_every_s must be whole minutes dividing an hour (got {roll_up_every_s})")
         self.source = source
         self.store = store
         self.attributor = attributor
@@ -93,10 +101,11 @@ class Poller:
         self.retention = retention or Retention()
         self.on_health_change = on_health_change
         self.write_every = write_every
+        self.roll_up_every_s = roll_up_every_s
         self._pending: list[Tick] = []  # ticks read but not written yet, oldest first
         self._dropping = False
         self._last_ts: dict[str, float] = {}
-        self._last_minute: int | None = None
+        self._last_roll_up: int | None = None
         self._problems: dict[str, str] = {}
         self._health_reported: set[str] = set()  # GPUs whose current health the hook has taken
         self._owners: dict[int, Owner] = {}  # the last tick's settled owners, by host PID
@@ -138,12 +147,12 @@ class Poller:
             if not self._dropping:
                 log.error("Telemetry writes keep failing; from now on the oldest unwritten ticks are dropped")
             self._dropping = True
-        minute = bucket_start(now, MINUTE)
-        new_minute = minute != self._last_minute
-        if len(self._pending) >= self.write_every or new_minute or health_changed:
+        period = bucket_start(now, self.roll_up_every_s)
+        roll_up_due = period != self._last_roll_up
+        if len(self._pending) >= self.write_every or roll_up_due or health_changed:
             self.flush()  # before the roll-up, which reads what was written
-        if new_minute:
-            self._last_minute = minute
+        if roll_up_due:
+            self._last_roll_up = period
             self.store.roll_up(now)
             self.store.prune(now, self.retention)
         report.source_cpu_s = cpu_source - cpu_start

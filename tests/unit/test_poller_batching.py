@@ -182,3 +182,40 @@ def test_a_batch_is_written_exactly_as_the_same_ticks_one_by_one(tmp_path, ledge
     batched.roll_up(START + 3600)
     batched.prune(START + 3 * 3600, Retention(raw_s=3600))
     assert _rows(batched)[0] == [] and _rows(batched)[1] == []  # pruned GPU by GPU, all of it
+
+
+def test_roll_ups_every_ten_minutes_write_first_and_the_figures_do_not_change(tmp_path):
+    store = EventStore()
+    poller = Poller(Repeat([gpu()]), store, ProcessAttributor(None), interval_s=5, write_every=6, roll_up_every_s=600)
+    for i in range(12 * 25):  # 25 minutes
+        poller.tick(START + 5 * i)
+    assert [e[1] for e in store.events if e[0] == "roll_up"] == [START, START + 600, START + 1200]
+    for at in (START + 600, START + 1200):
+        i = store.events.index(("roll_up", at))
+        assert store.events[i - 1][0] == "write" and store.events[i - 1][1][-1] == at
+    with pytest.raises(ValueError, match="whole minutes dividing an hour"):
+        Poller(Repeat([]), EventStore(), ProcessAttributor(None), interval_s=5, roll_up_every_s=420)
+
+    # The same hour of ticks into two databases, rolled up every minute and every ten: the
+    # scheduler's figures (busy fraction, usage) read the same.
+    attributor = ProcessAttributor(lambda cid: None, tmp_path)
+    dbs = []
+    for every in (60, 600):
+        db = TelemetryDB(f"sqlite:///{tmp_path / f'every{every}.sqlite'}")
+        poller = Poller(
+            Repeat(lambda: [gpu(util=40), GpuReading(uuid="GPU-b", index=1, utilization_gpu=0)]),
+            db,
+            attributor,
+            interval_s=5,
+            write_every=6,
+            roll_up_every_s=every,
+        )
+        for i in range(12 * 67):
+            poller.tick(START + 5 * i)
+        poller.flush()
+        dbs.append(db)
+    for since, until in ((START, START + 3600), (START + 1800, START + 67 * 60), (START + 3000, START + 3900)):
+        assert dbs[0].busy_fraction(["GPU-a"], since, until) == pytest.approx(
+            dbs[1].busy_fraction(["GPU-a"], since, until)
+        )
+        assert dbs[0].usage(since, until) == dbs[1].usage(since, until)
