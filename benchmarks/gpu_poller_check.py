@@ -40,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from machine_info import machine_info
+from poller import TimedStore
 
 from labgpu.db.telemetry_store import GPU, GPU_SAMPLE, OWNER, PROCESS_SAMPLE, TelemetryDB
 from labgpu.gpus.sampling import (
@@ -145,31 +146,6 @@ class Load:
         self.process.terminate()
         self.process.wait(timeout=60)
         return time.time()
-
-
-class TimedStore:
-    """The SQLite store, timing its writes and its once-a-minute upkeep (CPU seconds), so the
-    tick's cost splits into NVML, the write, the upkeep and the rest."""
-
-    def __init__(self, inner: TelemetryDB) -> None:
-        self.inner = inner
-        self.write_cpu_s: list[float] = []
-        self.upkeep_cpu_s: list[float] = []
-
-    def write_ticks(self, ticks: Any) -> None:
-        start = time.process_time()
-        self.inner.write_ticks(ticks)
-        self.write_cpu_s.append(time.process_time() - start)
-
-    def roll_up(self, now: float) -> None:
-        start = time.process_time()
-        self.inner.roll_up(now)
-        self.upkeep_cpu_s.append(time.process_time() - start)
-
-    def prune(self, *args: Any) -> None:
-        start = time.process_time()
-        self.inner.prune(*args)
-        self.upkeep_cpu_s.append(time.process_time() - start)
 
 
 def burst_cost(

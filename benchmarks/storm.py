@@ -266,31 +266,44 @@ def fairshare_replay(ledger: Ledger, queue: QueueStore, policy_text: str) -> dic
     at its start (its requests, holders and decayed usage read back from the queue's history and
     the audit): did a request that stayed waiting after the pass come before one it granted?
     Uses the hub's own PolicyView and order_queue. The hub orders once per pass, so the order is
-    replayed at the pass's first grant, not at each grant (factors move by ~1e-5 in between)."""
+    replayed before the pass's first grant, not at each grant (factors move by ~1e-5 in between);
+    a release between two grants starts a new pass."""
     view = PolicyView(load_policy_text(policy_text, "storm-quotas.yaml"))
     every = queue.history()
-    granted = sorted((e for e in every if e.status == "granted" and e.ended_at is not None), key=lambda e: e.ended_at)
+    # The allocation is written a little before its queue entry is marked granted (1-45 ms on a
+    # busy machine): each queued grant is placed at its allocation, and the order replayed just
+    # before a pass's first allocation, or the user it served would already show usage and a
+    # lower factor than the ones it was tied with.
+    allocated: dict[str, list[datetime]] = {}
+    releases: list[datetime] = []
+    for event in ledger.audit():
+        if event.action == "grant":
+            allocated.setdefault(event.user, []).append(event.at)
+        elif event.action == "release":
+            releases.append(event.at)
+
+    def allocated_at(entry: Any) -> datetime:
+        near = [t for t in allocated.get(entry.user, []) if abs((t - entry.ended_at).total_seconds()) < PASS_GAP_S]
+        return min([entry.ended_at, *near])
+
+    granted = sorted(
+        (e for e in every if e.status == "granted" and e.ended_at is not None), key=lambda e: allocated_at(e)
+    )
+    # A pass: grants close together with no release between them (a release starts a new pass,
+    # with its own order: the GPUs it freed and the usage of the grants just made).
     passes: list[list[Any]] = []
     for entry in granted:
-        if passes and (entry.ended_at - passes[-1][-1].ended_at).total_seconds() < PASS_GAP_S:
+        last = allocated_at(passes[-1][-1]) if passes else None
+        now = allocated_at(entry)
+        if last is not None and (now - last).total_seconds() < PASS_GAP_S and not any(last < r < now for r in releases):
             passes[-1].append(entry)
         else:
             passes.append([entry])
     half_life = view.half_life()
-    # The allocation is written a little before its queue entry is marked granted (1-45 ms on a
-    # busy machine): the order is replayed before the pass's first allocation, or the user it
-    # served would already show usage and a lower factor than the ones it was tied with.
-    allocated = {}
-    for event in ledger.audit():
-        if event.action == "grant":
-            allocated.setdefault(event.user, []).append(event.at)
-    violations = []
-    for grants in passes:
-        first = grants[0].ended_at
-        for g in grants:
-            near = [t for t in allocated.get(g.user, []) if abs((t - g.ended_at).total_seconds()) < PASS_GAP_S]
-            first = min([first, *near])
-        at = first - timedelta(milliseconds=1)
+
+    def out_of_order(grants: list[Any], at: datetime) -> list[str]:
+        """The grants of this pass that the fair-share order at ``at`` put behind a request that
+        stayed waiting after the pass."""
         after = grants[-1].ended_at
         waiting = [
             e
@@ -313,15 +326,31 @@ def fairshare_replay(ledger: Ledger, queue: QueueStore, policy_text: str) -> dic
         factors = scheduler.fairshare_factors(usage, shares, [r.user for r in requests])
         order = [r.id for r in scheduler.order_queue(requests, usage, shares, ts(at))]
         left = {str(e.id) for e in waiting if still_waiting(e, after)}
+        user = {str(e.id): e.user for e in waiting}
+        found = []
         for g in grants:
             ahead = [i for i in order[: order.index(str(g.id))] if i in left]
             if ahead:
-                user = {str(e.id): e.user for e in waiting}
-                violations.append(
+                found.append(
                     f"{g.user} (factor {factors.get(g.user, 0):.6f}) granted at {g.ended_at.isoformat()} while "
                     + ", ".join(f"{user[i]} (factor {factors.get(user[i], 0):.6f})" for i in ahead[:3])
                     + " came first and kept waiting"
                 )
+        return found
+
+    # The hub ordered the queue at some moment between what started the pass (the last release
+    # or grant before it) and its first grant; usage moves in between (holders' usage grows by
+    # the millisecond), so near-ties may order either way. A pass is out of order only if the
+    # order puts a request that kept waiting first at every moment of that window (11 tried).
+    violations = []
+    changes = sorted([*releases, *(t for times in allocated.values() for t in times)])
+    for grants in passes:
+        end = allocated_at(grants[0]) - timedelta(milliseconds=1)
+        start = max((t for t in changes if t < end), default=end)
+        moments = [start + (end - start) * k / 10 for k in range(11)]
+        found = [out_of_order(grants, at) for at in moments]
+        if all(found):
+            violations += found[-1]
     return {
         "queued_grants_checked": len(granted),
         "passes": len(passes),
