@@ -11,8 +11,10 @@ defined the same.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -287,7 +289,8 @@ def load_policy_texts(texts: Sequence[tuple[str, str]]) -> Policy:
     with every problem (the first MAX_ERRORS), sorted by file and line. Whatever goes wrong is
     a PolicyError: the hub refuses to start, or keeps the last good policy, and says why."""
     try:
-        return _load_policy_texts(texts)
+        with _collector_paused():
+            return _load_policy_texts(texts)
     except PolicyError:
         raise
     except Exception as e:  # a bug: still the admin's message, not a traceback in the hub's loop
@@ -296,6 +299,22 @@ def load_policy_texts(texts: Sequence[tuple[str, str]]) -> Policy:
         raise PolicyError(
             [f"{where}:1:1: could not be read ({type(e).__name__}: {what}); please report this as a bug of LabGPU Hub"]
         ) from e
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off while a file is read: composing builds ~100,000
+    node objects for 1,000 users, and the collections they trigger, scanning everything alive,
+    cost a third of the load and most of its variance (issue 21: 28 -> 21 ms median for the
+    compose alone). Reference counting still frees what is dropped; the collector runs again
+    after. A file's size is bounded (:func:`labgpu.quota.reader.file_too_big`)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def _load_policy_texts(texts: Sequence[tuple[str, str]]) -> Policy:
