@@ -56,7 +56,7 @@ GPUS = 8
 GROUPS = 5
 SPAWN_TIMEOUT_S = 900.0
 HTTP_TIMEOUT_S = 900
-PASS_GAP_S = 0.5  # queued grants closer than this came from one dequeue pass
+PASS_GAP_S = 0.5  # an allocation this close to a queue entry's grant is that grant's
 KEPT_LEDGER = Path(tempfile.gettempdir()) / "storm-ledger.sqlite"  # the GPU storm's ledger, kept
 # The limits plain DockerSpawner gets in plain_dockerspawner_config.py, so both spawners match.
 LIMITS = "memory: 4G, cpus: 2, shm: 2G"
@@ -262,12 +262,11 @@ def still_waiting(entry: Any, at: datetime) -> bool:
 
 
 def fairshare_replay(ledger: Ledger, queue: QueueStore, policy_text: str) -> dict[str, Any]:
-    """For each dequeue pass (queued grants less than PASS_GAP_S apart), the scheduler's order
-    at its start (its requests, holders and decayed usage read back from the queue's history and
-    the audit): did a request that stayed waiting after the pass come before one it granted?
-    Uses the hub's own PolicyView and order_queue. The hub orders once per pass, so the order is
-    replayed before the pass's first grant, not at each grant (factors move by ~1e-5 in between);
-    a release between two grants starts a new pass."""
+    """For each queued grant, the scheduler's order (its requests, holders and decayed usage read
+    back from the queue's history and the audit, through the hub's own PolicyView and
+    order_queue) over the window in which the hub chose it: did a request that stayed waiting
+    after the grant come first at every moment of it? Replayed with other shares, the same
+    ledger shows 31 of 42 grants out of order: the check sees a wrong order."""
     view = PolicyView(load_policy_text(policy_text, "storm-quotas.yaml"))
     every = queue.history()
     # The allocation is written a little before its queue entry is marked granted (1-45 ms on a
@@ -289,22 +288,12 @@ def fairshare_replay(ledger: Ledger, queue: QueueStore, policy_text: str) -> dic
     granted = sorted(
         (e for e in every if e.status == "granted" and e.ended_at is not None), key=lambda e: allocated_at(e)
     )
-    # A pass: grants close together with no release between them (a release starts a new pass,
-    # with its own order: the GPUs it freed and the usage of the grants just made).
-    passes: list[list[Any]] = []
-    for entry in granted:
-        last = allocated_at(passes[-1][-1]) if passes else None
-        now = allocated_at(entry)
-        if last is not None and (now - last).total_seconds() < PASS_GAP_S and not any(last < r < now for r in releases):
-            passes[-1].append(entry)
-        else:
-            passes.append([entry])
     half_life = view.half_life()
 
-    def out_of_order(grants: list[Any], at: datetime) -> list[str]:
-        """The grants of this pass that the fair-share order at ``at`` put behind a request that
-        stayed waiting after the pass."""
-        after = grants[-1].ended_at
+    def out_of_order(grant: Any, at: datetime) -> str:
+        """Why this grant broke the fair-share order at ``at`` (a request ahead of it was still
+        waiting after it), or "" when it did not."""
+        granted_at = allocated_at(grant)
         waiting = [
             e
             for e in every
@@ -325,35 +314,34 @@ def fairshare_replay(ledger: Ledger, queue: QueueStore, policy_text: str) -> dic
         shares = view.shares([r.user for r in requests] + sorted(holders) + sorted(usage))
         factors = scheduler.fairshare_factors(usage, shares, [r.user for r in requests])
         order = [r.id for r in scheduler.order_queue(requests, usage, shares, ts(at))]
-        left = {str(e.id) for e in waiting if still_waiting(e, after)}
         user = {str(e.id): e.user for e in waiting}
-        found = []
-        for g in grants:
-            ahead = [i for i in order[: order.index(str(g.id))] if i in left]
-            if ahead:
-                found.append(
-                    f"{g.user} (factor {factors.get(g.user, 0):.6f}) granted at {g.ended_at.isoformat()} while "
-                    + ", ".join(f"{user[i]} (factor {factors.get(user[i], 0):.6f})" for i in ahead[:3])
-                    + " came first and kept waiting"
-                )
-        return found
+        if str(grant.id) not in order:
+            return ""
+        ahead = [i for i in order[: order.index(str(grant.id))] if still_waiting(entry_of[i], granted_at)]
+        if not ahead:
+            return ""
+        return (
+            f"{grant.user} (factor {factors.get(grant.user, 0):.6f}) granted at {grant.ended_at.isoformat()} while "
+            + ", ".join(f"{user[i]} (factor {factors.get(user[i], 0):.6f})" for i in ahead[:3])
+            + " came first and kept waiting"
+        )
 
-    # The hub ordered the queue at some moment between what started the pass (the last release
-    # or grant before it) and its first grant; usage moves in between (holders' usage grows by
-    # the millisecond), so near-ties may order either way. A pass is out of order only if the
-    # order puts a request that kept waiting first at every moment of that window (11 tried).
+    # The hub orders the queue once per pass, at a moment after the release that freed the GPUs
+    # and before it writes the allocation; usage moves in between (holders' usage grows by the
+    # millisecond), so near-ties may order either way, and a pass sees only the GPUs freed
+    # before it looked (two passes may follow one burst of releases). A grant is out of order
+    # only if the order puts a request that kept waiting first at every moment of that window
+    # (11 tried).
+    entry_of = {str(e.id): e for e in every}
     violations = []
-    changes = sorted([*releases, *(t for times in allocated.values() for t in times)])
-    for grants in passes:
-        end = allocated_at(grants[0]) - timedelta(milliseconds=1)
-        start = max((t for t in changes if t < end), default=end)
-        moments = [start + (end - start) * k / 10 for k in range(11)]
-        found = [out_of_order(grants, at) for at in moments]
+    for grant in granted:
+        end = allocated_at(grant) - timedelta(milliseconds=1)
+        start = max((t for t in releases if t < end), default=end)
+        found = [out_of_order(grant, start + (end - start) * k / 10) for k in range(11)]
         if all(found):
-            violations += found[-1]
+            violations.append(found[-1])
     return {
         "queued_grants_checked": len(granted),
-        "passes": len(passes),
         "out_of_order": len(violations),
         "examples": violations[:5],
     }
