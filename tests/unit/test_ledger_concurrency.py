@@ -54,7 +54,11 @@ def grab_worker(path: str, worker: int, start, answers) -> None:
 
 
 def run_processes(path: str, target) -> list[tuple]:
-    context = multiprocessing.get_context("fork")
+    # Not "fork": a child forked from a test process whose other threads (an earlier test's
+    # ledger checkpointer, an executor) held a lock at that instant waits on it forever (a CI run
+    # saw one worker never exit). The fork server is a clean process, forked from for each worker.
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["labgpu.db.ledger", "labgpu.gpus.allocator"])
     start, answers = context.Event(), context.Queue()
     processes = [context.Process(target=target, args=(str(path), w, start, answers)) for w in range(PROCESSES)]
     for process in processes:
